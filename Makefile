@@ -1,0 +1,57 @@
+# Common commands. Everything a run writes goes to $(STATE) (default .state/).
+SHELL := /bin/bash
+PY_VERSION ?= 3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STATE ?= $(CURDIR)/.state
+DATA ?= $(abspath ../shared/datasets/fashion-product-images)
+WEEKS ?= 2
+START ?= 2026-11-02
+AIRFLOW_PORT ?= 8080
+MLFLOW_PORT ?= 5000
+
+export LCP_STATE_DIR := $(STATE)
+export AIRFLOW_HOME := $(STATE)/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export GX_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv demo test lint status ui clean-state
+
+# Virtual environment with the pinned dependencies (requirements/dev.lock, resolved by uv).
+$(VENV)/.installed: requirements/dev.lock pyproject.toml
+	command -v uv >/dev/null || python3 -m pip install -q uv
+	uv venv -q --allow-existing --python $(PY_VERSION) $(VENV)
+	uv pip install -q --python $(PY) -r requirements/dev.lock
+	uv pip install -q --python $(PY) --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+## make demo: publish the catalog as WEEKS weekly batches and run the DAG once per week.
+demo: venv
+	$(PY) scripts/demo.py --data "$(DATA)" --weeks $(WEEKS) --start $(START)
+
+## make test: the whole test suite (what .ci/run calls).
+test: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+## make status: registry state as JSON (champion, every version's decision and scores).
+status: venv
+	@$(PY) -m promotion.status
+
+## make ui: Airflow UI (airflow standalone) on :$(AIRFLOW_PORT) and MLflow UI on :$(MLFLOW_PORT).
+ui: venv
+	$(VENV)/bin/airflow db migrate >/dev/null
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(STATE)/mlflow/mlflow.db \
+	  --default-artifact-root $(STATE)/mlflow/artifacts --port $(MLFLOW_PORT) & \
+	AIRFLOW__API__PORT=$(AIRFLOW_PORT) $(VENV)/bin/airflow standalone
+
+clean-state:
+	rm -rf "$(STATE)"

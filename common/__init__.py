@@ -1,0 +1,1 @@
+"""Shared configuration of the listing classifier platform: typed params, state layout, scoring."""

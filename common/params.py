@@ -1,0 +1,183 @@
+"""Typed view of ``params.yaml``, the one parameter file read by DVC stages and by our code.
+
+Example:
+    >>> from common.params import load_params
+    >>> params = load_params("params.yaml")
+    >>> params.train.backbone
+    'resnet18'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""Root of the project checkout (holds ``params.yaml``, ``dvc.yaml``, ``catalogs/``)."""
+
+PARAMS_ENV = "LCP_PARAMS"
+"""Environment variable naming another params file (e.g. a small one for tests)."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class IngestParams(_Frozen):
+    max_batches: int = Field(10, ge=1, description="New batches ingested per run, at most.")
+
+
+class ValidateParams(_Frozen):
+    max_bad_row_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    title_min_length: int = Field(3, ge=0)
+    title_max_length: int = Field(400, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    min_image_side: int = Field(16, ge=1)
+
+
+class PrepareParams(_Frozen):
+    golden_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    golden_min_listings: int = Field(3, ge=1)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    seed: int = 42
+    image_size: int = Field(64, ge=16, le=512)
+
+
+class TrainParams(_Frozen):
+    backbone: str = "resnet18"
+    weights: str = "auto"
+    branches: Literal["fused", "image", "text"] = "fused"
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.003, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    text_buckets: int = Field(262_144, ge=1024)
+    text_dim: int = Field(128, ge=8)
+    seed: int = 42
+    num_threads: int = Field(0, ge=0)
+
+
+class ScoreParams(_Frozen):
+    default_value: float = Field(1.0, ge=0.0)
+    level_credit: tuple[float, ...] = (0.0, 0.25, 0.5)
+    value_table: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("level_credit")
+    @classmethod
+    def _credits_in_unit_interval(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 <= c <= 1.0 for c in v):
+            raise ValueError(f"level_credit values must lie in [0, 1], got {v}")
+        return v
+
+
+class GateParams(_Frozen):
+    min_improvement: float = Field(0.002, ge=0.0)
+    floor_score: float = Field(0.8, ge=0.0, le=1.0)
+    floor_accuracy: float = Field(0.8, ge=0.0, le=1.0)
+
+
+class RegistryParams(_Frozen):
+    model_name: str = "listing-classifier"
+    experiment: str = "listing-classifier"
+
+
+class Params(_Frozen):
+    """All of ``params.yaml``; each field is one stage's group."""
+
+    catalog: str = "catalogs/fashion.yaml"
+    ingest: IngestParams = IngestParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    prepare: PrepareParams = PrepareParams()
+    train: TrainParams = TrainParams()
+    score: ScoreParams = ScoreParams()
+    gate: GateParams = GateParams()
+    registry: RegistryParams = RegistryParams()
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    def with_overrides(self, overrides: dict[str, dict]) -> Params:
+        """Returns a copy with some fields of some groups replaced.
+
+        Args:
+            overrides: ``{group: {field: value}}``, e.g. ``{"train": {"epochs": 2}}``.
+
+        Raises:
+            pydantic.ValidationError: when a group, field or value is not valid.
+        """
+        data = self.to_dict()
+        for group, fields in overrides.items():
+            if isinstance(fields, dict):
+                data.setdefault(group, {}).update(fields)
+            else:
+                data[group] = fields
+        return Params.model_validate(data)
+
+    def to_dict(self) -> dict:
+        """The params as plain data, with the group names of ``params.yaml``."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def digest(self) -> str:
+        """SHA-256 (hex, 12 chars) of the params, key-order independent: the params hash tag."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def load_params(path: str | Path | None = None) -> Params:
+    """Reads and validates a params file.
+
+    Args:
+        path: the YAML file; defaults to ``$LCP_PARAMS`` if set, else ``params.yaml`` at the
+            project root.
+
+    Returns:
+        The frozen, validated params.
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        pydantic.ValidationError: when a value is missing a constraint or a key is unknown.
+    """
+    path = Path(path or os.environ.get(PARAMS_ENV) or PROJECT_ROOT / "params.yaml")
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    return Params.model_validate(data)
+
+
+def write_params(params: Params, path: str | Path) -> None:
+    """Writes params as YAML (the format DVC reads)."""
+    Path(path).write_text(yaml.safe_dump(params.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+FORM_FIELDS = {
+    "epochs": ("train", "epochs"),
+    "backbone": ("train", "backbone"),
+    "branches": ("train", "branches"),
+    "min_improvement": ("gate", "min_improvement"),
+    "max_batches": ("ingest", "max_batches"),
+}
+"""Airflow trigger-form fields -> (params.yaml group, field) they override."""
+
+
+def run_params(form: dict | None = None, path: str | Path | None = None) -> Params:
+    """The params of one DAG run: ``params.yaml`` with the trigger form's values applied.
+
+    Args:
+        form: the DAG run's ``params`` (Airflow Params form); unknown keys are ignored,
+            ``None`` values keep the file's value.
+        path: the params file (default: the project's ``params.yaml``).
+
+    Raises:
+        pydantic.ValidationError: when a form value violates a constraint.
+    """
+    overrides: dict[str, dict] = {}
+    for key, value in (form or {}).items():
+        if key in FORM_FIELDS and value is not None:
+            group, field = FORM_FIELDS[key]
+            overrides.setdefault(group, {})[field] = value
+    return load_params(path).with_overrides(overrides)

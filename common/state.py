@@ -1,0 +1,104 @@
+"""Layout of the one state folder that holds everything a run writes.
+
+Nothing is ever written outside it. Its root comes from the ``LCP_STATE_DIR`` environment
+variable, else ``<project>/.state``::
+
+    <state>/
+      airflow/                 AIRFLOW_HOME (SQLite metadata DB for the local stack)
+      mlflow/mlflow.db         MLflow tracking + registry store; mlflow/artifacts/ its artifacts
+      dvc-remote/              default DVC remote
+      feed/                    default local feed: <feed>/<batch_id>/ (see README, "Feed layout")
+      staging/<batch_id>/      raw copy of each ingested batch, kept unchanged
+      manifest.json            ingested batches, keyed by batch id
+      quarantine/<batch_id>/   rejected rows and the validation report of a batch
+      gx/                      Great Expectations project (suites, results, Data Docs)
+      workspace/               git + DVC repository where the pipeline runs:
+        data/listings/           the listings store (DVC-tracked)
+        data/golden/             the frozen golden test set (DVC-tracked)
+        data/prepared/ models/ reports/ metrics.json   outputs of `dvc repro`
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.params import PROJECT_ROOT
+
+STATE_ENV = "LCP_STATE_DIR"
+FEED_ENV = "LCP_FEED_URL"
+
+
+@dataclass(frozen=True)
+class State:
+    """Paths of the state folder. Cheap to build; creates nothing until :meth:`ensure`."""
+
+    root: Path
+
+    @classmethod
+    def from_env(cls, root: str | Path | None = None) -> State:
+        """The state at ``root``, else ``$LCP_STATE_DIR``, else ``<project>/.state``."""
+        chosen = root or os.environ.get(STATE_ENV) or PROJECT_ROOT / ".state"
+        return cls(Path(chosen).resolve())
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.root / "airflow"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.root / "mlflow"
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow tracking URI; ``$MLFLOW_TRACKING_URI`` wins when set (e.g. a tracking server)."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.mlflow_dir / "artifacts"
+
+    @property
+    def dvc_remote(self) -> Path:
+        return self.root / "dvc-remote"
+
+    @property
+    def feed_url(self) -> str:
+        """Where batches are published: ``$LCP_FEED_URL`` (folder or ``s3://bucket/prefix``)."""
+        return os.environ.get(FEED_ENV) or str(self.root / "feed")
+
+    @property
+    def staging(self) -> Path:
+        return self.root / "staging"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def gx_dir(self) -> Path:
+        return self.root / "gx"
+
+    @property
+    def workspace(self) -> Path:
+        return self.root / "workspace"
+
+    @property
+    def listings_store(self) -> Path:
+        return self.workspace / "data" / "listings"
+
+    @property
+    def golden_dir(self) -> Path:
+        return self.workspace / "data" / "golden"
+
+    def ensure(self) -> State:
+        """Creates the folders that must exist before any step runs."""
+        for path in (self.root, self.staging, self.quarantine, self.mlflow_dir, self.artifact_root,
+                     self.dvc_remote):
+            path.mkdir(parents=True, exist_ok=True)
+        return self

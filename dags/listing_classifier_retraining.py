@@ -1,0 +1,118 @@
+"""
+### Listing classifier: weekly retraining
+
+Pulls the week's new labelled listings from the feed, validates every batch with Great
+Expectations (bad rows or batches are quarantined with a report, never trained on), versions
+the listings store with DVC, runs `dvc repro` (prepare -> train -> evaluate), registers the
+model in MLflow as `challenger`, and moves the `champion` alias only when the challenger's
+business-weighted score beats the champion's on the same golden test set by at least
+`min_improvement`.
+
+Each task calls one function of the platform's packages and passes small references (batch
+ids, data revision, model version) through XCom. Trigger it by hand from the UI with the form
+to change epochs, backbone, branches, min_improvement or max_batches for one run.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+DAG_ID = "listing_classifier_retraining"
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule="@weekly",
+    start_date=pendulum.datetime(2026, 1, 5, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["ml", "retraining", "listing-classifier"],
+    doc_md=__doc__,
+    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=2)},
+    params={
+        "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=100,
+                        description="Training epochs (empty: params.yaml's train.epochs)."),
+        "backbone": Param(None, type=["null", "string"],
+                          enum=[None, "resnet18", "resnet50", "efficientnet_b0", "mobilenet_v3_large",
+                                "convnext_tiny"],
+                          description="torchvision image backbone (empty: params.yaml's)."),
+        "branches": Param(None, type=["null", "string"], enum=[None, "fused", "image", "text"],
+                          description="Model branches: fused, image-only or text-only."),
+        "min_improvement": Param(None, type=["null", "number"], minimum=0, maximum=1,
+                                 description="Business-weighted score the challenger must gain over the champion."),
+        "max_batches": Param(None, type=["null", "integer"], minimum=1,
+                             description="New feed batches ingested by this run, at most."),
+    },
+)
+def listing_classifier_retraining():
+    @task
+    def ingest(params=None, data_interval_end=None, logical_date=None) -> dict:
+        from common.params import run_params
+        from common.state import State
+        from ingestion.ingest import ingest_new_batches
+
+        cutoff = data_interval_end or logical_date
+        return ingest_new_batches(State.from_env(), run_params(params), cutoff)
+
+    @task
+    def validate(ingested: dict, params=None) -> dict:
+        from common.params import run_params
+        from common.state import State
+        from validation.staged import validate_staged_batches
+
+        result = validate_staged_batches(State.from_env(), run_params(params))
+        return {k: result[k] for k in ("accepted", "partial", "quarantined", "store_listings", "data_docs")} | {
+            "validation_ids": {b: r.get("validation_id") for b, r in result["reports"].items()}}
+
+    @task
+    def version(validated: dict, params=None) -> dict:
+        from common.params import run_params
+        from common.state import State
+        from ingestion.versioning import version_data
+
+        batches = validated["accepted"] + validated["partial"]
+        return version_data(State.from_env(), run_params(params), note=" ".join(batches))
+
+    @task(execution_timeout=timedelta(hours=3))
+    def train_evaluate(data: dict) -> dict:
+        from common.state import State
+        from ingestion.versioning import reproduce
+
+        return reproduce(State.from_env(), note=data["data_rev"][:10])
+
+    @task
+    def register(data: dict, trained: dict, validated: dict, params=None, dag=None, run_id=None) -> dict:
+        from common.params import run_params
+        from common.state import State
+        from promotion.register import register_challenger
+
+        return register_challenger(State.from_env(), run_params(params), data, trained["workspace_commit"],
+                                   dag.dag_id, run_id, validation=validated)
+
+    @task
+    def gate(registered: dict, data: dict, params=None) -> dict:
+        from common.params import run_params
+        from common.state import State
+        from promotion.promote import gate_challenger
+
+        return gate_challenger(State.from_env(), run_params(params), registered["version"], data["golden_md5"])
+
+    @task
+    def promote(decision: dict, params=None) -> dict:
+        from common.params import run_params
+        from common.state import State
+        from promotion.promote import promote as move_alias
+
+        return move_alias(State.from_env(), run_params(params), decision)
+
+    validated = validate(ingest())
+    data = version(validated)
+    trained = train_evaluate(data)
+    registered = register(data, trained, validated)
+    promote(gate(registered, data))
+
+
+listing_classifier_retraining()

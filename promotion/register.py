@@ -1,0 +1,149 @@
+"""Register: log the trained model to MLflow and register it as the ``challenger``.
+
+The MLflow run holds the params, the metrics of ``metrics.json``, the confusion matrix, the
+predictions, and lineage tags (git commit of the platform, DVC data revision, params hash,
+Airflow dag_id / run_id). The model is a pyfunc (``training.serving``) with a signature,
+shipped with the code it needs. Registering the same workspace commit again (a retried task, or a week with no new data,
+where data, code and params are unchanged) returns the version already registered.
+
+CLI: ``python -m promotion.register --data-rev SHA --workspace-commit SHA``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from common.params import PROJECT_ROOT, Params, load_params
+from common.state import State
+from promotion.registry import ALIAS_CHALLENGER, ensure_experiment, golden_frame, mlflow_client
+
+
+def model_signature():
+    """The served model's signature: listings in, category path + probability out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "title"), ColSpec("string", "image_path")]),
+        outputs=Schema([ColSpec("string", "category_path"), ColSpec("string", "leaf"),
+                        ColSpec("double", "probability")]),
+    )
+
+
+def platform_commit() -> str:
+    """Git commit of the platform checkout ("unknown" outside a git checkout)."""
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
+
+
+def _flat(prefix: str, value, out: dict) -> dict:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flat(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def lineage_tags(params: Params, data: dict, workspace_commit: str, dag_id: str, run_id: str) -> dict:
+    """The lineage every run and model version carries."""
+    return {
+        "git_commit": platform_commit(),
+        "data_rev": data["data_rev"],
+        "listings_md5": str(data.get("listings_md5")),
+        "golden_md5": str(data.get("golden_md5")),
+        "workspace_commit": workspace_commit,
+        "params_hash": params.digest(),
+        "dag_id": dag_id,
+        "airflow_run_id": run_id,
+    }
+
+
+def register_challenger(state: State, params: Params, data: dict, workspace_commit: str,
+                        dag_id: str = "manual", run_id: str = "manual",
+                        validation: dict | None = None) -> dict:
+    """Logs the workspace's trained model and registers it with alias ``challenger``.
+
+    Args:
+        state: the state folder (its workspace holds models/, metrics.json, reports/).
+        params: the effective params of the run.
+        data: the version step's result (``data_rev``, ``listings_md5``, ``golden_md5``).
+        workspace_commit: the workspace commit after ``dvc repro``.
+        dag_id: Airflow dag id (lineage).
+        run_id: Airflow run id (lineage).
+        validation: the validate step's result (Data Docs location, validation ids), optional.
+
+    Returns:
+        ``{"version": str, "run_id": MLflow run id, "model_uri": str}``.
+    """
+    import mlflow
+
+    from training.serving import ListingClassifierModel
+
+    client = mlflow_client(state)
+    name = params.registry.model_name
+    tags = lineage_tags(params, data, workspace_commit, dag_id, run_id)
+    existing = client.search_model_versions(
+        f"name = '{name}' and tags.workspace_commit = '{workspace_commit}'")
+    if existing:
+        v = existing[0]
+        return {"version": v.version, "run_id": v.run_id, "model_uri": f"models:/{name}/{v.version}"}
+
+    ws = state.workspace
+    metrics = json.loads((ws / "metrics.json").read_text())
+    experiment_id = ensure_experiment(state, params)
+    example = golden_frame(state).head(3)[["title", "image_path"]]
+    checkpoint = ws / "models" / "model.pt"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{dag_id}/{run_id}") as run:
+        mlflow.log_params(_flat("", params.to_dict(), {}))
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+        train_log = ws / "models" / "train_log.json"
+        pretrained = "unknown"
+        if train_log.exists():
+            log = json.loads(train_log.read_text())
+            pretrained = str(log.get("pretrained", "unknown"))
+            mlflow.log_artifact(str(train_log), "training")
+        for report in ("reports/confusion_matrix.png", "reports/predictions.csv", "metrics.json"):
+            if (ws / report).exists():
+                mlflow.log_artifact(str(ws / report), "evaluation")
+        run_tags = {**tags, "pretrained_weights": pretrained, "backbone": params.train.backbone}
+        if validation:
+            run_tags["gx_data_docs"] = str(validation.get("data_docs"))
+            run_tags["gx_validation_ids"] = json.dumps(
+                {b: r.get("validation_id") for b, r in validation.get("reports", {}).items()})[:5000]
+        mlflow.set_tags(run_tags)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=ListingClassifierModel(),
+            artifacts={"checkpoint": str(checkpoint)},
+            code_paths=[str(ws / "training"), str(ws / "common")],
+            signature=model_signature(),
+            input_example=example,
+            registered_model_name=name,
+        )
+    version = str(info.registered_model_version)
+    for key, value in {**run_tags, "mlflow_run_id": run.info.run_id}.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, ALIAS_CHALLENGER, version)
+    print(f"[register] {name} version {version} (run {run.info.run_id}) -> alias {ALIAS_CHALLENGER}")
+    return {"version": version, "run_id": run.info.run_id, "model_uri": f"models:/{name}/{version}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m promotion.register", description=__doc__.split("\n")[0])
+    parser.add_argument("--data-rev", required=True)
+    parser.add_argument("--workspace-commit", required=True)
+    parser.add_argument("--params", default=None)
+    args = parser.parse_args(argv)
+    state = State.from_env()
+    params = load_params(args.params or Path(state.workspace) / "params.yaml")
+    print(json.dumps(register_challenger(state, params, {"data_rev": args.data_rev}, args.workspace_commit)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

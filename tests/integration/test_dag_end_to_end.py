@@ -1,0 +1,188 @@
+"""The retraining DAG end to end with dag.test(): real Airflow, GX, DVC, torch and MLflow on a
+few hundred real listings from ../shared, two weekly intervals, one batch with mutated bad rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from common.catalog import load_catalog
+from common.params import load_params, write_params
+from common.state import State
+from ingestion.feed import publish
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DAG_ID = "listing_classifier_retraining"
+WEEK1, WEEK2 = datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 9, tzinfo=UTC)
+BATCH2 = "fashion-2026-11-09"
+
+
+def small_params(path: Path) -> Path:
+    """A params file for a quick run: small images, 2 epochs, low floors (few hundred listings)."""
+    params = load_params().with_overrides({
+        "prepare": {"image_size": 32, "golden_fraction": 0.2, "golden_min_listings": 2},
+        "train": {"epochs": 2, "batch_size": 64, "text_buckets": 65536, "text_dim": 64},
+        "gate": {"floor_score": 0.05, "floor_accuracy": 0.05, "min_improvement": 0.0},
+    })
+    write_params(params, path)
+    return path
+
+
+def mutate_batch(batch: Path) -> dict[str, str]:
+    """Breaks three real rows of a batch: missing title, unknown category, truncated JPEG."""
+    frame = pd.read_csv(batch / "styles.csv", dtype=str, keep_default_na=False)
+    ids = list(frame["id"][:3])
+    frame.loc[frame["id"] == ids[0], "productDisplayName"] = ""
+    frame.loc[frame["id"] == ids[1], "articleType"] = "Hoverboards"
+    frame.to_csv(batch / "styles.csv", index=False)
+    image = batch / "images" / f"{ids[2]}.jpg"
+    image.write_bytes(image.read_bytes()[:600])
+    return {"missing_title": ids[0], "unknown_category": ids[1], "truncated_jpeg": ids[2]}
+
+
+def run_dag(logical_date: datetime, conf: dict | None = None):
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).get_dag(DAG_ID)
+    return dag.test(logical_date=logical_date, run_conf=conf or {})
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, fashion_dir, airflow_db):
+    root = tmp_path_factory.mktemp("e2e")
+    state = State(root / "state").ensure()
+    old = {k: os.environ.get(k) for k in ("LCP_STATE_DIR", "LCP_PARAMS", "LCP_FEED_URL")}
+    os.environ["LCP_STATE_DIR"] = str(state.root)
+    os.environ["LCP_PARAMS"] = str(small_params(root / "params.yaml"))
+    os.environ.pop("LCP_FEED_URL", None)
+    try:
+        publish(fashion_dir, Path(state.feed_url), weeks=2, catalog=load_catalog("catalogs/fashion.yaml"),
+                start=WEEK1.date(), limit=360)
+        bad = mutate_batch(Path(state.feed_url) / BATCH2)
+        week1 = run_dag(WEEK1)
+        champion_after_week1 = _client(state).get_model_version_by_alias("listing-classifier", "champion").version
+        week2 = run_dag(WEEK2)
+        yield {"state": state, "bad": bad, "runs": [week1, week2], "champion_week1": champion_after_week1}
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _client(state: State):
+    import mlflow
+
+    mlflow.set_tracking_uri(state.tracking_uri)
+    return mlflow.MlflowClient()
+
+
+def test_both_weekly_runs_succeed_and_a_champion_is_promoted(pipeline):
+    assert [str(r.state) for r in pipeline["runs"]] == ["success", "success"]
+    client = _client(pipeline["state"])
+    champion = client.get_model_version_by_alias("listing-classifier", "champion")
+    assert champion.tags["decision"] == "promoted"
+    versions = client.search_model_versions("name = 'listing-classifier'")
+    assert len(versions) == 2
+    week2 = max(versions, key=lambda v: int(v.version))
+    assert week2.tags["decision"] in {"promoted", "rejected"}
+    assert float(week2.tags["candidate_score"]) >= 0
+    assert week2.tags["champion_version"] == pipeline["champion_week1"]
+    if week2.tags["decision"] == "promoted":
+        assert champion.version == week2.version
+        assert float(week2.tags["delta"]) > 0
+    else:
+        assert champion.version == pipeline["champion_week1"]
+
+
+def test_lineage_tags_on_every_version(pipeline):
+    client = _client(pipeline["state"])
+    ws = pipeline["state"].workspace
+    for v in client.search_model_versions("name = 'listing-classifier'"):
+        t = v.tags
+        assert t["dag_id"] == DAG_ID
+        assert t["airflow_run_id"]
+        assert len(t["git_commit"]) in (40, 7) or t["git_commit"] == "unknown"
+        assert len(t["data_rev"]) == 40 and len(t["workspace_commit"]) == 40
+        # the data revision is a real commit of the DVC workspace
+        assert os.system(f"git -C {ws} cat-file -e {t['data_rev']}^{{commit}}") == 0
+        run = client.get_run(v.run_id)
+        assert run.data.tags["data_rev"] == t["data_rev"]
+        assert "business_weighted_score" in run.data.metrics
+
+
+def test_bad_rows_never_reach_training(pipeline):
+    state, bad = pipeline["state"], pipeline["bad"]
+    rejected = pd.read_csv(state.quarantine / BATCH2 / "rejected.csv", dtype=str)
+    assert set(bad.values()) <= set(rejected["listing_id"])
+    store = pd.read_parquet(state.listings_store / "batches" / f"{BATCH2}.parquet")
+    assert not set(bad.values()) & set(store["listing_id"])
+    prepared = state.workspace / "data" / "prepared"
+    for split in ("train", "val", "golden"):
+        ids = set(pd.read_parquet(prepared / f"{split}.parquet")["listing_id"])
+        assert not set(bad.values()) & ids, split
+    golden = set(pd.read_parquet(prepared / "golden.parquet")["listing_id"])
+    train = set(pd.read_parquet(prepared / "train.parquet")["listing_id"])
+    assert golden and not golden & train
+    # the raw batch is kept as it arrived, bad rows included
+    raw = pd.read_csv(state.staging / BATCH2 / "styles.csv", dtype=str, keep_default_na=False)
+    assert set(bad.values()) <= set(raw["id"])
+
+
+def test_rerunning_an_interval_ingests_nothing_twice(pipeline):
+    state = pipeline["state"]
+    manifest_before = json.loads(state.manifest.read_text())
+    versions_before = len(_client(state).search_model_versions("name = 'listing-classifier'"))
+    rerun = run_dag(WEEK2)
+    assert str(rerun.state) == "success"
+    assert json.loads(state.manifest.read_text()) == manifest_before
+    # same data, code and params: the same workspace commit, so no new model version either
+    assert len(_client(state).search_model_versions("name = 'listing-classifier'")) == versions_before
+
+
+def test_a_worse_challenger_is_rejected_and_the_champion_stays(pipeline):
+    """A challenger trained on shuffled labels (same data, same golden set) must not win."""
+    import numpy as np
+    import yaml
+
+    from promotion.promote import gate_challenger, promote
+    from promotion.register import register_challenger
+    from training.evaluate import evaluate
+    from training.train import train
+
+    state = pipeline["state"]
+    ws = state.workspace
+    params = load_params(ws / "params.yaml")
+    client = _client(state)
+    champion_before = client.get_model_version_by_alias("listing-classifier", "champion").version
+
+    split = ws / "data" / "prepared" / "train.parquet"
+    frame = pd.read_parquet(split)
+    frame["category_path"] = np.random.default_rng(0).permutation(frame["category_path"].to_numpy())
+    frame.to_parquet(split, index=False)
+    (ws / "models" / "model.pt").unlink()
+    train(ws, params)
+    evaluate(ws, params)
+
+    golden_md5 = yaml.safe_load((ws / "data" / "golden.dvc").read_text())["outs"][0]["md5"]
+    head = os.popen(f"git -C {ws} rev-parse HEAD").read().strip()
+    registered = register_challenger(state, params, {"data_rev": head, "golden_md5": golden_md5},
+                                     workspace_commit="shuffled-labels", dag_id="test", run_id="shuffled")
+    decision = gate_challenger(state, params, registered["version"], golden_md5)
+    moved = promote(state, params, decision)
+
+    assert decision["decision"] == "rejected" and not moved["moved"]
+    assert decision["candidate_score"] < decision["champion_score"]
+    assert client.get_model_version_by_alias("listing-classifier", "champion").version == champion_before
+    tags = client.get_model_version("listing-classifier", registered["version"]).tags
+    assert tags["decision"] == "rejected" and tags["reason"]
+    assert float(tags["delta"]) < 0

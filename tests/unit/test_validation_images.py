@@ -1,0 +1,134 @@
+"""check_image on real and hand-made images: formats, truncation, decompression bombs, paths."""
+
+from __future__ import annotations
+
+import hashlib
+import resource
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from common.params import ValidateParams
+from validation.images import check_image
+
+PARAMS = ValidateParams()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _one_bit_png(width: int, height: int) -> bytes:
+    """A valid, all-black 1-bit PNG: ~50 KB on disk for 20000x20000, but PIL decodes mode "1"
+    to one byte per pixel, so decoding it would take width * height bytes (400 MB)."""
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
+            + _png_chunk(b"IEND", b""))
+
+
+@pytest.fixture()
+def batch(tmp_path: Path) -> Path:
+    (tmp_path / "batch" / "images").mkdir(parents=True)
+    return tmp_path / "batch"
+
+
+@pytest.fixture(scope="module")
+def real_jpeg(fashion_dir: Path) -> Path:
+    return sorted((fashion_dir / "images").glob("*.jpg"))[0]
+
+
+def test_real_jpeg_accepted_with_its_sha(batch: Path, real_jpeg: Path) -> None:
+    data = real_jpeg.read_bytes()
+    (batch / "images" / "1.jpg").write_bytes(data)
+    assert check_image(batch, "images/1.jpg", PARAMS) == (
+        None, hashlib.sha256(data).hexdigest(), ".jpg")
+
+
+def test_truncated_jpeg_refused(batch: Path, real_jpeg: Path) -> None:
+    data = real_jpeg.read_bytes()
+    (batch / "images" / "cut.jpg").write_bytes(data[: len(data) // 2])
+    error, sha, ext = check_image(batch, "images/cut.jpg", PARAMS)
+    assert error.startswith("image_undecodable: ") and "truncated" in error
+    assert sha is None and ext == ".jpg"
+
+
+@pytest.mark.parametrize(("fmt", "ext"), [("PNG", ".png"), ("WEBP", ".webp")])
+def test_png_and_webp_accepted(batch: Path, fmt: str, ext: str) -> None:
+    path = batch / "images" / f"x{ext}"
+    Image.new("RGB", (40, 30), "red").save(path, format=fmt)
+    error, sha, got_ext = check_image(batch, f"images/x{ext}", PARAMS)
+    assert error is None and got_ext == ext
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_extension_does_not_decide_the_format(batch: Path) -> None:
+    Image.new("RGB", (40, 30)).save(batch / "images" / "really_png.jpg", format="PNG")
+    assert check_image(batch, "images/really_png.jpg", PARAMS)[2] == ".png"
+
+
+def test_gif_refused_as_unsupported(batch: Path) -> None:
+    Image.new("RGB", (40, 30)).save(batch / "images" / "a.gif", format="GIF")
+    assert check_image(batch, "images/a.gif", PARAMS) == (
+        "image_format_unsupported: GIF", None, "")
+
+
+def test_not_an_image_refused(batch: Path) -> None:
+    (batch / "images" / "a.jpg").write_text("hello", encoding="utf-8")
+    assert check_image(batch, "images/a.jpg", PARAMS)[0] == "image_format_unsupported: unknown"
+
+
+def test_too_small_refused(batch: Path) -> None:
+    Image.new("RGB", (8, 100)).save(batch / "images" / "thin.png")
+    assert check_image(batch, "images/thin.png", PARAMS)[0] == "image_too_small: 8x100"
+
+
+def test_decompression_bomb_refused_from_the_header(batch: Path) -> None:
+    """A valid 50 KB PNG that decodes to 400 MB must be refused from its header, undecoded."""
+    path = batch / "images" / "bomb.png"
+    path.write_bytes(_one_bit_png(20_000, 20_000))
+    assert path.stat().st_size < 100_000
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    start = time.perf_counter()
+    error, sha, _ = check_image(batch, "images/bomb.png", PARAMS)
+    assert error == "image_too_large: 20000x20000" and sha is None
+    assert time.perf_counter() - start < 1.0
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
+    assert grown_kib < 100 * 1024, f"peak memory grew by {grown_kib} KiB: the image was decoded"
+
+
+def test_limit_comes_from_params(batch: Path) -> None:
+    Image.new("RGB", (100, 100)).save(batch / "images" / "a.png")
+    small = PARAMS.model_copy(update={"max_image_pixels": 5_000})
+    assert check_image(batch, "images/a.png", small)[0] == "image_too_large: 100x100"
+
+
+@pytest.mark.parametrize("key", ["../x.jpg", "images/../../x.jpg", "/etc/passwd",
+                                 "..\\x.jpg", "C:/x.jpg", "images/../images/../../x.jpg"])
+def test_path_tricks_refused(batch: Path, real_jpeg: Path, key: str) -> None:
+    (batch.parent / "x.jpg").write_bytes(real_jpeg.read_bytes())  # exists, outside the batch
+    assert check_image(batch, key, PARAMS) == ("image_path_outside_batch", None, "")
+
+
+def test_symlink_pointing_outside_refused(batch: Path, real_jpeg: Path) -> None:
+    (batch / "images" / "link.jpg").symlink_to(real_jpeg)
+    assert check_image(batch, "images/link.jpg", PARAMS)[0] == "image_path_outside_batch"
+
+
+def test_symlink_inside_the_batch_followed(batch: Path, real_jpeg: Path) -> None:
+    (batch / "images" / "a.jpg").write_bytes(real_jpeg.read_bytes())
+    (batch / "images" / "b.jpg").symlink_to(batch / "images" / "a.jpg")
+    assert check_image(batch, "images/b.jpg", PARAMS)[0] is None
+
+
+@pytest.mark.parametrize(("key", "reason"), [
+    ("images/none.jpg", "image_missing"), ("images", "image_missing"),
+    (None, "image_key_missing"), ("", "image_key_missing")])
+def test_missing_images(batch: Path, key: str | None, reason: str) -> None:
+    assert check_image(batch, key, PARAMS) == (reason, None, "")

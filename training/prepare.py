@@ -1,0 +1,170 @@
+"""Prepare stage: splits and an image cache.
+
+Reads the listings store, removes every golden listing (golden listings never enter training),
+splits the rest into train/val (stratified by leaf, deterministic), and decodes every image once
+into a uint8 array ``(N, S, S, 3)`` so that training never decodes a JPEG again.
+
+Outputs under ``data/prepared/``: ``{train,val,golden}.parquet`` (the rows, canonical columns) and
+``{train,val,golden}_images.npy`` (same row order).
+
+CLI::
+
+    python -m training.prepare --params params.yaml [--workspace .]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.params import Params, load_params
+from common.store import image_path, read_store
+from training.presets import load_image
+
+SPLITS = ("train", "val", "golden")
+
+
+def split_key(listing_id: str, seed: int) -> str:
+    """Seeded, stable sort key of a listing (SHA-256 of ``"<seed>:<listing_id>"``)."""
+    return hashlib.sha256(f"{seed}:{listing_id}".encode()).hexdigest()
+
+
+def stratified_split(frame: pd.DataFrame, val_fraction: float, seed: int) -> pd.Series:
+    """Assigns each listing to ``"train"`` or ``"val"``, per leaf category.
+
+    Within each category the listings are ordered by :func:`split_key` and the first
+    ``round(val_fraction * n)`` go to val, keeping at least one in train (a category with one
+    listing is train only). The same ids and seed always give the same split, and a listing's
+    side only changes when its category grows enough to move the cut.
+
+    Returns:
+        A Series of ``"train"`` / ``"val"`` aligned on ``frame.index``.
+    """
+    side = pd.Series("train", index=frame.index, dtype=object)
+    if val_fraction <= 0 or frame.empty:
+        return side
+    keys = frame["listing_id"].astype(str).map(lambda i: split_key(i, seed))
+    for _, idx in frame.groupby("category_path", sort=True).groups.items():
+        n = len(idx)
+        n_val = min(n - 1, int(round(val_fraction * n)))
+        if n_val <= 0:
+            continue
+        ordered = keys.loc[idx].sort_values(kind="stable").index
+        side.loc[ordered[:n_val]] = "val"
+    return side
+
+
+def _decode_chunk(args: tuple[list[str], int]) -> np.ndarray:
+    paths, size = args
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        try:
+            out[i] = load_image(path, size)
+        except OSError as exc:
+            raise OSError(f"cannot decode image {path}: {exc}") from exc
+    return out
+
+
+def decode_images(paths: list[str], size: int, out_file: Path, workers: int = 2,
+                  chunk: int = 256) -> None:
+    """Decodes images into a ``.npy`` file of shape ``(len(paths), size, size, 3)`` uint8.
+
+    Written through ``np.lib.format.open_memmap`` so memory stays bounded by ``workers * chunk``
+    images whatever the store size.
+
+    Raises:
+        OSError: when an image cannot be decoded (the validate step should have refused it).
+    """
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    array = np.lib.format.open_memmap(out_file, mode="w+", dtype=np.uint8,
+                                      shape=(len(paths), size, size, 3))
+    jobs = [(paths[i:i + chunk], size) for i in range(0, len(paths), chunk)]
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = pool.map(_decode_chunk, jobs)
+            for i, block in zip(range(0, len(paths), chunk), results, strict=True):
+                array[i:i + len(block)] = block
+    else:
+        for i, job in zip(range(0, len(paths), chunk), jobs, strict=True):
+            array[i:i + len(job[0])] = _decode_chunk(job)
+    array.flush()
+    del array
+
+
+def prepare(workspace: Path, params: Params, workers: int | None = None) -> dict:
+    """Runs the prepare stage in a workspace.
+
+    Args:
+        workspace: folder holding ``data/listings`` and ``data/golden/golden.parquet``.
+        params: the project params (group ``prepare``).
+        workers: decoding processes; defaults to ``min(2, os.cpu_count())``.
+
+    Returns:
+        ``{"train": n, "val": n, "golden": n, "classes": n, "dropped_golden": n,
+        "image_size": S, "seconds": s, "out_dir": str}``.
+
+    Raises:
+        FileNotFoundError: when the golden set is missing.
+        ValueError: when no listing is left for training.
+    """
+    t0 = time.perf_counter()
+    workspace = Path(workspace)
+    store = workspace / "data" / "listings"
+    golden_file = workspace / "data" / "golden" / "golden.parquet"
+    out_dir = workspace / "data" / "prepared"
+    cfg = params.prepare
+
+    listings = read_store(store)
+    golden = pd.read_parquet(golden_file).reset_index(drop=True)
+    golden_ids = set(golden["listing_id"].astype(str))
+    in_golden = listings["listing_id"].astype(str).isin(golden_ids)
+    pool = listings.loc[~in_golden].reset_index(drop=True)
+    if pool.empty:
+        raise ValueError("no listing left for training once the golden set is removed")
+
+    side = stratified_split(pool, cfg.val_fraction, cfg.seed)
+    frames = {
+        "train": pool.loc[side == "train"].reset_index(drop=True),
+        "val": pool.loc[side == "val"].reset_index(drop=True),
+        "golden": golden,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workers = workers or min(2, os.cpu_count() or 1)
+    summary: dict = {}
+    for name in SPLITS:
+        frame = frames[name]
+        frame.to_parquet(out_dir / f"{name}.parquet", index=False)
+        paths = [str(image_path(store, key)) for key in frame["image_key"]]
+        decode_images(paths, cfg.image_size, out_dir / f"{name}_images.npy", workers=workers)
+        summary[name] = len(frame)
+    summary.update(
+        classes=int(frames["train"]["category_path"].nunique()),
+        dropped_golden=int(in_golden.sum()),
+        image_size=cfg.image_size,
+        seconds=round(time.perf_counter() - t0, 2),
+        out_dir=str(out_dir),
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--workspace", default=".", help="workspace folder (default: .)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes")
+    args = parser.parse_args(argv)
+    summary = prepare(Path(args.workspace), load_params(args.params), workers=args.workers)
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

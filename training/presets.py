@@ -1,0 +1,87 @@
+"""Image decoding and transform presets shared by train, evaluate and serving.
+
+One decode function (:func:`load_image`) turns any image file into a fixed-size uint8 array; the
+prepare stage applies it once per listing and caches the arrays, and serving applies the very same
+function to an incoming image path. The presets then turn uint8 NHWC batches into normalised float
+NCHW tensors. Shape of the presets follows torchvision's ``references/classification/presets.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """Decodes an image file into a square RGB array.
+
+    Args:
+        path: image file (any format PIL reads).
+        size: side of the output in pixels.
+
+    Returns:
+        uint8 array of shape ``(size, size, 3)``; the image is resized (bilinear) without keeping
+        the aspect ratio, so the whole product stays in the frame.
+
+    Raises:
+        OSError: when the file cannot be read or decoded.
+    """
+    with Image.open(path) as img:
+        img.draft("RGB", (size, size))  # JPEG: let libjpeg decode at a reduced scale, much faster
+        rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8)
+
+
+def to_tensor_batch(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC batch -> float32 NCHW tensor normalised with the ImageNet mean and std.
+
+    Args:
+        images: uint8 array or tensor of shape ``(N, H, W, 3)``.
+
+    Returns:
+        float32 tensor of shape ``(N, 3, H, W)`` in channels_last memory format.
+    """
+    if isinstance(images, np.ndarray) and not images.flags.writeable:
+        images = np.array(images)  # read-only memmap slice: torch wants writable memory
+    x = torch.as_tensor(images)
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"expected a uint8 (N, H, W, 3) batch, got {tuple(x.shape)} {x.dtype}")
+    # permute keeps NHWC storage, i.e. the result is already channels_last
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
+
+
+class EvalPreset:
+    """Evaluation and serving transform: normalisation only (images are already resized)."""
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return to_tensor_batch(images)
+
+
+class TrainPreset:
+    """Training transform: random horizontal flip (p per image), then :class:`EvalPreset`.
+
+    Args:
+        hflip_prob: probability of flipping each image.
+        generator: optional torch generator, for reproducible augmentation.
+    """
+
+    def __init__(self, hflip_prob: float = 0.5, generator: torch.Generator | None = None) -> None:
+        self.hflip_prob = hflip_prob
+        self.generator = generator
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = to_tensor_batch(images)
+        if self.hflip_prob > 0:
+            flip = torch.rand(x.shape[0], generator=self.generator) < self.hflip_prob
+            if flip.any():
+                x[flip] = x[flip].flip(-1)
+        return x

@@ -1,0 +1,239 @@
+"""The validation step of one batch: read -> adapt -> image checks -> GX checkpoint -> route rows.
+
+Accepted rows go to the listings store (one parquet partition per batch, images
+content-addressed); rejected rows, or the whole batch, go to ``<quarantine>/<batch_id>/`` with a
+report. The raw batch folder is only read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common.catalog import CANONICAL_COLUMNS, Catalog
+from common.params import ValidateParams
+from common.store import batch_file
+from validation.adapt import read_listings_file, to_canonical
+from validation.errors import BatchError
+from validation.images import check_image, resolve_image
+
+STORE_SCHEMA = pa.schema([(c, pa.float64() if c == "price" else pa.string())
+                          for c in CANONICAL_COLUMNS])
+"""Arrow schema of a store partition: every column a string except ``price`` (float64)."""
+
+BATCH_QUARANTINED = "batch_quarantined"
+"""Reason given to otherwise good rows of a batch quarantined whole."""
+
+_IMAGE_THREADS = min(8, os.cpu_count() or 1)
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Calls ``write(tmp_path)`` then renames onto ``path``, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_images(batch_dir: Path, keys: list, params: ValidateParams) -> list[tuple]:
+    with ThreadPoolExecutor(max_workers=_IMAGE_THREADS) as pool:
+        return list(pool.map(lambda key: check_image(batch_dir, key, params), keys))
+
+
+def _store_image(store: Path, source: Path, sha: str, ext: str) -> str:
+    """Copies an image into the store by content; returns its key (relative to the store)."""
+    key = f"images/{sha[:2]}/{sha}{ext}"
+    dest = Path(store) / key
+    if not dest.exists():
+        _atomic_write(dest, lambda tmp: shutil.copyfile(source, tmp))
+    return key
+
+
+def _row_reasons(outcome, frame: pd.DataFrame) -> tuple[dict[int, list[str]], list[str]]:
+    """Per-row reasons from the failed expectations, and batch-level failures."""
+    rows: dict[int, list[str]] = {}
+    batch: list[str] = []
+    for res in outcome.results:
+        if res["success"]:
+            continue
+        if res["error"]:
+            batch.append(f"expectation_error: {res['type']}({res['column']}): {res['error']}")
+            continue
+        indexes = res["unexpected_index_list"]
+        if res["type"] == "expect_column_to_exist" or indexes is None:
+            batch.append(f"{res['reason']}: {res['column'] or res['type']}")
+            continue
+        for idx in indexes:
+            reason = res["reason"]
+            if res["column"] == "image_error":  # the check_image reason says more
+                reason = frame.at[idx, "image_error"] or reason
+            rows.setdefault(int(idx), []).append(reason)
+    return rows, batch
+
+
+def _code(reason: str) -> str:
+    return reason.split(":", 1)[0]
+
+
+def _remove_stale(*paths: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Catalog,
+                   taxonomy: frozenset[str], params: ValidateParams, store: Path,
+                   quarantine_dir: Path, gx_dir: Path) -> dict:
+    """Validates one batch and routes its rows to the store or to quarantine.
+
+    Steps: read the listings file (:func:`~validation.adapt.read_listings_file`), map it to
+    canonical listings, check every image (:func:`~validation.images.check_image`, in threads),
+    run the ``listings_batch`` GX checkpoint (COMPLETE results, Data Docs updated), then decide:
+
+    - no bad row: ``"accepted"``;
+    - bad-row share <= ``params.max_bad_row_fraction`` and at least one good row: ``"partial"``,
+      good rows accepted, bad rows quarantined;
+    - otherwise, or when the file cannot be read/adapted (:class:`BatchError`) or a table-level
+      expectation fails: ``"quarantined"``, the whole batch.
+
+    Accepted rows: images copied to ``store/images/<sha[:2]>/<sha256><ext>`` (skipped when
+    present), ``image_key``/``image_sha256`` set accordingly, written to
+    ``common.store.batch_file(store, batch_id)`` (parquet, exactly ``CANONICAL_COLUMNS``).
+    Rejected rows: ``quarantine_dir/<batch_id>/rejected.csv`` (canonical columns with the
+    batch-relative ``image_key``, plus ``reasons``, ``"; "``-joined). ``report.json`` next to
+    it whenever anything was rejected. All writes are atomic (temp file + ``os.replace``);
+    re-validating a batch replaces its outputs and removes stale ones (a store partition of a
+    now-quarantined batch, a quarantine report of a now-accepted batch). ``batch_dir`` is only
+    read; nothing is written outside ``store``, ``quarantine_dir`` and ``gx_dir``.
+
+    Args:
+        batch_dir: the raw batch folder (listings file + ``images/``).
+        batch_id: id of the batch; names the store partition and the quarantine folder.
+        ingested_at: ISO 8601 ingestion time, copied to every row (and the GX run time).
+        catalog: the catalog adapter.
+        taxonomy: valid category paths (:func:`validation.taxonomy.load_taxonomy`).
+        params: the ``validate`` group of ``params.yaml``.
+        store: the listings store (``data/listings``).
+        quarantine_dir: the quarantine root.
+        gx_dir: the GX project root.
+
+    Returns:
+        A JSON-serialisable report: ``batch_id``, ``status``, ``rows``, ``accepted_rows``,
+        ``rejected_rows``, ``bad_row_fraction``, ``reasons`` (reason code -> rows failing it),
+        ``batch_reasons`` (why the whole batch was quarantined, if it was), ``failed_expectations``
+        (``expectation``, ``column``, ``unexpected_count``, ``reason``), ``validation_id``,
+        ``data_docs`` (index.html path), ``data_docs_page``, ``store_file``, ``rejected_file`` and
+        ``report`` (paths or ``None``).
+    """
+    batch_dir, store, gx_dir = Path(batch_dir), Path(store), Path(gx_dir)
+    qdir = Path(quarantine_dir) / batch_id
+    report: dict = {
+        "batch_id": batch_id, "status": "quarantined", "rows": 0, "accepted_rows": 0,
+        "rejected_rows": 0, "bad_row_fraction": None, "reasons": {}, "batch_reasons": [],
+        "failed_expectations": [], "validation_id": None, "data_docs": None,
+        "data_docs_page": None, "store_file": None, "rejected_file": None, "report": None,
+    }
+    partition = batch_file(store, batch_id)
+    try:
+        raw = read_listings_file(batch_dir / catalog.listings_file)
+        report["rows"] = len(raw)
+        canon = to_canonical(raw, catalog, batch_id, ingested_at).reset_index(drop=True)
+    except BatchError as exc:
+        report.update(rejected_rows=report["rows"], reasons={exc.reason: max(report["rows"], 1)},
+                      batch_reasons=[str(exc)])
+        _remove_stale(partition, qdir / "rejected.csv")
+        return _write_report(report, qdir)
+
+    checks = _check_images(batch_dir, canon["image_key"].tolist(), params)
+    frame = canon.copy()
+    frame["image_error"] = pd.Series([c[0] for c in checks], index=frame.index, dtype=object)
+
+    from validation.checkpoint import ROW, run_checkpoint  # GX is slow to import; only when needed
+    from validation.suite import build_suite
+
+    frame[ROW] = range(len(frame))
+    outcome = run_checkpoint(frame, build_suite(taxonomy, params), gx_dir, batch_id, ingested_at)
+    report.update(validation_id=outcome.validation_id, data_docs=outcome.data_docs,
+                  data_docs_page=outcome.data_docs_page)
+    report["failed_expectations"] = [
+        {"expectation": r["type"], "column": r["column"], "unexpected_count": r["unexpected_count"],
+         "reason": r["reason"], **({"error": r["error"]} if r["error"] else {})}
+        for r in outcome.results if not r["success"]]
+    row_reasons, batch_reasons = _row_reasons(outcome, frame)
+
+    rows = len(frame)
+    bad = sorted(row_reasons)
+    fraction = len(bad) / rows
+    report["bad_row_fraction"] = round(fraction, 6)
+    report["reasons"] = dict(sorted(Counter(
+        _code(r) for reasons in row_reasons.values() for r in dict.fromkeys(reasons)).items()))
+    if not bad and not batch_reasons:
+        status = "accepted"
+    elif not batch_reasons and fraction <= params.max_bad_row_fraction and len(bad) < rows:
+        status = "partial"
+    else:
+        status = "quarantined"
+        if not batch_reasons:
+            batch_reasons = [f"bad_row_fraction {fraction:.4f} > max_bad_row_fraction "
+                             f"{params.max_bad_row_fraction}" if len(bad) < rows
+                             else "no_good_rows"]
+    report["status"], report["batch_reasons"] = status, batch_reasons
+
+    bad_mask = frame.index.isin(bad)
+    if status == "quarantined":
+        rejected = frame
+        _remove_stale(partition)
+    else:
+        good = canon[~bad_mask].copy()
+        good_checks = [checks[i] for i in range(rows) if not bad_mask[i]]
+        good["image_sha256"] = [sha for _, sha, _ in good_checks]
+        good["image_key"] = [
+            _store_image(store, resolve_image(batch_dir, key), sha, ext)
+            for key, (_, sha, ext) in zip(good["image_key"], good_checks, strict=True)]
+        _write_partition(good, partition)
+        report["store_file"] = str(partition)
+        report["accepted_rows"] = len(good)
+        rejected = frame[bad_mask]
+
+    report["rejected_rows"] = len(rejected)
+    if len(rejected) == 0:
+        _remove_stale(qdir / "rejected.csv", qdir / "report.json")
+        if qdir.is_dir() and not any(qdir.iterdir()):
+            qdir.rmdir()
+        return report
+    out = rejected[list(CANONICAL_COLUMNS)].copy()
+    out["reasons"] = ["; ".join(dict.fromkeys(row_reasons.get(i, [BATCH_QUARANTINED])))
+                      for i in rejected.index]
+    rejected_file = qdir / "rejected.csv"
+    _atomic_write(rejected_file, lambda tmp: out.to_csv(tmp, index=False))
+    report["rejected_file"] = str(rejected_file)
+    return _write_report(report, qdir)
+
+
+def _write_partition(frame: pd.DataFrame, path: Path) -> None:
+    table = pa.Table.from_pandas(frame[list(CANONICAL_COLUMNS)].reset_index(drop=True),
+                                 schema=STORE_SCHEMA, preserve_index=False)
+    _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def _write_report(report: dict, qdir: Path) -> dict:
+    path = qdir / "report.json"
+    report["report"] = str(path)
+    text = json.dumps(report, indent=2, sort_keys=False, default=str)
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    return report
