@@ -58,7 +58,7 @@ class TrainParams(_Frozen):
     lr: float = Field(0.003, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
-    text_buckets: int = Field(262_144, ge=1024)
+    text_buckets: int = Field(32_768, ge=1024)
     text_dim: int = Field(128, ge=8)
     seed: int = 42
     num_threads: int = Field(0, ge=0)

@@ -15,12 +15,15 @@ to change epochs, backbone, branches, min_improvement or max_batches for one run
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Param, dag, task
 
 DAG_ID = "listing_classifier_retraining"
+# Retries per task; the test suite sets 0 so a failure shows at once instead of after the delays.
+RETRIES = int(os.environ.get("LCP_TASK_RETRIES", "2"))
 
 
 @dag(
@@ -31,7 +34,7 @@ DAG_ID = "listing_classifier_retraining"
     max_active_runs=1,
     tags=["ml", "retraining", "listing-classifier"],
     doc_md=__doc__,
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=2)},
+    default_args={"owner": "ml-platform", "retries": RETRIES, "retry_delay": timedelta(minutes=2)},
     params={
         "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=100,
                         description="Training epochs (empty: params.yaml's train.epochs)."),

@@ -43,7 +43,7 @@ def _run(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         hint = ""
-        if "lock" in (proc.stderr + proc.stdout).lower():
+        if "unable to acquire lock" in (proc.stderr + proc.stdout).lower():
             hint = (" -- a DVC lock is held: if no other run is active (a killed worker left it), "
                     f"remove {cwd / '.dvc' / 'tmp' / 'rwlock'} and {cwd / '.dvc' / 'tmp' / 'lock'}")
         raise VersioningError(
@@ -85,7 +85,8 @@ def init_workspace(state: State) -> Path:
         _dvc(ws, "init", "-q")
         _dvc(ws, "config", "core.analytics", "false")
         _dvc(ws, "remote", "add", "-d", "-f", "storage", str(state.dvc_remote))
-        _git(ws, "add", "-A")
+        # only DVC's own files: the listings store may already be there and belongs to DVC
+        _git(ws, "add", ".dvc", ".dvcignore")
         _git(ws, "commit", "-q", "-m", "init DVC workspace")
     return ws
 
@@ -102,8 +103,9 @@ def sync_snapshot(state: State, params: Params) -> None:
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
-def _golden_rank(listing_id: str, seed: int) -> str:
-    return hashlib.sha1(f"{seed}:{listing_id}".encode()).hexdigest()
+def _golden_rank(listing_id: str, seed: int) -> int:
+    """A stable pseudo-random rank of a listing: the first 8 bytes of sha1(seed:id) as an int."""
+    return int.from_bytes(hashlib.sha1(f"{seed}:{listing_id}".encode()).digest()[:8], "big")
 
 
 def freeze_golden(state: State, params: Params) -> Path | None:
@@ -130,7 +132,8 @@ def freeze_golden(state: State, params: Params) -> Path | None:
             continue
         k = max(1, round(p.golden_fraction * len(group)))
         ranked = group.assign(_rank=group["listing_id"].map(lambda i: _golden_rank(i, p.seed)))
-        picks.append(ranked.nsmallest(k, "_rank").drop(columns="_rank"))
+        ranked = ranked.sort_values(["_rank", "listing_id"], kind="stable")
+        picks.append(ranked.head(k).drop(columns="_rank"))
     golden = pd.concat(picks).sort_values("listing_id").reset_index(drop=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

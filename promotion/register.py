@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,9 +42,11 @@ def platform_commit() -> str:
 
 
 def _flat(prefix: str, value, out: dict) -> dict:
+    """Flattens nested params to MLflow param keys (``a.b.c``; category paths ``A > B`` -> ``A/B``)."""
     if isinstance(value, dict):
         for k, v in value.items():
-            _flat(f"{prefix}.{k}" if prefix else str(k), v, out)
+            key = re.sub(r"[^\w\-. :/]", "_", str(k).replace(" > ", "/"))
+            _flat(f"{prefix}.{key}" if prefix else key, v, out)
     else:
         out[prefix] = value
     return out
@@ -91,7 +94,7 @@ def register_challenger(state: State, params: Params, data: dict, workspace_comm
         f"name = '{name}' and tags.workspace_commit = '{workspace_commit}'")
     if existing:
         v = existing[0]
-        return {"version": v.version, "run_id": v.run_id, "model_uri": f"models:/{name}/{v.version}"}
+        return {"version": str(v.version), "run_id": v.run_id, "model_uri": f"models:/{name}/{v.version}"}
 
     ws = state.workspace
     metrics = json.loads((ws / "metrics.json").read_text())

@@ -34,7 +34,7 @@ def registry_status(state: State, model_name: str) -> dict:
     for v in sorted(client.search_model_versions(f"name = '{model_name}'"), key=lambda v: int(v.version)):
         t = v.tags
         versions.append({
-            "version": v.version,
+            "version": str(v.version),
             "decision": t.get("decision", "pending"),
             "candidate_score": _num(t.get("candidate_score")),
             "champion_score": _num(t.get("champion_score")),

@@ -221,6 +221,25 @@ def _write_log(path: Path, history: list[dict], extra: dict) -> dict:
     return log
 
 
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int):
+    """One-cycle learning rate (Smith & Topin 2019, "Super-Convergence"), warm-up on 25% of steps.
+
+    The warm-up phase is stretched to at least two steps so that tiny runs (a handful of
+    optimizer steps) keep a valid schedule; below 4 steps the rate stays constant at ``max_lr``.
+
+    Args:
+        optimizer: the optimizer whose ``lr`` the scheduler drives.
+        max_lr: peak learning rate.
+        total_steps: optimizer steps of the whole run (epochs x batches per epoch).
+    """
+    if total_steps < 4:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    pct_start = min(0.5, max(0.25, 2.0 / total_steps))
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=total_steps,
+        pct_start=pct_start, div_factor=10.0, final_div_factor=100.0)
+
+
 def train(workspace: Path, params: Params, resume: bool = True, test_only: bool = False,
           deterministic: bool = False, print_every: int = 0) -> dict:
     """Runs the train stage in a workspace.
@@ -266,9 +285,7 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     steps_per_epoch = max(1, (len(train_split) + cfg.batch_size - 1) // cfg.batch_size)
-    lr_scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-        pct_start=0.25, div_factor=10.0, final_div_factor=100.0)
+    lr_scheduler = make_lr_scheduler(optimizer, cfg.lr, cfg.epochs * steps_per_epoch)
 
     start_epoch, history = 0, []
     ckpt = None

@@ -34,3 +34,15 @@ def test_unknown_key_in_params_file_is_refused(tmp_path):
     bad.write_text("train:\n  epoch: 3\n")
     with pytest.raises(pydantic.ValidationError, match="epoch"):
         load_params(bad)
+
+
+def test_every_param_is_a_valid_mlflow_param_key():
+    """Category paths in the value table (``A > B``) must flatten to keys MLflow accepts."""
+    from mlflow.utils.validation import _validate_param
+
+    from promotion.register import _flat
+
+    flat = _flat("", load_params().to_dict(), {})
+    assert "score.value_table.Accessories/Watches" in flat
+    for key, value in flat.items():
+        _validate_param(key, str(value))

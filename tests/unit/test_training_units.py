@@ -88,3 +88,22 @@ def test_stratified_split_is_deterministic_and_keeps_singletons_in_train():
     assert (side == "val").sum() == 4
     assert side.iloc[-1] == "train"
     assert set(side[frame.category_path == "A > B > C"]) == {"train", "val"}
+
+
+@pytest.mark.parametrize("total_steps", [1, 3, 4, 5, 8, 200])
+def test_lr_schedule_is_valid_for_tiny_and_long_runs(total_steps):
+    """A week with a few hundred listings gives a handful of steps: the schedule must still run."""
+    from training.train import make_lr_scheduler
+
+    layer = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    scheduler = make_lr_scheduler(optimizer, 0.1, total_steps)
+    rates = []
+    for _ in range(total_steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert max(rates) <= 0.1 + 1e-9 and min(rates) > 0
+    if total_steps >= 4:
+        assert rates[0] < max(rates)  # warm-up
+        assert rates[-1] < max(rates)  # annealing
