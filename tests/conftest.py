@@ -24,7 +24,6 @@ os.environ.update({
     "GX_ANALYTICS_ENABLED": "false",
     "DVC_NO_ANALYTICS": "1",
     "MLFLOW_ENABLE_TELEMETRY": "false",
-    "LCP_TASK_RETRIES": "0",
 })
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 

@@ -59,7 +59,8 @@ def run_dag(logical_date: datetime, conf: dict | None = None):
 def pipeline(tmp_path_factory, fashion_dir, airflow_db):
     root = tmp_path_factory.mktemp("e2e")
     state = State(root / "state").ensure()
-    old = {k: os.environ.get(k) for k in ("LCP_STATE_DIR", "LCP_PARAMS", "LCP_FEED_URL")}
+    old = {k: os.environ.get(k) for k in ("LCP_STATE_DIR", "LCP_PARAMS", "LCP_FEED_URL", "LCP_TASK_RETRIES")}
+    os.environ["LCP_TASK_RETRIES"] = "0"  # a failing task shows at once, not after retry delays
     os.environ["LCP_STATE_DIR"] = str(state.root)
     os.environ["LCP_PARAMS"] = str(small_params(root / "params.yaml"))
     os.environ.pop("LCP_FEED_URL", None)
