@@ -73,7 +73,7 @@ def gate_challenger(state: State, params: Params, version: str, golden_rev: str)
         "reason": decision.reason,
         "candidate_score": f"{decision.candidate_score:.6f}",
         "champion_score": "none" if decision.champion_score is None else f"{decision.champion_score:.6f}",
-        "champion_version": str(champion_version),
+        "champion_version": str(champion_version) if champion_version else "none",
         "delta": "none" if decision.delta is None else f"{decision.delta:+.6f}",
         "min_improvement": str(params.gate.min_improvement),
     }
