@@ -18,6 +18,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
+export LCP_MLFLOW_UI_URL ?= http://localhost:$(MLFLOW_PORT)
 
 .PHONY: venv demo test lint status ui clean-state
 

@@ -1,0 +1,72 @@
+"""Airflow UI plugin: links to the MLflow registry and the latest Great Expectations Data Docs.
+
+- An external view in Airflow's navigation opens the registered model page in the MLflow UI;
+  its base URL comes from ``LCP_MLFLOW_UI_URL`` (default ``http://localhost:5000``).
+- The Data Docs site that the validate task builds (``<state>/gx/gx/uncommitted/data_docs/
+  local_site``) is served by the Airflow api-server under ``/data-docs/`` (a FastAPI static
+  app), and linked from the navigation too, so reviewers need no file access.
+
+Kept light: no heavy imports at module level (the plugin manager imports this in every
+Airflow component).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from airflow.plugins_manager import AirflowPlugin
+
+MODEL_NAME = os.environ.get("LCP_MODEL_NAME", "listing-classifier")
+DATA_DOCS_PREFIX = "/data-docs"
+
+
+def mlflow_ui_url() -> str:
+    """Base URL of the MLflow UI, from ``LCP_MLFLOW_UI_URL`` (no trailing slash)."""
+    return os.environ.get("LCP_MLFLOW_UI_URL", "http://localhost:5000").rstrip("/")
+
+
+def data_docs_dir() -> Path:
+    """The GX Data Docs site folder of the state folder (``$LCP_STATE_DIR``, default ``.state``)."""
+    state = Path(os.environ.get("LCP_STATE_DIR", ".state")).resolve()
+    return state / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site"
+
+
+def data_docs_app():
+    """A FastAPI app serving the Data Docs site as static HTML (404 until the first validation)."""
+    from fastapi import FastAPI
+    from fastapi.staticfiles import StaticFiles
+
+    class DataDocsFiles(StaticFiles):
+        """StaticFiles that answers 404 (not 500) while the site does not exist yet."""
+
+        async def check_config(self) -> None:
+            if Path(self.directory).is_dir():
+                await super().check_config()
+
+    app = FastAPI(title="Great Expectations Data Docs")
+    app.mount("/", DataDocsFiles(directory=data_docs_dir(), html=True, check_dir=False), name="data-docs")
+    return app
+
+
+class ListingClassifierUIPlugin(AirflowPlugin):
+    """Navigation links to the MLflow registered model and to the GX Data Docs."""
+
+    name = "listing_classifier_ui"
+    fastapi_apps = [{"app": data_docs_app(), "url_prefix": DATA_DOCS_PREFIX, "name": "GX Data Docs"}]
+    external_views = [
+        {
+            "name": "MLflow: listing-classifier",
+            "href": f"{mlflow_ui_url()}/#/models/{MODEL_NAME}",
+            "destination": "nav",
+            "category": "Listing classifier",
+            "url_route": None,
+        },
+        {
+            "name": "GX Data Docs",
+            "href": f"{DATA_DOCS_PREFIX}/index.html",
+            "destination": "nav",
+            "category": "Listing classifier",
+            "url_route": None,
+        },
+    ]
