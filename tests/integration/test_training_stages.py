@@ -134,6 +134,15 @@ def test_evaluate_outputs(workspace):
     assert list(predictions.columns) == ["listing_id", "true_path", "predicted_path", "probability"]
     assert predictions["listing_id"].tolist() == golden["listing_id"].tolist()
     assert (ws / "reports" / "confusion_matrix.png").stat().st_size > 10_000
+    # per-level accuracy: coarser levels are never harder than the leaf
+    assert metrics["level_1_accuracy"] >= metrics["level_2_accuracy"] >= metrics["level_3_accuracy"]
+    assert metrics["level_3_accuracy"] == pytest.approx(metrics["accuracy"])
+    # the title-only TF-IDF baseline is scored on the same golden set
+    baseline = json.loads((ws / "reports" / "baseline.json").read_text())
+    assert 0.0 < baseline["accuracy"] <= 1.0 and baseline["accuracy"] == metrics["baseline_accuracy"]
+    per_class = pd.read_csv(ws / "reports" / "per_class.csv")
+    assert set(per_class["category_path"]) >= set(golden["category_path"])
+    assert per_class["support"].sum() == len(golden)
 
 
 def test_pyfunc_matches_evaluate_predictions(workspace, tmp_path):

@@ -107,3 +107,12 @@ def test_lr_schedule_is_valid_for_tiny_and_long_runs(total_steps):
     if total_steps >= 4:
         assert rates[0] < max(rates)  # warm-up
         assert rates[-1] < max(rates)  # annealing
+
+
+def test_level_accuracies_count_shared_leading_levels():
+    from training.evaluate import level_accuracies
+
+    true = ["A > B > C", "A > B > C", "A > X > Y", "D > E > F"]
+    pred = ["A > B > C", "A > B > Z", "A > B > Y", "G > E > F"]
+    assert level_accuracies(true, pred) == {
+        "level_1_accuracy": 0.75, "level_2_accuracy": 0.5, "level_3_accuracy": 0.25}
