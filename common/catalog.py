@@ -1,13 +1,20 @@
 """Catalog adapters by configuration: a YAML file maps a catalog's source columns onto the
-canonical listing. See ``catalogs/fashion.yaml``.
+canonical listing. See ``catalogs/fashion.yaml`` (category from three level columns) and
+``catalogs/flipkart.yaml`` (category parsed from one tree column, truncated to a depth).
+
+A new catalog needs a new YAML file, not code: the listings file name, the source column of each
+canonical field, how the category path is built, the image path template, the currency and where
+the catalog's taxonomy is declared (its own data, or Google's product taxonomy file).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.params import PROJECT_ROOT
 
@@ -22,16 +29,63 @@ CANONICAL_COLUMNS = (
 
 
 class ColumnMap(BaseModel):
-    """Source column of each canonical field; ``None`` means the catalog has no such field."""
+    """Source column of each canonical field; ``None`` means the catalog has no such field.
+
+    ``category_path`` lists one source column per taxonomy level (fashion:
+    ``[masterCategory, subCategory, articleType]``); a catalog whose path sits in one column
+    leaves it out and declares :class:`CategoryTree` under ``category`` instead.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     listing_id: str
     title: str
-    category_path: list[str] = Field(min_length=1)
+    category_path: list[str] | None = Field(None, min_length=1)
     description: str | None = None
     brand: str | None = None
     price: str | None = None
+    currency: str | None = Field(None, description="Per-row currency column; else Catalog.currency.")
+
+
+class CategoryTree(BaseModel):
+    """A category path held in one source column, e.g. Flipkart's ``product_category_tree``
+    ``'["Clothing >> Women's Clothing >> Lingerie >> ..."]'``.
+
+    The cell is parsed (``format``), split on ``separator``, levels stripped, and only the first
+    ``max_depth`` levels kept (deeper levels of real trees are often the product name itself).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    column: str
+    format: Literal["text", "json_list"] = Field(
+        "text", description="text: the cell is the path; json_list: a JSON list whose first "
+                            "element is the path.")
+    separator: str = Field(">", min_length=1)
+    max_depth: int = Field(3, ge=1)
+
+
+class TaxonomySpec(BaseModel):
+    """Where a catalog's taxonomy (the set of valid category paths) is declared.
+
+    ``file`` is the taxonomy file at the feed root (a JSON list of ``"A > B > C"`` paths) that
+    validation reads. ``source`` says how ``python -m ingestion.feed publish`` declares it:
+    ``data`` (the category paths present in the whole source catalog) or ``google`` (Google's
+    product taxonomy, ``google_file``, with every category path up to the catalog's depth).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: str = "taxonomy.json"
+    source: Literal["data", "google"] = "data"
+    google_file: str | None = Field(
+        None, description="Google taxonomy-with-ids text file; relative paths from the project root.")
+
+    @model_validator(mode="after")
+    def _google_needs_file(self) -> TaxonomySpec:
+        if self.source == "google" and not self.google_file:
+            raise ValueError("taxonomy.source 'google' needs taxonomy.google_file")
+        return self
 
 
 class Catalog(BaseModel):
@@ -40,16 +94,68 @@ class Catalog(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    listings_file: str
+    listings_file: str = Field(description="Listings file name inside a batch folder; a file "
+                                           "with the same stem and another supported extension "
+                                           "(.csv, .jsonl, .parquet) is found too.")
     columns: ColumnMap
+    category: CategoryTree | None = None
     image_key: str = Field(description="Image path inside a batch, a str.format template over the source row.")
     currency: str | None = None
-    taxonomy: str = Field("taxonomy.json", description="Taxonomy file at the feed root.")
+    taxonomy: TaxonomySpec = TaxonomySpec()
+
+    @field_validator("taxonomy", mode="before")
+    @classmethod
+    def _taxonomy_file_shorthand(cls, value: object) -> object:
+        return {"file": value} if isinstance(value, str) else value  # `taxonomy: taxonomy.json`
+
+    @model_validator(mode="after")
+    def _one_category_source(self) -> Catalog:
+        if (self.columns.category_path is None) == (self.category is None):
+            raise ValueError("declare the category path either as columns.category_path (one "
+                             "column per level) or as category (one tree column), exactly one")
+        return self
 
     @property
     def depth(self) -> int:
-        """Number of taxonomy levels in a category path."""
+        """Number of taxonomy levels in a category path (at most, for a parsed tree)."""
+        if self.category is not None:
+            return self.category.max_depth
         return len(self.columns.category_path)
+
+    @property
+    def category_columns(self) -> list[str]:
+        """Source columns the category path is built from."""
+        if self.category is not None:
+            return [self.category.column]
+        return list(self.columns.category_path)
+
+    def category_levels(self, values: list[str | None]) -> list[str] | None:
+        """The levels of one row's category path from its :attr:`category_columns` values.
+
+        Args:
+            values: the row's text values of :attr:`category_columns` (``None`` when blank).
+
+        Returns:
+            The stripped levels (at most :attr:`depth`), or ``None`` when a level is blank or a
+            tree cell cannot be parsed.
+        """
+        if self.category is None:
+            return None if any(v is None or not v.strip() for v in values) else [
+                v.strip() for v in values]
+        (cell,) = values
+        if cell is None:
+            return None
+        tree = self.category
+        if tree.format == "json_list":
+            try:
+                items = json.loads(cell)
+            except json.JSONDecodeError:
+                return None
+            if not isinstance(items, list) or not items or not isinstance(items[0], str):
+                return None
+            cell = items[0]
+        levels = [level.strip() for level in cell.split(tree.separator)][: tree.max_depth]
+        return None if not levels or any(not level for level in levels) else levels
 
 
 def load_catalog(path: str | Path) -> Catalog:
@@ -69,3 +175,37 @@ def load_catalog(path: str | Path) -> Catalog:
 def split_path(category_path: str) -> list[str]:
     """``"A > B > C"`` -> ``["A", "B", "C"]``."""
     return [level.strip() for level in category_path.split(PATH_SEP.strip())]
+
+
+def google_taxonomy_paths(path: str | Path, max_depth: int | None = None) -> list[str]:
+    """Category paths of Google's product taxonomy file.
+
+    Args:
+        path: ``taxonomy-with-ids.en-US.txt`` (lines ``"<id> - A > B > C"``; ``#`` comments);
+            the plain ``taxonomy.en-US.txt`` (lines ``"A > B > C"``) works too. Relative paths
+            are taken from the project root.
+        max_depth: keep only paths of at most this many levels (``None``: all).
+
+    Returns:
+        The sorted, ``" > "``-joined paths. Source: https://support.google.com/merchants/answer/6324436
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        ValueError: when it holds no category.
+    """
+    path = Path(path)
+    if not path.is_absolute():
+        path = PROJECT_ROOT / path
+    paths = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        head, sep, rest = line.partition(" - ")
+        text = rest if sep and head.strip().isdigit() else line
+        levels = split_path(text)
+        if all(levels) and (max_depth is None or len(levels) <= max_depth):
+            paths.add(PATH_SEP.join(levels))
+    if not paths:
+        raise ValueError(f"Google taxonomy {path} holds no category")
+    return sorted(paths)

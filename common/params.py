@@ -39,6 +39,13 @@ class ValidateParams(_Frozen):
     title_max_length: int = Field(400, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
     min_image_side: int = Field(16, ge=1)
+    min_image_stddev: float = Field(2.0, ge=0.0, description="Grey-level std dev; below: blank.")
+    max_price: float = Field(10_000_000.0, gt=0.0, description="Plausible price ceiling.")
+    currencies: tuple[str, ...] = ("INR", "USD", "EUR", "GBP")
+    drift_label_js_max: float = Field(0.3, ge=0.0, le=1.0)
+    drift_price_ks_max: float = Field(0.3, ge=0.0, le=1.0)
+    drift_min_rows: int = Field(50, ge=1)
+    drift_blocks: bool = False
 
 
 class PrepareParams(_Frozen):
@@ -78,9 +85,22 @@ class ScoreParams(_Frozen):
 
 
 class GateParams(_Frozen):
-    min_improvement: float = Field(0.002, ge=0.0)
+    """The promotion gate's thresholds (see ``promotion.gate.decide``)."""
+
+    min_improvement: float = Field(0.002, ge=0.0, description="Absolute score gain required.")
+    min_relative_improvement: float = Field(
+        0.0, ge=0.0, description="Gain required as a fraction of the champion's score.")
     floor_score: float = Field(0.8, ge=0.0, le=1.0)
     floor_accuracy: float = Field(0.8, ge=0.0, le=1.0)
+    mode: Literal["point", "interval"] = Field(
+        "interval", description="point: the score delta itself; interval: the lower bound of its "
+                                "paired bootstrap interval must clear the required improvement.")
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="Two-sided bootstrap interval level.")
+    n_bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples.")
+    bootstrap_seed: int = 0
+    slice_top_n: int = Field(5, ge=0, description="Slices: top-N categories by business value.")
+    max_slice_recall_drop: float = Field(
+        0.05, ge=0.0, le=1.0, description="A slice may lose at most this much leaf recall (0.05 = 5 points).")
 
 
 class RegistryParams(_Frozen):

@@ -8,7 +8,14 @@ data interval end.
 CLI::
 
     python -m ingestion.feed publish --source ../shared/datasets/fashion-product-images \\
-        --weeks 2 [--feed DIR] [--start 2026-11-02] [--limit 400] [--catalog catalogs/fashion.yaml]
+        --weeks 2 [--feed DIR] [--start 2026-11-02] [--limit 400] [--catalog catalogs/fashion.yaml] \\
+        [--format csv|jsonl|parquet]
+    python -m ingestion.feed publish --source ../shared/datasets/flipkart-1050 \\
+        --catalog catalogs/flipkart.yaml --weeks 2
+
+The catalog's taxonomy is declared into ``<feed>/<taxonomy.file>`` as the catalog says: the
+category paths of the whole source catalog (``source: data``) or Google's product taxonomy
+(``source: google``).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.catalog import PATH_SEP, Catalog, load_catalog
+from common.catalog import PATH_SEP, Catalog, google_taxonomy_paths, load_catalog
 from common.params import load_params
 from common.state import State
 
@@ -38,10 +45,37 @@ def _order(listing_id: str) -> str:
     return hashlib.sha1(b"order:" + listing_id.encode()).hexdigest()
 
 
+FORMATS = ("csv", "jsonl", "parquet")
+"""Listings file formats publish can write (validation reads all three)."""
+
+
 def catalog_taxonomy(frame: pd.DataFrame, catalog: Catalog) -> list[str]:
-    """The category paths present in a source frame: the catalog's own declared taxonomy."""
-    levels = frame[catalog.columns.category_path].dropna()
-    return sorted({PATH_SEP.join(str(v).strip() for v in row) for row in levels.itertuples(index=False)})
+    """The declared taxonomy of a catalog, as sorted ``" > "``-joined category paths.
+
+    ``taxonomy.source: data``: the paths present in ``frame`` (the whole source catalog), built
+    exactly as validation builds a listing's path (:meth:`Catalog.category_levels`, so a parsed
+    tree is truncated to ``max_depth``). ``taxonomy.source: google``: every path of Google's
+    product taxonomy file of at most ``catalog.depth`` levels.
+    """
+    if catalog.taxonomy.source == "google":
+        return google_taxonomy_paths(catalog.taxonomy.google_file, catalog.depth)
+    cells = frame[catalog.category_columns].itertuples(index=False)
+    paths = set()
+    for row in cells:
+        values = [None if v is None or pd.isna(v) or not str(v).strip() else str(v) for v in row]
+        levels = catalog.category_levels(values)
+        if levels:
+            paths.add(PATH_SEP.join(levels))
+    return sorted(paths)
+
+
+def _write_listings(rows: pd.DataFrame, path: Path, fmt: str) -> None:
+    if fmt == "csv":
+        rows.to_csv(path, index=False)  # RFC 4180 quoting: embedded newlines and quotes survive
+    elif fmt == "jsonl":
+        rows.to_json(path, orient="records", lines=True, force_ascii=False)
+    else:
+        rows.to_parquet(path, index=False)
 
 
 def publish(
@@ -51,6 +85,7 @@ def publish(
     catalog: Catalog,
     start: date = DEFAULT_START,
     limit: int | None = None,
+    fmt: str = "csv",
 ) -> list[str]:
     """Cuts a source catalog into ``weeks`` weekly batches in a local feed folder.
 
@@ -61,22 +96,27 @@ def publish(
         catalog: the catalog adapter (listings file name, id column, image key template).
         start: date of the first batch (its Monday).
         limit: publish only this many listings (a deterministic sample), e.g. for tests.
+        fmt: listings file format, one of :data:`FORMATS`; the file is named
+            ``<stem of catalog.listings_file>.<fmt>``.
 
     Returns:
         The batch ids written, in date order.
 
     Raises:
         FileNotFoundError: when the source has no listings file.
-        ValueError: when ``weeks`` < 1.
+        ValueError: when ``weeks`` < 1 or ``fmt`` is unknown.
     """
     if weeks < 1:
         raise ValueError("weeks must be >= 1")
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    listings_name = f"{Path(catalog.listings_file).stem}.{fmt}"
     frame = pd.read_csv(source / catalog.listings_file, dtype=str, keep_default_na=False,
                         on_bad_lines="skip")
     id_col = catalog.columns.listing_id
     feed.mkdir(parents=True, exist_ok=True)
     taxonomy = catalog_taxonomy(frame, catalog)  # declared from the whole catalog, not the sample
-    (feed / catalog.taxonomy).write_text(json.dumps(taxonomy, indent=0), encoding="utf-8")
+    (feed / catalog.taxonomy.file).write_text(json.dumps(taxonomy, indent=0), encoding="utf-8")
     if limit:
         frame = frame.iloc[frame[id_col].map(_order).argsort()].head(limit)
     week_of = frame[id_col].map(lambda i: _bucket(i, weeks))
@@ -87,7 +127,7 @@ def publish(
         tmp = feed / f".{batch_id}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "images").mkdir(parents=True)
-        rows.to_csv(tmp / catalog.listings_file, index=False)
+        _write_listings(rows, tmp / listings_name, fmt)
         for row in rows.to_dict("records"):
             rel = catalog.image_key.format(**row)
             src = source / rel
@@ -111,11 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("--start", type=date.fromisoformat, default=DEFAULT_START)
     pub.add_argument("--limit", type=int, default=None)
     pub.add_argument("--catalog", default=None, help="catalog adapter (default: params.yaml's)")
+    pub.add_argument("--format", choices=FORMATS, default="csv", help="listings file format")
     pub.add_argument("--params", default=None)
     args = parser.parse_args(argv)
     catalog = load_catalog(args.catalog or load_params(args.params).catalog)
     feed = args.feed or Path(State.from_env().feed_url)
-    ids = publish(args.source, feed, args.weeks, catalog, args.start, args.limit)
+    ids = publish(args.source, feed, args.weeks, catalog, args.start, args.limit, args.format)
     print(json.dumps({"feed": str(feed), "batches": ids}))
     return 0
 

@@ -1,9 +1,11 @@
 """Ingest: copy the feed's new batches to staging and record them in the manifest.
 
 A batch is ingested once: the manifest, keyed by batch id, is the watermark, so re-running
-the same interval ingests nothing twice. The copy is atomic: a batch is downloaded into a
-temporary folder next to staging and renamed into place, so an interrupted copy leaves no
-half batch and a retry starts it again. Staged batches are the raw batches, kept unchanged.
+the same interval ingests nothing twice. The copy is atomic: a batch is downloaded into
+``staging/.<batch_id>.partial/`` and renamed into place only when complete, so an interrupted
+copy leaves no half batch under its id, and a retry resumes the partial folder (files already
+there with the right size are not fetched again) and finishes it. Staged batches are the raw
+batches, kept unchanged: their files are made read-only once staged, and validation only reads them.
 
 CLI: ``python -m ingestion.ingest [--cutoff 2026-11-09T00:00:00+00:00] [--max-batches N]``
 """
@@ -12,17 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
+import stat
 import sys
-import tempfile
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 from common.params import Params, load_params
 from common.state import State
 from ingestion.manifest import read_manifest, update_entry
-from ingestion.sources import FeedSource, check_batch_id, open_feed
+from ingestion.sources import PART, FeedError, FeedSource, check_batch_id, open_feed
 
 _DATE = re.compile(r"(\d{4}-\d{2}-\d{2})$")
 
@@ -51,19 +54,48 @@ def pending_batches(feed: FeedSource, manifest: dict, cutoff: datetime | None) -
     return pending
 
 
+def partial_dir(staging: Path, batch_id: str) -> Path:
+    """Where a batch is downloaded before it is renamed into ``staging/<batch_id>``."""
+    return Path(staging) / f".{check_batch_id(batch_id)}.partial"
+
+
+def _freeze(folder: Path) -> None:
+    """Makes every file below ``folder`` read-only (r--r--r--): the raw batch is kept unchanged."""
+    read_only = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+    for root, _, files in os.walk(folder):
+        for name in files:
+            os.chmod(os.path.join(root, name), read_only)
+
+
 def stage_batch(feed: FeedSource, batch_id: str, staging: Path) -> tuple[Path, int]:
-    """Copies one batch into ``staging/<batch_id>`` atomically; returns (folder, file count)."""
-    check_batch_id(batch_id)
+    """Copies one batch into ``staging/<batch_id>`` atomically.
+
+    The batch is downloaded into :func:`partial_dir` (kept when the copy fails, so the next
+    attempt resumes it), its files made read-only, then the folder renamed into place.
+
+    Returns:
+        ``(staged folder, number of files)``.
+
+    Raises:
+        ingestion.sources.FeedError: unsafe batch id or batch content (the partial folder is
+            removed: retrying would fail the same way).
+        OSError, botocore errors: an interrupted copy; the partial folder is kept for the retry.
+    """
     staging.mkdir(parents=True, exist_ok=True)
-    final = staging / batch_id
-    tmp = Path(tempfile.mkdtemp(dir=staging, prefix=f".{batch_id}."))
+    final = staging / check_batch_id(batch_id)
+    tmp = partial_dir(staging, batch_id)
     try:
         count = feed.download_batch(batch_id, tmp)
-        if final.exists():  # left by a run killed between rename and manifest write
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
+    except FeedError:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for part in tmp.rglob(f"*{PART}"):  # leftovers of an interrupted copy of a file now complete
+        if part.with_name(part.name[: -len(PART)]).is_file():
+            part.unlink()
+    _freeze(tmp)
+    if final.exists():  # left by a run killed between rename and manifest write
+        shutil.rmtree(final)
+    tmp.rename(final)
     return final, count
 
 
@@ -109,7 +141,7 @@ def ingest_new_batches(
 def _catalog_taxonomy_name(params: Params) -> str:
     from common.catalog import load_catalog
 
-    return load_catalog(params.catalog).taxonomy
+    return load_catalog(params.catalog).taxonomy.file
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import re
 import string
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +18,50 @@ from validation.errors import BatchError
 _CSV = {".csv"}
 _JSONL = {".jsonl", ".json", ".ndjson"}
 _PARQUET = {".parquet", ".pq"}
+EXTENSIONS = (".csv", ".jsonl", ".json", ".ndjson", ".parquet", ".pq")
+"""Listings file extensions read by :func:`read_listings_file`, in lookup order."""
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
+"""Bytes that were not UTF-8, kept by the ``surrogateescape`` error handler as lone surrogates."""
+
+
+def _has_bad_bytes(value: object) -> bool:
+    return isinstance(value, str) and _SURROGATE.search(value) is not None
+
+
+def _clean(value: str) -> str:
+    """Replaces undecodable bytes (lone surrogates) by U+FFFD, so the text can be written."""
+    if _SURROGATE.search(value) is None:
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def find_listings_file(batch_dir: str | Path, name: str) -> Path:
+    """The listings file of a batch: ``name`` itself, else the one file with the same stem and
+    another supported extension (a catalog declaring ``listings.csv`` also reads a batch that
+    ships ``listings.jsonl`` or ``listings.parquet``).
+
+    Args:
+        batch_dir: the batch folder.
+        name: the catalog's ``listings_file``.
+
+    Returns:
+        The path to read; ``batch_dir / name`` when nothing matches (reading it then raises
+        ``listings_file_missing``).
+
+    Raises:
+        BatchError: ``listings_file_ambiguous`` when several files share the stem.
+    """
+    batch_dir = Path(batch_dir)
+    exact = batch_dir / name
+    if exact.is_file():
+        return exact
+    stem = Path(name).stem
+    found = [batch_dir / f"{stem}{ext}" for ext in EXTENSIONS if (batch_dir / f"{stem}{ext}").is_file()]
+    if len(found) > 1:
+        raise BatchError("listings_file_ambiguous",
+                         f"several listings files in the batch: {', '.join(p.name for p in found)}")
+    return found[0] if found else exact
 
 
 def _text(value: object) -> str | None:
@@ -43,8 +89,20 @@ def _stringify(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, index=pd.RangeIndex(len(frame)))
 
 
+def _read_csv(path: Path) -> pd.DataFrame:
+    options = {"dtype": str, "keep_default_na": False, "na_values": [""]}
+    try:
+        return pd.read_csv(path, encoding="utf-8-sig", **options)
+    except UnicodeDecodeError:
+        # Some cells are not UTF-8. Keep their bytes as lone surrogates, so only those rows are
+        # quarantined; the C parser re-encodes strictly, the Python one takes any str.
+        text = path.read_bytes().decode("utf-8-sig", "surrogateescape")
+        # dtype=object: pandas' default string dtype is Arrow-backed and refuses lone surrogates.
+        return pd.read_csv(io.StringIO(text), engine="python", **{**options, "dtype": object})
+
+
 def _read_json_lines(path: Path) -> pd.DataFrame:
-    text = path.read_text(encoding="utf-8-sig")
+    text = path.read_bytes().decode("utf-8-sig", "surrogateescape")
     records = None
     if text.lstrip().startswith("["):  # a plain JSON array of records is accepted too
         try:
@@ -67,14 +125,21 @@ def _read_json_lines(path: Path) -> pd.DataFrame:
         if not isinstance(rec, dict):
             raise BatchError("listings_file_not_a_table",
                              f"{path.name} record {i + 1} is not a JSON object")
-    return pd.DataFrame.from_records(records)
+    columns = list(dict.fromkeys(k for rec in records for k in rec))
+    # Built column by column as object: pandas' default string dtype is Arrow-backed and refuses
+    # the lone surrogates that keep non-UTF-8 bytes.
+    return pd.DataFrame({c: pd.Series([rec.get(c) for rec in records], dtype=object)
+                         for c in columns}, index=pd.RangeIndex(len(records)))
 
 
 def read_listings_file(path: str | Path) -> pd.DataFrame:
     """Reads a batch's listings file into a raw table of text values.
 
-    The format comes from the extension: ``.csv`` (UTF-8, header row), ``.jsonl``/``.json``/
-    ``.ndjson`` (JSON Lines; a JSON array of objects is accepted too) or ``.parquet``.
+    The format comes from the extension: ``.csv`` (UTF-8, header row; RFC 4180 quoting, so
+    quoted cells may hold commas, doubled quotes and newlines), ``.jsonl``/``.json``/``.ndjson``
+    (JSON Lines; a JSON array of objects is accepted too) or ``.parquet``. Bytes that are not
+    UTF-8 inside a cell do not fail the file: they are kept as lone surrogates
+    (``surrogateescape``) so that :func:`source_errors` quarantines just that row.
 
     Args:
         path: the listings file.
@@ -95,8 +160,7 @@ def read_listings_file(path: str | Path) -> pd.DataFrame:
     ext = path.suffix.lower()
     try:
         if ext in _CSV:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""],
-                                encoding="utf-8-sig")
+            frame = _read_csv(path)
         elif ext in _JSONL:
             frame = _read_json_lines(path)
         elif ext in _PARQUET:
@@ -111,6 +175,10 @@ def read_listings_file(path: str | Path) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:
         # pyarrow.ArrowInvalid is a ValueError; a bad Parquet footer is an OSError/ArrowInvalid.
         raise BatchError("listings_file_unparseable", f"{path.name}: {exc}") from exc
+    names = [str(c) for c in frame.columns]
+    if any(_has_bad_bytes(c) or "\x00" in c for c in names):
+        raise BatchError("listings_file_unparseable",
+                         f"{path.name}: the header row is not UTF-8 text (not a listings table)")
     if frame.shape[0] == 0 or frame.shape[1] == 0:
         raise BatchError("listings_file_empty", f"{path.name} has no rows")
     return _stringify(frame)
@@ -144,8 +212,10 @@ def to_canonical(raw: pd.DataFrame, catalog: Catalog, batch_id: str,
 
     Returns:
         ``CANONICAL_COLUMNS``, same index as ``raw``: text columns are object columns of ``str``
-        or ``None``; ``price`` is float64 (NaN when absent or not a number); ``category_path`` is
-        the mapped level columns joined with ``" > "`` (``None`` when any level is blank);
+        or ``None`` (undecodable bytes shown as U+FFFD); ``price`` is float64 (NaN when absent or
+        not a number, which :func:`source_errors` reports); ``category_path`` is the levels from
+        :meth:`common.catalog.Catalog.category_levels` joined with ``" > "`` (``None`` when a
+        level is blank or the tree cell cannot be parsed);
         ``image_key`` is the catalog template formatted with the source row (``None`` when a
         field is null); ``image_sha256`` is ``None`` (filled after the image check).
 
@@ -154,8 +224,8 @@ def to_canonical(raw: pd.DataFrame, catalog: Catalog, batch_id: str,
             by the image key template) that the file lacks.
     """
     cols = catalog.columns
-    needed = [cols.listing_id, cols.title, *cols.category_path,
-              *(c for c in (cols.description, cols.brand, cols.price) if c),
+    needed = [cols.listing_id, cols.title, *catalog.category_columns,
+              *(c for c in (cols.description, cols.brand, cols.price, cols.currency) if c),
               *_template_fields(catalog.image_key)]
     missing = sorted({c for c in needed if c not in raw.columns})
     if missing:
@@ -168,10 +238,11 @@ def to_canonical(raw: pd.DataFrame, catalog: Catalog, batch_id: str,
     def text(col: str | None) -> pd.Series:
         if col is None:
             return pd.Series([None] * n, index=raw.index, dtype=object)
-        return pd.Series([_text(v) for v in raw[col].tolist()], index=raw.index, dtype=object)
+        return pd.Series([None if (t := _text(v)) is None else _clean(t) for v in raw[col].tolist()],
+                         index=raw.index, dtype=object)
 
-    levels = [text(c).tolist() for c in cols.category_path]
-    paths = [None if any(v is None for v in vals) else PATH_SEP.join(vals)
+    levels = [text(c).tolist() for c in catalog.category_columns]
+    paths = [None if (lv := catalog.category_levels(list(vals))) is None else PATH_SEP.join(lv)
              for vals in zip(*levels, strict=True)]
     records = raw.to_dict(orient="records")
     image_keys = [_format_key(catalog.image_key, {k: v for k, v in rec.items() if v is not None})
@@ -188,7 +259,8 @@ def to_canonical(raw: pd.DataFrame, catalog: Catalog, batch_id: str,
         "description": text(cols.description),
         "brand": text(cols.brand),
         "price": price,
-        "currency": const(catalog.currency),
+        "currency": (text(cols.currency).map(lambda c: c.upper() if c else None)
+                     if cols.currency else const(catalog.currency)),
         "category_path": pd.Series(paths, index=raw.index, dtype=object),
         "image_key": pd.Series(image_keys, index=raw.index, dtype=object),
         "image_sha256": const(None),
@@ -197,3 +269,51 @@ def to_canonical(raw: pd.DataFrame, catalog: Catalog, batch_id: str,
         "ingested_at": const(ingested_at),
     })
     return out[list(CANONICAL_COLUMNS)]
+
+
+def _price_error(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return f"price_not_a_number: {value[:40]!r}"
+    return None if math.isfinite(number) else f"price_not_a_number: {value[:40]!r}"
+
+
+def source_errors(raw: pd.DataFrame, catalog: Catalog) -> pd.Series:
+    """Row-level problems of the source values that the canonical listing cannot show.
+
+    Checked per row: every mapped text column holds valid UTF-8 (``invalid_utf8: <column>``);
+    the price cell, when present, is a finite decimal number (``price_not_a_number: '<cell>'``,
+    the wrong-dtype case: :func:`to_canonical` would silently give NaN); a category tree cell,
+    when present, parses into a path (``category_unparseable: <column>``).
+
+    Args:
+        raw: output of :func:`read_listings_file`.
+        catalog: the catalog adapter (:func:`to_canonical` must have accepted ``raw``).
+
+    Returns:
+        Object series, index of ``raw``: ``None`` for a clean row, else the reasons joined with
+        ``"; "``.
+    """
+    cols = catalog.columns
+    mapped = [c for c in (cols.listing_id, cols.title, cols.description, cols.brand, cols.price,
+                          cols.currency, *catalog.category_columns) if c]
+    errors: list[list[str]] = [[] for _ in range(len(raw))]
+    for col in dict.fromkeys(mapped):
+        for i, value in enumerate(raw[col].tolist()):
+            if _has_bad_bytes(value):
+                errors[i].append(f"invalid_utf8: {col}")
+    if cols.price:
+        for i, value in enumerate(raw[cols.price].tolist()):
+            problem = _price_error(_text(value))
+            if problem and not _has_bad_bytes(value):
+                errors[i].append(problem)
+    if catalog.category is not None:
+        col = catalog.category.column
+        for i, value in enumerate(raw[col].tolist()):
+            cell = _text(value)
+            if cell is not None and not _has_bad_bytes(cell) and catalog.category_levels([cell]) is None:
+                errors[i].append(f"category_unparseable: {col}")
+    return pd.Series(["; ".join(e) if e else None for e in errors], index=raw.index, dtype=object)

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from validation.taxonomy import load_taxonomy
 
     try:
-        taxonomy = load_taxonomy(args.feed / catalog.taxonomy)
+        taxonomy = load_taxonomy(args.feed / catalog.taxonomy.file)
     except (OSError, ValueError) as exc:
         parser.error(f"cannot load taxonomy: {exc}")
     if args.ingested_at:

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+IMAGE_ERROR = "image_error"
+"""Column added before validation: the :func:`validation.images.check_image` reason, or null."""
+SOURCE_ERROR = "source_error"
+"""Column added before validation: the :func:`validation.adapt.source_errors` reasons, or null."""
+DUPLICATE_IMAGE = "duplicate_image"
+"""Column added before validation: ``"duplicate_image: ..."`` when the image's SHA-256 is already
+held by another listing (in the store or earlier in the batch), else null."""
+DETAIL_COLUMNS = (IMAGE_ERROR, SOURCE_ERROR, DUPLICATE_IMAGE)
+"""Columns whose (``"; "``-joined) values are the rejection reasons of the rows they flag; the
+suite expects them null."""
+
 
 class BatchError(Exception):
     """A batch that cannot be validated row by row; the whole batch is quarantined.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+from PIL import Image, ImageFile, ImageStat, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
 from common.params import ValidateParams
 
@@ -84,7 +84,8 @@ def check_image(batch_dir: Path, image_key: str | None,
         on failure a short reason and ``None`` (``ext`` is the detected format's extension or
         ``""``). Reasons: ``image_key_missing``, ``image_path_outside_batch``, ``image_missing``,
         ``image_format_unsupported: <FORMAT|unknown>``, ``image_too_large: <W>x<H>``,
-        ``image_too_small: <W>x<H>``, ``image_undecodable: <detail>``.
+        ``image_too_small: <W>x<H>``, ``image_undecodable: <detail>``, ``image_blank: <detail>``
+        (grey-level standard deviation below ``params.min_image_stddev``, 0-255 scale).
 
     Never raises for bad image content; ``OSError`` from the filesystem other than a missing
     file is reported as ``image_unreadable: <detail>``.
@@ -128,10 +129,15 @@ def _check_pixels(fh, name: str, params: ValidateParams) -> str | None:
             return f"image_too_small: {width}x{height}"
         try:
             img.load()  # full decode: truncated or corrupt data fails here
+            grey = img.convert("L")
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             return f"image_too_large: {width}x{height}"
         except Exception as exc:  # noqa: BLE001
             return f"image_undecodable: {_short(exc)}"
+        # A blank (uniform) picture shows no product: grey-level standard deviation ~ 0.
+        stddev = ImageStat.Stat(grey).stddev[0]
+        if stddev < params.min_image_stddev:
+            return f"image_blank: grey std dev {stddev:.2f} < {params.min_image_stddev}"
     return None
 
 

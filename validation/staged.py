@@ -41,7 +41,7 @@ def validate_staged_batches(state: State, params: Params) -> dict:
         NothingToTrainError: when the listings store is empty after validation.
     """
     catalog = load_catalog(params.catalog)
-    taxonomy = load_taxonomy(state.staging / f"_{catalog.taxonomy}")
+    taxonomy = load_taxonomy(state.staging / f"_{catalog.taxonomy.file}")
     manifest = read_manifest(state.manifest)
     outcome: dict = {"accepted": [], "partial": [], "quarantined": [], "reports": {},
                      "data_docs": None}

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from common.catalog import CANONICAL_COLUMNS
 from common.params import ValidateParams
+from validation.errors import DETAIL_COLUMNS, DUPLICATE_IMAGE, IMAGE_ERROR, SOURCE_ERROR
 from validation.gx_setup import gx
 
 SUITE_NAME = "listings_batch"
-IMAGE_ERROR = "image_error"
-"""Column added before validation: the :func:`validation.images.check_image` reason, or null."""
-
-REQUIRED_COLUMNS = (*CANONICAL_COLUMNS, IMAGE_ERROR)
+REQUIRED_COLUMNS = (*CANONICAL_COLUMNS, *DETAIL_COLUMNS)
 
 
 def build_suite(taxonomy: frozenset[str], params: ValidateParams) -> gx.ExpectationSuite:
@@ -23,7 +21,8 @@ def build_suite(taxonomy: frozenset[str], params: ValidateParams) -> gx.Expectat
     Args:
         taxonomy: valid category paths (``" > "``-joined), from
             :func:`validation.taxonomy.load_taxonomy`.
-        params: ``title_min_length`` / ``title_max_length`` (characters).
+        params: ``title_min_length`` / ``title_max_length`` (characters), ``max_price``
+            (currency units; price >= 0), ``currencies`` (known ISO 4217 codes).
 
     Returns:
         An unsaved suite named ``"listings_batch"``.
@@ -45,7 +44,14 @@ def build_suite(taxonomy: frozenset[str], params: ValidateParams) -> gx.Expectat
         E.ExpectColumnValuesToNotBeNull(column="category_path", meta=meta("missing_category")),
         E.ExpectColumnValuesToBeInSet(column="category_path", value_set=sorted(taxonomy),
                                       meta=meta("unknown_category")),
+        E.ExpectColumnValuesToBeOfType(column="price", type_="float64", meta=meta("wrong_dtype")),
+        E.ExpectColumnValuesToBeBetween(column="price", min_value=0, max_value=params.max_price,
+                                        meta=meta("price_out_of_range")),
+        E.ExpectColumnValuesToBeInSet(column="currency", value_set=sorted(params.currencies),
+                                      meta=meta("unknown_currency")),
+        E.ExpectColumnValuesToBeNull(column=SOURCE_ERROR, meta=meta("source_invalid")),
         E.ExpectColumnValuesToBeNull(column=IMAGE_ERROR, meta=meta("image_invalid")),
+        E.ExpectColumnValuesToBeNull(column=DUPLICATE_IMAGE, meta=meta("duplicate_image")),
     ]
     return gx.ExpectationSuite(
         name=SUITE_NAME, expectations=expectations,

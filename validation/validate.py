@@ -21,9 +21,10 @@ import pyarrow.parquet as pq
 
 from common.catalog import CANONICAL_COLUMNS, Catalog
 from common.params import ValidateParams
-from common.store import batch_file
-from validation.adapt import read_listings_file, to_canonical
-from validation.errors import BatchError
+from common.store import INDEX_COLUMNS, batch_file, read_store
+from validation.adapt import find_listings_file, read_listings_file, source_errors, to_canonical
+from validation.drift import drift_report
+from validation.errors import DETAIL_COLUMNS, BatchError
 from validation.images import check_image, resolve_image
 
 STORE_SCHEMA = pa.schema([(c, pa.float64() if c == "price" else pa.string())
@@ -65,6 +66,31 @@ def _store_image(store: Path, source: Path, sha: str, ext: str) -> str:
     return key
 
 
+def _duplicates(frame: pd.DataFrame, shas: list[str | None], store_index: pd.DataFrame) -> list:
+    """``duplicate_image`` reason per row, or ``None``.
+
+    A row's image is a duplicate when its SHA-256 is held by another listing id: by the latest
+    version of a listing in the store (``store_index``), or by an earlier row of this batch. The
+    same id re-sending its image is an update, not a duplicate. Identical images under different
+    ids leak between the training split and the golden test set, so the later one is held back.
+    """
+    owner: dict[str, tuple[str, str]] = {}
+    for sha, listing_id, batch in zip(store_index["image_sha256"], store_index["listing_id"],
+                                      store_index["batch_id"], strict=True):
+        if sha:
+            owner.setdefault(sha, (listing_id, f"batch {batch}"))
+    out: list[str | None] = []
+    for sha, listing_id in zip(shas, frame["listing_id"], strict=True):
+        held = owner.get(sha) if sha else None
+        if held is not None and held[0] != listing_id:
+            out.append(f"duplicate_image: same image as listing {held[0]} ({held[1]})")
+            continue
+        out.append(None)
+        if sha and listing_id is not None:
+            owner.setdefault(sha, (listing_id, "this batch"))
+    return out
+
+
 def _row_reasons(outcome, frame: pd.DataFrame) -> tuple[dict[int, list[str]], list[str]]:
     """Per-row reasons from the failed expectations, and batch-level failures."""
     rows: dict[int, list[str]] = {}
@@ -80,10 +106,10 @@ def _row_reasons(outcome, frame: pd.DataFrame) -> tuple[dict[int, list[str]], li
             batch.append(f"{res['reason']}: {res['column'] or res['type']}")
             continue
         for idx in indexes:
-            reason = res["reason"]
-            if res["column"] == "image_error":  # the check_image reason says more
-                reason = frame.at[idx, "image_error"] or reason
-            rows.setdefault(int(idx), []).append(reason)
+            reasons = [res["reason"]]
+            if res["column"] in DETAIL_COLUMNS:  # the check's own reasons say more
+                reasons = (frame.at[idx, res["column"]] or res["reason"]).split("; ")
+            rows.setdefault(int(idx), []).extend(reasons)
     return rows, batch
 
 
@@ -147,12 +173,14 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
         "rejected_rows": 0, "bad_row_fraction": None, "reasons": {}, "batch_reasons": [],
         "failed_expectations": [], "validation_id": None, "data_docs": None,
         "data_docs_page": None, "store_file": None, "rejected_file": None, "report": None,
+        "warnings": [], "drift": None,
     }
     partition = batch_file(store, batch_id)
     try:
-        raw = read_listings_file(batch_dir / catalog.listings_file)
+        raw = read_listings_file(find_listings_file(batch_dir, catalog.listings_file))
         report["rows"] = len(raw)
         canon = to_canonical(raw, catalog, batch_id, ingested_at).reset_index(drop=True)
+        source = source_errors(raw, catalog).reset_index(drop=True)
     except BatchError as exc:
         report.update(rejected_rows=report["rows"], reasons={exc.reason: max(report["rows"], 1)},
                       batch_reasons=[str(exc)])
@@ -160,8 +188,12 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
         return _write_report(report, qdir)
 
     checks = _check_images(batch_dir, canon["image_key"].tolist(), params)
+    store_index = read_store(store, INDEX_COLUMNS, exclude_batches=[batch_id])
     frame = canon.copy()
     frame["image_error"] = pd.Series([c[0] for c in checks], index=frame.index, dtype=object)
+    frame["source_error"] = source
+    frame["duplicate_image"] = pd.Series(_duplicates(frame, [c[1] for c in checks], store_index),
+                                         index=frame.index, dtype=object)
 
     from validation.checkpoint import ROW, run_checkpoint  # GX is slow to import; only when needed
     from validation.suite import build_suite
@@ -179,9 +211,19 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
     rows = len(frame)
     bad = sorted(row_reasons)
     fraction = len(bad) / rows
+    report["warnings"] = _unknown_category_warnings(frame, row_reasons)
+    good_rows = frame[~frame.index.isin(bad)]
+    same_catalog = store_index[store_index["catalog"] == catalog.name]
+    report["drift"] = drift_report(
+        good_rows["category_path"].dropna().tolist(), good_rows["price"].dropna().tolist(),
+        same_catalog["category_path"].dropna().tolist(), same_catalog["price"].dropna().tolist(),
+        params)
+    report["warnings"] += report["drift"]["warnings"]
     report["bad_row_fraction"] = round(fraction, 6)
     report["reasons"] = dict(sorted(Counter(
         _code(r) for reasons in row_reasons.values() for r in dict.fromkeys(reasons)).items()))
+    if params.drift_blocks and report["drift"]["warnings"]:
+        batch_reasons = [*batch_reasons, *report["drift"]["warnings"]]
     if not bad and not batch_reasons:
         status = "accepted"
     elif not batch_reasons and fraction <= params.max_bad_row_fraction and len(bad) < rows:
@@ -223,6 +265,19 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
     _atomic_write(rejected_file, lambda tmp: out.to_csv(tmp, index=False))
     report["rejected_file"] = str(rejected_file)
     return _write_report(report, qdir)
+
+
+def _unknown_category_warnings(frame: pd.DataFrame, row_reasons: dict[int, list[str]]) -> list[str]:
+    """One warning naming the categories outside the taxonomy: they are held back, never
+    trained on as a new class; extend the declared taxonomy to accept them."""
+    unknown = Counter(frame.at[i, "category_path"] for i, reasons in row_reasons.items()
+                      if "unknown_category" in reasons)
+    if not unknown:
+        return []
+    names = ", ".join(f"{path!r} ({n})" for path, n in unknown.most_common(10))
+    more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+    return [f"unknown_category: {sum(unknown.values())} row(s) held back, categories not in the "
+            f"declared taxonomy: {names}{more}"]
 
 
 def _write_partition(frame: pd.DataFrame, path: Path) -> None:

@@ -109,3 +109,82 @@ def test_s3_feed_through_moto_server(tmp_path, feed, monkeypatch):
         assert len(list((staged / "images").iterdir())) == len(list((feed / "fashion-2026-11-02" / "images").iterdir()))
     finally:
         server.stop()
+
+
+def test_interrupted_copy_leaves_no_half_batch_and_retry_finishes(tmp_path, feed):
+    """A real failure in the middle of a copy (a symlink the feed refuses comes after the
+    listings file and images), then the retry after the feed is fixed."""
+    from ingestion.ingest import partial_dir, stage_batch
+    from ingestion.sources import FeedError
+
+    batch = "fashion-2026-11-02"
+    staging = tmp_path / "staging"
+    (feed / batch / "zz-broken").symlink_to(feed / batch / "styles.csv")
+    # FeedError is a refusal, not an interruption: nothing partial is kept
+    with pytest.raises(FeedError):
+        stage_batch(LocalFeed(feed), batch, staging)
+    assert not (staging / batch).exists() and not partial_dir(staging, batch).exists()
+
+    class Interrupted(LocalFeed):  # the real LocalFeed, cut off after half the files (a kill)
+        def download_batch(self, batch_id, dest):
+            files = sorted(p for p in (self.root / batch_id).rglob("*") if p.is_file())
+            cut = files[: len(files) // 2]
+            for path in cut:
+                target = dest / path.relative_to(self.root / batch_id)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(path.read_bytes())
+            raise OSError("connection reset")
+
+    (feed / batch / "zz-broken").unlink()
+    with pytest.raises(OSError):
+        stage_batch(Interrupted(feed), batch, staging)
+    partial = partial_dir(staging, batch)
+    assert not (staging / batch).exists() and partial.is_dir()
+    kept = {p: p.stat().st_ino for p in partial.rglob("*") if p.is_file()}
+    assert kept
+
+    final, count = stage_batch(LocalFeed(feed), batch, staging)  # the retry finishes it
+    assert not partial.exists()
+    assert _tree(final) == _tree(feed / batch) and count == len(_tree(feed / batch))
+    for path, inode in kept.items():  # files already copied were not fetched again
+        assert (final / path.relative_to(partial)).stat().st_ino == inode
+    assert all(p.stat().st_mode & 0o222 == 0 for p in final.rglob("*") if p.is_file()), \
+        "staged raw files are read-only"
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_s3_credentials_from_an_airflow_connection(tmp_path, feed, monkeypatch):
+    """No AWS_* credentials in the environment: they come from the Airflow connection
+    named by LCP_FEED_CONN_ID (here defined as an AIRFLOW_CONN_* variable)."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        admin = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                             aws_access_key_id="admin", aws_secret_access_key="admin")
+        admin.create_bucket(Bucket="marketplace")
+        for path in (p for p in (feed / "fashion-2026-11-02").rglob("*") if p.is_file()):
+            admin.upload_file(str(path), "marketplace", f"w/{path.relative_to(feed).as_posix()}")
+        admin.upload_file(str(feed / "taxonomy.json"), "marketplace", "w/taxonomy.json")
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
+                    "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+        monkeypatch.setenv("AIRFLOW_CONN_LCP_FEED_S3", json.dumps({
+            "conn_type": "aws", "login": "feed-reader", "password": "feed-secret",
+            "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}}))
+        monkeypatch.setenv("LCP_FEED_CONN_ID", "lcp_feed_s3")
+        state = State(tmp_path / "state")
+        result = ingest_new_batches(state, load_params(), None, "s3://marketplace/w")
+        assert result["ingested"] == ["fashion-2026-11-02"]
+        assert _tree(state.staging / "fashion-2026-11-02") == _tree(feed / "fashion-2026-11-02")
+    finally:
+        server.stop()

@@ -60,12 +60,20 @@ def test_truncated_jpeg_refused(batch: Path, real_jpeg: Path) -> None:
 
 
 @pytest.mark.parametrize(("fmt", "ext"), [("PNG", ".png"), ("WEBP", ".webp")])
-def test_png_and_webp_accepted(batch: Path, fmt: str, ext: str) -> None:
+def test_png_and_webp_accepted(batch: Path, real_jpeg: Path, fmt: str, ext: str) -> None:
     path = batch / "images" / f"x{ext}"
-    Image.new("RGB", (40, 30), "red").save(path, format=fmt)
+    with Image.open(real_jpeg) as img:  # a real listing photo, re-encoded
+        img.save(path, format=fmt)
     error, sha, got_ext = check_image(batch, f"images/x{ext}", PARAMS)
     assert error is None and got_ext == ext
     assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_blank_image_refused(batch: Path, fmt: str) -> None:
+    Image.new("RGB", (224, 224), "white").save(batch / "images" / "blank.img", format=fmt)
+    error = check_image(batch, "images/blank.img", PARAMS)[0]
+    assert error.startswith("image_blank: grey std dev 0.00")
 
 
 def test_extension_does_not_decide_the_format(batch: Path) -> None:
