@@ -20,7 +20,7 @@ export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 export LCP_MLFLOW_UI_URL ?= http://localhost:$(MLFLOW_PORT)
 
-.PHONY: venv demo test lint status ui clean-state
+.PHONY: venv demo test lint status ui clean-state reproduce
 
 # Virtual environment with the pinned dependencies (requirements/dev.lock, resolved by uv).
 $(VENV)/.installed: requirements/dev.lock pyproject.toml
@@ -53,6 +53,11 @@ ui: venv
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(STATE)/mlflow/mlflow.db \
 	  --default-artifact-root $(STATE)/mlflow/artifacts --port $(MLFLOW_PORT) & \
 	AIRFLOW__API__PORT=$(AIRFLOW_PORT) $(VENV)/bin/airflow standalone
+
+## make reproduce VERSION=<n>: restore a model version's data, code and params and re-run dvc repro.
+reproduce: venv
+	@test -n "$(VERSION)" || { echo "usage: make reproduce VERSION=<model version>"; exit 2; }
+	$(PY) -m promotion.reproduce --version $(VERSION)
 
 clean-state:
 	rm -rf "$(STATE)"

@@ -110,3 +110,35 @@ def business_weighted_score(
     if len(values) == 0 or total <= 0:
         raise ValueError("the business-weighted score needs at least one listing of positive value")
     return float((values * credits).sum() / total)
+
+
+def top_value_categories(true_paths: Sequence[str], values: np.ndarray, n: int) -> list[str]:
+    """The ``n`` true categories carrying the most business value in a set of listings.
+
+    A category's value is ``sum_i v(y_i)`` over the listings whose true category is it (its
+    weight in the business-weighted score), so a frequent cheap category can outrank a rare
+    dear one. Ties break by category path, for a stable order.
+
+    Args:
+        true_paths: N true category paths.
+        values: float array ``(N,)``, ``v(y_i)`` (see :func:`listing_credits`).
+        n: how many categories; 0 returns none.
+
+    Returns:
+        Up to ``n`` category paths, most valuable first.
+    """
+    totals: dict[str, float] = {}
+    for path, value in zip(true_paths, values, strict=True):
+        totals[path] = totals.get(path, 0.0) + float(value)
+    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [path for path, _ in ranked[:max(n, 0)]]
+
+
+def category_recall(true_paths: Sequence[str], predicted_paths: Sequence[str], category: str) -> float:
+    """Leaf recall of one category: the share of its listings predicted exactly.
+
+    Returns:
+        A float in [0, 1], or ``nan`` when no listing's true category is ``category``.
+    """
+    hits = [p == t for p, t in zip(predicted_paths, true_paths, strict=True) if t == category]
+    return float(np.mean(hits)) if hits else float("nan")

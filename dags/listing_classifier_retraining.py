@@ -19,7 +19,13 @@ import os
 from datetime import timedelta
 
 import pendulum
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
+
+try:  # operator extra links to MLflow, from the plugins folder (on sys.path in every component)
+    from listing_classifier_links import PROMOTE_LINKS, REGISTER_LINKS
+except ImportError:  # a bare DagBag without the plugins folder: the same DAG, without the links
+    PROMOTE_LINKS = REGISTER_LINKS = ()
 
 DAG_ID = "listing_classifier_retraining"
 # Retries per task; the test suite sets 0 so a failure shows at once instead of after the delays.
@@ -48,6 +54,8 @@ RETRIES = int(os.environ.get("LCP_TASK_RETRIES", "2"))
                                  description="Business-weighted score the challenger must gain over the champion."),
         "max_batches": Param(None, type=["null", "integer"], minimum=1,
                              description="New feed batches ingested by this run, at most."),
+        "require_approval": Param(False, type="boolean",
+                                  description="A human approves (Airflow HITL) before champion moves."),
     },
 )
 def listing_classifier_retraining():
@@ -103,7 +111,11 @@ def listing_classifier_retraining():
 
         return gate_challenger(State.from_env(), run_params(params), registered["version"], data["golden_md5"])
 
-    @task
+    @task.branch
+    def needs_approval(decision: dict, params=None) -> str:
+        return "approval" if (params or {}).get("require_approval") and decision.get("promote") else "promote"
+
+    @task(trigger_rule="none_failed_min_one_success")
     def promote(decision: dict, params=None) -> dict:
         from common.params import run_params
         from common.state import State
@@ -111,11 +123,34 @@ def listing_classifier_retraining():
 
         return move_alias(State.from_env(), run_params(params), decision)
 
+    @task(trigger_rule="none_failed_min_one_success")
+    def review(decision: dict, params=None, ti=None) -> dict:
+        from common.params import run_params
+        from common.state import State
+        from promotion.promote import record_review
+
+        approval_result = ti.xcom_pull(task_ids="approval", default=None)
+        return record_review(State.from_env(), run_params(params), decision, approval_result,
+                             bool((params or {}).get("require_approval")))
+
     validated = validate(ingest())
     data = version(validated)
     trained = train_evaluate(data)
     registered = register(data, trained, validated)
-    promote(gate(registered, data))
+    registered.operator.operator_extra_links = REGISTER_LINKS
+    decision = gate(registered, data)
+    # A rejection skips `promote` (its direct downstream); `review` still records it.
+    approval = ApprovalOperator(
+        task_id="approval",
+        subject="Promote listing-classifier v{{ ti.xcom_pull(task_ids='gate')['version'] }} to champion?",
+        body="{{ ti.xcom_pull(task_ids='gate')['reason'] }}\n\nThe full comparison is the model "
+             "version's description in the MLflow UI.",
+    )
+    moved = promote(decision)
+    moved.operator.operator_extra_links = PROMOTE_LINKS
+    needs_approval(decision) >> [approval, moved]
+    approval >> moved
+    moved >> review(decision)
 
 
 listing_classifier_retraining()

@@ -7,6 +7,18 @@ and ``dvc.lock``. One commit of the workspace therefore pins data, code and para
 the *data revision* passed on through XCom and tagged on every model version. Nothing is ever
 committed into the developer's checkout.
 
+The DVC remote is ``<state>/dvc-remote`` unless ``LCP_DVC_REMOTE_URL`` names another one: a
+folder, or ``s3://bucket/prefix`` (dvc-s3) with the same configuration shape. S3 credentials
+come only from the environment, as boto3 reads them (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``...); an endpoint (MinIO, a moto server) from
+``LCP_DVC_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL``. Nothing secret is written to the
+workspace's ``.dvc/config``.
+
+Two runs never use the workspace at once: :func:`workspace_lock` (an OS file lock on
+``<state>/workspace.lock``, released by the kernel when its holder dies, so it never goes stale)
+guards versioning and ``dvc repro``. DVC's own lock (``.dvc/tmp/rwlock``, ``.dvc/tmp/lock``) can go
+stale when a worker is killed mid-command: the error message then names the files to remove.
+
 CLI::
 
     python -m ingestion.versioning version      # dvc add + git commit + dvc push
@@ -22,6 +34,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +47,10 @@ from common.store import read_store
 
 SNAPSHOT_PACKAGES = ("common", "training")
 """Packages the DVC stages run; copied into the workspace so its commit pins them."""
+
+REMOTE_ENV = "LCP_DVC_REMOTE_URL"
+ENDPOINT_ENV = "LCP_DVC_S3_ENDPOINT_URL"
+LOCK_TIMEOUT_ENV = "LCP_WORKSPACE_LOCK_TIMEOUT"
 
 
 class VersioningError(RuntimeError):
@@ -67,6 +85,58 @@ def _dvc(workspace: Path, *args: str) -> str:
 
 def _git(workspace: Path, *args: str) -> str:
     return _run(["git", *args], workspace)
+
+
+@contextmanager
+def workspace_lock(state: State, timeout_s: float | None = None) -> Iterator[Path]:
+    """Holds the workspace's file lock (``<state>/workspace.lock``) for one git / DVC step.
+
+    Args:
+        state: the state folder.
+        timeout_s: seconds to wait for another run to finish; default ``$LCP_WORKSPACE_LOCK_TIMEOUT``
+            or 3 hours (a training run).
+
+    Yields:
+        The lock file.
+
+    Raises:
+        VersioningError: when the lock is not free within the timeout.
+    """
+    from filelock import FileLock, Timeout
+
+    state.root.mkdir(parents=True, exist_ok=True)
+    path = state.root / "workspace.lock"
+    timeout_s = float(os.environ.get(LOCK_TIMEOUT_ENV, 3 * 3600) if timeout_s is None else timeout_s)
+    try:
+        with FileLock(str(path), timeout=timeout_s):
+            yield path
+    except Timeout as exc:
+        raise VersioningError(
+            f"another run holds the DVC workspace lock {path} (waited {timeout_s:.0f} s). It is an OS "
+            "lock: it is released when its holder exits or dies, so wait for that run to finish.") from exc
+
+
+def remote_url(state: State) -> str:
+    """The DVC remote: ``$LCP_DVC_REMOTE_URL`` (a folder or ``s3://...``), else ``<state>/dvc-remote``."""
+    return os.environ.get(REMOTE_ENV) or str(state.dvc_remote)
+
+
+def configure_remote(state: State) -> str:
+    """Points the workspace's default remote ``storage`` at :func:`remote_url` (idempotent).
+
+    Only the URL and, for S3, the endpoint go to ``.dvc/config``; credentials stay in the
+    environment, where dvc-s3 (boto3) reads them.
+
+    Returns:
+        The remote URL.
+    """
+    ws = state.workspace
+    url = remote_url(state)
+    _dvc(ws, "remote", "add", "-d", "-f", "storage", url)
+    endpoint = os.environ.get(ENDPOINT_ENV) or os.environ.get("AWS_ENDPOINT_URL")
+    if url.startswith("s3://") and endpoint:
+        _dvc(ws, "remote", "modify", "storage", "endpointurl", endpoint)
+    return url
 
 
 def init_workspace(state: State) -> Path:
@@ -170,14 +240,17 @@ def version_data(state: State, params: Params, note: str = "") -> dict:
     Raises:
         VersioningError: when git or DVC fails.
     """
-    ws = init_workspace(state)
-    sync_snapshot(state, params)
-    if freeze_golden(state, params) is None:
-        raise VersioningError("the listings store is empty: nothing to version")
-    _dvc(ws, "add", "-q", "data/listings", "data/golden")
-    rev = _commit(ws, f"data: listings store {note}".strip())
-    _dvc(ws, "push", "-q")
+    with workspace_lock(state):
+        ws = init_workspace(state)
+        remote = configure_remote(state)
+        sync_snapshot(state, params)
+        if freeze_golden(state, params) is None:
+            raise VersioningError("the listings store is empty: nothing to version")
+        _dvc(ws, "add", "-q", "data/listings", "data/golden")
+        rev = _commit(ws, f"data: listings store {note}".strip())
+        _dvc(ws, "push", "-q")
     return {
+        "remote": remote,
         "data_rev": rev,
         "listings_md5": _out_md5(ws / "data" / "listings.dvc"),
         "golden_md5": _out_md5(ws / "data" / "golden.dvc"),
@@ -197,10 +270,11 @@ def reproduce(state: State, note: str = "") -> dict:
     ws = state.workspace
     if not (ws / "dvc.yaml").exists():
         raise VersioningError(f"no DVC workspace at {ws}: run the version step first")
-    out = _dvc(ws, "repro")
-    print(out[-6000:])
-    rev = _commit(ws, f"repro: prepare -> train -> evaluate {note}".strip())
-    _dvc(ws, "push", "-q")
+    with workspace_lock(state):
+        out = _dvc(ws, "repro")
+        print(out[-6000:])
+        rev = _commit(ws, f"repro: prepare -> train -> evaluate {note}".strip())
+        _dvc(ws, "push", "-q")
     metrics = json.loads((ws / "metrics.json").read_text())
     return {"workspace_commit": rev, "metrics": metrics, "workspace": str(ws)}
 

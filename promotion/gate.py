@@ -1,16 +1,49 @@
 """The promotion gate: a pure function deciding whether a challenger replaces the champion.
 
-Modelled on TFX Evaluator's "blessing": a value threshold (absolute floors every promoted model
-passes), a change threshold (the challenger must beat the champion's business-weighted score by
-at least ``gate.min_improvement``), a first-run rule (no champion: floors only), and a recorded
-reason. Moving the alias is a separate step (:mod:`promotion.promote`).
+Modelled on TFX Evaluator's "blessing":
+
+* **value threshold**: absolute floors of the business-weighted score and of leaf accuracy,
+  which every promoted model passes, the first one included;
+* **change threshold**: the challenger must beat the champion's score by the *required
+  improvement* ``max(min_improvement, min_relative_improvement * champion_score)``; in
+  ``interval`` mode the lower bound of a paired bootstrap confidence interval of the delta must
+  lie above it, in ``point`` mode the delta itself must reach it (a tie never promotes);
+* **slices**: none of the ``slice_top_n`` categories carrying the most business value may lose
+  more than ``max_slice_recall_drop`` of leaf recall; every failing slice is reported;
+* **first run**: with no champion, only the value thresholds apply, and the reason says so.
+
+Moving an alias is a separate, tiny step (:mod:`promotion.promote`). Nothing here touches MLflow.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 from common.params import GateParams
+from common.scoring import category_recall, top_value_categories
+
+
+@dataclass(frozen=True)
+class PerListing:
+    """One model's per-listing results on the golden set, in golden order.
+
+    Attributes:
+        listing_ids: N listing ids (the pairing key of the bootstrap).
+        true_paths: N true category paths.
+        predicted_paths: N predicted category paths.
+        values: float64 ``(N,)``, business value ``v(y_i)`` of the true category.
+        credits: float64 ``(N,)``, ``credit(yhat_i, y_i)`` in [0, 1].
+    """
+
+    listing_ids: tuple[str, ...]
+    true_paths: tuple[str, ...]
+    predicted_paths: tuple[str, ...]
+    values: np.ndarray = field(repr=False, compare=False)
+    credits: np.ndarray = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -21,16 +54,47 @@ class Scores:
         business_weighted_score: in [0, 1] (see common.scoring).
         accuracy: leaf accuracy in [0, 1].
         version: the registry version the scores belong to, if registered.
+        listings: per-listing results; required by the interval mode and by slice checks.
     """
 
     business_weighted_score: float
     accuracy: float
     version: str | None = None
+    listings: PerListing | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """Leaf recall of one top-value category for both models (``drop = champion - candidate``)."""
+
+    category: str
+    value: float
+    n: int
+    recall_candidate: float
+    recall_champion: float
+    drop: float
+    passed: bool
 
 
 @dataclass(frozen=True)
 class Decision:
-    """The gate's verdict and the figures behind it."""
+    """The gate's verdict and the figures behind it.
+
+    Attributes:
+        promote: whether the champion alias should move to the candidate.
+        decision: ``"promoted"`` or ``"rejected"``.
+        reason: one human-readable sentence per failed check, or why it passed.
+        candidate_score: the candidate's business-weighted score.
+        champion_score: the champion's, None on a first run.
+        delta: ``candidate_score - champion_score``, None on a first run.
+        required_improvement: the improvement the delta (or its lower bound) had to clear.
+        interval: ``(low, high)`` bootstrap interval of the delta, None in point mode / first run.
+        confidence: the interval's level.
+        mode: ``"point"`` or ``"interval"``.
+        first_run: True when there was no champion (only value thresholds applied).
+        slices: every checked slice, as dicts of :class:`SliceResult`.
+        failing_slices: the categories of the failing slices.
+    """
 
     promote: bool
     decision: str
@@ -38,42 +102,195 @@ class Decision:
     candidate_score: float
     champion_score: float | None
     delta: float | None
+    required_improvement: float | None = None
+    interval: tuple[float, float] | None = None
+    confidence: float | None = None
+    mode: str = "point"
+    first_run: bool = False
+    slices: list[dict] = field(default_factory=list)
+    failing_slices: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["interval"] = list(self.interval) if self.interval is not None else None
+        return d
+
+
+def paired_bootstrap_delta(
+    values: np.ndarray,
+    credits_candidate: np.ndarray,
+    credits_champion: np.ndarray,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile confidence interval of the difference of two business-weighted scores.
+
+    The golden listings are resampled with replacement (the *same* resample for both models:
+    a paired bootstrap, so the listings' shared difficulty cancels out); each resample gives
+    ``sum_I v_i (c_i - d_i) / sum_I v_i``, and the interval is the ``(1 - confidence) / 2`` and
+    ``(1 + confidence) / 2`` quantiles of those deltas: the percentile interval of Efron &
+    Tibshirani, *An Introduction to the Bootstrap* (1993), ch. 13. Seeded, so deterministic.
+
+    Args:
+        values: float ``(N,)``, business value of each listing's true category (>= 0).
+        credits_candidate: float ``(N,)``, the candidate's credit per listing.
+        credits_champion: float ``(N,)``, the champion's credit per listing, same listings.
+        n_resamples: bootstrap resamples B.
+        confidence: two-sided level in (0, 1).
+        seed: seed of NumPy's PCG64 generator.
+
+    Returns:
+        ``(low, high)``, floats in [-1, 1].
+
+    Raises:
+        ValueError: on empty or misaligned arrays, or when every value is 0.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    d = np.asarray(credits_candidate, dtype=np.float64) - np.asarray(credits_champion, dtype=np.float64)
+    if v.ndim != 1 or d.shape != v.shape or len(v) == 0:
+        raise ValueError(f"values {v.shape} and credit differences {d.shape} must be equal, non-empty 1-D")
+    if v.sum() <= 0:
+        raise ValueError("the bootstrap needs at least one listing of positive value")
+    rng = np.random.default_rng(seed)
+    n = len(v)
+    vd = v * d
+    deltas = np.empty(n_resamples, dtype=np.float64)
+    chunk = max(1, 2_000_000 // n)  # bounds the (chunk, N) index matrix to ~16 MB
+    for start in range(0, n_resamples, chunk):
+        stop = min(start + chunk, n_resamples)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        den = v[idx].sum(axis=1)
+        # a resample of only zero-value listings has no score: count it as no difference
+        deltas[start:stop] = np.divide(vd[idx].sum(axis=1), den, out=np.zeros(stop - start), where=den > 0)
+    alpha = 1.0 - confidence
+    low, high = np.quantile(deltas, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def slice_results(candidate: PerListing, champion: PerListing, top_n: int,
+                  max_drop: float) -> list[SliceResult]:
+    """Leaf recall of both models on the ``top_n`` categories of most business value.
+
+    Args:
+        candidate: the candidate's per-listing results.
+        champion: the champion's, on the same listings in the same order.
+        top_n: how many categories (see :func:`common.scoring.top_value_categories`).
+        max_drop: the largest allowed ``recall_champion - recall_candidate``.
+
+    Returns:
+        One :class:`SliceResult` per category, most valuable first.
+    """
+    results = []
+    for category in top_value_categories(candidate.true_paths, candidate.values, top_n):
+        mask = [t == category for t in candidate.true_paths]
+        r_cand = category_recall(candidate.true_paths, candidate.predicted_paths, category)
+        r_champ = category_recall(champion.true_paths, champion.predicted_paths, category)
+        drop = r_champ - r_cand
+        results.append(SliceResult(category, float(candidate.values[mask].sum()), int(sum(mask)),
+                                   r_cand, r_champ, drop, drop <= max_drop + 1e-12))
+    return results
+
+
+def required_improvement(champion_score: float, thresholds: GateParams) -> float:
+    """``max(min_improvement, min_relative_improvement * champion_score)``."""
+    return max(thresholds.min_improvement, thresholds.min_relative_improvement * champion_score)
+
+
+def _check_pairing(candidate: PerListing, champion: PerListing) -> None:
+    if candidate.listing_ids != champion.listing_ids or candidate.true_paths != champion.true_paths:
+        raise ValueError("candidate and champion were not scored on the same golden listings in the same order")
 
 
 def decide(candidate: Scores, champion: Scores | None, thresholds: GateParams) -> Decision:
-    """Decides on a challenger.
-
-    Rules, in order: (1) the challenger must pass both absolute floors; (2) with no champion,
-    passing the floors promotes it; (3) otherwise its business-weighted score must exceed the
-    champion's, by at least ``thresholds.min_improvement`` (a tie never promotes).
+    """Decides on a challenger (module docstring for the rules).
 
     Args:
         candidate: the challenger's scores.
-        champion: the current champion's scores on the same golden set, or None.
-        thresholds: floors and minimum improvement (``gate`` in params.yaml).
+        champion: the current champion's scores on the same golden set, or None (first run).
+        thresholds: ``gate`` in params.yaml.
 
     Returns:
-        The decision; ``decision`` is ``"promoted"`` or ``"rejected"``.
+        The decision; ``decision`` is ``"promoted"`` or ``"rejected"``. Rejections list every
+        failed check in ``reason``; failing slices are all named.
+
+    Raises:
+        ValueError: when the interval mode or the slice check needs per-listing results that
+            one side lacks, or when the two sides were scored on different listings.
     """
+    t = thresholds
     score = candidate.business_weighted_score
-    champ = champion.business_weighted_score if champion else None
-    delta = None if champ is None else score - champ
+    failures: list[str] = []
+    if score < t.floor_score:
+        failures.append(f"business-weighted score {score:.4f} is below the floor {t.floor_score:.4f}")
+    if candidate.accuracy < t.floor_accuracy:
+        failures.append(f"accuracy {candidate.accuracy:.4f} is below the floor {t.floor_accuracy:.4f}")
 
-    def verdict(promote: bool, reason: str) -> Decision:
-        return Decision(promote, "promoted" if promote else "rejected", reason, score, champ, delta)
-
-    if score < thresholds.floor_score:
-        return verdict(False, f"business-weighted score {score:.4f} is below the floor {thresholds.floor_score:.4f}")
-    if candidate.accuracy < thresholds.floor_accuracy:
-        return verdict(False, f"accuracy {candidate.accuracy:.4f} is below the floor {thresholds.floor_accuracy:.4f}")
     if champion is None:
-        return verdict(True, f"first model: no champion yet; passes the floors (score {score:.4f}, "
-                             f"accuracy {candidate.accuracy:.4f})")
-    if delta <= 0 or delta < thresholds.min_improvement:
-        return verdict(False, f"score {score:.4f} does not beat the champion's {champ:.4f} by at least "
-                              f"{thresholds.min_improvement:.4f} (delta {delta:+.4f})")
-    return verdict(True, f"score {score:.4f} beats the champion's {champ:.4f} by {delta:+.4f} "
-                         f"(>= {thresholds.min_improvement:.4f})")
+        ok = not failures
+        reason = ("first model: no champion yet, so only the value thresholds apply; "
+                  + (f"passes the floors (score {score:.4f}, accuracy {candidate.accuracy:.4f})" if ok
+                     else "; ".join(failures)))
+        return Decision(ok, "promoted" if ok else "rejected", reason, score, None, None,
+                        mode=t.mode, first_run=True)
+
+    champ = champion.business_weighted_score
+    delta = score - champ
+    required = required_improvement(champ, t)
+    needs_listings = t.mode == "interval" or t.slice_top_n > 0
+    if needs_listings and (candidate.listings is None or champion.listings is None):
+        raise ValueError(f"gate mode {t.mode!r} with slice_top_n={t.slice_top_n} needs per-listing "
+                         "results of both models")
+    if needs_listings:
+        _check_pairing(candidate.listings, champion.listings)
+
+    interval = None
+    if delta <= 0:
+        failures.append(f"score {score:.4f} does not beat the champion's {champ:.4f} (delta {delta:+.4f})")
+    elif delta < required:
+        failures.append(f"delta {delta:+.4f} is below the required improvement {required:.4f}")
+    if t.mode == "interval":
+        c, h = candidate.listings, champion.listings
+        interval = paired_bootstrap_delta(c.values, c.credits, h.credits, t.n_bootstrap, t.confidence,
+                                          t.bootstrap_seed)
+        if not interval[0] > required:
+            failures.append(f"the lower bound {interval[0]:+.4f} of the {t.confidence:.0%} bootstrap interval "
+                            f"[{interval[0]:+.4f}, {interval[1]:+.4f}] of the delta is not above the "
+                            f"required improvement {required:.4f}")
+
+    slices: list[SliceResult] = []
+    if t.slice_top_n > 0:
+        slices = slice_results(candidate.listings, champion.listings, t.slice_top_n, t.max_slice_recall_drop)
+        for s in slices:
+            if not s.passed:
+                failures.append(f"slice {s.category!r} loses {s.drop:.1%} leaf recall "
+                                f"({s.recall_champion:.3f} -> {s.recall_candidate:.3f}, n={s.n}; "
+                                f"max {t.max_slice_recall_drop:.1%})")
+
+    ok = not failures
+    if ok:
+        evidence = (f"the {t.confidence:.0%} interval [{interval[0]:+.4f}, {interval[1]:+.4f}] lies above "
+                    f"{required:.4f}" if interval else f"(>= {required:.4f})")
+        reason = (f"score {score:.4f} beats the champion's {champ:.4f} by {delta:+.4f} {evidence}"
+                  + (f"; no top-{len(slices)} slice loses more than {t.max_slice_recall_drop:.1%} recall"
+                     if slices else ""))
+    else:
+        reason = "; ".join(failures)
+    return Decision(ok, "promoted" if ok else "rejected", reason, score, champ, delta, required, interval,
+                    t.confidence if interval else None, t.mode, False,
+                    [_slice_dict(s) for s in slices], [s.category for s in slices if not s.passed])
+
+
+def _slice_dict(s: SliceResult) -> dict:
+    d = asdict(s)
+    for k in ("recall_candidate", "recall_champion", "drop"):
+        if isinstance(d[k], float) and math.isnan(d[k]):
+            d[k] = None
+    return d
+
+
+def per_listing(listing_ids: Sequence[str], true_paths: Sequence[str], predicted_paths: Sequence[str],
+                values: np.ndarray, credits: np.ndarray) -> PerListing:
+    """Builds a :class:`PerListing` (tuples for the paths, float64 arrays for the terms)."""
+    return PerListing(tuple(map(str, listing_ids)), tuple(true_paths), tuple(predicted_paths),
+                      np.asarray(values, dtype=np.float64), np.asarray(credits, dtype=np.float64))

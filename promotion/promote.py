@@ -1,10 +1,20 @@
-"""Gate and promote: score the challenger and the champion on the same golden set, decide, tag,
-and move the ``champion`` alias only when the gate says so.
+"""Gate and promote: score the challenger and the champion on the same golden set, decide, record
+the review in MLflow, and move the ``champion`` alias only when the gate (and, when required, a
+human reviewer) says so.
+
+Steps, each small and separately callable:
+
+1. :func:`gate_challenger` re-scores both models (:func:`promotion.registry.score_version`),
+   calls the pure :func:`promotion.gate.decide`, runs the serving check of the challenger in a
+   fresh process, and records tags, the Markdown description and comparison artifacts. It moves
+   no alias but ``challenger``.
+2. :func:`promote` moves ``previous-champion`` then ``champion`` per the recorded decision.
+3. :func:`record_review` records a reviewer's approval or rejection (DAG param ``require_approval``).
 
 CLI::
 
-    python -m promotion.promote gate --version 3      # decide and tag, moves nothing
-    python -m promotion.promote promote --version 3   # move aliases per the recorded decision
+    python -m promotion.promote gate --version 3      # decide and record, moves nothing
+    python -m promotion.promote promote --version 3   # gate, then move aliases per the decision
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from common.params import Params, load_params
 from common.state import State
 from promotion.gate import Scores, decide
 from promotion.registry import (
+    ALIAS_CHALLENGER,
     ALIAS_CHAMPION,
     ALIAS_PREVIOUS,
     alias_version,
@@ -25,12 +36,51 @@ from promotion.registry import (
     score_version,
 )
 
+SERVING_CHECK_ROWS = 5
+"""Golden listings the serving check predicts."""
+
+
+class PromotionError(RuntimeError):
+    """The registry is not in the state the recorded decision was made in."""
+
+
+def _decision_tags(result: dict, params: Params) -> dict[str, str]:
+    def num(x, spec=".6f"):
+        return "none" if x is None else format(x, spec)
+
+    interval = result.get("interval")
+    return {
+        "decision": result["decision"],
+        "reason": result["reason"][:4900],
+        "candidate_score": num(result["candidate_score"]),
+        "champion_score": num(result.get("champion_score")),
+        "champion_version": str(result.get("champion_version") or "none"),
+        "delta": num(result.get("delta"), "+.6f"),
+        "delta_interval": "none" if not interval else f"[{interval[0]:+.6f}, {interval[1]:+.6f}]",
+        "delta_interval_confidence": num(result.get("confidence"), ".3f"),
+        "required_improvement": num(result.get("required_improvement")),
+        "candidate_accuracy": num(result.get("candidate_accuracy")),
+        "champion_accuracy": num(result.get("champion_accuracy")),
+        "gate_mode": params.gate.mode,
+        "first_run": str(bool(result.get("first_run"))).lower(),
+        "min_improvement": str(params.gate.min_improvement),
+        "slices": json.dumps(result.get("slices") or [])[:4900],
+        "failing_slices": json.dumps(result.get("failing_slices") or []),
+        "serving_check": "not run" if not result.get("serving_check") else
+        ("passed" if result["serving_check"]["ok"] else "failed: " + result["serving_check"]["detail"][:400]),
+        "gate_golden_rev": str(result.get("golden_rev")),
+    }
+
 
 def gate_challenger(state: State, params: Params, version: str, golden_rev: str) -> dict:
-    """Re-scores champion and challenger on the golden set and records the gate's decision.
+    """Re-scores champion and challenger on the golden set, decides, and records the review.
 
-    Every version gets the tags ``decision``, ``candidate_score``, ``champion_score``,
-    ``champion_version``, ``delta`` and ``reason``.
+    Records on the version: tags (``decision``, ``reason``, both scores and accuracies,
+    ``delta``, ``delta_interval``, ``required_improvement``, ``slices``, ``failing_slices``,
+    ``serving_check``, ``champion_version``; lineage tags come from registration), the Markdown
+    description (:func:`promotion.report.markdown_report`), and comparison artifacts on its run.
+    A challenger the gate would promote must also pass the serving check
+    (:mod:`promotion.serving_check`), else it is rejected.
 
     Args:
         state: the state folder.
@@ -39,21 +89,23 @@ def gate_challenger(state: State, params: Params, version: str, golden_rev: str)
         golden_rev: DVC hash of the golden set both are scored on.
 
     Returns:
-        The decision as a dict (promotion.gate.Decision fields) plus ``version``,
-        ``champion_version`` and both accuracies.
+        A JSON-able dict: :class:`promotion.gate.Decision` fields plus ``version``,
+        ``champion_version``, both accuracies, ``golden_rev``, ``n_golden``, ``serving_check``.
 
     Raises:
-        RuntimeError: when the champion (or challenger) cannot be loaded or scored; no tag is
-            written and no alias moves.
+        RuntimeError: when the champion (or challenger) cannot be loaded or scored; no decision
+            tag is written and no alias moves.
+        mlflow.exceptions.MlflowException: when the tracking server cannot be reached (the task
+            fails and Airflow retries it); no alias moves.
     """
+    from promotion import report
+    from promotion.serving_check import check_serving
+
     client = mlflow_client(state)
     name = params.registry.model_name
     golden = golden_frame(state)
-    cand = score_version(state, params, version, golden, golden_rev)
     champion_version = alias_version(client, name, ALIAS_CHAMPION)
-    champ = None
-    if champion_version is not None and str(champion_version) != str(version):
-        champ = score_version(state, params, champion_version, golden, golden_rev)
+    cand, cand_listings = score_version(state, params, version, golden, golden_rev)
     if champion_version is not None and str(champion_version) == str(version):
         result = {"promote": False, "decision": "unchanged", "version": str(version),
                   "reason": "this version is already the champion", "champion_version": champion_version,
@@ -61,27 +113,47 @@ def gate_challenger(state: State, params: Params, version: str, golden_rev: str)
                   "delta": 0.0}
         print(f"[gate] {result['reason']}")
         return result
+    champ, champ_listings = None, None
+    if champion_version is not None:
+        try:
+            champ, champ_listings = score_version(state, params, champion_version, golden, golden_rev)
+        except RuntimeError as exc:
+            raise RuntimeError(f"the champion (version {champion_version}) cannot be re-scored on golden set "
+                               f"{golden_rev}; nothing was decided and no alias moved: {exc}") from exc
     decision = decide(
-        Scores(cand["business_weighted_score"], cand["accuracy"], str(version)),
-        Scores(champ["business_weighted_score"], champ["accuracy"], str(champion_version)) if champ else None,
+        Scores(cand["business_weighted_score"], cand["accuracy"], str(version), cand_listings),
+        Scores(champ["business_weighted_score"], champ["accuracy"], str(champion_version), champ_listings)
+        if champ else None,
         params.gate,
     )
     result = {**decision.to_dict(), "version": str(version), "champion_version": champion_version,
-              "candidate_accuracy": cand["accuracy"], "champion_accuracy": champ["accuracy"] if champ else None}
-    tags = {
-        "decision": decision.decision,
-        "reason": decision.reason,
-        "candidate_score": f"{decision.candidate_score:.6f}",
-        "champion_score": "none" if decision.champion_score is None else f"{decision.champion_score:.6f}",
-        "champion_version": str(champion_version) if champion_version else "none",
-        "delta": "none" if decision.delta is None else f"{decision.delta:+.6f}",
-        "min_improvement": str(params.gate.min_improvement),
-    }
-    for key, value in tags.items():
+              "candidate_accuracy": cand["accuracy"], "champion_accuracy": champ["accuracy"] if champ else None,
+              "golden_rev": golden_rev, "n_golden": cand["n"], "serving_check": None}
+
+    if decision.promote:
+        if alias_version(client, name, ALIAS_CHALLENGER) != str(version):
+            client.set_registered_model_alias(name, ALIAS_CHALLENGER, version)
+        rows = golden.head(SERVING_CHECK_ROWS)[["title", "image_path"]].to_dict("records")
+        serving = check_serving(state.tracking_uri, f"models:/{name}@{ALIAS_CHALLENGER}", rows)
+        result["serving_check"] = {k: serving[k] for k in ("ok", "detail", "seconds")}
+        if not serving["ok"]:
+            result.update(promote=False, decision="rejected",
+                          reason=f"serving check failed: {serving['detail']} (the gate itself passed: "
+                                 f"{decision.reason})")
+
+    mv = client.get_model_version(name, version)
+    result["experiment_id"] = client.get_run(mv.run_id).info.experiment_id if mv.run_id else None
+    per_class = report.per_class_delta(cand_listings, champ_listings)
+    markdown = report.markdown_report(result, per_class, mv.tags, max(5, params.gate.slice_top_n))
+    for key, value in _decision_tags(result, params).items():
         client.set_model_version_tag(name, version, key, value)
+    client.update_model_version(name, version, description=markdown)
+    if mv.run_id:
+        report.log_comparison(client, mv.run_id, golden_rev, result, per_class, cand_listings, champ_listings,
+                              markdown)
     print(f"[gate] challenger v{version} score={decision.candidate_score:.4f} champion "
-          f"v{champion_version} score={tags['champion_score']} delta={tags['delta']} -> "
-          f"{decision.decision}: {decision.reason}")
+          f"v{champion_version} score={result['champion_score']} delta={result['delta']} "
+          f"interval={result.get('interval')} -> {result['decision']}: {result['reason']}")
     return result
 
 
@@ -90,10 +162,17 @@ def promote(state: State, params: Params, decision: dict) -> dict:
     champion to ``previous-champion``); otherwise leaves every alias where it is.
 
     Args:
+        state: the state folder.
+        params: the effective params (``registry``).
         decision: :func:`gate_challenger`'s result.
 
     Returns:
         ``{"champion": version after the step, "moved": bool, "decision": str}``.
+
+    Raises:
+        PromotionError: when the champion moved since the gate decided (re-run the gate).
+        mlflow.exceptions.MlflowException: when the tracking server cannot be reached; since
+            ``champion`` is the last alias set, a failure leaves it where it was.
     """
     client = mlflow_client(state)
     name = params.registry.model_name
@@ -102,12 +181,60 @@ def promote(state: State, params: Params, decision: dict) -> dict:
     if not decision.get("promote"):
         print(f"[promote] v{version} {decision['decision']}: champion stays v{current}")
         return {"champion": current, "moved": False, "decision": decision["decision"]}
+    if decision.get("decision") == "promoted" and str(current) != str(decision.get("champion_version")):
+        if str(current) == str(version):
+            return {"champion": current, "moved": False, "decision": decision["decision"]}  # a retried task
+        raise PromotionError(f"the champion is v{current}, but the gate compared against "
+                             f"v{decision.get('champion_version')}: re-run the gate")
     if current is not None and str(current) != str(version):
         client.set_registered_model_alias(name, ALIAS_PREVIOUS, current)
-    client.set_registered_model_alias(name, ALIAS_CHAMPION, version)
+        client.set_model_version_tag(name, current, "superseded_by", str(version))
     client.set_model_version_tag(name, version, "promoted_from", str(current))
+    client.set_registered_model_alias(name, ALIAS_CHAMPION, version)
     print(f"[promote] champion -> v{version} (was v{current})")
     return {"champion": str(version), "moved": True, "decision": decision["decision"]}
+
+
+def record_review(state: State, params: Params, decision: dict, approval: dict | None,
+                  required: bool) -> dict:
+    """Records the human review of a promotion on the version (tags ``approval*``).
+
+    A rejection also turns the version's ``decision`` tag into ``rejected`` with the reviewer
+    in the reason; no alias is touched here (a rejected promotion never reached :func:`promote`).
+
+    Args:
+        state: the state folder.
+        params: the effective params (``registry``).
+        decision: :func:`gate_challenger`'s result.
+        approval: the ApprovalOperator's XCom (``chosen_options``, ``responded_by_user``), or
+            None when no review ran.
+        required: the DAG run's ``require_approval``.
+
+    Returns:
+        ``{"version", "approval": "approved" | "rejected" | "not required" | "not needed"}``.
+    """
+    client = mlflow_client(state)
+    name = params.registry.model_name
+    version = decision["version"]
+    if not required:
+        status = "not required"
+    elif not decision.get("promote"):
+        status = "not needed"  # the gate already rejected it: nothing to approve
+    elif not approval:
+        status = "missing"
+    else:
+        status = "approved" if (approval.get("chosen_options") or [""])[0] == "Approve" else "rejected"
+    user = (approval or {}).get("responded_by_user") or {}
+    reviewer = user.get("name") or user.get("id") or "unknown"
+    client.set_model_version_tag(name, version, "approval", status)
+    if status in ("approved", "rejected"):
+        client.set_model_version_tag(name, version, "approval_by", str(reviewer))
+    if status in ("rejected", "missing"):
+        client.set_model_version_tag(name, version, "decision", "rejected")
+        client.set_model_version_tag(name, version, "reason",
+                                     f"reviewer {reviewer} rejected the promotion (gate: {decision['reason']})"[:4900])
+    print(f"[review] v{version}: approval {status}")
+    return {"version": str(version), "approval": status}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     result = gate_challenger(state, params, args.version, golden_rev)
     if args.command == "promote":
         result = promote(state, params, result)
-    print(json.dumps(result))
+    print(json.dumps(result, default=str))
     return 0
 
 

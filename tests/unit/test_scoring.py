@@ -73,3 +73,28 @@ def test_equals_plain_accuracy_with_zero_credit_and_unit_values():
     pred = [SHIRT, SHIRT, JEANS, JEANS, TSHIRT]
     accuracy = sum(p == t for p, t in zip(pred, true, strict=True)) / len(true)
     assert business_weighted_score(true, pred, {}, (0.0, 0.0, 0.0), 1.0) == pytest.approx(accuracy)
+
+
+def test_top_value_categories_rank_by_summed_value():
+    import numpy as np
+
+    from common.scoring import top_value_categories
+
+    true = [WATCH, SHIRT, SHIRT, SHIRT, SHIRT, JEANS]
+    values = np.array([3.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    # four shirts (4.0) outweigh one watch (3.0); ties would break by path
+    assert top_value_categories(true, values, 2) == [SHIRT, WATCH]
+    assert top_value_categories(true, values, 0) == []
+    assert top_value_categories(true, values, 10) == [SHIRT, WATCH, JEANS]
+
+
+def test_category_recall():
+    import math
+
+    from common.scoring import category_recall
+
+    true = [SHIRT, SHIRT, SHIRT, SHIRT, JEANS]
+    pred = [SHIRT, TSHIRT, SHIRT, SHIRT, SHIRT]
+    assert category_recall(true, pred, SHIRT) == pytest.approx(0.75)
+    assert category_recall(true, pred, JEANS) == 0.0
+    assert math.isnan(category_recall(true, pred, WATCH))

@@ -1,0 +1,51 @@
+"""
+### Listing classifier: rollback
+
+Manually triggered: moves the MLflow alias `champion` of `listing-classifier` back to an earlier
+version (`previous-champion`, or a version number), after a serving check of that version in a
+fresh process. The demoted version becomes `previous-champion`; both versions are tagged with
+who rolled back, when (the Airflow run id) and why. Same as
+`python -m promotion.rollback --to previous-champion --reason "..."`.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+DAG_ID = "listing_classifier_rollback"
+RETRIES = int(os.environ.get("LCP_TASK_RETRIES", "2"))
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 5, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["ml", "rollback", "listing-classifier"],
+    doc_md=__doc__,
+    default_args={"owner": "ml-platform", "retries": RETRIES, "retry_delay": timedelta(minutes=1)},
+    params={
+        "to": Param("previous-champion", type="string", pattern=r"^(previous-champion|[0-9]+)$",
+                    description="Version to make champion: a number, or previous-champion."),
+        "reason": Param("", type="string", description="Why (recorded on the model versions)."),
+    },
+)
+def listing_classifier_rollback():
+    @task
+    def rollback(params=None, run_id=None) -> dict:
+        from common.params import load_params
+        from common.state import State
+        from promotion.rollback import rollback as move_back
+
+        return move_back(State.from_env(), load_params(), str(params["to"]), params.get("reason") or "",
+                         actor=f"airflow:{run_id}")
+
+    rollback()
+
+
+listing_classifier_rollback()

@@ -1,0 +1,162 @@
+"""The gate's review material in MLflow: the version's Markdown description and comparison artifacts.
+
+A reviewer opening the model version in the MLflow UI reads a comparison table (overall and per
+top-value category), the decision and why, and links to the training run and the GX Data Docs.
+The challenger's run holds ``comparison/<golden_rev>/``: ``per_class_delta.csv``, both
+confusion matrices (PNG), ``decision.json`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from promotion.gate import PerListing
+
+
+def mlflow_ui_url() -> str:
+    """Base URL of the MLflow UI (``LCP_MLFLOW_UI_URL``, default ``http://localhost:5000``)."""
+    return os.environ.get("LCP_MLFLOW_UI_URL", "http://localhost:5000").rstrip("/")
+
+
+def airflow_ui_url() -> str:
+    """Base URL of the Airflow UI (``LCP_AIRFLOW_UI_URL``, default ``http://localhost:8080``)."""
+    return os.environ.get("LCP_AIRFLOW_UI_URL", "http://localhost:8080").rstrip("/")
+
+
+def per_class_delta(candidate: PerListing, champion: PerListing | None) -> pd.DataFrame:
+    """Leaf recall per true category for both models.
+
+    Returns:
+        Columns ``category_path, support, value`` (summed business value), ``recall_candidate``,
+        ``recall_champion`` and ``delta`` (candidate - champion; NaN without champion), sorted
+        by value, most valuable first.
+    """
+    frame = pd.DataFrame({"category_path": candidate.true_paths, "value": candidate.values,
+                          "hit_candidate": np.equal(candidate.predicted_paths, candidate.true_paths)})
+    frame["hit_champion"] = (np.equal(champion.predicted_paths, champion.true_paths) if champion
+                             else np.nan)
+    out = frame.groupby("category_path").agg(
+        support=("value", "size"), value=("value", "sum"),
+        recall_candidate=("hit_candidate", "mean"), recall_champion=("hit_champion", "mean")).reset_index()
+    out["delta"] = out["recall_candidate"] - out["recall_champion"]
+    return out.sort_values(["value", "category_path"], ascending=[False, True]).reset_index(drop=True)
+
+
+def confusion_png(listings: PerListing, path: Path, title: str) -> Path:
+    """Writes the confusion matrix (rows: true leaf, columns: predicted leaf, row-normalised)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    labels = sorted(set(listings.true_paths) | set(listings.predicted_paths))
+    cm = confusion_matrix(listings.true_paths, listings.predicted_paths, labels=labels).astype(float)
+    cm = np.divide(cm, cm.sum(axis=1, keepdims=True), out=np.zeros_like(cm), where=cm.sum(axis=1, keepdims=True) > 0)
+    size = max(6.0, 0.25 * len(labels))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+    short = [p.split(" > ")[-1] for p in labels]
+    ax.set_xticks(range(len(labels)), short, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(labels)), short, fontsize=6)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _fmt(x, spec: str = ".4f") -> str:
+    return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
+
+
+def markdown_report(result: dict, per_class: pd.DataFrame, lineage: dict, top_n: int) -> str:
+    """The version description: comparison table, decision and why, links.
+
+    Args:
+        result: :func:`promotion.promote.gate_challenger`'s result.
+        per_class: :func:`per_class_delta`.
+        lineage: the version's tags (``mlflow_run_id``, ``gx_data_docs``, ``data_rev`` ...).
+        top_n: rows of the per-category table (the gate's slices, at least 5).
+
+    Returns:
+        Markdown text.
+    """
+    champ_v = result.get("champion_version")
+    interval = result.get("interval")
+    lines = [
+        f"## Gate: **{result['decision'].upper()}**",
+        "",
+        f"**Why:** {result['reason']}",
+        "",
+        f"Challenger v{result['version']} vs champion " + (f"v{champ_v}" if champ_v else "(none: first model)")
+        + f" on golden set `{result.get('golden_rev')}` ({result.get('n_golden')} listings), "
+        f"mode `{result.get('mode')}`.",
+        "",
+        "| metric | challenger | champion | delta |",
+        "| --- | ---: | ---: | ---: |",
+        f"| business-weighted score | {_fmt(result['candidate_score'])} | {_fmt(result.get('champion_score'))} "
+        f"| {_fmt(result.get('delta'), '+.4f')} |",
+        f"| leaf accuracy | {_fmt(result.get('candidate_accuracy'))} | {_fmt(result.get('champion_accuracy'))} | "
+        + (_fmt(result['candidate_accuracy'] - result['champion_accuracy'], '+.4f')
+           if result.get("champion_accuracy") is not None else "–") + " |",
+    ]
+    if interval:
+        lines.append(f"| delta {result.get('confidence', 0.95):.0%} bootstrap interval | | | "
+                     f"[{interval[0]:+.4f}, {interval[1]:+.4f}] |")
+    if result.get("required_improvement") is not None:
+        lines.append(f"| required improvement | | | {result['required_improvement']:.4f} |")
+    lines += ["", f"### Leaf recall, top {top_n} categories by business value", "",
+              "| category | n | value | challenger | champion | delta |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    failing = set(result.get("failing_slices") or [])
+    for r in per_class.head(top_n).itertuples():
+        mark = " ❌" if r.category_path in failing else ""
+        lines.append(f"| {r.category_path}{mark} | {r.support} | {r.value:.1f} | {_fmt(r.recall_candidate, '.3f')} "
+                     f"| {_fmt(r.recall_champion, '.3f')} | {_fmt(r.delta, '+.3f')} |")
+    serving = result.get("serving_check")
+    if serving:
+        lines += ["", f"**Serving check** (`models:/…@challenger` in a fresh process): "
+                      f"{'passed' if serving.get('ok') else 'FAILED'} – {serving.get('detail', '')}"]
+    run_id = lineage.get("mlflow_run_id")
+    exp = result.get("experiment_id")
+    links = []
+    if run_id:
+        links.append(f"[training run]({mlflow_ui_url()}/#/experiments/{exp}/runs/{run_id})")
+        links.append(f"[comparison artifacts]({mlflow_ui_url()}/#/experiments/{exp}/runs/{run_id}/artifacts)")
+    if lineage.get("gx_data_docs") and lineage["gx_data_docs"] != "None":
+        links.append(f"[GX Data Docs]({airflow_ui_url()}/data-docs/) (`{lineage['gx_data_docs']}`)")
+    lines += ["", "### Lineage", "", " · ".join(links) if links else "", "",
+              "| | |", "| --- | --- |"]
+    for key in ("git_commit", "data_rev", "listings_md5", "golden_md5", "workspace_commit", "params_hash",
+                "dag_id", "airflow_run_id"):
+        if lineage.get(key):
+            lines.append(f"| {key} | `{lineage[key]}` |")
+    return "\n".join(lines)[:4900]  # stays well inside the registry's description limit
+
+
+def log_comparison(client, run_id: str, golden_rev: str, result: dict, per_class: pd.DataFrame,
+                   candidate: PerListing, champion: PerListing | None, report: str) -> str:
+    """Logs the comparison artifacts to the challenger's run.
+
+    Returns:
+        The artifact folder, ``comparison/<golden_rev>``.
+    """
+    folder = f"comparison/{golden_rev}"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        per_class.to_csv(out / "per_class_delta.csv", index=False)
+        confusion_png(candidate, out / "confusion_challenger.png", f"challenger v{result['version']}")
+        if champion is not None:
+            confusion_png(champion, out / "confusion_champion.png", f"champion v{result.get('champion_version')}")
+        (out / "decision.json").write_text(json.dumps(result, indent=2, default=str))
+        (out / "report.md").write_text(report)
+        client.log_artifacts(run_id, str(out), folder)
+    return folder

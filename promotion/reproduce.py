@@ -1,0 +1,88 @@
+"""Reproduce a registered model version: restore its data, code and params, re-run the pipeline.
+
+A version's tag ``workspace_commit`` names the DVC workspace commit that pinned its data (the
+``.dvc`` pointers of the listings store and the golden set), code snapshot, params and
+``dvc.lock``. This clones the workspace into ``<state>/reproduce/v<N>`` (the live workspace is
+never touched, so no lock is needed), checks that commit out, pulls the data from the DVC remote
+(``dvc pull``; S3 credentials from the environment), runs ``dvc repro --force``, and compares the
+new ``metrics.json`` with the metrics logged on the version's MLflow run.
+
+On CPU the training is deterministic for the same seed and thread count (``train.seed``,
+``train.num_threads``), so the figures match exactly; across GPU kinds expect small differences.
+
+CLI (``make reproduce VERSION=<n>``)::
+
+    python -m promotion.reproduce --version 3 [--tolerance 1e-6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from common.params import Params, load_params
+from common.state import State
+from ingestion.versioning import VersioningError, _dvc, _git
+from promotion.registry import mlflow_client
+
+COMPARED = ("accuracy", "business_weighted_score", "macro_f1", "top5_accuracy")
+
+
+def reproduce_version(state: State, params: Params, version: str, workdir: Path | None = None,
+                      tolerance: float = 1e-6) -> dict:
+    """Re-runs the pipeline of a registered version and compares its metrics.
+
+    Args:
+        state: the state folder (its workspace is the git source; its remote holds the data).
+        params: the params (``registry.model_name`` only: the version's own params are restored).
+        version: the model version.
+        workdir: where to clone (default ``<state>/reproduce/v<version>``; replaced if present).
+        tolerance: largest absolute metric difference counted as a match.
+
+    Returns:
+        ``{"version", "workspace_commit", "workdir", "metrics", "registered", "diffs",
+        "max_abs_diff", "match"}``.
+
+    Raises:
+        VersioningError: when the commit is not in the workspace, or git / DVC fails.
+    """
+    client = mlflow_client(state)
+    mv = client.get_model_version(params.registry.model_name, str(version))
+    commit = mv.tags.get("workspace_commit", "")
+    registered = client.get_run(mv.run_id).data.metrics
+    target = Path(workdir or state.root / "reproduce" / f"v{version}")
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _git(state.workspace.parent, "clone", "-q", str(state.workspace), str(target))
+    try:
+        _git(target, "checkout", "-q", commit)
+    except VersioningError as exc:
+        raise VersioningError(f"version {version}'s workspace commit {commit!r} is not in {state.workspace}") from exc
+    _dvc(target, "pull", "-q", "data/listings.dvc", "data/golden.dvc")
+    _dvc(target, "repro", "--force")
+    metrics = json.loads((target / "metrics.json").read_text())
+    diffs = {k: abs(float(metrics[k]) - float(registered[k])) for k in COMPARED
+             if k in metrics and k in registered}
+    max_diff = max(diffs.values(), default=float("inf"))
+    return {"version": str(version), "workspace_commit": commit, "workdir": str(target),
+            "metrics": {k: metrics[k] for k in diffs}, "registered": {k: registered[k] for k in diffs},
+            "diffs": diffs, "max_abs_diff": max_diff, "match": max_diff <= tolerance}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m promotion.reproduce", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--tolerance", type=float, default=1e-6)
+    parser.add_argument("--params", default=None)
+    args = parser.parse_args(argv)
+    result = reproduce_version(State.from_env(), load_params(args.params), args.version,
+                               tolerance=args.tolerance)
+    print(json.dumps(result, indent=2))
+    return 0 if result["match"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

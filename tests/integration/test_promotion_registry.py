@@ -1,0 +1,238 @@
+"""Gate, review and faults against a real MLflow registry (SQLite store) and a real tiny model.
+
+One tiny model (~300 real fashion listings, 32 px, 2 epochs) is trained once through the real
+DVC pipeline, then registered, gated and promoted; a second registration of the same checkpoint
+is a challenger that cannot beat it (a tie).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.params import Params, write_params
+from common.state import State
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.integration
+
+NAME = "listing-classifier"
+
+
+def tiny_params() -> Params:
+    """A tiny, fast configuration with low floors (few hundred listings, 2 short epochs)."""
+    return Params().with_overrides({
+        "prepare": {"image_size": 32, "val_fraction": 0.1},
+        "train": {"epochs": 2, "batch_size": 32, "text_buckets": 4096, "text_dim": 32,
+                  "lr": 0.005, "num_threads": 2, "weights": "none"},
+        "gate": {"floor_score": 0.05, "floor_accuracy": 0.05, "min_improvement": 0.0,
+                 "n_bootstrap": 500, "slice_top_n": 3},
+    })
+
+
+def build_and_train(fashion_dir: Path, root: Path, params: Params) -> tuple[State, dict, dict]:
+    """A state with a listings store and golden set from real listings, versioned and trained by DVC.
+
+    Returns:
+        ``(state, version_data result, reproduce result)``.
+    """
+    from ingestion.versioning import reproduce, version_data
+    from tests.integration.test_training_stages import build_workspace
+
+    state = State(root / "state").ensure()
+    build_workspace(fashion_dir, state.workspace)
+    data = version_data(state, params, note="test")
+    trained = reproduce(state, note="test")
+    return state, data, trained
+
+
+def client_for(state: State):
+    import mlflow
+
+    mlflow.set_tracking_uri(state.tracking_uri)
+    mlflow.set_registry_uri(state.tracking_uri)
+    return mlflow.MlflowClient()
+
+
+def alias(client, name: str) -> str | None:
+    from promotion.registry import alias_version
+
+    return alias_version(client, NAME, name)
+
+
+@pytest.fixture(scope="module")
+def registry(fashion_dir, tmp_path_factory):
+    """v1 registered, gated (first run) and promoted; v2 (same checkpoint) registered and gated."""
+    from promotion.promote import gate_challenger, promote
+    from promotion.register import register_challenger
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    params = tiny_params()
+    state, data, trained = build_and_train(fashion_dir, tmp_path_factory.mktemp("promo"), params)
+    write_params(params, state.root / "params.yaml")
+    v1 = register_challenger(state, params, data, trained["workspace_commit"], "test_dag", "run-1")
+    first = gate_challenger(state, params, v1["version"], data["golden_md5"])
+    moved1 = promote(state, params, first)
+    v2 = register_challenger(state, params, data, "same-checkpoint-again", "test_dag", "run-2")
+    second = gate_challenger(state, params, v2["version"], data["golden_md5"])
+    moved2 = promote(state, params, second)
+    return {"state": state, "params": params, "data": data, "trained": trained, "v1": v1, "v2": v2,
+            "first": first, "second": second, "moved1": moved1, "moved2": moved2}
+
+
+def test_first_run_promotes_on_value_thresholds_only(registry):
+    first, client = registry["first"], client_for(registry["state"])
+    assert first["decision"] == "promoted" and first["first_run"] and registry["moved1"]["moved"]
+    assert "only the value thresholds" in first["reason"]
+    assert first["serving_check"]["ok"], first["serving_check"]
+    assert alias(client, "champion") == registry["v1"]["version"]
+    tags = client.get_model_version(NAME, registry["v1"]["version"]).tags
+    assert tags["decision"] == "promoted" and tags["first_run"] == "true" and tags["champion_score"] == "none"
+    assert tags["serving_check"] == "passed"
+
+
+def test_a_tie_is_rejected_and_no_alias_moves(registry):
+    second, client = registry["second"], client_for(registry["state"])
+    assert second["decision"] == "rejected" and not registry["moved2"]["moved"]
+    assert second["delta"] == 0.0 and second["candidate_score"] == second["champion_score"]
+    lo, hi = second["interval"]
+    assert lo == hi == 0.0  # identical predictions: the paired bootstrap has no spread
+    assert alias(client, "champion") == registry["v1"]["version"]
+    assert alias(client, "challenger") == registry["v2"]["version"]
+    assert alias(client, "previous-champion") is None
+
+
+def test_review_material_in_mlflow(registry):
+    client = client_for(registry["state"])
+    v2 = client.get_model_version(NAME, registry["v2"]["version"])
+    t = v2.tags
+    for key in ("decision", "reason", "candidate_score", "champion_score", "delta", "delta_interval",
+                "required_improvement", "slices", "failing_slices", "gate_mode", "champion_version",
+                "git_commit", "data_rev", "listings_md5", "golden_md5", "params_hash", "dag_id",
+                "airflow_run_id", "mlflow_run_id"):
+        assert t.get(key) not in (None, ""), key
+    assert t["gate_mode"] == "interval" and t["champion_version"] == registry["v1"]["version"]
+    slices = json.loads(t["slices"])
+    assert len(slices) == 3 and all(s["passed"] for s in slices)
+    assert t["golden_md5"] == registry["data"]["golden_md5"]
+    assert f"golden_scores.{registry['data']['golden_md5']}" in t
+    md = v2.description
+    assert "REJECTED" in md and "| business-weighted score |" in md and "training run" in md
+    assert slices[0]["category"] in md
+    files = {Path(f.path).name for f in client.list_artifacts(v2.run_id, f"comparison/{registry['data']['golden_md5']}")}
+    assert {"per_class_delta.csv", "confusion_challenger.png", "confusion_champion.png", "decision.json",
+            "report.md"} <= files
+    cached = client.list_artifacts(v2.run_id, "golden_predictions")
+    assert [Path(f.path).name for f in cached] == [f"{registry['data']['golden_md5']}.csv"]
+
+
+def test_champion_scores_are_cached_per_golden_revision(registry):
+    from promotion.registry import golden_frame, score_version
+
+    state, params = registry["state"], registry["params"]
+    golden = golden_frame(state)
+    rev = registry["data"]["golden_md5"]
+    summary, listings = score_version(state, params, registry["v1"]["version"], golden, rev)
+    assert summary["golden_rev"] == rev and len(listings.predicted_paths) == len(golden)
+    # another golden revision is never answered from this cache: scored again, its own tag
+    other, _ = score_version(state, params, registry["v1"]["version"], golden, "another-revision")
+    assert other["business_weighted_score"] == summary["business_weighted_score"]
+    tags = client_for(state).get_model_version(NAME, registry["v1"]["version"]).tags
+    assert "golden_scores.another-revision" in tags
+
+
+def test_an_unloadable_champion_fails_the_gate_and_moves_nothing(registry, tmp_path):
+    """A champion whose model files are gone: clear error, no decision tag, aliases unchanged."""
+    from promotion.promote import gate_challenger
+
+    state, params = registry["state"], registry["params"]
+    client = client_for(state)
+    before = {a: alias(client, a) for a in ("champion", "challenger", "previous-champion")}
+    gone = client.create_model_version(NAME, source=(tmp_path / "deleted-model").as_uri())
+    client.set_registered_model_alias(NAME, "champion", gone.version)
+    try:
+        with pytest.raises(RuntimeError, match=r"champion \(version \d+\) cannot be re-scored"):
+            gate_challenger(state, params, registry["v2"]["version"], registry["data"]["golden_md5"])
+        assert alias(client, "champion") == str(gone.version)
+        assert alias(client, "challenger") == before["challenger"]
+        assert "decision" not in client.get_model_version(NAME, gone.version).tags
+    finally:
+        client.set_registered_model_alias(NAME, "champion", before["champion"])
+
+
+def test_serving_check_fails_in_a_fresh_process_for_a_broken_uri(registry):
+    from promotion.serving_check import check_serving
+
+    state = registry["state"]
+    rows = [{"title": "Nike Men Blue T-shirt", "image_path": "/nonexistent.jpg"}]
+    bad = check_serving(state.tracking_uri, f"models:/{NAME}/999", rows, timeout_s=120)
+    assert not bad["ok"] and "exit" in bad["detail"]
+
+
+def test_unreachable_tracking_server_fails_gate_and_promote(registry, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    from promotion.promote import gate_challenger, promote
+
+    state, params = registry["state"], registry["params"]
+    before = {a: alias(client_for(state), a) for a in ("champion", "challenger", "previous-champion")}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    with pytest.raises(MlflowException):
+        gate_challenger(state, params, registry["v2"]["version"], registry["data"]["golden_md5"])
+    forced = {**registry["second"], "promote": True, "decision": "promoted"}
+    with pytest.raises(MlflowException):
+        promote(state, params, forced)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    after = {a: alias(client_for(state), a) for a in ("champion", "challenger", "previous-champion")}
+    assert after == before
+
+
+def test_record_review_rejection_keeps_aliases_and_is_recorded(registry):
+    from promotion.promote import record_review
+
+    state, params = registry["state"], registry["params"]
+    client = client_for(state)
+    before = {a: alias(client, a) for a in ("champion", "challenger", "previous-champion")}
+    would_promote = {**registry["second"], "promote": True, "decision": "promoted"}
+    out = record_review(state, params, would_promote,
+                        {"chosen_options": ["Reject"], "responded_by_user": {"id": "7", "name": "ana"}}, True)
+    assert out["approval"] == "rejected"
+    tags = client.get_model_version(NAME, registry["v2"]["version"]).tags
+    assert tags["approval"] == "rejected" and tags["approval_by"] == "ana"
+    assert tags["decision"] == "rejected" and "reviewer ana rejected" in tags["reason"]
+    assert {a: alias(client, a) for a in before} == before
+    assert record_review(state, params, registry["first"], None, False)["approval"] == "not required"
+
+
+def test_rollback_cli_moves_champion_and_back(registry):
+    state = registry["state"]
+    client = client_for(state)
+    v1, v2 = registry["v1"]["version"], registry["v2"]["version"]
+    env = {**os.environ, "LCP_STATE_DIR": str(state.root), "LCP_PARAMS": str(state.root / "params.yaml")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "promotion.rollback", *args], cwd=PROJECT_ROOT, env=env,
+                              capture_output=True, text=True, timeout=180)
+
+    from promotion.rollback import RollbackError, rollback
+
+    out = rollback(state, registry["params"], v2, "test: v2 back in")  # with the serving check
+    assert out == {"champion": v2, "previous_champion": v1, "moved": True}
+    assert alias(client, "champion") == v2 and alias(client, "previous-champion") == v1
+    t2 = client.get_model_version(NAME, v2).tags
+    assert t2["rollback_from"] == v1 and t2["rollback_reason"] == "test: v2 back in" and t2["rollback_by"] == "cli"
+    assert client.get_model_version(NAME, v1).tags["rolled_back_to"] == v2
+    proc = cli("--to", "previous-champion", "--no-check", "--reason", "roll forward")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert alias(client, "champion") == v1 and alias(client, "previous-champion") == v2
+    with pytest.raises(RollbackError, match="no version 4242"):
+        rollback(state, registry["params"], "4242")
+    assert alias(client, "champion") == v1
