@@ -20,7 +20,8 @@ export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 export LCP_MLFLOW_UI_URL ?= http://localhost:$(MLFLOW_PORT)
 
-.PHONY: venv demo test lint status ui clean-state reproduce
+
+.PHONY: venv demo test test-stack lint status ui clean-state reproduce
 
 # Virtual environment with the pinned dependencies (requirements/dev.lock, resolved by uv).
 $(VENV)/.installed: requirements/dev.lock pyproject.toml
@@ -36,9 +37,13 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) scripts/demo.py --data "$(DATA)" --weeks $(WEEKS) --start $(START)
 
-## make test: the whole test suite (what .ci/run calls).
+## make test: the test suite (what .ci/run calls): everything but the native-stack tests.
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not stack"
+
+## make test-stack: the native Celery stack + headless Chromium tests (needs PostgreSQL, Redis, /usr/bin/chromium).
+test-stack: venv
+	$(PY) -m pytest -q -m stack
 
 lint: venv
 	$(VENV)/bin/ruff check .

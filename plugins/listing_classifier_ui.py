@@ -5,6 +5,9 @@
 - The Data Docs site that the validate task builds (``<state>/gx/gx/uncommitted/data_docs/
   local_site``) is served by the Airflow api-server under ``/data-docs/`` (a FastAPI static
   app), and linked from the navigation too, so reviewers need no file access.
+- Operator extra links on the ``register`` and ``promote`` tasks open the exact MLflow run and
+  model version (``listing_classifier_links``: the DAG attaches them to the two tasks; they are
+  listed here too so ``airflow plugins`` shows them).
 
 Kept light: no heavy imports at module level (the plugin manager imports this in every
 Airflow component).
@@ -16,6 +19,7 @@ import os
 from pathlib import Path
 
 from airflow.plugins_manager import AirflowPlugin
+from listing_classifier_links import MlflowChampionLink, MlflowModelVersionLink, MlflowRunLink
 
 MODEL_NAME = os.environ.get("LCP_MODEL_NAME", "listing-classifier")
 DATA_DOCS_PREFIX = "/data-docs"
@@ -50,9 +54,10 @@ def data_docs_app():
 
 
 class ListingClassifierUIPlugin(AirflowPlugin):
-    """Navigation links to the MLflow registered model and to the GX Data Docs."""
+    """Navigation links to the MLflow registered model and to the GX Data Docs; MLflow task links."""
 
     name = "listing_classifier_ui"
+    operator_extra_links = [MlflowRunLink(), MlflowModelVersionLink(), MlflowChampionLink()]
     fastapi_apps = [{"app": data_docs_app(), "url_prefix": DATA_DOCS_PREFIX, "name": "GX Data Docs"}]
     external_views = [
         {

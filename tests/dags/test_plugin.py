@@ -1,7 +1,9 @@
-"""The Airflow UI plugin: loaded by Airflow's plugin manager, links well formed, Data Docs served."""
+"""The Airflow UI plugin: loaded by Airflow's plugin manager, links well formed, Data Docs served,
+operator extra links to the exact MLflow run and model version."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -39,3 +41,71 @@ def test_data_docs_are_served_from_the_state_folder(tmp_path, monkeypatch):
     response = client.get("/index.html")
     assert response.status_code == 200 and "expectation suite" in response.text
     assert client.get("/../../../etc/passwd").status_code == 404
+
+
+def _links_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "plugins"))
+    import listing_classifier_links
+
+    return listing_classifier_links
+
+
+class _FakeTI:
+    """The worker's running task instance as the links use it: ids and ``xcom_pull``."""
+
+    dag_id, run_id, map_index = "listing_classifier_retraining", "manual__1", -1
+
+    def __init__(self, task_id: str, xcoms: dict):
+        self.task_id, self.xcoms = task_id, xcoms
+
+    def xcom_pull(self, task_ids: str, key: str):
+        assert key == "return_value"
+        return self.xcoms.get(task_ids)
+
+
+def test_extra_links_point_at_the_exact_mlflow_run_and_version(monkeypatch):
+    links = _links_module(monkeypatch)
+    monkeypatch.setenv("LCP_MLFLOW_UI_URL", "https://mlflow.example/")
+    registered = {"version": "7", "run_id": "abc123", "model_uri": "models:/listing-classifier/7"}
+    register_ti = _FakeTI("register", {"register": registered})
+    assert [link.get_link(None, ti_key=register_ti) for link in links.REGISTER_LINKS] == [
+        "https://mlflow.example/#/runs/abc123",
+        "https://mlflow.example/#/models/listing-classifier/versions/7"]
+    promote_ti = _FakeTI("promote", {"register": registered,
+                                     "promote": {"champion": "6", "moved": False, "decision": "rejected"}})
+    assert [link.get_link(None, ti_key=promote_ti) for link in links.PROMOTE_LINKS] == [
+        "https://mlflow.example/#/runs/abc123",
+        "https://mlflow.example/#/models/listing-classifier/versions/7",
+        "https://mlflow.example/#/models/listing-classifier/versions/6"]
+    # before registration (or a skipped promote) the links are empty: the UI shows them disabled
+    assert [link.get_link(None, ti_key=_FakeTI("promote", {})) for link in links.PROMOTE_LINKS] == ["", "", ""]
+    assert links.MlflowChampionLink().get_link(
+        None, ti_key=_FakeTI("promote", {"promote": {"champion": None}})) == ""
+
+
+def test_the_dag_attaches_the_links_to_register_and_promote(airflow_db):
+    """With the plugins folder on sys.path (as in every Airflow component) the serialized DAG
+    carries the links by name and XCom key, which is what the api-server reads back."""
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(PROJECT_ROOT / "plugins")!r})
+from airflow.dag_processing.dagbag import DagBag
+from airflow.serialization.serialized_objects import DagSerialization
+bag = DagBag(dag_folder={str(PROJECT_ROOT / "dags")!r})
+assert not bag.import_errors, bag.import_errors
+ser = DagSerialization.to_dict(bag.get_dag("listing_classifier_retraining"))
+out = {{}}
+for t in ser["dag"]["tasks"]:
+    t = t.get("__var", t)
+    if "_operator_extra_links" in t:
+        out[t["task_id"]] = t["_operator_extra_links"]
+print(json.dumps(out))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    links = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert links == {
+        "register": {"MLflow run": "_link_MlflowRunLink", "MLflow model version": "_link_MlflowModelVersionLink"},
+        "promote": {"MLflow run": "_link_MlflowRunLink", "MLflow model version": "_link_MlflowModelVersionLink",
+                    "MLflow champion": "_link_MlflowChampionLink"},
+    }

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from common.params import Params, write_params
+from common.params import Params
 from common.state import State
 from tests.conftest import PROJECT_ROOT
 
@@ -66,15 +66,14 @@ def alias(client, name: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def registry(fashion_dir, tmp_path_factory):
+def registry(tiny_trained):
     """v1 registered, gated (first run) and promoted; v2 (same checkpoint) registered and gated."""
     from promotion.promote import gate_challenger, promote
     from promotion.register import register_challenger
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    params = tiny_params()
-    state, data, trained = build_and_train(fashion_dir, tmp_path_factory.mktemp("promo"), params)
-    write_params(params, state.root / "params.yaml")
+    state, params = tiny_trained["state"], tiny_trained["params"]
+    data, trained = tiny_trained["data"], tiny_trained["trained"]
     v1 = register_challenger(state, params, data, trained["workspace_commit"], "test_dag", "run-1")
     first = gate_challenger(state, params, v1["version"], data["golden_md5"])
     moved1 = promote(state, params, first)

@@ -11,18 +11,16 @@ import sys
 
 import pytest
 
-from tests.integration.test_promotion_registry import build_and_train, tiny_params
-
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def registered(fashion_dir, tmp_path_factory):
+def registered(tiny_trained):
     from promotion.register import register_challenger
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    params = tiny_params()
-    state, data, trained = build_and_train(fashion_dir, tmp_path_factory.mktemp("repro"), params)
+    state, params = tiny_trained["state"], tiny_trained["params"]
+    data, trained = tiny_trained["data"], tiny_trained["trained"]
     v = register_challenger(state, params, data, trained["workspace_commit"], "test_dag", "run-1")
     return state, params, v
 

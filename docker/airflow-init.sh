@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One-shot init of the stack (the airflow-init service): migrates Airflow's metadata database
+# and creates the DVC workspace with its default remote on S3 (MinIO), before any component
+# starts. ingestion.versioning.init_workspace keeps an existing workspace and its remote.
+set -euo pipefail
+
+airflow db migrate
+
+ws="${LCP_STATE_DIR:?}/workspace"
+if [[ -n "${LCP_DVC_REMOTE_URL:-}" && ! -d "$ws/.dvc" ]]; then
+  mkdir -p "$ws"
+  cd "$ws"
+  [[ -d .git ]] || git init -q -b main
+  git config user.name listing-classifier-platform
+  git config user.email platform@localhost
+  python -m dvc init -q
+  python -m dvc config core.analytics false
+  python -m dvc remote add -d -f storage "$LCP_DVC_REMOTE_URL"
+  if [[ -n "${AWS_ENDPOINT_URL:-}" ]]; then
+    python -m dvc remote modify storage endpointurl "$AWS_ENDPOINT_URL"
+  fi
+  git add .dvc .dvcignore
+  git commit -q -m "init DVC workspace (remote $LCP_DVC_REMOTE_URL)"
+  echo "[init] DVC workspace $ws, remote $LCP_DVC_REMOTE_URL"
+fi

@@ -1,0 +1,165 @@
+"""The compose topology natively: Airflow 3 on the CeleryExecutor (PostgreSQL, Redis), an MLflow
+server on PostgreSQL with S3 artifacts, the feed on S3 (moto); the DAG triggered through the
+REST API; and the same stack driven through the Airflow and MLflow UIs in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from common.catalog import load_catalog
+from ingestion.feed import publish
+from tests.conftest import PROJECT_ROOT
+from tests.deploy.native_stack import DAG_ID, NativeStack, service_available, start_stack
+from tests.integration.test_dag_end_to_end import small_params
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.stack]
+
+RUN_TIMEOUT_S = 420
+SCREENSHOTS = PROJECT_ROOT / "tests" / "output" / "browser"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, fashion_dir):
+    """The running stack on ~200 real fashion listings (one weekly batch on S3)."""
+    if reason := service_available():
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("native-stack")
+    feed = root / "feed"
+    publish(fashion_dir, feed, weeks=1, catalog=load_catalog("catalogs/fashion.yaml"),
+            start=date(2026, 11, 2), limit=200)
+    running = start_stack(root, small_params(root / "params.yaml"), feed)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _mlflow(stack: NativeStack):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+
+
+def test_dag_run_through_the_rest_api_on_celery_registers_a_model(stack):
+    conf = {"epochs": 4}
+    status, run = stack.api("POST", f"/dags/{DAG_ID}/dagRuns",
+                            {"dag_run_id": "api-triggered", "logical_date": datetime.now(UTC).isoformat(),
+                             "conf": conf})
+    assert status in (200, 201), run
+    assert run["conf"] == conf
+    started = time.monotonic()
+    ended = stack.wait_for_run("api-triggered", RUN_TIMEOUT_S)
+    assert ended["state"] == "success", (ended["task_states"], stack.task_logs("api-triggered"))
+    print(f"[native] DAG run on Celery: {time.monotonic() - started:.0f}s")
+    # the tasks ran on the Celery worker (its log names them), not in-process
+    assert "listing_classifier_retraining" in stack.tail("worker", 1_000_000)
+
+    client = _mlflow(stack)
+    versions = [v for v in client.search_model_versions("name = 'listing-classifier'")
+                if v.tags.get("airflow_run_id") == "api-triggered"]
+    assert len(versions) == 1
+    version = versions[0]
+    assert version.tags["dag_id"] == DAG_ID
+    assert version.tags["decision"] == "promoted"  # the first model: the floors are enough
+    assert client.get_model_version_by_alias("listing-classifier", "champion").version == version.version
+    run_params = client.get_run(version.run_id).data.params
+    assert run_params.get("train.epochs") == "4", {k: v for k, v in run_params.items() if "epoch" in k}
+    # artifacts went through the server to S3 (moto), not to a local folder
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name="us-east-1",
+                      aws_access_key_id="test", aws_secret_access_key="test")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="listing-classifier", Prefix="mlflow/").get("Contents", [])]
+    assert any(k.endswith("MLmodel") for k in keys), keys[:20]
+
+    # operator extra links: the exact run and version, computed on the worker
+    status, links = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/api-triggered/taskInstances/register/links")
+    assert status == 200, links
+    assert links["extra_links"]["MLflow run"] == f"{stack.mlflow_url}/#/runs/{version.run_id}"
+    version_url = f"{stack.mlflow_url}/#/models/listing-classifier/versions/{version.version}"
+    assert links["extra_links"]["MLflow model version"] == version_url
+    status, links = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/api-triggered/taskInstances/promote/links")
+    assert status == 200, links
+    assert links["extra_links"]["MLflow champion"] == version_url
+    assert links["extra_links"]["MLflow run"] == f"{stack.mlflow_url}/#/runs/{version.run_id}"
+
+
+def _shot(page, tmp_path: Path, name: str) -> None:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, SCREENSHOTS / path.name)
+
+
+def test_airflow_and_mlflow_uis_in_headless_chromium(stack, tmp_path):
+    """Log in, trigger through the Params form with a changed value, see success; then MLflow."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    before = {r["dag_run_id"] for r in stack.api("GET", f"/dags/{DAG_ID}/dagRuns")[1]["dag_runs"]}
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        try:
+            # Airflow: the simple auth manager's login form
+            page.goto(f"{stack.airflow_url}/")
+            page.get_by_label("Username").fill("admin")
+            page.get_by_label("Password").fill(stack.admin_password)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(lambda url: "/auth/login" not in url)
+            _shot(page, tmp_path, "01-airflow-home")
+
+            page.goto(f"{stack.airflow_url}/dags/{DAG_ID}")
+            page.get_by_text(DAG_ID).first.wait_for()
+            _shot(page, tmp_path, "02-dag")
+
+            # the trigger form (Airflow Params): change `epochs` to 3
+            page.get_by_role("button", name="Trigger").first.click()
+            dialog = page.get_by_role("dialog")
+            dialog.wait_for()
+            # the form field of Param `epochs` (Airflow renders it as element_<param name>)
+            epochs = dialog.locator("[id='number-input:element_epochs'] input").first
+            if not epochs.is_visible():  # the Run Parameters section starts collapsed
+                dialog.get_by_role("button", name="Run Parameters").click()
+            epochs.fill("3")
+            _shot(page, tmp_path, "03-trigger-form")
+            dialog.get_by_role("button", name="Trigger").last.click()
+
+            def new_run():
+                runs = stack.api("GET", f"/dags/{DAG_ID}/dagRuns")[1]["dag_runs"]
+                return next((r for r in runs if r["dag_run_id"] not in before), None)
+
+            run = stack.wait_for("the run triggered from the UI", new_run, 60)
+            assert run["conf"].get("epochs") == 3, run["conf"]
+            ended = stack.wait_for_run(run["dag_run_id"], RUN_TIMEOUT_S)
+            assert ended["state"] == "success", (ended["task_states"], stack.task_logs(run["dag_run_id"]))
+            page.goto(f"{stack.airflow_url}/dags/{DAG_ID}/runs/{run['dag_run_id']}")
+            page.get_by_text("success").first.wait_for()
+            _shot(page, tmp_path, "04-run-success")
+
+            # MLflow: the registered model, alias champion, and the decision tags of a version
+            page.goto(f"{stack.mlflow_url}/#/models/listing-classifier")
+            page.get_by_text("listing-classifier").first.wait_for()
+            page.get_by_text("champion").first.wait_for()
+            _shot(page, tmp_path, "05-mlflow-model")
+            champion = _mlflow(stack).get_model_version_by_alias("listing-classifier", "champion")
+            page.goto(f"{stack.mlflow_url}/#/models/listing-classifier/versions/{champion.version}")
+            for tag in ("decision", "candidate_score", "reason"):
+                page.get_by_text(tag, exact=True).first.wait_for()
+            page.get_by_text("promoted").first.wait_for()
+            _shot(page, tmp_path, "06-mlflow-version-tags")
+        except Exception:
+            _shot(page, tmp_path, "zz-failure")
+            raise
+        finally:
+            browser.close()
