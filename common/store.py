@@ -1,12 +1,27 @@
-"""The listings store: accepted canonical listings, partitioned by batch, images content-addressed.
+"""The listings store: accepted canonical listings, one self-contained partition folder per batch.
 
-Layout (everything below ``data/listings/`` is tracked by DVC as one directory)::
+Layout::
 
-    data/listings/batches/<batch_id>.parquet     accepted listings of one batch (CANONICAL_COLUMNS)
-    data/listings/images/<sha[:2]>/<sha256><ext> image bytes, named by their SHA-256
+    data/listings/batches/<batch_id>/listings.parquet          accepted listings of the batch
+                                                                (CANONICAL_COLUMNS)
+    data/listings/batches/<batch_id>/images/<sha256><ext>      their images, named by SHA-256
 
-Writing a batch touches one parquet file and the new images only, so the cost of adding a batch
-grows with the batch, not with the store.
+``image_key`` (a canonical column) is the image's path relative to ``data/listings``
+(``batches/<batch_id>/images/<sha256>.jpg``); :func:`image_path` resolves it.
+
+Why a folder per batch: DVC tracks ``data/listings`` as one directory (one ``.dvc`` pointer, one
+hash for the whole store), and :mod:`ingestion.versioning` updates that pointer *granularly*:
+``dvc add data/listings/batches/<batch_id>`` hashes, caches and pushes only that folder and
+rewrites the directory manifest (DVC's documented "modifying large datasets" workflow). A batch
+therefore costs the same whatever the size of the store. Images are content-addressed twice:
+by name here (an image's name is its SHA-256, so the folder of a batch never holds two copies of
+one image) and by DVC's cache and remote, which store one object per distinct content, so an
+image sent again in a later batch (an update of the same listing) is uploaded once.
+
+A partition folder is written whole: built in a hidden temporary folder next to it
+(``batches/.<batch_id>.<uuid>.tmp``) and renamed into place, so a reader or ``dvc add`` never
+sees half a partition, and its ``listings.parquet`` identifies its content (rows list their
+images' SHA-256). Hidden entries under ``batches/`` are never partitions.
 
 Updates: a listing id that arrives again in a later batch is an update, and the latest version
 wins: :func:`read_store` keeps the row of the latest ``ingested_at`` (ties: the latest batch id,
@@ -17,10 +32,19 @@ The store's index: validation's cross-store checks (duplicate images, label and 
 ``listing_id, image_sha256, category_path, price, catalog`` of the latest versions only. They
 read them with :func:`read_store` and ``columns=INDEX_COLUMNS``: a Parquet column projection of
 each partition (a few bytes per listing), never an image file. Parquet partitions are the index.
+
+Stores written before this layout (``batches/<batch_id>.parquet`` with images under
+``images/<sha[:2]>/``) are refused with :class:`StoreLayoutError`; ``python -m common.store
+migrate <store>`` converts them in place.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import shutil
+import sys
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -33,15 +57,67 @@ INDEX_COLUMNS = ("listing_id", "image_sha256", "category_path", "price", "catalo
                  "ingested_at")
 """Columns the cross-store checks read: enough for duplicates by content hash and drift."""
 
+BATCHES = "batches"
+"""Folder of the partitions, relative to the store."""
+LISTINGS_FILE = "listings.parquet"
+"""A partition's table, relative to its folder."""
+IMAGES = "images"
+"""A partition's image folder, relative to its folder."""
+
+
+class StoreLayoutError(RuntimeError):
+    """The store folder holds partitions in a layout this code does not read."""
+
+
+def partition_dir(store: Path, batch_id: str) -> Path:
+    """Folder of one batch's partition: ``<store>/batches/<batch_id>``."""
+    return Path(store) / BATCHES / batch_id
+
 
 def batch_file(store: Path, batch_id: str) -> Path:
-    """Path of one batch's parquet partition."""
-    return Path(store) / "batches" / f"{batch_id}.parquet"
+    """Path of one batch's parquet table: ``<store>/batches/<batch_id>/listings.parquet``."""
+    return partition_dir(store, batch_id) / LISTINGS_FILE
+
+
+def image_key(batch_id: str, sha256: str, ext: str) -> str:
+    """The ``image_key`` of a stored image: ``batches/<batch_id>/images/<sha256><ext>``.
+
+    Args:
+        batch_id: the batch whose partition holds the image.
+        sha256: hex SHA-256 of the image bytes (64 characters).
+        ext: extension with its dot (``".jpg"``, ``".png"``, ``".webp"``).
+    """
+    return f"{BATCHES}/{batch_id}/{IMAGES}/{sha256}{ext}"
 
 
 def image_path(store: Path, image_key: str) -> Path:
     """Absolute path of a stored image from its ``image_key`` (relative to the store)."""
     return Path(store) / image_key
+
+
+def batch_ids(store: Path) -> list[str]:
+    """Ids of the batches with a partition in the store, sorted.
+
+    Raises:
+        StoreLayoutError: when the store holds partitions of the earlier flat layout.
+    """
+    root = Path(store) / BATCHES
+    if not root.is_dir():
+        return []
+    ids, legacy = [], []
+    for entry in os.scandir(root):
+        if entry.name.startswith("."):
+            continue  # a partition being written (or the debris of a killed writer)
+        if entry.is_dir() and (Path(entry.path) / LISTINGS_FILE).is_file():
+            ids.append(entry.name)
+        elif entry.is_file() and entry.name.endswith(".parquet"):
+            legacy.append(entry.name)
+    if legacy:
+        raise StoreLayoutError(
+            f"{root} holds {len(legacy)} partition file(s) of the earlier flat layout "
+            f"(e.g. {sorted(legacy)[0]}: batches/<batch_id>.parquet + images/<sha[:2]>/). Nothing was "
+            f"read or changed. Convert the store with `python -m common.store migrate {store}`.")
+    return sorted(ids)
 
 
 def read_store(store: Path, columns: Sequence[str] | None = None,
@@ -59,10 +135,13 @@ def read_store(store: Path, columns: Sequence[str] | None = None,
     Returns:
         One row per listing id with ``columns``, sorted by ``listing_id``; an empty frame with
         those columns when the store is empty. ``price`` is float64, the rest ``str``/``None``.
+
+    Raises:
+        StoreLayoutError: when the store holds partitions of the earlier flat layout.
     """
     columns = list(columns or CANONICAL_COLUMNS)
-    skip = {f"{b}.parquet" for b in exclude_batches}
-    files = sorted(f for f in (Path(store) / "batches").glob("*.parquet") if f.name not in skip)
+    skip = set(exclude_batches)
+    files = [batch_file(store, b) for b in batch_ids(store) if b not in skip]
     if not files:
         return pd.DataFrame({c: pd.Series(dtype="float64" if c == "price" else "object")
                              for c in columns})
@@ -72,3 +151,109 @@ def read_store(store: Path, columns: Sequence[str] | None = None,
     frame = frame.sort_values(["ingested_at", "batch_id"], kind="stable")
     frame = frame.drop_duplicates("listing_id", keep="last")
     return frame.sort_values("listing_id", kind="stable").reset_index(drop=True)[columns]
+
+
+def replace_partition(store: Path, batch_id: str, build) -> Path:
+    """Writes a batch's partition folder whole: ``build(tmp_dir)`` then a rename into place.
+
+    ``build`` fills a hidden temporary folder next to the partition; only when it returns is
+    the folder renamed to ``batches/<batch_id>`` (an older partition of the same batch is moved
+    aside first and deleted after). A failure in ``build`` leaves the previous partition as it
+    was and removes the temporary folder.
+
+    Args:
+        store: the ``data/listings`` folder.
+        batch_id: the batch.
+        build: ``Callable[[Path], None]``: writes ``listings.parquet`` and ``images/`` into the
+            folder it is given.
+
+    Returns:
+        The partition folder.
+    """
+    final = partition_dir(store, batch_id)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    tmp = final.with_name(f".{batch_id}.{token}.tmp")
+    old = final.with_name(f".{batch_id}.{token}.old")
+    try:
+        tmp.mkdir()
+        build(tmp)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def remove_partition(store: Path, batch_id: str) -> bool:
+    """Removes a batch's partition folder (a batch now quarantined); True if there was one."""
+    final = partition_dir(store, batch_id)
+    if not final.exists():
+        return False
+    old = final.with_name(f".{batch_id}.{uuid.uuid4().hex}.old")
+    os.replace(final, old)  # readers see the partition or nothing, never half of it
+    shutil.rmtree(old)
+    return True
+
+
+def migrate_flat_layout(store: Path) -> list[str]:
+    """Converts a store of the earlier flat layout into partition folders, in place.
+
+    ``batches/<batch_id>.parquet`` with images under ``images/<sha[:2]>/<sha256><ext>`` becomes
+    ``batches/<batch_id>/listings.parquet`` + ``batches/<batch_id>/images/<sha256><ext>``, with
+    ``image_key`` rewritten. Each partition is written whole before its flat file is removed;
+    the shared ``images/`` folder is removed only when every partition is converted, so an
+    interrupted migration loses nothing and can be run again.
+
+    Args:
+        store: the ``data/listings`` folder.
+
+    Returns:
+        The batch ids converted (empty when there was nothing to convert).
+
+    Raises:
+        FileNotFoundError: when a row's image is missing from the flat store (nothing of that
+            batch is changed).
+    """
+    store = Path(store)
+    flat = sorted((store / BATCHES).glob("*.parquet")) if (store / BATCHES).is_dir() else []
+    done = []
+    for path in flat:
+        batch_id = path.stem
+        frame = pq.read_table(path).to_pandas()
+
+        def build(folder: Path, frame=frame, batch_id=batch_id) -> None:
+            (folder / IMAGES).mkdir()
+            keys = []
+            for key in frame["image_key"]:
+                source = store / key
+                name = Path(key).name
+                if not (folder / IMAGES / name).exists():
+                    shutil.copyfile(source, folder / IMAGES / name)
+                keys.append(f"{BATCHES}/{batch_id}/{IMAGES}/{name}")
+            frame.assign(image_key=keys).to_parquet(folder / LISTINGS_FILE, index=False)
+
+        replace_partition(store, batch_id, build)
+        path.unlink()
+        done.append(batch_id)
+    if done:
+        shutil.rmtree(store / IMAGES, ignore_errors=True)
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m common.store",
+                                     description="Listings store maintenance.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    migrate = sub.add_parser("migrate", help="convert a flat-layout store into partition folders")
+    migrate.add_argument("store", type=Path, help="the data/listings folder")
+    args = parser.parse_args(argv)
+    converted = migrate_flat_layout(args.store)
+    print(f"converted {len(converted)} partition(s): {', '.join(converted) or '-'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

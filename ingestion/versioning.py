@@ -7,6 +7,20 @@ and ``dvc.lock``. One commit of the workspace therefore pins data, code and para
 the *data revision* passed on through XCom and tagged on every model version. Nothing is ever
 committed into the developer's checkout.
 
+Versioning a batch costs what the batch costs, not what the store costs. The store is one DVC
+output (``data/listings.dvc``, one directory hash pinning every partition), but after the first
+version it is updated granularly, DVC's documented way to modify a large tracked dataset
+(https://dvc.org/doc/user-guide/data-management/modifying-large-datasets): only the partition
+folders (``data/listings/batches/<batch_id>``, see :mod:`common.store`) that are new, rewritten
+or removed since the pointer was last written are passed to ``dvc add``, which hashes and caches
+just those files and rewrites the directory manifest; ``dvc push`` gets the same targets (it
+uploads their files and the new manifest, nothing else). Which partitions changed is read from
+the pointer's tracked tree (:class:`dvc.api.DVCFileSystem`), comparing each partition's
+``listings.parquet`` with the MD5 DVC recorded for it: a partition is written whole and its table
+lists its images, so the table identifies the folder. A push that failed is remembered in
+``<state>/dvc-push-pending.json`` and retried with the next version, so a retried task never
+leaves data only in the local cache.
+
 The DVC remote is ``<state>/dvc-remote`` unless ``LCP_DVC_REMOTE_URL`` names another one: a
 folder, or ``s3://bucket/prefix`` (dvc-s3) with the same configuration shape. S3 credentials
 come only from the environment, as boto3 reads them (``AWS_ACCESS_KEY_ID``,
@@ -43,7 +57,7 @@ import yaml
 
 from common.params import PROJECT_ROOT, Params, load_params, write_params
 from common.state import State
-from common.store import read_store
+from common.store import BATCHES, LISTINGS_FILE, read_store
 
 SNAPSHOT_PACKAGES = ("common", "training")
 """Packages the DVC stages run; copied into the workspace so its commit pins them."""
@@ -51,6 +65,15 @@ SNAPSHOT_PACKAGES = ("common", "training")
 REMOTE_ENV = "LCP_DVC_REMOTE_URL"
 ENDPOINT_ENV = "LCP_DVC_S3_ENDPOINT_URL"
 LOCK_TIMEOUT_ENV = "LCP_WORKSPACE_LOCK_TIMEOUT"
+
+LISTINGS = "data/listings"
+"""The listings store, relative to the workspace: one DVC output (``data/listings.dvc``)."""
+GOLDEN = "data/golden"
+"""The frozen golden test set, relative to the workspace: one DVC output (``data/golden.dvc``)."""
+DVCIGNORE = f"/{LISTINGS}/{BATCHES}/.*"
+"""``.dvcignore`` pattern: partitions being written (hidden temporary folders) are never data."""
+PENDING_PUSH = "dvc-push-pending.json"
+"""In the state root: DVC targets added and committed but not yet pushed (a push that failed)."""
 
 
 class VersioningError(RuntimeError):
@@ -155,10 +178,19 @@ def init_workspace(state: State) -> Path:
         _dvc(ws, "init", "-q")
         _dvc(ws, "config", "core.analytics", "false")
         _dvc(ws, "remote", "add", "-d", "-f", "storage", str(state.dvc_remote))
+        _ensure_dvcignore(ws)
         # only DVC's own files: the listings store may already be there and belongs to DVC
         _git(ws, "add", ".dvc", ".dvcignore")
         _git(ws, "commit", "-q", "-m", "init DVC workspace")
+    _ensure_dvcignore(ws)  # workspaces created before the pattern existed
     return ws
+
+
+def _ensure_dvcignore(ws: Path) -> None:
+    path = ws / ".dvcignore"
+    text = path.read_text() if path.exists() else ""
+    if DVCIGNORE not in text.splitlines():
+        path.write_text(f"{text.rstrip()}\n# partitions being written, never data\n{DVCIGNORE}\n".lstrip())
 
 
 def sync_snapshot(state: State, params: Params) -> None:
@@ -225,8 +257,105 @@ def _commit(ws: Path, message: str) -> str:
     return _git(ws, "rev-parse", "HEAD").strip()
 
 
+def _md5(path: Path) -> str:
+    """MD5 of a file's bytes, as DVC 3 hashes files (``hash: md5``)."""
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def store_changes(ws: Path) -> list[str] | None:
+    """The partition folders of the listings store that differ from what ``data/listings.dvc``
+    tracks.
+
+    Reads the tracked tree through :class:`dvc.api.DVCFileSystem` (the pointer's directory
+    manifest, from the local cache; no file of the store is hashed except each partition's
+    ``listings.parquet``), so the cost grows with the number of batches, not of listings.
+
+    Args:
+        ws: the workspace.
+
+    Returns:
+        Workspace-relative paths (``data/listings/batches/<batch_id>``) of the partitions that
+        are new, rewritten or removed, sorted; ``[]`` when nothing changed; ``None`` when only a
+        whole ``dvc add data/listings`` can tell: no pointer yet, its manifest is not in the
+        local cache, or the store holds tracked or untracked files outside partition folders
+        (e.g. a store of the earlier flat layout).
+    """
+    from dvc.api import DVCFileSystem
+
+    store = ws / LISTINGS
+    if not (ws / f"{LISTINGS}.dvc").exists():
+        return None
+    local = {e.name for e in os.scandir(store) if not e.name.startswith(".")} if store.is_dir() else set()
+    if local - {BATCHES}:
+        return None
+    fs = DVCFileSystem(str(ws))
+    try:
+        try:
+            top = {Path(e["name"]).name for e in fs.ls(LISTINGS, detail=True) if e.get("dvc_info")}
+            tracked = ({Path(e["name"]).name: e for e in fs.ls(f"{LISTINGS}/{BATCHES}", detail=True)
+                        if e.get("dvc_info")} if BATCHES in top else {})
+        except FileNotFoundError:
+            return None  # the manifest is not in the local cache
+        if top - {BATCHES} or any(e["type"] != "directory" for e in tracked.values()):
+            return None
+        folder = store / BATCHES
+        on_disk = {e.name for e in os.scandir(folder)
+                   if not e.name.startswith(".") and e.is_dir()} if folder.is_dir() else set()
+        changed = set(tracked) ^ on_disk  # added or removed partitions
+        for name in on_disk & set(tracked):
+            table = f"{LISTINGS}/{BATCHES}/{name}/{LISTINGS_FILE}"
+            try:
+                recorded = (fs.info(table).get("dvc_info") or {}).get("md5")
+            except FileNotFoundError:
+                recorded = None
+            present = store / BATCHES / name / LISTINGS_FILE
+            if recorded is None or not present.is_file() or _md5(present) != recorded:
+                changed.add(name)
+    finally:
+        fs.close()
+    return sorted(f"{LISTINGS}/{BATCHES}/{name}" for name in changed)
+
+
+def _read_pending(state: State) -> list[str]:
+    path = state.root / PENDING_PUSH
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _write_pending(state: State, targets: list[str]) -> None:
+    path = state.root / PENDING_PUSH
+    if not targets:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(sorted(set(targets)), indent=1))
+    os.replace(tmp, path)
+
+
+def _push_targets(ws: Path, targets: list[str]) -> list[str]:
+    """What ``dvc push`` gets: partitions that still exist (a granular push uploads their files
+    and the store's new manifest); the whole pointer when a partition was removed or the store
+    was added whole (nothing else names the new manifest); the golden set's pointer."""
+    out: set[str] = set()
+    for target in targets:
+        if target.startswith(f"{LISTINGS}/") and (ws / target).is_dir():
+            out.add(target)
+        elif target.startswith(f"{LISTINGS}/") or target == LISTINGS:
+            out.add(f"{LISTINGS}.dvc")
+        else:
+            out.add(target)
+    return sorted(out)
+
+
 def version_data(state: State, params: Params, note: str = "") -> dict:
     """Tracks the listings store and the golden set with DVC, commits, and pushes to the remote.
+
+    The first version adds ``data/listings`` whole; later versions add and push only the
+    partition folders that changed (:func:`store_changes`), so the cost grows with the new
+    batch, not with the store. The golden set is added once, when it is frozen.
 
     Args:
         state: the state folder.
@@ -234,11 +363,13 @@ def version_data(state: State, params: Params, note: str = "") -> dict:
         note: appended to the commit message (e.g. the batch ids).
 
     Returns:
-        ``{"data_rev": workspace commit sha, "listings_md5": DVC hash of data/listings,
-        "golden_md5": DVC hash of data/golden, "workspace": path}``.
+        ``{"data_rev": workspace commit sha, "listings_md5": DVC hash of data/listings (a
+        ``.dir`` hash), "golden_md5": DVC hash of data/golden, "remote": DVC remote URL,
+        "workspace": path, "added": DVC targets added by this call, "pushed": DVC targets
+        pushed by this call}``.
 
     Raises:
-        VersioningError: when git or DVC fails.
+        VersioningError: when git or DVC fails (a failed push is retried by the next call).
     """
     with workspace_lock(state):
         ws = init_workspace(state)
@@ -246,15 +377,29 @@ def version_data(state: State, params: Params, note: str = "") -> dict:
         sync_snapshot(state, params)
         if freeze_golden(state, params) is None:
             raise VersioningError("the listings store is empty: nothing to version")
-        _dvc(ws, "add", "-q", "data/listings", "data/golden")
+        changes = store_changes(ws)
+        targets = [LISTINGS] if changes is None else changes
+        if not (ws / f"{GOLDEN}.dvc").exists():
+            targets.append(GOLDEN)
+        # recorded before `dvc add`: once added, a partition no longer shows as changed, so a
+        # run killed between add and push must still find it here
+        pending = sorted({*_read_pending(state), *_push_targets(ws, targets)})
+        _write_pending(state, pending)
+        if targets:
+            _dvc(ws, "add", "-q", *targets)
         rev = _commit(ws, f"data: listings store {note}".strip())
-        _dvc(ws, "push", "-q")
+        push = _push_targets(ws, pending)
+        if push:
+            _dvc(ws, "push", *push)  # no -q: it would hide DVC's ERROR line (e.g. S3 refusing credentials)
+        _write_pending(state, [])
     return {
         "remote": remote,
         "data_rev": rev,
-        "listings_md5": _out_md5(ws / "data" / "listings.dvc"),
-        "golden_md5": _out_md5(ws / "data" / "golden.dvc"),
+        "listings_md5": _out_md5(ws / f"{LISTINGS}.dvc"),
+        "golden_md5": _out_md5(ws / f"{GOLDEN}.dvc"),
         "workspace": str(ws),
+        "added": targets,
+        "pushed": push,
     }
 
 
@@ -274,7 +419,7 @@ def reproduce(state: State, note: str = "") -> dict:
         out = _dvc(ws, "repro")
         print(out[-6000:])
         rev = _commit(ws, f"repro: prepare -> train -> evaluate {note}".strip())
-        _dvc(ws, "push", "-q")
+        _dvc(ws, "push")
     metrics = json.loads((ws / "metrics.json").read_text())
     return {"workspace_commit": rev, "metrics": metrics, "workspace": str(ws)}
 

@@ -34,7 +34,9 @@ class CheckpointOutcome:
         success: all expectations met.
         results: per expectation: ``type``, ``column``, ``reason`` (from meta), ``success``,
             ``unexpected_count``, ``unexpected_index_list`` (row numbers of the DataFrame, or
-            ``None`` for table-level expectations), ``error`` (exception message or ``None``).
+            ``None`` for table-level expectations), ``observed_value`` and ``details`` (of
+            aggregate expectations, e.g. the drift measures; else ``None``), ``error``
+            (exception message or ``None``).
         validation_id: the GX validation result id (a UUID string), else the run id.
         data_docs: path of the Data Docs ``index.html``, ``None`` if not built.
         data_docs_page: path of this validation result's Data Docs page, ``None`` if not built.
@@ -164,6 +166,8 @@ def run_checkpoint(frame: pd.DataFrame, suite: gx.ExpectationSuite, gx_dir: Path
             "success": bool(res.success),
             "unexpected_count": detail.get("unexpected_count"),
             "unexpected_index_list": _rows(detail.get("unexpected_index_list")),
+            "observed_value": detail.get("observed_value"),
+            "details": detail.get("details"),
             "error": _error_of(res),
         })
     sites = context.get_docs_sites_urls()

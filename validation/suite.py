@@ -2,27 +2,115 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
 from common.catalog import CANONICAL_COLUMNS
 from common.params import ValidateParams
+from validation.drift import LABEL_DRIFT, PRICE_DRIFT
 from validation.errors import DETAIL_COLUMNS, DUPLICATE_IMAGE, IMAGE_ERROR, SOURCE_ERROR
+from validation.expectations import (
+    ExpectColumnJsDistanceToStoreToBeAtMost,
+    ExpectColumnKsStatisticToStoreToBeAtMost,
+)
 from validation.gx_setup import gx
 
 SUITE_NAME = "listings_batch"
 REQUIRED_COLUMNS = (*CANONICAL_COLUMNS, *DETAIL_COLUMNS)
+DRIFT_REASONS = (LABEL_DRIFT, PRICE_DRIFT)
+"""``meta["reason"]`` of the drift expectations: they never flag rows (see :func:`build_suite`)."""
 
 
-def build_suite(taxonomy: frozenset[str], params: ValidateParams) -> gx.ExpectationSuite:
+@dataclass(frozen=True)
+class StoreReference:
+    """What the drift expectations compare a batch with: the store's listings of its catalog.
+
+    Attributes:
+        catalog: the catalog name (for the Data Docs text).
+        labels: category path of each listing (latest versions, this batch excluded).
+        prices: their non-null prices (float64, currency units).
+    """
+
+    catalog: str
+    labels: Sequence[str] = field(default_factory=tuple)
+    prices: Sequence[float] = field(default_factory=tuple)
+
+
+def drift_expectations(reference: StoreReference, params: ValidateParams) -> list:
+    """The label and price drift expectations of a batch against ``reference``.
+
+    Both are computed by GX on the batch rows whose source cells and image passed the checks
+    made before GX (``source_error``, ``image_error`` and ``duplicate_image`` null: GX's
+    ``row_condition``), so a category that suddenly floods the feed, or prices that jump, show as
+    drift even when those rows fail another expectation. ``severity`` is ``warning`` and
+    ``meta["critical"]`` false unless ``params.drift_blocks``; the ``description`` is what the
+    batch's Data Docs page prints next to the observed value.
+
+    Args:
+        reference: the store side.
+        params: ``drift_label_js_max``, ``drift_price_ks_max``, ``drift_min_rows``,
+            ``drift_blocks``.
+
+    Returns:
+        ``[label drift expectation, price drift expectation]``.
+    """
+    from great_expectations.expectations.row_conditions import Column
+
+    checked = (Column(SOURCE_ERROR).is_null() & Column(IMAGE_ERROR).is_null()
+               & Column(DUPLICATE_IMAGE).is_null())
+    blocks = params.drift_blocks
+    severity = "critical" if blocks else "warning"
+    policy = ("Severity critical: over the threshold the whole batch is quarantined "
+              "(validate.drift_blocks: true)." if blocks else
+              "Severity warning: over the threshold the batch is still accepted, with a warning "
+              "in its report (validate.drift_blocks: false).")
+    scope = (f"this batch's rows whose source cells and image passed, against the "
+             f"{{n}} listings of catalog '{reference.catalog}' already in the store")
+    minimum = f"Measured when both sides have at least {params.drift_min_rows} values."
+    labels = Counter(reference.labels)
+    prices = Counter(float(p) for p in reference.prices)
+    values = sorted(prices)
+    return [
+        ExpectColumnJsDistanceToStoreToBeAtMost(
+            column="category_path", reference_counts=dict(sorted(labels.items())),
+            max_value=params.drift_label_js_max, min_rows=params.drift_min_rows,
+            row_condition=checked, severity=severity,
+            meta={"reason": LABEL_DRIFT, "critical": blocks},
+            description=(f"Label drift: the Jensen-Shannon distance (base 2, 0 = same, 1 = disjoint) "
+                         f"between the category distribution of "
+                         f"{scope.format(n=sum(labels.values()))} must be at most "
+                         f"{params.drift_label_js_max}. {minimum} {policy}")),
+        ExpectColumnKsStatisticToStoreToBeAtMost(
+            column="price", reference_values=values, reference_counts=[prices[v] for v in values],
+            max_value=params.drift_price_ks_max, min_rows=params.drift_min_rows,
+            row_condition=checked, severity=severity,
+            meta={"reason": PRICE_DRIFT, "critical": blocks},
+            description=(f"Price drift: the two-sample Kolmogorov-Smirnov statistic (largest gap "
+                         f"between the empirical CDFs, 0..1) of the prices of "
+                         f"{scope.format(n=sum(prices.values()))} must be at most "
+                         f"{params.drift_price_ks_max}. {minimum} {policy}")),
+    ]
+
+
+def build_suite(taxonomy: frozenset[str], params: ValidateParams,
+                reference: StoreReference | None = None) -> gx.ExpectationSuite:
     """Builds the expectation suite a batch of canonical listings must meet.
 
-    Every expectation carries ``meta={"reason": <code>, "critical": True}``; the code names the
-    rejection reason of the rows it flags. Column-level expectations flag rows (a failing row is
-    quarantined); ``column_missing`` expectations are table-level (the batch is quarantined).
+    Every row or schema expectation carries ``meta={"reason": <code>, "critical": True}``; the
+    code names the rejection reason of the rows it flags. Column-level expectations flag rows (a
+    failing row is quarantined); ``column_missing`` expectations are table-level (the batch is
+    quarantined). With a ``reference``, the two drift expectations of :func:`drift_expectations`
+    follow (reasons :data:`DRIFT_REASONS`); they describe the batch as a whole and never flag
+    rows.
 
     Args:
         taxonomy: valid category paths (``" > "``-joined), from
             :func:`validation.taxonomy.load_taxonomy`.
         params: ``title_min_length`` / ``title_max_length`` (characters), ``max_price``
-            (currency units; price >= 0), ``currencies`` (known ISO 4217 codes).
+            (currency units; price >= 0), ``currencies`` (known ISO 4217 codes), and the
+            ``drift_*`` thresholds.
+        reference: the store's listings of the batch's catalog, for the drift expectations.
 
     Returns:
         An unsaved suite named ``"listings_batch"``.
@@ -53,6 +141,8 @@ def build_suite(taxonomy: frozenset[str], params: ValidateParams) -> gx.Expectat
         E.ExpectColumnValuesToBeNull(column=IMAGE_ERROR, meta=meta("image_invalid")),
         E.ExpectColumnValuesToBeNull(column=DUPLICATE_IMAGE, meta=meta("duplicate_image")),
     ]
+    if reference is not None:
+        expectations += drift_expectations(reference, params)
     return gx.ExpectationSuite(
         name=SUITE_NAME, expectations=expectations,
         meta={"notes": "Defined in validation/suite.py; rebuilt on every run, do not edit here."},

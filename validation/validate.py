@@ -1,8 +1,8 @@
 """The validation step of one batch: read -> adapt -> image checks -> GX checkpoint -> route rows.
 
-Accepted rows go to the listings store (one parquet partition per batch, images
-content-addressed); rejected rows, or the whole batch, go to ``<quarantine>/<batch_id>/`` with a
-report. The raw batch folder is only read.
+Accepted rows go to the listings store (one partition folder per batch: its parquet table and
+its images named by SHA-256, see :mod:`common.store`); rejected rows, or the whole batch, go to
+``<quarantine>/<batch_id>/`` with a report. The raw batch folder is only read.
 """
 
 from __future__ import annotations
@@ -21,9 +21,18 @@ import pyarrow.parquet as pq
 
 from common.catalog import CANONICAL_COLUMNS, Catalog
 from common.params import ValidateParams
-from common.store import INDEX_COLUMNS, batch_file, read_store
+from common.store import (
+    IMAGES,
+    INDEX_COLUMNS,
+    LISTINGS_FILE,
+    batch_file,
+    image_key,
+    read_store,
+    remove_partition,
+    replace_partition,
+)
 from validation.adapt import find_listings_file, read_listings_file, source_errors, to_canonical
-from validation.drift import drift_report
+from validation.drift import LABEL_DRIFT, PRICE_DRIFT, drift_summary
 from validation.errors import DETAIL_COLUMNS, BatchError
 from validation.images import check_image, resolve_image
 
@@ -57,15 +66,6 @@ def _check_images(batch_dir: Path, keys: list, params: ValidateParams) -> list[t
         return list(pool.map(lambda key: check_image(batch_dir, key, params), keys))
 
 
-def _store_image(store: Path, source: Path, sha: str, ext: str) -> str:
-    """Copies an image into the store by content; returns its key (relative to the store)."""
-    key = f"images/{sha[:2]}/{sha}{ext}"
-    dest = Path(store) / key
-    if not dest.exists():
-        _atomic_write(dest, lambda tmp: shutil.copyfile(source, tmp))
-    return key
-
-
 def _duplicates(frame: pd.DataFrame, shas: list[str | None], store_index: pd.DataFrame) -> list:
     """``duplicate_image`` reason per row, or ``None``.
 
@@ -91,11 +91,16 @@ def _duplicates(frame: pd.DataFrame, shas: list[str | None], store_index: pd.Dat
     return out
 
 
-def _row_reasons(outcome, frame: pd.DataFrame) -> tuple[dict[int, list[str]], list[str]]:
-    """Per-row reasons from the failed expectations, and batch-level failures."""
+def _row_reasons(results: list[dict], frame: pd.DataFrame) -> tuple[dict[int, list[str]], list[str]]:
+    """Per-row reasons from the failed expectations, and batch-level failures.
+
+    Args:
+        results: :class:`validation.checkpoint.CheckpointOutcome` results, drift ones excluded.
+        frame: the validated frame (its detail columns hold the image/source reasons).
+    """
     rows: dict[int, list[str]] = {}
     batch: list[str] = []
-    for res in outcome.results:
+    for res in results:
         if res["success"]:
             continue
         if res["error"]:
@@ -111,6 +116,26 @@ def _row_reasons(outcome, frame: pd.DataFrame) -> tuple[dict[int, list[str]], li
                 reasons = (frame.at[idx, res["column"]] or res["reason"]).split("; ")
             rows.setdefault(int(idx), []).extend(reasons)
     return rows, batch
+
+
+def _drift(results: dict[str, dict], params: ValidateParams) -> dict:
+    """The report's ``drift`` section from the drift expectations' GX results.
+
+    A measure counts only when GX measured it (``details.measured``); an expectation that raised
+    is a warning (``<reason>: not measured, <error>``), never a rejection.
+    """
+    measures, extra = {}, []
+    for reason in (LABEL_DRIFT, PRICE_DRIFT):
+        res = results.get(reason) or {}
+        details = res.get("details") or {}
+        measures[reason] = res.get("observed_value") if details.get("measured") else None
+        if res.get("error"):
+            extra.append(f"{reason}: not measured, the expectation raised: {res['error']}")
+    label = (results.get(LABEL_DRIFT) or {}).get("details") or {}
+    summary = drift_summary(measures[LABEL_DRIFT], measures[PRICE_DRIFT],
+                            int(label.get("batch_rows", 0)), int(label.get("store_rows", 0)), params)
+    summary["warnings"] += extra
+    return summary
 
 
 def _code(reason: str) -> str:
@@ -137,9 +162,10 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
     - otherwise, or when the file cannot be read/adapted (:class:`BatchError`) or a table-level
       expectation fails: ``"quarantined"``, the whole batch.
 
-    Accepted rows: images copied to ``store/images/<sha[:2]>/<sha256><ext>`` (skipped when
-    present), ``image_key``/``image_sha256`` set accordingly, written to
-    ``common.store.batch_file(store, batch_id)`` (parquet, exactly ``CANONICAL_COLUMNS``).
+    Accepted rows: the batch's partition folder ``store/batches/<batch_id>/`` is written whole
+    (:func:`common.store.replace_partition`): images copied to ``images/<sha256><ext>``,
+    ``image_key``/``image_sha256`` set accordingly (:func:`common.store.image_key`), rows in
+    ``listings.parquet`` (exactly ``CANONICAL_COLUMNS``).
     Rejected rows: ``quarantine_dir/<batch_id>/rejected.csv`` (canonical columns with the
     batch-relative ``image_key``, plus ``reasons``, ``"; "``-joined). ``report.json`` next to
     it whenever anything was rejected. All writes are atomic (temp file + ``os.replace``);
@@ -162,9 +188,11 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
         A JSON-serialisable report: ``batch_id``, ``status``, ``rows``, ``accepted_rows``,
         ``rejected_rows``, ``bad_row_fraction``, ``reasons`` (reason code -> rows failing it),
         ``batch_reasons`` (why the whole batch was quarantined, if it was), ``failed_expectations``
-        (``expectation``, ``column``, ``unexpected_count``, ``reason``), ``validation_id``,
-        ``data_docs`` (index.html path), ``data_docs_page``, ``store_file``, ``rejected_file`` and
-        ``report`` (paths or ``None``).
+        (``expectation``, ``column``, ``unexpected_count``, ``reason``; drift excluded),
+        ``drift`` (:func:`validation.drift.drift_summary`, the figures GX measured and the Data
+        Docs page shows), ``warnings`` (unknown categories, drift over a threshold),
+        ``validation_id``, ``data_docs`` (index.html path), ``data_docs_page``, ``store_file``,
+        ``rejected_file`` and ``report`` (paths or ``None``).
     """
     batch_dir, store, gx_dir = Path(batch_dir), Path(store), Path(gx_dir)
     qdir = Path(quarantine_dir) / batch_id
@@ -184,7 +212,8 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
     except BatchError as exc:
         report.update(rejected_rows=report["rows"], reasons={exc.reason: max(report["rows"], 1)},
                       batch_reasons=[str(exc)])
-        _remove_stale(partition, qdir / "rejected.csv")
+        remove_partition(store, batch_id)
+        _remove_stale(qdir / "rejected.csv")
         return _write_report(report, qdir)
 
     checks = _check_images(batch_dir, canon["image_key"].tolist(), params)
@@ -196,28 +225,29 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
                                          index=frame.index, dtype=object)
 
     from validation.checkpoint import ROW, run_checkpoint  # GX is slow to import; only when needed
-    from validation.suite import build_suite
+    from validation.suite import DRIFT_REASONS, StoreReference, build_suite
 
     frame[ROW] = range(len(frame))
-    outcome = run_checkpoint(frame, build_suite(taxonomy, params), gx_dir, batch_id, ingested_at)
+    same_catalog = store_index[store_index["catalog"] == catalog.name]
+    reference = StoreReference(catalog.name, same_catalog["category_path"].dropna().tolist(),
+                               same_catalog["price"].dropna().tolist())
+    outcome = run_checkpoint(frame, build_suite(taxonomy, params, reference), gx_dir, batch_id,
+                             ingested_at)
     report.update(validation_id=outcome.validation_id, data_docs=outcome.data_docs,
                   data_docs_page=outcome.data_docs_page)
+    drift_results = {r["reason"]: r for r in outcome.results if r["reason"] in DRIFT_REASONS}
+    row_results = [r for r in outcome.results if r["reason"] not in DRIFT_REASONS]
     report["failed_expectations"] = [
         {"expectation": r["type"], "column": r["column"], "unexpected_count": r["unexpected_count"],
          "reason": r["reason"], **({"error": r["error"]} if r["error"] else {})}
-        for r in outcome.results if not r["success"]]
-    row_reasons, batch_reasons = _row_reasons(outcome, frame)
+        for r in row_results if not r["success"]]
+    row_reasons, batch_reasons = _row_reasons(row_results, frame)
 
     rows = len(frame)
     bad = sorted(row_reasons)
     fraction = len(bad) / rows
     report["warnings"] = _unknown_category_warnings(frame, row_reasons)
-    good_rows = frame[~frame.index.isin(bad)]
-    same_catalog = store_index[store_index["catalog"] == catalog.name]
-    report["drift"] = drift_report(
-        good_rows["category_path"].dropna().tolist(), good_rows["price"].dropna().tolist(),
-        same_catalog["category_path"].dropna().tolist(), same_catalog["price"].dropna().tolist(),
-        params)
+    report["drift"] = _drift(drift_results, params)
     report["warnings"] += report["drift"]["warnings"]
     report["bad_row_fraction"] = round(fraction, 6)
     report["reasons"] = dict(sorted(Counter(
@@ -239,15 +269,11 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
     bad_mask = frame.index.isin(bad)
     if status == "quarantined":
         rejected = frame
-        _remove_stale(partition)
+        remove_partition(store, batch_id)
     else:
         good = canon[~bad_mask].copy()
         good_checks = [checks[i] for i in range(rows) if not bad_mask[i]]
-        good["image_sha256"] = [sha for _, sha, _ in good_checks]
-        good["image_key"] = [
-            _store_image(store, resolve_image(batch_dir, key), sha, ext)
-            for key, (_, sha, ext) in zip(good["image_key"], good_checks, strict=True)]
-        _write_partition(good, partition)
+        _write_partition(store, batch_id, batch_dir, good, good_checks)
         report["store_file"] = str(partition)
         report["accepted_rows"] = len(good)
         rejected = frame[bad_mask]
@@ -280,10 +306,33 @@ def _unknown_category_warnings(frame: pd.DataFrame, row_reasons: dict[int, list[
             f"declared taxonomy: {names}{more}"]
 
 
-def _write_partition(frame: pd.DataFrame, path: Path) -> None:
-    table = pa.Table.from_pandas(frame[list(CANONICAL_COLUMNS)].reset_index(drop=True),
+def _write_partition(store: Path, batch_id: str, batch_dir: Path, good: pd.DataFrame,
+                     checks: list[tuple]) -> None:
+    """Writes the batch's partition folder whole: its images by SHA-256, then its table.
+
+    Args:
+        store: the listings store.
+        batch_id: the batch.
+        batch_dir: the raw batch folder the images are copied from.
+        good: the accepted canonical rows (``image_key`` still batch-relative).
+        checks: per row of ``good``, :func:`validation.images.check_image`'s
+            ``(reason, sha256, ext)``.
+    """
+    sources = [resolve_image(batch_dir, key) for key in good["image_key"]]
+    good = good.assign(image_sha256=[sha for _, sha, _ in checks],
+                       image_key=[image_key(batch_id, sha, ext) for _, sha, ext in checks])
+    table = pa.Table.from_pandas(good[list(CANONICAL_COLUMNS)].reset_index(drop=True),
                                  schema=STORE_SCHEMA, preserve_index=False)
-    _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+    def build(folder: Path) -> None:
+        (folder / IMAGES).mkdir()
+        for source, (_, sha, ext) in zip(sources, checks, strict=True):
+            target = folder / IMAGES / f"{sha}{ext}"
+            if not target.exists():  # the same image under one listing id twice: one file
+                shutil.copyfile(source, target)
+        pq.write_table(table, folder / LISTINGS_FILE)
+
+    replace_partition(store, batch_id, build)
 
 
 def _write_report(report: dict, qdir: Path) -> dict:

@@ -1,8 +1,10 @@
-"""Feed publishing and ingestion on real listings, from a local folder and from S3 (moto server)."""
+"""Feed publishing and ingestion on real listings, from a local folder and from S3 (moto server);
+versioning of the listings store with real DVC (only the changed batches are added and pushed)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -188,3 +190,155 @@ def test_s3_credentials_from_an_airflow_connection(tmp_path, feed, monkeypatch):
         assert _tree(state.staging / "fashion-2026-11-02") == _tree(feed / "fashion-2026-11-02")
     finally:
         server.stop()
+
+
+# --- Versioning the listings store (real DVC, a local remote) ---------------------------------
+
+
+def _partition(store: Path, batch_id: str, rows: pd.DataFrame, fashion_dir: Path) -> None:
+    """Writes a store partition of real fashion listings the way validation does."""
+    import hashlib
+
+    from common.catalog import CANONICAL_COLUMNS, PATH_SEP
+    from common.store import image_key, replace_partition
+
+    def build(folder: Path) -> None:
+        (folder / "images").mkdir()
+        records = []
+        for r in rows.itertuples():
+            data = (fashion_dir / "images" / f"{r.id}.jpg").read_bytes()
+            sha = hashlib.sha256(data).hexdigest()
+            (folder / "images" / f"{sha}.jpg").write_bytes(data)
+            records.append({
+                "listing_id": r.id, "title": r.productDisplayName, "description": None,
+                "brand": None, "price": None, "currency": "INR",
+                "category_path": PATH_SEP.join([r.masterCategory, r.subCategory, r.articleType]),
+                "image_key": image_key(batch_id, sha, ".jpg"), "image_sha256": sha,
+                "catalog": "fashion", "batch_id": batch_id, "ingested_at": "2026-11-02T00:00:00+00:00"})
+        pd.DataFrame(records)[list(CANONICAL_COLUMNS)].to_parquet(folder / "listings.parquet", index=False)
+
+    replace_partition(store, batch_id, build)
+
+
+def _remote_objects(remote: Path) -> set[str]:
+    """Names of the objects in a local DVC 3 remote (``files/md5/<2>/<30>[.dir]``), as DVC hashes."""
+    return {p.parent.name + p.name for p in (remote / "files" / "md5").glob("*/*")}
+
+
+def _md5s(folder: Path) -> set[str]:
+    import hashlib
+
+    return {hashlib.md5(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture()
+def styles(fashion_dir: Path) -> pd.DataFrame:
+    frame = pd.read_csv(fashion_dir / "styles.csv", dtype=str, keep_default_na=False)
+    return frame[[(fashion_dir / "images" / f"{i}.jpg").is_file() for i in frame["id"]]].head(120)
+
+
+def _versioning_params():
+    from common.params import Params
+
+    return Params().with_overrides({"prepare": {"golden_min_listings": 2}})
+
+
+def test_versioning_adds_and_pushes_only_the_changed_batches(tmp_path, fashion_dir, styles):
+    import subprocess
+
+    from common.store import partition_dir, remove_partition
+    from ingestion.versioning import version_data
+
+    state, params = State(tmp_path / "state").ensure(), _versioning_params()
+    store = state.listings_store
+    _partition(store, "b1", styles.iloc[:40], fashion_dir)
+    _partition(store, "b2", styles.iloc[40:80], fashion_dir)
+    first = version_data(state, params, "b1 b2")
+    assert first["added"] == ["data/listings", "data/golden"]  # the first version: whole
+    assert first["listings_md5"].endswith(".dir") and first["golden_md5"].endswith(".dir")
+    assert _md5s(store) | _md5s(state.golden_dir) <= _remote_objects(state.dvc_remote)
+
+    _partition(store, "b3", styles.iloc[80:120], fashion_dir)
+    before = _remote_objects(state.dvc_remote)
+    second = version_data(state, params, "b3")
+    assert second["added"] == ["data/listings/batches/b3"]
+    assert second["pushed"] == ["data/listings/batches/b3"]
+    assert second["listings_md5"] != first["listings_md5"]
+    assert second["golden_md5"] == first["golden_md5"]  # frozen once, never re-added
+    # exactly the new batch's files and the store's new directory manifest were uploaded
+    assert (_remote_objects(state.dvc_remote) - before
+            == _md5s(partition_dir(store, "b3")) | {second["listings_md5"]})
+    snapshot = {p.relative_to(store).as_posix(): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+
+    again = version_data(state, params, "nothing new")
+    assert (again["added"], again["pushed"], again["data_rev"]) == ([], [], second["data_rev"])
+
+    # a batch re-validated into quarantine loses its partition: the pointer drops it
+    remove_partition(store, "b2")
+    third = version_data(state, params, "b2 quarantined")
+    assert third["added"] == ["data/listings/batches/b2"] and third["pushed"] == ["data/listings.dvc"]
+    assert third["listings_md5"] not in (first["listings_md5"], second["listings_md5"])
+
+    # a data revision pins the whole store: a clone at the second revision pulls b1 + b2 + b3
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(state.workspace), str(clone)], check=True)
+    subprocess.run(["git", "checkout", "-q", second["data_rev"]], cwd=clone, check=True)
+    from ingestion.versioning import _dvc
+
+    _dvc(clone, "pull", "-q", "data/listings.dvc", "data/golden.dvc")
+    pulled = clone / "data" / "listings"
+    assert {p.relative_to(pulled).as_posix(): p.read_bytes()
+            for p in pulled.rglob("*") if p.is_file()} == snapshot
+
+
+def test_a_failed_push_is_pushed_by_the_next_version(tmp_path, fashion_dir, styles, monkeypatch):
+    from common.store import partition_dir
+    from ingestion.versioning import PENDING_PUSH, VersioningError, version_data
+
+    state, params = State(tmp_path / "state").ensure(), _versioning_params()
+    _partition(state.listings_store, "b1", styles.iloc[:40], fashion_dir)
+    version_data(state, params, "b1")
+    _partition(state.listings_store, "b2", styles.iloc[40:80], fashion_dir)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the remote's parent folder should be")
+    monkeypatch.setenv("LCP_DVC_REMOTE_URL", str(blocked / "remote"))
+    with pytest.raises(VersioningError, match="dvc push"):
+        version_data(state, params, "b2")
+    assert json.loads((state.root / PENDING_PUSH).read_text()) == ["data/listings/batches/b2"]
+
+    monkeypatch.delenv("LCP_DVC_REMOTE_URL")
+    retry = version_data(state, params, "b2 retried")
+    assert retry["added"] == [], "b2 was added and committed by the failed run"
+    assert retry["pushed"] == ["data/listings/batches/b2"]
+    assert _md5s(partition_dir(state.listings_store, "b2")) <= _remote_objects(state.dvc_remote)
+    assert not (state.root / PENDING_PUSH).exists()
+
+
+def test_a_flat_layout_store_is_refused_then_migrated(tmp_path, fashion_dir, styles):
+    import hashlib
+
+    from common.store import StoreLayoutError, batch_ids, migrate_flat_layout, read_store
+
+    store = tmp_path / "listings"
+    _partition(store, "b1", styles.iloc[:10], fashion_dir)
+    expected = read_store(store)
+    # rewrite it in the earlier layout: batches/<id>.parquet + images/<sha[:2]>/<sha>.jpg
+    flat = expected.copy()
+    for sha in flat["image_sha256"]:
+        target = store / "images" / sha[:2] / f"{sha}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((store / "batches" / "b1" / "images" / f"{sha}.jpg").read_bytes())
+    flat["image_key"] = [f"images/{s[:2]}/{s}.jpg" for s in flat["image_sha256"]]
+    shutil.rmtree(store / "batches" / "b1")
+    flat.to_parquet(store / "batches" / "b1.parquet", index=False)
+
+    with pytest.raises(StoreLayoutError, match="python -m common.store migrate"):
+        read_store(store)
+    assert (store / "batches" / "b1.parquet").is_file(), "refused, nothing changed"
+
+    assert migrate_flat_layout(store) == ["b1"]
+    assert batch_ids(store) == ["b1"] and not (store / "images").exists()
+    migrated = read_store(store)
+    pd.testing.assert_frame_equal(migrated.drop(columns="image_key"), expected.drop(columns="image_key"))
+    for key, sha in zip(migrated["image_key"], migrated["image_sha256"], strict=True):
+        assert hashlib.sha256((store / key).read_bytes()).hexdigest() == sha

@@ -95,7 +95,7 @@ def test_partial_batch(tmp_path: Path, styles: pd.DataFrame, taxonomy, fashion_d
     assert stored["listing_id"].is_unique and (stored["batch_id"] == "b0001").all()
     for key, sha in zip(stored["image_key"], stored["image_sha256"], strict=True):
         path = tmp_path / "store" / key
-        assert key == f"images/{sha[:2]}/{sha}.jpg"
+        assert key == f"batches/b0001/images/{sha}.jpg"
         assert hashlib.sha256(path.read_bytes()).hexdigest() == sha
         with Image.open(path) as img:
             img.load()

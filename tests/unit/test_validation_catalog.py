@@ -11,7 +11,13 @@ from pydantic import ValidationError
 from common.catalog import Catalog, load_catalog
 from common.params import ValidateParams
 from validation.adapt import source_errors, to_canonical
-from validation.drift import drift_report, label_js_distance, price_ks_statistic
+from validation.drift import (
+    drift_report,
+    drift_summary,
+    js_distance_of_counts,
+    label_js_distance,
+    price_ks_statistic,
+)
 
 FLIPKART = load_catalog("catalogs/flipkart.yaml")
 FASHION = load_catalog("catalogs/fashion.yaml")
@@ -80,3 +86,18 @@ def test_drift_measures() -> None:
     assert report["price_ks_statistic"] == 0.0
     small = drift_report(["a"], [], ["b"] * 5, [1.0] * 5, params)
     assert small["label_js_distance"] is None and small["warnings"] == []
+
+
+def test_drift_from_counts_and_the_report_section() -> None:
+    """The GX drift expectation works from value counts: same distance as from the labels."""
+    batch, store = ["a"] * 3 + ["b"], ["a", "b", "b", "c"]
+    assert js_distance_of_counts({"a": 3, "b": 1}, {"a": 1, "b": 2, "c": 1}) == pytest.approx(
+        label_js_distance(batch, store))
+    assert js_distance_of_counts({"a": 2}, {"a": 5, "z": 0}) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="both sides"):
+        js_distance_of_counts({"a": 1}, {})
+    params = ValidateParams(drift_label_js_max=0.3, drift_price_ks_max=0.5, drift_blocks=True)
+    section = drift_summary(0.31, 0.5, 40, 900, params)  # at the threshold passes, over it warns
+    assert section["warnings"] == ["label_drift: Jensen-Shannon distance 0.310 > 0.3"]
+    assert (section["batch_rows"], section["store_rows"], section["thresholds"]["blocks"]) == (40, 900, True)
+    assert drift_summary(None, None, 3, 0, params)["warnings"] == []
