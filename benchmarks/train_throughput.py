@@ -4,15 +4,18 @@ Both train the same model (``training.model.ListingClassifier``, image branch on
 comparison is about feeding images) with the same optimizer, batch size and image size, on the
 same listings, in one process, one after the other:
 
-- **ours**: the prepare stage's uint8 image cache (memory-mapped ``.npy``), batches sliced from
-  it and normalised with ``training.presets.TrainPreset`` (no JPEG decoding during epochs).
+- **ours**: the train stage's own batches (``training.train.batch_loader``): the prepare
+  stage's uint8 image cache (memory-mapped ``.npy``), sliced, flipped and normalised (no JPEG
+  decoding during epochs).
 - **reference**: a ``torchvision.datasets.ImageFolder`` over the original JPEG files (one folder
   per class, symlinks) with ``Resize`` + ``RandomHorizontalFlip`` + ``ToTensor`` + ``Normalize``,
   read by a ``DataLoader`` with ``--workers`` worker processes, as in torchvision's
   ``references/classification/train.py``.
 
 Prints images/s of each (after ``--warmup`` batches), the ratio, and the peak RSS of the
-process (``resource.getrusage``, KiB on Linux) after each phase.
+process (``resource.getrusage``, KiB on Linux) after each phase; also the input pipelines alone
+(no model), which is what the cache changes: at small image sizes on a CPU the model's compute
+bounds the end-to-end ratio. ``--bf16`` adds our pipeline with CPU bf16 autocast.
 
 Usage::
 
@@ -47,42 +50,75 @@ def _model(num_classes: int, backbone: str) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def _step(model: nn.Module, optimizer, criterion, images: torch.Tensor, targets: torch.Tensor) -> None:
-    logits = model(images, None, None)
-    loss = criterion(logits, targets)
+def _step(model: nn.Module, optimizer, criterion, images: torch.Tensor, targets: torch.Tensor,
+          bf16: bool = False) -> None:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(images, None, None)[-1]
+    loss = criterion(logits.float(), targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
 
 
-def bench_ours(prepared: Path, labels: list[str], args) -> float:
-    """Images/s of training from the prepare stage's memory-mapped uint8 cache."""
-    from training.presets import TrainPreset
+def bench_ours(prepared: Path, labels: list[str], args, bf16: bool = False) -> float:
+    """Images/s of training with the train stage's own batches (``training.train.batch_loader``
+    over the prepare stage's memory-mapped uint8 cache, flips included)."""
+    from common.params import TrainParams
+    from training.train import batch_loader, load_split, to_device
 
-    frame = pd.read_parquet(prepared / "train.parquet", columns=["category_path"])
-    images = np.load(prepared / "train_images.npy", mmap_mode="r")
-    index = {c: i for i, c in enumerate(labels)}
-    targets = torch.tensor([index[c] for c in frame["category_path"]])
+    cfg = TrainParams(branches="image", text_buckets=1024)
+    split = load_split(prepared, "train", labels, cfg)
     torch.manual_seed(0)
     model = _model(len(labels), args.backbone)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     criterion = nn.CrossEntropyLoss()
-    preset = TrainPreset(generator=torch.Generator().manual_seed(0))
-    order = torch.randperm(len(frame), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    steps = args.warmup + args.batches
+    order = torch.randperm(len(split), generator=generator).repeat(steps * args.batch_size // len(split) + 1)
+    batches = [order[i * args.batch_size:(i + 1) * args.batch_size] for i in range(steps)]
+    flips = [torch.rand(len(b), generator=generator) < 0.5 for b in batches]
     model.train()
     seen, t0 = 0, 0.0
-    for step in range(args.warmup + args.batches):
+    loader = batch_loader(split, batches, flips, True, args.our_workers, torch.device("cpu"))
+    for step, batch in enumerate(loader):
         if step == args.warmup:
             seen, t0 = 0, time.perf_counter()
-        batch, _ = torch.sort(order[(step * args.batch_size) % len(order):][:args.batch_size])
-        x = preset(np.ascontiguousarray(images[batch.numpy()]))
-        _step(model, optimizer, criterion, x, targets[batch])
-        seen += len(batch)
+        images, *_, targets = to_device(batch, torch.device("cpu"))
+        _step(model, optimizer, criterion, images, targets, bf16)
+        seen += len(targets)
     return seen / (time.perf_counter() - t0)
 
 
-def bench_reference(listings: Path, prepared: Path, labels: list[str], size: int, args) -> float:
-    """Images/s of training from JPEG files through ImageFolder + PIL + DataLoader."""
+def bench_feeding(prepared: Path, listings: Path, labels: list[str], size: int, args) -> dict:
+    """Images/s of the input pipelines alone (no model): our batch assembly vs. the reference
+    DataLoader, the same number of batches."""
+    from common.params import TrainParams
+    from training.train import batch_loader, load_split
+
+    split = load_split(prepared, "train", labels, TrainParams(branches="image", text_buckets=1024))
+    n = min(len(split), args.batch_size * args.batches)
+    batches = list(torch.randperm(len(split))[:n].split(args.batch_size))
+    t0 = time.perf_counter()
+    for _batch in batch_loader(split, batches, [torch.rand(len(b)) < 0.5 for b in batches], True, 0,
+                               torch.device("cpu")):
+        pass
+    ours = n / (time.perf_counter() - t0)
+    loader, cleanup = _reference_loader(listings, prepared, labels, size, args)
+    try:
+        t0, seen = time.perf_counter(), 0
+        for x, _ in loader:
+            seen += len(x)
+            if seen >= n:
+                break
+        reference = seen / (time.perf_counter() - t0)
+    finally:
+        cleanup()
+    return {"feeding_ours_img_per_s": round(ours, 1), "feeding_reference_img_per_s": round(reference, 1)}
+
+
+def _reference_loader(listings: Path, prepared: Path, labels: list[str], size: int, args):
+    """torchvision's reference input pipeline over the original JPEG files; returns
+    ``(loader, cleanup)``."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
@@ -90,23 +126,29 @@ def bench_reference(listings: Path, prepared: Path, labels: list[str], size: int
     from training.presets import IMAGENET_MEAN, IMAGENET_STD
 
     frame = pd.read_parquet(prepared / "train.parquet", columns=["category_path", "image_key", "listing_id"])
-    with tempfile.TemporaryDirectory(prefix="imagefolder-") as tmp:
-        root = Path(tmp)
-        for i, row in enumerate(frame.itertuples()):
-            folder = root / f"c{labels.index(row.category_path):04d}"
-            folder.mkdir(exist_ok=True)
-            (folder / f"{i}.jpg").symlink_to(image_path(listings, row.image_key))
-        dataset = datasets.ImageFolder(root, transform=transforms.Compose([
-            transforms.Resize((size, size)),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]))
-        loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                            drop_last=True, generator=torch.Generator().manual_seed(0),
-                            persistent_workers=args.workers > 0)
+    tmp = tempfile.TemporaryDirectory(prefix="imagefolder-")
+    root = Path(tmp.name)
+    for i, row in enumerate(frame.itertuples()):
+        folder = root / f"c{labels.index(row.category_path):04d}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"{i}.jpg").symlink_to(image_path(listings, row.image_key))
+    dataset = datasets.ImageFolder(root, transform=transforms.Compose([
+        transforms.Resize((size, size)),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ]))
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                        drop_last=True, generator=torch.Generator().manual_seed(0))
+    return loader, tmp.cleanup
+
+
+def bench_reference(listings: Path, prepared: Path, labels: list[str], size: int, args) -> float:
+    """Images/s of training from JPEG files through ImageFolder + PIL + DataLoader."""
+    loader, cleanup = _reference_loader(listings, prepared, labels, size, args)
+    try:
         torch.manual_seed(0)
-        model = _model(len(dataset.classes), args.backbone)
+        model = _model(len(labels), args.backbone)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         criterion = nn.CrossEntropyLoss()
         model.train()
@@ -121,6 +163,8 @@ def bench_reference(listings: Path, prepared: Path, labels: list[str], size: int
                 if step >= args.warmup + args.batches:
                     break
         return seen / (time.perf_counter() - t0)
+    finally:
+        cleanup()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -132,6 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batches", type=int, default=20, help="timed batches per pipeline")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference")
+    parser.add_argument("--our-workers", type=int, default=0, help="train.workers of our pipeline")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time ours with CPU bf16 autocast (oneDNN, AVX512-BF16/AMX CPUs)")
     args = parser.parse_args(argv)
     ws = Path(args.workspace).resolve()
     prepared = ws / "data" / "prepared"
@@ -141,11 +188,18 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"backbone": args.backbone, "image_size": size, "batch_size": args.batch_size,
               "batches": args.batches, "threads": torch.get_num_threads(),
               "device": "cpu"}
+    listings = ws / "data" / "listings"
+    result.update(bench_feeding(prepared, listings, labels, size, args))
+    result["feeding_speedup"] = round(result["feeding_ours_img_per_s"] / result["feeding_reference_img_per_s"], 2)
     result["ours_img_per_s"] = round(bench_ours(prepared, labels, args), 1)
+    if args.bf16:
+        result["ours_bf16_img_per_s"] = round(bench_ours(prepared, labels, args, bf16=True), 1)
     result["ours_peak_rss_mib"] = round(peak_rss_mib(), 1)
-    result["reference_img_per_s"] = round(bench_reference(ws / "data" / "listings", prepared, labels, size, args), 1)
+    result["reference_img_per_s"] = round(bench_reference(listings, prepared, labels, size, args), 1)
     result["peak_rss_mib_after_both"] = round(peak_rss_mib(), 1)
     result["speedup"] = round(result["ours_img_per_s"] / result["reference_img_per_s"], 2)
+    if args.bf16:
+        result["speedup_bf16"] = round(result["ours_bf16_img_per_s"] / result["reference_img_per_s"], 2)
     print(json.dumps(result, indent=2))
     return result
 

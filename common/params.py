@@ -67,8 +67,28 @@ class TrainParams(_Frozen):
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     text_buckets: int = Field(32_768, ge=1024)
     text_dim: int = Field(128, ge=8)
+    char_ngrams: tuple[int, ...] = Field((3,), description="Character n-gram lengths of title words.")
+    description_words: int = Field(64, ge=0, description="Description words the text branch reads.")
+    structured: bool = Field(True, description="Fused model: add the structured branch.")
+    fields: tuple[str, ...] = Field(("brand", "currency"), description="Categorical fields read.")
+    field_buckets: int = Field(4096, ge=64)
+    field_dim: int = Field(32, ge=4)
+    hierarchical: bool = Field(True, description="One head per taxonomy level (else leaf only).")
+    level_weights: tuple[float, ...] = Field((0.25, 0.5, 1.0), description="Loss weight per level, top first.")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    branch_loss_weight: float = Field(0.0, ge=0.0, description="Fused: auxiliary leaf head per branch.")
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    sampling: Literal["uniform", "class_balanced"] = "uniform"
+    balance_power: float = Field(0.5, ge=0.0, le=1.0,
+                                 description="class_balanced: draw weight of a class ~ n_c ** -power.")
+    early_stopping_patience: int = Field(0, ge=0, description="Epochs without a better val score; 0: off.")
     seed: int = 42
+    deterministic: bool = False
     num_threads: int = Field(0, ge=0)
+    workers: int = Field(0, ge=0, description="DataLoader worker processes assembling batches.")
+    amp: bool = Field(True, description="CUDA only: bf16 autocast.")
+    channels_last: bool = True
+    compile: bool = Field(False, description="torch.compile the model (CUDA).")
 
 
 class ScoreParams(_Frozen):

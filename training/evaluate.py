@@ -190,7 +190,7 @@ def evaluate(workspace: Path, params: Params, batch_size: int = 256) -> dict:
         raise ValueError("the golden set is empty")
     images = np.load(prepared / "golden_images.npy", mmap_mode="r")
     loaded = load_checkpoint(workspace / "models" / "model.pt")
-    predicted, probs = predict_paths(loaded, golden["title"].tolist(), images, batch_size)
+    predicted, probs = predict_paths(loaded, golden, images, batch_size)
     true_paths = golden["category_path"].tolist()
 
     score = params.score

@@ -1,12 +1,18 @@
-"""The listing classifier: a torchvision image backbone and a hashed-n-gram title encoder, fused.
+"""The listing classifier: image, text and structured branches, fused, one head per taxonomy level.
 
 ::
 
-    image (N, 3, S, S) -> backbone (head = Identity) -> (N, F_img) --+
-                                                                     +-> concat -> dropout -> linear -> (N, C)
-    title ids/offsets  -> EmbeddingBag(mean) -> MLP -> (N, text_dim) -+
+    image (N, 3, S, S)      -> backbone (head = Identity) -> (N, F_img) ------+
+    title+description bags  -> EmbeddingBag(mean) -> MLP -> (N, text_dim) ---+-> concat -> dropout
+    field tokens + price    -> EmbeddingBag(sum) + Linear -> MLP -> (N, field_dim) -+      |
+                                                                       heads: level 1 ... leaf
+                                                                       -> leaf_log_probs (N, C_leaf)
 
-With ``branches="image"`` or ``"text"`` only that branch is built and the other input is ignored.
+With ``branches="image"`` or ``"text"`` only that branch is built and the other inputs are
+ignored; the structured branch joins a fused model when ``train.structured`` is true. The heads
+follow Criteo's catalogue classifier (one head per taxonomy level, losses weighted by depth);
+:meth:`ListingClassifier.leaf_log_probs` combines them so that the predicted leaf's ancestors are
+the predicted ancestors.
 """
 
 from __future__ import annotations
@@ -98,8 +104,8 @@ def build_backbone(name: str, weights: str = "auto") -> tuple[nn.Module, int, bo
     return backbone, dim, pretrained
 
 
-class TextEncoder(nn.Module):
-    """Mean of hashed n-gram embeddings, then a small MLP.
+class BagEncoder(nn.Module):
+    """Mean of hashed n-gram embeddings, then a small MLP (the text branch).
 
     Args:
         buckets: number of hash buckets.
@@ -116,72 +122,223 @@ class TextEncoder(nn.Module):
         return self.mlp(self.embedding(ids, offsets))
 
 
-class ListingClassifier(nn.Module):
-    """Leaf-category classifier of a listing from its image and title.
+TextEncoder = BagEncoder  # the text branch's historical name
+
+
+class FieldEncoder(nn.Module):
+    """The structured branch: categorical field tokens (summed embeddings) + the numeric block.
 
     Args:
-        num_classes: number of leaf categories (output logits).
-        backbone: torchvision model name (image branch), unused when ``branches="text"``.
-        branches: ``"fused"``, ``"image"`` or ``"text"``.
-        text_buckets: hash buckets of the title encoder.
-        text_dim: width of the title encoder.
-        weights: see :func:`build_backbone`.
-        dropout: dropout before the final linear layer.
+        buckets: hash buckets of the field tokens (see ``training.text.encode_fields``).
+        dim: output dimension.
+        numeric: width of the numeric block (2: log-price, price-missing flag).
     """
 
-    def __init__(self, num_classes: int, backbone: str = "resnet18", branches: str = "fused",
-                 text_buckets: int = 262_144, text_dim: int = 128, weights: str = "none",
-                 dropout: float = 0.2) -> None:
+    def __init__(self, buckets: int, dim: int, numeric: int = 2) -> None:
+        super().__init__()
+        self.embedding = nn.EmbeddingBag(buckets, dim, mode="sum")
+        self.numeric = nn.Linear(numeric, dim)
+        self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.GELU(), nn.Linear(dim, dim), nn.GELU())
+        self.out_dim = dim
+
+    def forward(self, ids: torch.Tensor, offsets: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.embedding(ids, offsets) + self.numeric(numeric))
+
+
+class ListingClassifier(nn.Module):
+    """Category classifier of a listing from its image, text and structured fields.
+
+    One linear head per taxonomy level reads the fused features; :meth:`leaf_log_probs`
+    combines the heads into a distribution over leaves that is consistent with the tree.
+
+    Args:
+        level_sizes: labels per taxonomy level, top first; the last is the leaf level
+            (see ``training.hierarchy.LabelTree``). An int means a flat classifier.
+        ancestors: int64 ``(depth, n_leaves)`` level-k ancestor index of each leaf
+            (``LabelTree.ancestors``); None for a flat classifier.
+        level_weights: weight of each level, in the loss and in the combination (see
+            :meth:`leaf_log_probs`); default 1.0 each.
+        backbone: torchvision model name (image branch), unused without an image branch.
+        branches: ``"fused"`` (image + text [+ structured]), ``"image"`` or ``"text"``.
+        structured: add the structured branch to a fused model.
+        text_buckets, text_dim: the text branch.
+        field_buckets, field_dim: the structured branch.
+        weights: see :func:`build_backbone`.
+        dropout: dropout on the fused features.
+        branch_loss_weight: weight of auxiliary leaf heads, one per branch of a fused model,
+            trained on that branch's features alone (deep supervision, so that a strong branch
+            cannot leave the others untrained; Wang et al. 2020, "What Makes Training
+            Multi-modal Classification Networks Hard?"). 0: none. Unused at inference.
+    """
+
+    def __init__(self, level_sizes: list[int] | int, ancestors: torch.Tensor | None = None,
+                 level_weights: list[float] | None = None, backbone: str = "resnet18",
+                 branches: str = "fused", structured: bool = False, text_buckets: int = 262_144,
+                 text_dim: int = 128, field_buckets: int = 4096, field_dim: int = 32,
+                 weights: str = "none", dropout: float = 0.2, branch_loss_weight: float = 0.0) -> None:
         super().__init__()
         if branches not in ("fused", "image", "text"):
             raise ValueError(f"branches must be fused, image or text, got {branches!r}")
+        if isinstance(level_sizes, int):
+            level_sizes = [level_sizes]
+        level_sizes = list(level_sizes)
+        if ancestors is None:
+            if len(level_sizes) != 1:
+                raise ValueError("a hierarchical classifier needs the ancestors of its leaves")
+            ancestors = torch.arange(level_sizes[0]).unsqueeze(0)
+        if tuple(ancestors.shape) != (len(level_sizes), level_sizes[-1]):
+            raise ValueError(f"ancestors of shape {tuple(ancestors.shape)}, expected "
+                             f"({len(level_sizes)}, {level_sizes[-1]})")
+        level_weights = list(level_weights or [1.0] * len(level_sizes))
+        if len(level_weights) != len(level_sizes):
+            raise ValueError(f"{len(level_weights)} level weights for {len(level_sizes)} levels")
         self.branches = branches
         self.pretrained = False
         width = 0
         self.image_encoder: nn.Module | None = None
-        self.text_encoder: TextEncoder | None = None
+        self.text_encoder: BagEncoder | None = None
+        self.field_encoder: FieldEncoder | None = None
         if branches in ("fused", "image"):
             self.image_encoder, dim, self.pretrained = build_backbone(backbone, weights)
             width += dim
         if branches in ("fused", "text"):
-            self.text_encoder = TextEncoder(text_buckets, text_dim)
+            self.text_encoder = BagEncoder(text_buckets, text_dim)
             width += text_dim
+        if branches == "fused" and structured:
+            self.field_encoder = FieldEncoder(field_buckets, field_dim)
+            width += field_dim
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(width, num_classes)
+        self.heads = nn.ModuleList(nn.Linear(width, n) for n in level_sizes)
+        self.depth = len(level_sizes)
+        self.branch_loss_weight = float(branch_loss_weight)
+        branch_dims = [e.out_dim if hasattr(e, "out_dim") else None
+                       for e in (self.text_encoder, self.field_encoder) if e is not None]
+        if self.image_encoder is not None:
+            branch_dims.insert(0, width - sum(branch_dims))
+        self.branch_heads = nn.ModuleList(
+            nn.Linear(d, level_sizes[-1]) for d in branch_dims
+        ) if branch_loss_weight > 0 and len(branch_dims) > 1 else nn.ModuleList()
+        self.register_buffer("ancestors", ancestors.to(torch.long).clone(), persistent=True)
+        self.register_buffer("level_weights", torch.tensor(level_weights, dtype=torch.float32),
+                             persistent=True)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of leaf categories."""
+        return self.heads[-1].out_features
 
     def forward(self, images: torch.Tensor | None, ids: torch.Tensor | None,
-                offsets: torch.Tensor | None) -> torch.Tensor:
-        """Logits.
+                offsets: torch.Tensor | None, field_ids: torch.Tensor | None = None,
+                field_offsets: torch.Tensor | None = None,
+                numeric: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Logits of every taxonomy level.
 
         Args:
-            images: float (N, 3, S, S) normalised (see ``training.presets``); ignored by "text".
-            ids: int64 flat bucket ids of the titles; ignored by "image".
-            offsets: int64 (N,) start of each title in ``ids``; ignored by "image".
+            images: float (N, 3, S, S) normalised (see ``training.presets``); ignored without an
+                image branch.
+            ids, offsets: int64 hashed text bags (``training.text.encode_texts``); ignored
+                without a text branch.
+            field_ids, field_offsets, numeric: structured inputs (``training.text.encode_fields``);
+                ignored without a structured branch.
 
         Returns:
-            float (N, num_classes) logits.
+            ``depth`` float tensors ``(N, level_sizes[k])``; in training mode with branch heads,
+            followed by one leaf-logit tensor per branch (see ``branch_loss_weight``).
         """
         feats = []
         if self.image_encoder is not None:
             feats.append(self.image_encoder(images).flatten(1))
+        dtype = feats[0].dtype if feats else torch.float32
         if self.text_encoder is not None:
-            feats.append(self.text_encoder(ids, offsets).to(feats[0].dtype if feats else torch.float32))
-        x = torch.cat(feats, dim=1) if len(feats) > 1 else feats[0]
-        return self.classifier(self.dropout(x))
+            feats.append(self.text_encoder(ids, offsets).to(dtype))
+        if self.field_encoder is not None:
+            feats.append(self.field_encoder(field_ids, field_offsets, numeric).to(dtype))
+        x = self.dropout(torch.cat(feats, dim=1) if len(feats) > 1 else feats[0])
+        out = [head(x) for head in self.heads]
+        if self.training and len(self.branch_heads):
+            out += [head(self.dropout(f)) for head, f in zip(self.branch_heads, feats, strict=True)]
+        return out
+
+    def leaf_log_probs(self, level_logits: list[torch.Tensor]) -> torch.Tensor:
+        """One distribution over leaves from the level heads, consistent with the tree.
+
+        ``score(leaf) = sum_k w_k * log p_k(ancestor_k(leaf))`` (a weighted product of
+        experts over the path), normalised over leaves with a log-softmax. The top leaf therefore
+        comes with its own ancestors; a flat model returns its log-softmax unchanged.
+
+        Args:
+            level_logits: the output of :meth:`forward`.
+
+        Returns:
+            float32 ``(N, n_leaves)`` log-probabilities.
+        """
+        score = None
+        for k, logits in enumerate(level_logits[:self.depth]):
+            part = torch.log_softmax(logits.float(), dim=1)[:, self.ancestors[k]] * self.level_weights[k]
+            score = part if score is None else score + part
+        return torch.log_softmax(score, dim=1)
+
+    def level_loss(self, level_logits: list[torch.Tensor], level_targets: list[torch.Tensor],
+                   criterion: nn.Module, denominator: float | None = None) -> torch.Tensor:
+        """``sum_k w_k * sum_i criterion(logits_k[i], targets_k[i]) / denominator``.
+
+        Args:
+            level_logits: the output of :meth:`forward`.
+            level_targets: ``depth`` int64 ``(N,)`` targets; rows with ``-1`` are left out.
+            criterion: a loss with ``reduction="sum"`` (e.g. ``nn.CrossEntropyLoss``).
+            denominator: rows the sum is divided by; default the rows of known category. Under
+                DDP, the global batch size / world size, so that the averaged gradient is the
+                gradient of the global batch's mean loss whatever the split of rows.
+
+        Returns:
+            A scalar float32 tensor.
+        """
+        total = None
+        leaf = level_targets[-1] >= 0
+        for k, logits in enumerate(level_logits):
+            if k < self.depth:
+                targets = level_targets[k]
+                known = targets >= 0
+                part = criterion(logits.float()[known], targets[known]) * self.level_weights[k]
+            else:  # an auxiliary branch head: leaf targets
+                part = criterion(logits.float()[leaf], level_targets[-1][leaf]) * self.branch_loss_weight
+            total = part if total is None else total + part
+        if denominator is None:
+            denominator = max(int((level_targets[-1] >= 0).sum()), 1)
+        return total / denominator
 
 
-def build_model(num_classes: int, train_params: TrainParams) -> tuple[ListingClassifier, bool]:
+def build_model(labels: list[str], train_params: TrainParams) -> tuple[ListingClassifier, bool]:
     """The classifier configured by the ``train`` params group.
+
+    Args:
+        labels: the leaf category paths (class order), e.g. sorted training categories.
+        train_params: the ``train`` params group.
 
     Returns:
         ``(model, pretrained)``: whether the image backbone started from pretrained weights.
     """
+    from training.hierarchy import LabelTree, level_weights
+
+    if isinstance(labels, int):  # a flat classifier of n anonymous classes
+        labels = [f"class {i}" for i in range(labels)]
+    tree = LabelTree(labels)
+    if not train_params.hierarchical:
+        sizes, ancestors, weights = [len(labels)], None, None
+    else:
+        sizes, ancestors = tree.sizes, tree.ancestors
+        weights = level_weights(train_params.level_weights, tree.depth)
     model = ListingClassifier(
-        num_classes,
+        sizes, ancestors, weights,
         backbone=train_params.backbone,
         branches=train_params.branches,
+        structured=train_params.structured,
         text_buckets=train_params.text_buckets,
         text_dim=train_params.text_dim,
+        field_buckets=train_params.field_buckets,
+        field_dim=train_params.field_dim,
         weights=train_params.weights,
+        dropout=train_params.dropout,
+        branch_loss_weight=train_params.branch_loss_weight,
     )
     return model, model.pretrained

@@ -7,11 +7,13 @@ checkpoint's image size. Only ``training/`` and ``common/`` need to ship as MLfl
 
 Example:
     >>> loaded = load_checkpoint("models/model.pt")                       # doctest: +SKIP
-    >>> paths, probs = predict_paths(loaded, ["Nike Men Blue T-shirt"], ["shirt.jpg"])  # doctest: +SKIP
+    >>> listings = pd.DataFrame({"title": ["Nike Men Blue T-shirt"], "price": [799.0]})  # doctest: +SKIP
+    >>> paths, probs = predict_paths(loaded, listings, ["shirt.jpg"])  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +25,13 @@ import torch
 
 from common.catalog import split_path
 from common.params import TrainParams
-from training.model import ListingClassifier
+from training.model import ListingClassifier, build_model
 from training.presets import EvalPreset, load_image
-from training.text import encode_titles
+
+INPUT_COLUMNS = ("title", "description", "brand", "price", "currency", "attributes",
+                 "image_path", "image_bytes")
+"""Columns the served model reads; only ``title`` and one of ``image_path`` / ``image_bytes``
+are required (the image only for a model with an image branch)."""
 
 
 @dataclass
@@ -35,86 +41,133 @@ class LoadedClassifier:
     model: ListingClassifier
     labels: list[str]
     image_size: int
-    text_buckets: int
+    train_params: TrainParams
     device: torch.device
     pretrained: bool = False
+
+    @property
+    def text_buckets(self) -> int:
+        return self.train_params.text_buckets
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedClassifier:
     """Loads ``models/model.pt`` (see ``training.train``) for inference.
 
     The backbone is built without pretrained weights: the checkpoint's state dict holds them all.
+    The weights served are the checkpoint's ``model`` entry (the best epoch on validation).
 
     Raises:
         FileNotFoundError: when the file does not exist.
     """
     ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
     train_params = TrainParams.model_validate({**ckpt["params"]["train"], "weights": "none"})
-    model = ListingClassifier(
-        len(ckpt["labels"]), backbone=train_params.backbone, branches=train_params.branches,
-        text_buckets=train_params.text_buckets, text_dim=train_params.text_dim, weights="none")
+    model, _ = build_model(list(ckpt["labels"]), train_params)
     model.load_state_dict(ckpt["model"])
     device = torch.device(device)
     model.to(device, memory_format=torch.channels_last).eval()
-    return LoadedClassifier(model, list(ckpt["labels"]), int(ckpt["image_size"]),
-                            train_params.text_buckets, device, bool(ckpt.get("pretrained", False)))
+    return LoadedClassifier(model, list(ckpt["labels"]), int(ckpt["image_size"]), train_params,
+                            device, bool(ckpt.get("pretrained", False)))
+
+
+def decode_image(image: str | Path | bytes, size: int) -> np.ndarray:
+    """:func:`training.presets.load_image` of a file path or of encoded image bytes."""
+    if isinstance(image, bytes | bytearray | memoryview):
+        return load_image(io.BytesIO(bytes(image)), size)
+    return load_image(image, size)
 
 
 def predict_paths(
     checkpoint: str | Path | LoadedClassifier,
-    titles: Sequence[str],
-    images: np.ndarray | Sequence[str | Path],
+    listings: pd.DataFrame | Sequence[str],
+    images: np.ndarray | Sequence[str | Path | bytes] | None,
     batch_size: int = 256,
 ) -> tuple[list[str], np.ndarray]:
     """Predicts the category path of listings.
 
     Args:
         checkpoint: a checkpoint file or a :class:`LoadedClassifier`.
-        titles: N titles.
+        listings: N listings (``title`` and optionally ``description``, ``brand``, ``price``,
+            ``currency``, ``attributes``), or N titles.
         images: uint8 array ``(N, S, S, 3)`` already decoded by ``load_image`` at the
-            checkpoint's image size, or N image file paths (decoded here the same way).
+            checkpoint's image size, or N image file paths or encoded image bytes (decoded here
+            the same way); may be None for a text-only model.
         batch_size: rows per forward pass.
 
     Returns:
-        ``(paths, probs)``: the N top-1 category paths, and float32 ``(N, C)`` class
-        probabilities (softmax) over ``loaded.labels``.
+        ``(paths, probs)``: the N top-1 leaf category paths (each with its own ancestors), and
+        float32 ``(N, C)`` leaf probabilities over ``loaded.labels``, combined from the level
+        heads (``ListingClassifier.leaf_log_probs``).
 
     Raises:
-        ValueError: when the lengths differ or an array has another image size.
+        ValueError: when the lengths differ, an array has another image size, or images are
+            missing for a model with an image branch.
     """
+    from training.train import encode_listings
+
     loaded = checkpoint if isinstance(checkpoint, LoadedClassifier) else load_checkpoint(checkpoint)
-    titles = ["" if not isinstance(t, str) else t for t in titles]
-    if len(titles) != len(images):
-        raise ValueError(f"{len(titles)} titles but {len(images)} images")
+    if not isinstance(listings, pd.DataFrame):
+        listings = pd.DataFrame({"title": list(listings)})
+    listings = listings.reset_index(drop=True)
+    listings["title"] = ["" if not isinstance(t, str) else t for t in listings["title"]]
+    model = loaded.model
+    needs_images = model.image_encoder is not None
+    if needs_images and images is None:
+        raise ValueError("this model has an image branch: images are required")
+    if images is not None and len(listings) != len(images):
+        raise ValueError(f"{len(listings)} listings but {len(images)} images")
     is_array = isinstance(images, np.ndarray)
     if is_array and images.shape[1:] != (loaded.image_size, loaded.image_size, 3):
         raise ValueError(f"images of shape {images.shape[1:]}, the model reads "
                          f"({loaded.image_size}, {loaded.image_size}, 3)")
     preset = EvalPreset()
-    model = loaded.model
-    needs_images = model.image_encoder is not None
-    probs = np.zeros((len(titles), len(loaded.labels)), dtype=np.float32)
+    n = len(listings)
+    probs = np.zeros((n, len(loaded.labels)), dtype=np.float32)
     with torch.inference_mode():
-        for start in range(0, len(titles), batch_size):
-            stop = min(start + batch_size, len(titles))
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
             x = None
             if needs_images:
                 if is_array:
                     batch = np.ascontiguousarray(images[start:stop])
                 else:
-                    batch = np.stack([load_image(p, loaded.image_size) for p in images[start:stop]])
+                    batch = np.stack([decode_image(p, loaded.image_size) for p in images[start:stop]])
                 x = preset(batch).to(loaded.device)
-            ids, offsets = encode_titles(titles[start:stop], loaded.text_buckets)
-            logits = model(x, ids.to(loaded.device), offsets.to(loaded.device)).float()
-            probs[start:stop] = torch.softmax(logits, dim=1).cpu().numpy()
-    top = probs.argmax(axis=1) if len(titles) else np.zeros(0, dtype=int)
+            inputs = encode_listings(listings.iloc[start:stop], loaded.train_params)
+            level_logits = model(x, *(t.to(loaded.device) for t in inputs))
+            probs[start:stop] = model.leaf_log_probs(level_logits).exp().cpu().numpy()
+    top = probs.argmax(axis=1) if n else np.zeros(0, dtype=int)
     return [loaded.labels[i] for i in top], probs
+
+
+def model_signature():
+    """The served model's MLflow signature: listings in, category path + probability out.
+
+    ``title`` is required; the other listing fields are optional columns, and an image comes as
+    ``image_path`` (a file the server can read) or ``image_bytes`` (the encoded file).
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    optional = [ColSpec("string", "description", required=False),
+                ColSpec("string", "brand", required=False),
+                ColSpec("double", "price", required=False),
+                ColSpec("string", "currency", required=False),
+                ColSpec("string", "attributes", required=False),
+                ColSpec("string", "image_path", required=False),
+                ColSpec("binary", "image_bytes", required=False)]
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "title"), *optional]),
+        outputs=Schema([ColSpec("string", "category_path"), ColSpec("string", "leaf"),
+                        ColSpec("double", "probability")]),
+    )
 
 
 class ListingClassifierModel(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc wrapper of the checkpoint (artifact ``"checkpoint"``).
 
-    Input: a DataFrame with ``title`` (str) and ``image_path`` (str, an image file).
+    Input: a DataFrame of listings: ``title`` (str) and an image as ``image_path`` (str, a
+    file) or ``image_bytes`` (bytes, the encoded JPEG/PNG/WebP); optional ``description``,
+    ``brand``, ``price`` (float), ``currency``, ``attributes`` (JSON object as str).
     Output: a DataFrame with ``category_path`` (str), ``leaf`` (str, the last level) and
     ``probability`` (float, of the predicted path).
     """
@@ -128,14 +181,54 @@ class ListingClassifierModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if self.loaded is None:
             self.load_context(context)
-        missing = {"title", "image_path"} - set(model_input.columns)
-        if missing:
-            raise ValueError(f"model input lacks column(s) {sorted(missing)}")
+        if "title" not in model_input.columns:
+            raise ValueError("model input lacks column(s) ['title']")
+        images = None
+        if self.loaded.model.image_encoder is not None:
+            images = image_column(model_input)
         batch_size = int((params or {}).get("batch_size", 256))
-        paths, probs = predict_paths(self.loaded, model_input["title"].tolist(),
-                                     [str(p) for p in model_input["image_path"]], batch_size)
+        paths, probs = predict_paths(self.loaded, model_input, images, batch_size)
         return pd.DataFrame({
             "category_path": paths,
             "leaf": [split_path(p)[-1] for p in paths],
             "probability": probs.max(axis=1).astype(float) if len(paths) else np.zeros(0),
         })
+
+
+def model_input(listings: pd.DataFrame) -> pd.DataFrame:
+    """The served model's input from listings: the :data:`INPUT_COLUMNS` they have.
+
+    Use it wherever stored listings (e.g. the golden set with an ``image_path`` column) are
+    sent to the served model, so it reads the same fields the evaluate stage did.
+    """
+    frame = listings[[c for c in INPUT_COLUMNS if c in listings.columns]].reset_index(drop=True)
+    # An optional column without any value is left out: MLflow's schema check cannot type an
+    # all-null column (after JSON it is float64). Missing text is "", which the encoders read as
+    # no value, exactly like None.
+    keep = [c for c in frame.columns if c == "title" or frame[c].notna().any()]
+    frame = frame[keep].copy()
+    for column in ("title", "description", "brand", "currency", "attributes", "image_path"):
+        if column in frame.columns:
+            frame[column] = [v if isinstance(v, str) else "" for v in frame[column]]
+    if "price" in frame.columns:
+        frame["price"] = pd.to_numeric(frame["price"], errors="coerce").astype("float64")
+    return frame
+
+
+def image_column(frame: pd.DataFrame) -> list[str | bytes]:
+    """Each row's image: ``image_bytes`` when set, else ``image_path``.
+
+    Raises:
+        ValueError: when a row has neither.
+    """
+    paths = frame["image_path"].tolist() if "image_path" in frame.columns else [None] * len(frame)
+    blobs = frame["image_bytes"].tolist() if "image_bytes" in frame.columns else [None] * len(frame)
+    out: list[str | bytes] = []
+    for i, (path, blob) in enumerate(zip(paths, blobs, strict=True)):
+        if isinstance(blob, bytes | bytearray) and blob:
+            out.append(bytes(blob))
+        elif isinstance(path, str) and path:
+            out.append(path)
+        else:
+            raise ValueError(f"model input row {i} has neither image_path nor image_bytes")
+    return out

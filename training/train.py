@@ -1,13 +1,26 @@
 """Train stage: fits the listing classifier on ``data/prepared`` and writes ``models/model.pt``.
 
 Shape after torchvision's ``references/classification/train.py``: :func:`train_one_epoch`,
-:func:`evaluate` under ``torch.inference_mode()``, an img/s meter, a checkpoint dict
-``{model, optimizer, lr_scheduler, epoch, params, ...}`` written after every epoch, resume from
-it, ``--test-only``. The same code runs on CPU and CUDA; bf16 autocast and pinned memory are
-used only on CUDA.
+:func:`evaluate` under ``torch.inference_mode()``, an img/s meter, a checkpoint dict written
+after every epoch, resume from it, ``--test-only``, and DDP under ``torchrun``. The same code runs
+on CPU and CUDA; bf16 autocast, pinned memory and ``torch.compile`` are used only on CUDA.
 
 Batches are read from the uint8 image arrays written by the prepare stage (no JPEG decoding
-during training) and titles are hashed once per split.
+during training), assembled by a ``DataLoader`` (``train.workers`` processes, each opening the
+memmap itself); texts and structured fields are hashed once per split.
+
+Training: one-cycle or cosine schedule, label smoothing, a loss per taxonomy level, optional
+class-balanced sampling (a class is drawn with weight ``n_c ** -balance_power`` per listing,
+Mahajan et al. 2018's square-root sampling at 0.5), and early stopping on the validation
+business-weighted score (the weights of the best epoch are the ones kept).
+
+Multi-GPU / multi-process (DDP)::
+
+    torchrun --nproc_per_node 4 -m training.train --params params.yaml
+
+Each process takes every ``world_size``-th row of each global batch (so the global batch size
+stays ``train.batch_size``); rank 0 evaluates, decides early stopping and writes the checkpoint.
+Backend: NCCL on CUDA, gloo on CPU.
 
 CLI::
 
@@ -17,6 +30,7 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -29,12 +43,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from common.params import Params, load_params
+from common.params import Params, ScoreParams, TrainParams, load_params
+from common.scoring import business_weighted_score
+from training.hierarchy import LabelTree
 from training.model import ListingClassifier, build_model
-from training.presets import EvalPreset, TrainPreset
-from training.text import encode_titles, select_bags
+from training.presets import to_tensor_batch
+from training.text import encode_fields, encode_texts, select_bags
 
 CHECKPOINT = Path("models") / "model.pt"
 TRAIN_LOG = Path("models") / "train_log.json"
@@ -46,14 +63,20 @@ class Split:
 
     Attributes:
         images: uint8 (N, S, S, 3) array (usually a read-only memmap).
-        ids: int64 flat hashed title ids; offsets: int64 (N,) bag starts (see ``training.text``).
-        targets: int64 (N,) class index, -1 for a category unknown to the model.
+        image_file: the ``.npy`` file ``images`` was read from (workers re-open it).
+        ids, offsets: int64 hashed title(+description) bags (see ``training.text``).
+        field_ids, field_offsets: int64 hashed structured-field bags; numeric: float32 (N, 2).
+        targets: int64 (N,) leaf class index, -1 for a category unknown to the model.
         frame: the rows (canonical columns).
     """
 
     images: np.ndarray
+    image_file: Path
     ids: torch.Tensor
     offsets: torch.Tensor
+    field_ids: torch.Tensor
+    field_offsets: torch.Tensor
+    numeric: torch.Tensor
     targets: torch.Tensor
     frame: pd.DataFrame
 
@@ -61,16 +84,36 @@ class Split:
         return len(self.targets)
 
 
-def load_split(prepared: Path, name: str, labels: list[str], text_buckets: int) -> Split:
+def encode_listings(frame: pd.DataFrame, cfg: TrainParams
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Text and structured inputs of listings, as the model reads them in training and serving.
+
+    Args:
+        frame: N listings with ``title`` and optionally ``description``, ``price`` and the
+            categorical fields ``cfg.fields`` (columns or keys of an ``attributes`` JSON column).
+        cfg: the ``train`` params group.
+
+    Returns:
+        ``(ids, offsets, field_ids, field_offsets, numeric)`` (see ``training.text``).
+    """
+    descriptions = frame["description"].tolist() if "description" in frame.columns else None
+    ids, offsets = encode_texts(frame["title"].tolist(), descriptions, cfg.text_buckets,
+                                cfg.description_words, cfg.char_ngrams)
+    records = frame.to_dict("records")
+    field_ids, field_offsets, numeric = encode_fields(records, cfg.fields, cfg.field_buckets)
+    return ids, offsets, field_ids, field_offsets, numeric
+
+
+def load_split(prepared: Path, name: str, labels: list[str], cfg: TrainParams) -> Split:
     """Reads ``<name>.parquet`` and ``<name>_images.npy`` of the prepared folder."""
     frame = pd.read_parquet(prepared / f"{name}.parquet")
-    images = np.load(prepared / f"{name}_images.npy", mmap_mode="r")
+    image_file = prepared / f"{name}_images.npy"
+    images = np.load(image_file, mmap_mode="r")
     if len(images) != len(frame):
         raise ValueError(f"{name}: {len(frame)} rows but {len(images)} images")
     index = {label: i for i, label in enumerate(labels)}
     targets = torch.tensor([index.get(p, -1) for p in frame["category_path"]], dtype=torch.long)
-    ids, offsets = encode_titles(frame["title"].tolist(), text_buckets)
-    return Split(images, ids, offsets, targets, frame)
+    return Split(images, image_file, *encode_listings(frame, cfg), targets, frame)
 
 
 def data_fingerprint(frame: pd.DataFrame) -> str:
@@ -81,59 +124,164 @@ def data_fingerprint(frame: pd.DataFrame) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+class BatchSource(torch.utils.data.Dataset):
+    """Item ``i`` is the ``i``-th batch of a list of row indices, assembled on the CPU.
+
+    Workers of a ``DataLoader`` each open the image memmap themselves (a memmap must not be
+    pickled into them: that would copy the whole array).
+
+    Args:
+        split: the split.
+        batches: int64 row-index tensors, one per batch.
+        flips: bool tensors (same lengths), which images to flip horizontally; None: no flip.
+        with_images: False for a model without an image branch.
+    """
+
+    def __init__(self, split: Split, batches: list[torch.Tensor], flips: list[torch.Tensor] | None,
+                 with_images: bool) -> None:
+        self.split = split
+        self.batches = batches
+        self.flips = flips
+        self.with_images = with_images
+        self._images: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_images"] = None
+        state["split"] = copy.copy(self.split)
+        state["split"].images = None
+        return state
+
+    def __getitem__(self, i: int) -> tuple:
+        index, order = torch.sort(self.batches[i])  # sorted reads are sequential in the memmap
+        s = self.split
+        images = None
+        if self.with_images:
+            if s.images is None and self._images is None:
+                self._images = np.load(s.image_file, mmap_mode="r")
+            source = s.images if s.images is not None else self._images
+            images = to_tensor_batch(np.ascontiguousarray(source[index.numpy()]))
+            if self.flips is not None:
+                flip = self.flips[i][order]
+                if flip.any():
+                    images[flip] = images[flip].flip(-1)
+        ids, offsets = select_bags(s.ids, s.offsets, index)
+        fids, foffsets = select_bags(s.field_ids, s.field_offsets, index)
+        return images, ids, offsets, fids, foffsets, s.numeric[index], s.targets[index]
+
+
+def batch_loader(split: Split, batches: list[torch.Tensor], flips: list[torch.Tensor] | None,
+                 with_images: bool, workers: int, device: torch.device):
+    """Iterates over assembled batches (a ``DataLoader`` with ``workers`` processes, pinned on CUDA)."""
+    source = BatchSource(split, batches, flips, with_images)
+    if workers <= 0:
+        return (source[i] for i in range(len(source)))
+    return torch.utils.data.DataLoader(source, batch_size=None, shuffle=False, num_workers=workers,
+                                       pin_memory=device.type == "cuda", prefetch_factor=4)
+
+
+def to_device(batch: tuple, device: torch.device, channels_last: bool = True) -> tuple:
+    """Moves an assembled batch to ``device`` (images in channels_last when asked)."""
+    images, *rest = batch
+    if images is not None:
+        images = images.to(device, non_blocking=True,
+                           memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return (images, *(t.to(device, non_blocking=True) for t in rest))
+
+
 def get_batch(split: Split, index: torch.Tensor, preset, device: torch.device, model: ListingClassifier,
-              pin: bool = False) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inputs and targets of the rows ``index`` of a split (images skipped for a text-only model)."""
-    index, _ = torch.sort(index)  # sorted reads are sequential in the memmap
-    images = None
-    if model.image_encoder is not None:
-        images = preset(np.ascontiguousarray(split.images[index.numpy()]))
-        if pin:
-            images = images.pin_memory()
-        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-    ids, offsets = select_bags(split.ids, split.offsets, index)
-    return (images, ids.to(device, non_blocking=True), offsets.to(device, non_blocking=True),
-            split.targets[index].to(device, non_blocking=True))
+              pin: bool = False) -> tuple:
+    """Inputs and targets of the rows ``index`` of a split, on ``device`` (no augmentation).
+
+    Returns:
+        ``(images | None, ids, offsets, field_ids, field_offsets, numeric, targets)``.
+    """
+    batch = BatchSource(split, [index], None, model.image_encoder is not None)[0]
+    return to_device(batch, device)
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
+def _autocast(device: torch.device, enabled: bool = True):
+    if device.type == "cuda" and enabled:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
 
 
-def train_one_epoch(model: ListingClassifier, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    lr_scheduler, split: Split, batch_size: int, device: torch.device, epoch: int,
-                    seed: int, print_every: int = 0) -> dict:
-    """One pass over the training split in a seeded random order.
+def _unwrap(model: nn.Module) -> ListingClassifier:
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def epoch_order(split: Split, epoch: int, seed: int, sampling: str = "uniform",
+                balance_power: float = 0.5) -> torch.Tensor:
+    """Row order of one epoch: a seeded permutation, or a class-balanced draw of the same length.
+
+    Args:
+        split: the training split.
+        epoch: epoch number (part of the seed).
+        seed: ``train.seed``.
+        sampling: ``"uniform"`` (each row once) or ``"class_balanced"`` (rows drawn with
+            replacement with weight ``n_c ** -balance_power``, ``n_c`` the row's class size).
+        balance_power: 0 is uniform, 1 gives every class the same expected share.
 
     Returns:
-        ``{"epoch", "train_loss", "train_accuracy", "img_per_s", "seconds", "lr"}``.
+        int64 ``(len(split),)`` row indices.
+    """
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    if sampling == "uniform" or len(split) == 0:
+        return torch.randperm(len(split), generator=generator)
+    targets = split.targets.clamp(min=0)
+    counts = torch.bincount(targets).float()
+    weights = counts[targets].pow(-balance_power)
+    return torch.multinomial(weights, len(split), replacement=True, generator=generator)
+
+
+def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    lr_scheduler, split: Split, tree: LabelTree, cfg: TrainParams, device: torch.device,
+                    epoch: int, print_every: int = 0, rank: int = 0, world_size: int = 1) -> dict:
+    """One pass over the training split (seeded order, see :func:`epoch_order`).
+
+    Under DDP each process takes every ``world_size``-th row of each global batch of
+    ``cfg.batch_size`` rows; the figures returned are this process's.
+
+    Returns:
+        ``{"epoch", "train_loss", "train_accuracy", "img_per_s", "seconds", "lr"}``; img/s
+        counts the images of all processes.
     """
     model.train()
-    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
-    preset = TrainPreset(hflip_prob=0.5, generator=generator)
-    order = torch.randperm(len(split), generator=generator)
-    pin = device.type == "cuda"
+    raw = _unwrap(model)
+    order = epoch_order(split, epoch, cfg.seed, cfg.sampling, cfg.balance_power)
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1)
+    flips_all = torch.rand(len(order), generator=generator) < 0.5
+    steps = (len(split) + cfg.batch_size - 1) // cfg.batch_size
+    batches, flips, global_sizes = [], [], []
+    for step in range(steps):
+        sl = slice(step * cfg.batch_size, (step + 1) * cfg.batch_size)
+        global_sizes.append(len(order[sl]))
+        batches.append(order[sl][rank::world_size])
+        flips.append(flips_all[sl][rank::world_size])
+    loader = batch_loader(split, batches, flips, raw.image_encoder is not None, cfg.workers, device)
     total_loss, correct, seen = 0.0, 0, 0
     t0 = time.perf_counter()
-    steps = (len(split) + batch_size - 1) // batch_size
-    for step in range(steps):
-        batch = order[step * batch_size:(step + 1) * batch_size]
-        images, ids, offsets, targets = get_batch(split, batch, preset, device, model, pin)
-        with _autocast(device):
-            logits = model(images, ids, offsets)
-            loss = criterion(logits.float(), targets)
+    for step, batch in enumerate(loader):
+        *inputs, targets = to_device(batch, device, cfg.channels_last)
+        with _autocast(device, cfg.amp):
+            level_logits = model(*inputs)
+        loss = raw.level_loss(level_logits, tree.level_targets(targets), criterion,
+                              denominator=global_sizes[step] / world_size)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         lr_scheduler.step()
         n = len(targets)
         total_loss += loss.item() * n
-        correct += int((logits.argmax(1) == targets).sum())
+        with torch.no_grad():
+            correct += int((raw.leaf_log_probs(level_logits).argmax(1) == targets).sum())
         seen += n
         if print_every and (step + 1) % print_every == 0:
-            rate = seen / (time.perf_counter() - t0)
+            rate = seen * world_size / (time.perf_counter() - t0)
             print(f"epoch {epoch} [{step + 1}/{steps}] loss {total_loss / seen:.4f} {rate:.1f} img/s",
                   flush=True)
     seconds = time.perf_counter() - t0
@@ -141,35 +289,46 @@ def train_one_epoch(model: ListingClassifier, criterion: nn.Module, optimizer: t
         "epoch": epoch,
         "train_loss": total_loss / max(seen, 1),
         "train_accuracy": correct / max(seen, 1),
-        "img_per_s": seen / seconds if seconds > 0 else 0.0,
+        "img_per_s": seen * world_size / seconds if seconds > 0 else 0.0,
         "seconds": seconds,
         "lr": optimizer.param_groups[0]["lr"],
     }
 
 
-def evaluate(model: ListingClassifier, criterion: nn.Module, split: Split, batch_size: int,
-             device: torch.device) -> dict:
-    """Loss and leaf accuracy on a split (rows of unknown category count as errors).
+def evaluate(model: nn.Module, criterion: nn.Module, split: Split, tree: LabelTree, cfg: TrainParams,
+             device: torch.device, score: ScoreParams | None = None) -> dict:
+    """Loss, leaf accuracy and business-weighted score on a split.
+
+    Rows of a category unknown to the model count as errors (and are left out of the loss).
 
     Returns:
-        ``{"loss", "accuracy", "n"}``; loss over the rows of known category only.
+        ``{"loss", "accuracy", "n"}`` and, with ``score``, ``"business_weighted_score"``.
     """
     model.eval()
-    preset = EvalPreset()
+    raw = _unwrap(model)
     total_loss, known, correct = 0.0, 0, 0
+    predicted: list[int] = []
+    batches = list(torch.arange(len(split)).split(cfg.batch_size * 2))
     with torch.inference_mode():
-        for start in range(0, len(split), batch_size):
-            batch = torch.arange(start, min(start + batch_size, len(split)))
-            images, ids, offsets, targets = get_batch(split, batch, preset, device, model)
-            with _autocast(device):
-                logits = model(images, ids, offsets).float()
+        for batch in batch_loader(split, batches, None, raw.image_encoder is not None, 0, device):
+            *inputs, targets = to_device(batch, device, cfg.channels_last)
+            with _autocast(device, cfg.amp):
+                level_logits = raw(*inputs)
             ok = targets >= 0
             if ok.any():
-                total_loss += criterion(logits[ok], targets[ok]).item() * int(ok.sum())
+                level_targets = tree.level_targets(targets)
+                total_loss += raw.level_loss(level_logits, level_targets, criterion).item() * int(ok.sum())
                 known += int(ok.sum())
-            correct += int((logits.argmax(1) == targets).sum())
-    return {"loss": total_loss / max(known, 1), "accuracy": correct / max(len(split), 1),
-            "n": len(split)}
+            top = raw.leaf_log_probs(level_logits).argmax(1)
+            correct += int((top == targets).sum())
+            predicted.extend(top.cpu().tolist())
+    result = {"loss": total_loss / max(known, 1), "accuracy": correct / max(len(split), 1),
+              "n": len(split)}
+    if score is not None and len(split):
+        result["business_weighted_score"] = business_weighted_score(
+            split.frame["category_path"].tolist(), [tree.leaves[i] for i in predicted],
+            score.value_table, score.level_credit, score.default_value)
+    return result
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -221,42 +380,72 @@ def _write_log(path: Path, history: list[dict], extra: dict) -> dict:
     return log
 
 
-def make_lr_scheduler(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int):
-    """One-cycle learning rate (Smith & Topin 2019, "Super-Convergence"), warm-up on 25% of steps.
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int,
+                      schedule: str = "onecycle"):
+    """Learning-rate schedule over the whole run, stepped once per optimizer step.
 
-    The warm-up phase is stretched to at least two steps so that tiny runs (a handful of
-    optimizer steps) keep a valid schedule; below 4 steps the rate stays constant at ``max_lr``.
+    ``onecycle``: Smith & Topin 2019 ("Super-Convergence"), warm-up on 25% of the steps.
+    ``cosine``: linear warm-up on 5% of the steps (at least one), then cosine annealing to 1% of
+    ``max_lr`` (Loshchilov & Hutter 2017, SGDR, without restarts). The warm-up is stretched to
+    at least two steps so tiny runs keep a valid schedule; below 4 steps the rate stays at
+    ``max_lr``.
 
     Args:
         optimizer: the optimizer whose ``lr`` the scheduler drives.
         max_lr: peak learning rate.
         total_steps: optimizer steps of the whole run (epochs x batches per epoch).
+        schedule: ``"onecycle"`` or ``"cosine"``.
+
+    Raises:
+        ValueError: on another schedule name.
     """
     if total_steps < 4:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
-    pct_start = min(0.5, max(0.25, 2.0 / total_steps))
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr, total_steps=total_steps,
-        pct_start=pct_start, div_factor=10.0, final_div_factor=100.0)
+    if schedule == "onecycle":
+        pct_start = min(0.5, max(0.25, 2.0 / total_steps))
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=max_lr, total_steps=total_steps,
+            pct_start=pct_start, div_factor=10.0, final_div_factor=100.0)
+    if schedule == "cosine":
+        for group in optimizer.param_groups:
+            group["lr"] = max_lr
+        warmup = max(2, int(0.05 * total_steps))
+        return torch.optim.lr_scheduler.SequentialLR(optimizer, [
+            torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup),
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup,
+                                                       eta_min=max_lr * 0.01),
+        ], milestones=[warmup])
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def _distributed() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's environment; (0, 1, 0) without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def train(workspace: Path, params: Params, resume: bool = True, test_only: bool = False,
           deterministic: bool = False, print_every: int = 0) -> dict:
     """Runs the train stage in a workspace.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP (see module docstring).
+
     Args:
         workspace: folder holding ``data/prepared`` (see ``training.prepare``).
-        params: project params (groups ``train`` and ``prepare``).
+        params: project params (groups ``train``, ``prepare`` and ``score``).
         resume: continue from ``models/model.pt`` when it was written with the same params and
             data and is not finished (a retried task continues where it stopped).
         test_only: only evaluate the existing checkpoint on the val split.
-        deterministic: force deterministic torch kernels.
+        deterministic: force deterministic torch kernels (also ``train.deterministic``).
         print_every: also print progress every this many steps (0: per epoch only).
 
     Returns:
         The train log (also written to ``models/train_log.json``): final ``train_loss``,
-        ``val_accuracy``, ``img_per_s``, ``epoch_seconds``, ``total_seconds``, ``pretrained``,
-        ``num_classes`` and the per-epoch ``epochs`` list.
+        ``val_accuracy``, ``val_business_weighted_score``, ``best_epoch``, ``stopped_early``,
+        ``img_per_s``, ``epoch_seconds``, ``total_seconds``, ``pretrained``, ``num_classes``,
+        ``world_size`` and the per-epoch ``epochs`` list.
 
     Raises:
         FileNotFoundError: when the prepared data (or, with ``test_only``, the checkpoint) is missing.
@@ -268,26 +457,40 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     log_path = workspace / TRAIN_LOG
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
 
-    seed_everything(cfg.seed, deterministic)
+    rank, world_size, local_rank = _distributed()
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    seed_everything(cfg.seed, deterministic or cfg.deterministic)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not (deterministic or cfg.deterministic)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
     train_frame = pd.read_parquet(prepared / "train.parquet", columns=["category_path"])
     labels = sorted(train_frame["category_path"].unique().tolist())
-    train_split = load_split(prepared, "train", labels, cfg.text_buckets)
-    val_split = load_split(prepared, "val", labels, cfg.text_buckets)
+    tree = LabelTree(labels)
+    train_split = load_split(prepared, "train", labels, cfg)
+    val_split = load_split(prepared, "val", labels, cfg)
     image_size = int(train_split.images.shape[1])
     fingerprint = data_fingerprint(train_split.frame)
 
-    model, pretrained = build_model(len(labels), cfg)
-    model.to(device, memory_format=torch.channels_last)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    model, pretrained = build_model(labels, cfg)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     steps_per_epoch = max(1, (len(train_split) + cfg.batch_size - 1) // cfg.batch_size)
-    lr_scheduler = make_lr_scheduler(optimizer, cfg.lr, cfg.epochs * steps_per_epoch)
+    lr_scheduler = make_lr_scheduler(optimizer, cfg.lr, cfg.epochs * steps_per_epoch, cfg.schedule)
 
     start_epoch, history = 0, []
+    best = {"score": None, "epoch": None, "bad_epochs": 0, "stopped": False}
     ckpt = None
     if ckpt_path.is_file() and (resume or test_only):
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -296,60 +499,116 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
             raise FileNotFoundError(f"--test-only needs a checkpoint at {ckpt_path}")
         model.load_state_dict(ckpt["model"])
         model.to(device)
-        result = evaluate(model, criterion, load_split(prepared, "val", ckpt["labels"], cfg.text_buckets),
-                          cfg.batch_size, device)
+        result = evaluate(model, criterion, load_split(prepared, "val", ckpt["labels"], cfg),
+                          LabelTree(ckpt["labels"]), cfg, device, params.score)
         print(json.dumps(result))
         return result
     same_run = (ckpt is not None
                 and ckpt.get("params", {}).get("train") == params.to_dict()["train"]
                 and ckpt.get("labels") == labels
                 and ckpt.get("data_fingerprint") == fingerprint
-                and ckpt.get("image_size") == image_size)
+                and ckpt.get("image_size") == image_size
+                and "train_state" in ckpt)
+    best_state = None
     if same_run:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+        state = ckpt["train_state"]
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
         start_epoch = int(ckpt["epoch"]) + 1
         history = list(ckpt.get("history", []))
-        if "rng_state" in ckpt:
-            torch.set_rng_state(ckpt["rng_state"])  # dropout continues as if never interrupted
-        print(f"resuming from {ckpt_path} after epoch {ckpt['epoch']}", flush=True)
-    elif ckpt is not None:
+        best = dict(ckpt.get("best", best))
+        best_state = ckpt["model"]
+        if best["stopped"]:
+            start_epoch = cfg.epochs
+        if "rng_state" in state:
+            torch.set_rng_state(state["rng_state"])  # dropout continues as if never interrupted
+        if rank == 0:
+            print(f"resuming from {ckpt_path} after epoch {ckpt['epoch']}", flush=True)
+    elif ckpt is not None and rank == 0:
         print(f"ignoring {ckpt_path}: written with other params or data", flush=True)
 
-    print(f"train {len(train_split)} val {len(val_split)} classes {len(labels)} "
-          f"image {image_size}px device {device} threads {torch.get_num_threads()} "
-          f"pretrained {pretrained}", flush=True)
-    for epoch in range(start_epoch, cfg.epochs):
-        stats = train_one_epoch(model, criterion, optimizer, lr_scheduler, train_split,
-                                cfg.batch_size, device, epoch, cfg.seed, print_every)
-        if len(val_split):
-            t0 = time.perf_counter()
-            val = evaluate(model, criterion, val_split, cfg.batch_size * 2, device)
-            stats.update(val_loss=val["loss"], val_accuracy=val["accuracy"],
-                         eval_seconds=time.perf_counter() - t0)
-        history.append(stats)
-        print(f"epoch {epoch}: loss {stats['train_loss']:.4f} "
-              f"val_acc {stats.get('val_accuracy', float('nan')):.4f} "
-              f"{stats['img_per_s']:.1f} img/s {stats['seconds']:.1f}s", flush=True)
-        _atomic_save({
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": lr_scheduler.state_dict(),
-            "epoch": epoch,
-            "params": params.to_dict(),
-            "labels": labels,
-            "pretrained": pretrained,
-            "image_size": image_size,
-            "data_fingerprint": fingerprint,
-            "history": history,
-            "rng_state": torch.get_rng_state(),
-        }, ckpt_path)
+    net: nn.Module = model
+    if world_size > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile and device.type == "cuda":
+        net = torch.compile(net)
 
-    return _write_log(log_path, history, {
-        "pretrained": pretrained, "num_classes": len(labels), "n_train": len(train_split),
-        "n_val": len(val_split), "image_size": image_size, "device": device.type,
-    })
+    if rank == 0:
+        print(f"train {len(train_split)} val {len(val_split)} classes {len(labels)} "
+              f"levels {tree.sizes} image {image_size}px device {device} world {world_size} "
+              f"threads {torch.get_num_threads()} pretrained {pretrained}", flush=True)
+    patience = cfg.early_stopping_patience
+    for epoch in range(start_epoch, cfg.epochs):
+        stats = train_one_epoch(net, criterion, optimizer, lr_scheduler, train_split, tree, cfg,
+                                device, epoch, print_every if rank == 0 else 0, rank, world_size)
+        stop = False
+        if rank == 0:
+            improved = True
+            if len(val_split):
+                t0 = time.perf_counter()
+                val = evaluate(model, criterion, val_split, tree, cfg, device, params.score)
+                stats.update(val_loss=val["loss"], val_accuracy=val["accuracy"],
+                             val_business_weighted_score=val["business_weighted_score"],
+                             eval_seconds=time.perf_counter() - t0)
+                improved = best["score"] is None or val["business_weighted_score"] > best["score"]
+            if improved or patience == 0:
+                best.update(score=stats.get("val_business_weighted_score"), epoch=epoch, bad_epochs=0)
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            else:
+                best["bad_epochs"] += 1
+                stop = patience > 0 and best["bad_epochs"] >= patience
+            best["stopped"] = stop
+            history.append(stats)
+            print(f"epoch {epoch}: loss {stats['train_loss']:.4f} "
+                  f"val_acc {stats.get('val_accuracy', float('nan')):.4f} "
+                  f"val_score {stats.get('val_business_weighted_score', float('nan')):.4f} "
+                  f"{stats['img_per_s']:.1f} img/s {stats['seconds']:.1f}s"
+                  + (" (best)" if best["epoch"] == epoch else ""), flush=True)
+            _atomic_save({
+                "model": best_state,  # the weights to serve: the best epoch so far
+                "train_state": {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "lr_scheduler": lr_scheduler.state_dict(),
+                    "rng_state": torch.get_rng_state(),
+                },
+                "epoch": epoch,
+                "best": best,
+                "params": params.to_dict(),
+                "labels": labels,
+                "pretrained": pretrained,
+                "image_size": image_size,
+                "data_fingerprint": fingerprint,
+                "history": history,
+                "world_size": world_size,
+            }, ckpt_path)
+            if stop:
+                print(f"early stopping: no better validation score for {patience} epochs; "
+                      f"keeping epoch {best['epoch']}", flush=True)
+        if world_size > 1:
+            flag = [stop]
+            dist.broadcast_object_list(flag, src=0)
+            stop = bool(flag[0])
+        if stop:
+            break
+
+    log = {}
+    if rank == 0:
+        last_val = next((h for h in reversed(history) if h["epoch"] == best["epoch"]), {})
+        log = _write_log(log_path, history, {
+            "pretrained": pretrained, "num_classes": len(labels), "levels": tree.sizes,
+            "n_train": len(train_split), "n_val": len(val_split), "image_size": image_size,
+            "device": device.type, "world_size": world_size, "best_epoch": best["epoch"],
+            "stopped_early": bool(best["stopped"]),
+            "val_business_weighted_score": last_val.get("val_business_weighted_score"),
+            "best_val_accuracy": last_val.get("val_accuracy"),
+        })
+    if world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return log
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -358,13 +617,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workspace", default=".", help="workspace folder (default: .)")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--test-only", action="store_true", help="only evaluate the checkpoint on val")
-    parser.add_argument("--deterministic", action="store_true", help="deterministic torch kernels")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic torch kernels (also train.deterministic)")
     parser.add_argument("--print-every", type=int, default=0, help="progress every N steps")
     args = parser.parse_args(argv)
     result = train(Path(args.workspace), load_params(args.params), resume=not args.no_resume,
                    test_only=args.test_only, deterministic=args.deterministic,
                    print_every=args.print_every)
-    print(json.dumps({k: v for k, v in result.items() if k != "epochs"}, indent=2))
+    if result:
+        print(json.dumps({k: v for k, v in result.items() if k != "epochs"}, indent=2))
     return result
 
 

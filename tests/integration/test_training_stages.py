@@ -102,14 +102,19 @@ def test_train_outputs_checkpoint_and_log(workspace):
 
     ws, params, _ = workspace
     ckpt = torch.load(ws / "models" / "model.pt", map_location="cpu", weights_only=False)
-    assert {"model", "optimizer", "lr_scheduler", "epoch", "params", "labels", "pretrained",
+    assert {"model", "train_state", "epoch", "best", "params", "labels", "pretrained",
             "image_size"} <= set(ckpt)
+    assert {"model", "optimizer", "lr_scheduler", "rng_state"} <= set(ckpt["train_state"])
+    # one head per taxonomy level: 3 levels on the fashion catalog
+    assert sum(1 for k in ckpt["model"] if k.startswith("heads.") and k.endswith(".weight")) == 3
     assert ckpt["epoch"] == 1 and ckpt["pretrained"] is False and ckpt["image_size"] == 32
     assert ckpt["params"] == params.to_dict()
     assert ckpt["labels"] == sorted(ckpt["labels"]) and len(ckpt["labels"]) == N_CLASSES
     log = json.loads((ws / "models" / "train_log.json").read_text())
     assert len(log["epochs"]) == 2 and log["img_per_s"] > 0
     assert 0.0 <= log["val_accuracy"] <= 1.0
+    assert 0.0 <= log["val_business_weighted_score"] <= 1.0
+    assert log["levels"][-1] == N_CLASSES and len(log["levels"]) == 3
 
 
 def test_train_resumes_finished_run_without_retraining(workspace):
@@ -150,7 +155,7 @@ def test_pyfunc_matches_evaluate_predictions(workspace, tmp_path):
 
     import common
     import training
-    from training.serving import ListingClassifierModel
+    from training.serving import ListingClassifierModel, model_input
 
     ws, _, golden = workspace
     model_dir = tmp_path / "pyfunc"
@@ -162,13 +167,163 @@ def test_pyfunc_matches_evaluate_predictions(workspace, tmp_path):
     )
     served = mlflow.pyfunc.load_model(str(model_dir))
     few = golden.head(8)
-    request = pd.DataFrame({
-        "title": few["title"],
-        "image_path": [str(image_path(ws / "data" / "listings", k)) for k in few["image_key"]],
-    })
+    paths = [str(image_path(ws / "data" / "listings", k)) for k in few["image_key"]]
+    request = model_input(few.assign(image_path=paths))
+    assert {"title", "currency", "image_path"} <= set(request.columns)
     out = served.predict(request)
+    # the image may come as the encoded bytes instead of a path: same predictions
+    as_bytes = request.drop(columns=["image_path"]).assign(image_bytes=[Path(p).read_bytes() for p in paths])
+    pd.testing.assert_frame_equal(served.predict(as_bytes), out)
+    # the structured fields are read: a listing without them may be classified otherwise
+    assert not np.allclose(served.predict(request[["title", "image_path"]])["probability"], out["probability"])
     assert list(out.columns) == ["category_path", "leaf", "probability"]
     expected = pd.read_csv(ws / "reports" / "predictions.csv", dtype={"listing_id": str}).head(8)
     assert out["category_path"].tolist() == expected["predicted_path"].tolist()
     assert np.allclose(out["probability"], expected["probability"], atol=1e-4)
     assert out["leaf"].tolist() == [p.split(" > ")[-1] for p in out["category_path"]]
+
+
+def _copy_prepared(ws: Path, dst: Path, params: Params) -> Path:
+    import shutil
+
+    shutil.copytree(ws / "data" / "prepared", dst / "data" / "prepared")
+    write_params(params, dst / "params.yaml")
+    return dst
+
+
+def test_early_stopping_keeps_the_best_epoch(workspace, tmp_path):
+    """A learning rate far too high wrecks the model after its first epochs: training stops
+    after ``patience`` epochs without a better validation score, and the checkpoint serves the
+    best epoch's weights (re-scoring them on val gives the best epoch's score)."""
+    from training.train import train
+
+    ws, params, _ = workspace
+    params = params.with_overrides({"train": {"branches": "text", "epochs": 12, "lr": 3.0,
+                                              "schedule": "cosine", "early_stopping_patience": 2}})
+    run = _copy_prepared(ws, tmp_path / "ws", params)
+    log = train(run, params)
+    assert log["stopped_early"] is True
+    epochs = [h["epoch"] for h in log["epochs"]]
+    assert len(epochs) == log["best_epoch"] + 1 + 2 < 12
+    best = log["epochs"][log["best_epoch"]]["val_business_weighted_score"]
+    assert all(h["val_business_weighted_score"] <= best for h in log["epochs"])
+    rescored = train(run, params, test_only=True)
+    assert rescored["business_weighted_score"] == pytest.approx(best, abs=1e-9)
+    # a retried task does not train again once stopped
+    assert len(train(run, params)["epochs"]) == len(epochs)
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(workspace, tmp_path):
+    """The train CLI is killed (SIGKILL) once an epoch's checkpoint is on disk; the retry
+    continues from the next epoch and ends where an uninterrupted run ends."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from training.train import train
+
+    ws, params, _ = workspace
+    params = params.with_overrides({"train": {"epochs": 4, "deterministic": True}})
+    killed = _copy_prepared(ws, tmp_path / "killed", params)
+    whole = _copy_prepared(ws, tmp_path / "whole", params)
+    proc = subprocess.Popen([sys.executable, "-m", "training.train", "--params", str(killed / "params.yaml"),
+                             "--workspace", str(killed)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    ckpt = killed / "models" / "model.pt"
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"]
+    assert done < 3, "the run finished before it could be killed"
+    log = train(killed, params)
+    assert [h["epoch"] for h in log["epochs"]] == [0, 1, 2, 3]
+    reference = train(whole, params)
+    for a, b in zip(log["epochs"], reference["epochs"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-9)
+
+
+def test_ddp_with_two_gloo_processes_matches_one_process(workspace, tmp_path):
+    """``torchrun --nproc_per_node 2`` (gloo, CPU) trains the same model as one process: each
+    rank takes half of every global batch and DDP averages the gradients. The text model (no
+    BatchNorm, no dropout) makes the two runs equal up to float summation order."""
+    import subprocess
+    import sys
+
+    import torch
+
+    ws, params, _ = workspace
+    params = params.with_overrides({"train": {"branches": "text", "epochs": 2, "dropout": 0.0,
+                                              "num_threads": 1, "deterministic": True}})
+    ddp = _copy_prepared(ws, tmp_path / "ddp", params)
+    single = _copy_prepared(ws, tmp_path / "single", params)
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node", "2", "-m", "training.train",
+                          "--params", str(ddp / "params.yaml"), "--workspace", str(ddp)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "world 2" in out.stdout
+    subprocess.run([sys.executable, "-m", "training.train", "--params", str(single / "params.yaml"),
+                    "--workspace", str(single)], check=True, capture_output=True, env=env, timeout=600)
+    a = torch.load(ddp / "models" / "model.pt", map_location="cpu", weights_only=True)
+    b = torch.load(single / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert a["world_size"] == 2 and b["world_size"] == 1
+    for name, tensor in b["model"].items():
+        assert torch.allclose(a["model"][name].float(), tensor.float(), atol=1e-5), name
+
+
+def test_batch_predict_cli_on_a_listings_file(workspace, tmp_path, capsys):
+    """``python -m training.predict`` on a Parquet file of golden listings with image paths
+    relative to a root gives the evaluate stage's predictions and a listings/s figure."""
+    from training.predict import main
+
+    ws, _, golden = workspace
+    listings = golden.assign(image_path=golden["image_key"])  # relative to the store
+    listings.to_parquet(tmp_path / "listings.parquet", index=False)
+    out = tmp_path / "predictions.csv"
+    summary = main(["--model", str(ws / "models" / "model.pt"), "--input", str(tmp_path / "listings.parquet"),
+                    "--images-root", str(ws / "data" / "listings"), "--output", str(out)])
+    assert summary["listings"] == len(golden) and summary["listings_per_s"] > 0
+    got = pd.read_csv(out, dtype={"listing_id": str})
+    expected = pd.read_csv(ws / "reports" / "predictions.csv", dtype={"listing_id": str})
+    assert got["listing_id"].tolist() == expected["listing_id"].tolist()
+    assert got["category_path"].tolist() == expected["predicted_path"].tolist()
+    with pytest.raises(ValueError, match="title"):
+        listings.drop(columns=["title"]).to_csv(tmp_path / "bad.csv", index=False)
+        main(["--model", str(ws / "models" / "model.pt"), "--input", str(tmp_path / "bad.csv")])
+
+
+def test_pyfunc_with_signature_accepts_stored_listings_after_json(workspace, tmp_path):
+    """Golden listings go to the served model as JSON records (the serving check's path), with
+    the registered signature enforced: null-only optional columns (no description, no brand in
+    the fashion catalog) and partial nulls must not trip MLflow's schema check."""
+    import json
+
+    import mlflow.pyfunc
+
+    import common
+    import training
+    from training.serving import ListingClassifierModel, model_input, model_signature
+
+    ws, _, golden = workspace
+    model_dir = tmp_path / "signed"
+    mlflow.pyfunc.save_model(
+        model_dir, python_model=ListingClassifierModel(), signature=model_signature(),
+        artifacts={"checkpoint": str(ws / "models" / "model.pt")},
+        code_paths=[str(Path(training.__file__).parent), str(Path(common.__file__).parent)],
+        pip_requirements=["torch", "torchvision"],
+    )
+    few = golden.head(5).assign(image_path=[str(image_path(ws / "data" / "listings", k))
+                                            for k in golden.head(5)["image_key"]])
+    few.loc[few.index[0], "brand"] = "Nike"  # partial nulls in a text column
+    assert few["description"].isna().all()
+    rows = json.loads(json.dumps(model_input(few).to_dict("records")))
+    out = mlflow.pyfunc.load_model(str(model_dir)).predict(pd.DataFrame(rows))
+    assert len(out) == 5 and out["category_path"].str.count(" > ").eq(2).all()

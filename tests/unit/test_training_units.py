@@ -63,19 +63,120 @@ def test_to_tensor_batch_shape_and_flip():
         to_tensor_batch(images.astype(np.float32))
 
 
+LEAVES = sorted(["Apparel > Topwear > Shirts", "Apparel > Topwear > Tshirts", "Apparel > Bottomwear > Jeans",
+          "Footwear > Shoes > Casual Shoes", "Footwear > Shoes > Sports Shoes", "Footwear > Sandal > Sandals",
+          "Personal Care > Fragrance"])
+
+
+def _listings(n: int = 3) -> pd.DataFrame:
+    return pd.DataFrame({
+        "title": ["a red shirt", "shoes", ""][:n],
+        "description": ["soft cotton", None, "leather"][:n],
+        "brand": ["Nike", None, "Puma"][:n],
+        "price": [799.0, float("nan"), 1999.0][:n],
+        "currency": ["INR", "INR", None][:n],
+        "attributes": ['{"gender": "Men"}', None, '{"gender": "Women", "usage": "Sports"}'][:n],
+    })
+
+
 @pytest.mark.parametrize("branches", ["fused", "image", "text"])
-def test_model_forward_shapes(branches):
+def test_model_forward_shapes_one_head_per_level(branches):
+    from training.train import encode_listings
+
     torch.manual_seed(0)
-    params = TrainParams(branches=branches, text_buckets=1024, text_dim=16, weights="none")
-    model, pretrained = build_model(7, params)
+    params = TrainParams(branches=branches, text_buckets=1024, text_dim=16, weights="none",
+                         fields=("brand", "currency", "gender", "usage"))
+    model, pretrained = build_model(LEAVES, params)
     assert pretrained is False
     assert (model.image_encoder is None) == (branches == "text")
     assert (model.text_encoder is None) == (branches == "image")
-    ids, offsets = encode_titles(["a red shirt", "shoes", ""], 1024)
+    assert (model.field_encoder is None) == (branches != "fused")
     images = torch.randn(3, 3, 32, 32)
     model.eval()
-    logits = model(images if branches != "text" else None, ids, offsets)
-    assert logits.shape == (3, 7)
+    level_logits = model(images if branches != "text" else None, *encode_listings(_listings(), params))
+    # 3 levels: {Apparel, Footwear, Personal Care}, 5 level-2 prefixes, 7 leaves
+    assert [tuple(t.shape) for t in level_logits] == [(3, 3), (3, 5), (3, 7)]
+    probs = model.leaf_log_probs(level_logits).exp()
+    assert torch.allclose(probs.sum(1), torch.ones(3), atol=1e-5)
+
+
+def test_flat_model_has_one_head():
+    model, _ = build_model(LEAVES, TrainParams(branches="text", hierarchical=False, text_buckets=1024))
+    assert len(model.heads) == 1 and model.num_classes == len(LEAVES)
+
+
+def test_label_tree_levels_ancestors_and_shorter_paths():
+    from training.hierarchy import LabelTree, level_weights
+
+    tree = LabelTree(LEAVES)
+    assert tree.depth == 3 and tree.sizes == [3, 5, 7]
+    assert tree.level_labels[0] == ["Apparel", "Footwear", "Personal Care"]
+    # the 2-level path is its own prefix at level 3
+    assert "Personal Care > Fragrance" in tree.level_labels[2]
+    for j, leaf in enumerate(LEAVES):
+        for k in range(tree.depth):
+            assert leaf.startswith(tree.level_labels[k][int(tree.ancestors[k, j])])
+    targets = tree.level_targets(torch.tensor([LEAVES.index("Footwear > Shoes > Sports Shoes"), -1]))
+    assert [t.tolist() for t in targets] == [[1, -1], [tree.level_labels[1].index("Footwear > Shoes"), -1],
+                                           [tree.level_labels[2].index("Footwear > Shoes > Sports Shoes"), -1]]
+    assert level_weights([0.25, 0.5, 1.0], 2) == [0.5, 1.0]
+    assert level_weights([0.5], 3) == [0.5, 1.0, 1.0]
+    with pytest.raises(ValueError):
+        level_weights([1.0, 0.0], 2)
+    with pytest.raises(ValueError):
+        LabelTree(["A > B", "A > B"])
+
+
+def test_predictions_are_consistent_with_the_tree():
+    """Heads that disagree (level 1 sure of Footwear, leaf head slightly prefers a Shirt) give a
+    leaf under the level-1 choice: the predicted leaf's ancestors are the predicted ancestors."""
+    from training.hierarchy import LabelTree
+
+    tree = LabelTree(LEAVES)
+    model, _ = build_model(LEAVES, TrainParams(branches="text", text_buckets=1024,
+                                               level_weights=(1.0, 1.0, 1.0)))
+    level1 = torch.tensor([[-5.0, 5.0, -5.0]])
+    level2 = torch.zeros(1, 5)
+    leaf = torch.zeros(1, 7)  # the leaf head's classes: the last level's labels (sorted leaves)
+    leaf[0, tree.level_labels[2].index("Apparel > Topwear > Shirts")] = 1.0
+    leaf[0, tree.level_labels[2].index("Footwear > Shoes > Sports Shoes")] = 0.5
+    top = int(model.leaf_log_probs([level1, level2, leaf]).argmax(1))
+    assert tree.leaves[top] == "Footwear > Shoes > Sports Shoes"
+    flat, _ = build_model(LEAVES, TrainParams(branches="text", hierarchical=False, text_buckets=1024))
+    assert tree.leaves[int(flat.leaf_log_probs([leaf]).argmax(1))] == "Apparel > Topwear > Shirts"
+
+
+def test_structured_and_description_features():
+    from training.text import description_features, encode_fields, field_tokens, price_features
+
+    rows = _listings().to_dict("records")
+    assert field_tokens(rows[0], ["brand", "currency", "gender"]) == ["brand=nike", "currency=inr", "gender=men"]
+    assert field_tokens(rows[1], ["brand", "gender"]) == []
+    assert field_tokens(rows[2], ["usage"]) == ["usage=sports"]
+    numeric = price_features([799.0, None, -1.0, "x"])
+    assert numeric[0, 0] == pytest.approx(np.log1p(799.0) / 10) and numeric[0, 1] == 0
+    assert numeric[1:, 1].tolist() == [1.0, 1.0, 1.0]
+    ids, offsets, num = encode_fields(rows, ["brand", "gender"], 64)
+    assert offsets.tolist() == [0, 2, 3] and ids[2] == 0 and num.shape == (3, 2)
+    assert description_features("Soft cotton tee", 2) == ["d:soft", "d:cotton", "db:soft cotton"]
+    assert description_features(None) == []
+
+
+def test_class_balanced_sampling_lifts_the_long_tail():
+    from training.train import Split, epoch_order
+
+    targets = torch.tensor([0] * 900 + [1] * 100)
+    split = Split(np.zeros((1000, 1, 1, 3), np.uint8), None, torch.zeros(1000, dtype=torch.long),
+                  torch.arange(1000), torch.zeros(1000, dtype=torch.long), torch.arange(1000),
+                  torch.zeros(1000, 2), targets, pd.DataFrame())
+    uniform = epoch_order(split, 0, 1)
+    assert sorted(uniform.tolist()) == list(range(1000))
+    balanced = epoch_order(split, 0, 1, "class_balanced", 1.0)
+    share = float((targets[balanced] == 1).float().mean())
+    assert 0.4 < share < 0.6  # power 1: each class ~half of the draws
+    sqrt = float((targets[epoch_order(split, 0, 1, "class_balanced", 0.5)] == 1).float().mean())
+    assert 0.2 < sqrt < 0.35  # sqrt(100) / (sqrt(900) + sqrt(100)) = 0.25
+    assert torch.equal(balanced, epoch_order(split, 0, 1, "class_balanced", 1.0))
 
 
 def test_stratified_split_is_deterministic_and_keeps_singletons_in_train():
@@ -90,14 +191,15 @@ def test_stratified_split_is_deterministic_and_keeps_singletons_in_train():
     assert set(side[frame.category_path == "A > B > C"]) == {"train", "val"}
 
 
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
 @pytest.mark.parametrize("total_steps", [1, 3, 4, 5, 8, 200])
-def test_lr_schedule_is_valid_for_tiny_and_long_runs(total_steps):
+def test_lr_schedule_is_valid_for_tiny_and_long_runs(total_steps, schedule):
     """A week with a few hundred listings gives a handful of steps: the schedule must still run."""
     from training.train import make_lr_scheduler
 
     layer = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
-    scheduler = make_lr_scheduler(optimizer, 0.1, total_steps)
+    scheduler = make_lr_scheduler(optimizer, 0.1, total_steps, schedule)
     rates = []
     for _ in range(total_steps):
         rates.append(optimizer.param_groups[0]["lr"])
@@ -116,3 +218,27 @@ def test_level_accuracies_count_shared_leading_levels():
     pred = ["A > B > C", "A > B > Z", "A > B > Y", "G > E > F"]
     assert level_accuracies(true, pred) == {
         "level_1_accuracy": 0.75, "level_2_accuracy": 0.5, "level_3_accuracy": 0.25}
+
+
+def test_branch_heads_train_only_and_add_to_the_loss():
+    from training.hierarchy import LabelTree
+    from training.train import encode_listings
+
+    params = TrainParams(branches="fused", text_buckets=1024, text_dim=16, weights="none",
+                         branch_loss_weight=0.5)
+    model, _ = build_model(LEAVES, params)
+    inputs = (torch.randn(3, 3, 32, 32), *encode_listings(_listings(), params))
+    model.train()
+    out = model(*inputs)
+    assert len(out) == 3 + 3  # 3 levels, then one leaf head per branch (image, text, structured)
+    assert all(o.shape == (3, len(LEAVES)) for o in out[3:])
+    tree = LabelTree(LEAVES)
+    targets = tree.level_targets(torch.tensor([0, 1, 2]))
+    criterion = torch.nn.CrossEntropyLoss(reduction="sum")
+    assert model.level_loss(out, targets, criterion) > model.level_loss(out[:3], targets, criterion)
+    model.eval()
+    assert len(model(*inputs)) == 3
+
+
+def test_char_ngram_lengths_are_configurable():
+    assert title_features("Red", (2, 4)) == ["w:red", "c2:<r", "c2:re", "c2:ed", "c2:d>", "c4:<red", "c4:red>"]
