@@ -32,6 +32,20 @@ DAG_ID = "listing_classifier_retraining"
 RETRIES = int(os.environ.get("LCP_TASK_RETRIES", "2"))
 
 
+class RecordedApprovalOperator(ApprovalOperator):
+    """ApprovalOperator whose response is also in XCom (key ``response``), Reject included.
+
+    On *Reject*, ApprovalOperator skips ``promote`` by raising Airflow's DownstreamTasksSkipped,
+    which ends the task before its return value is pushed; ``review`` needs the response either way.
+    """
+
+    def execute_complete(self, context, event):
+        if "error" not in event:
+            context["ti"].xcom_push(key="response", value={
+                "chosen_options": event["chosen_options"], "responded_by_user": event["responded_by_user"]})
+        return super().execute_complete(context=context, event=event)
+
+
 @dag(
     dag_id=DAG_ID,
     schedule="@weekly",
@@ -129,7 +143,7 @@ def listing_classifier_retraining():
         from common.state import State
         from promotion.promote import record_review
 
-        approval_result = ti.xcom_pull(task_ids="approval", default=None)
+        approval_result = ti.xcom_pull(task_ids="approval", key="response", default=None)
         return record_review(State.from_env(), run_params(params), decision, approval_result,
                              bool((params or {}).get("require_approval")))
 
@@ -140,11 +154,15 @@ def listing_classifier_retraining():
     registered.operator.operator_extra_links = REGISTER_LINKS
     decision = gate(registered, data)
     # A rejection skips `promote` (its direct downstream); `review` still records it.
-    approval = ApprovalOperator(
+    approval = RecordedApprovalOperator(
         task_id="approval",
         subject="Promote listing-classifier v{{ ti.xcom_pull(task_ids='gate')['version'] }} to champion?",
         body="{{ ti.xcom_pull(task_ids='gate')['reason'] }}\n\nThe full comparison is the model "
              "version's description in the MLflow UI.",
+        # an unanswered request must not hold every later weekly run (max_active_runs=1):
+        # after 3 days the scheduler answers it with the default, Reject
+        defaults="Reject",
+        response_timeout=timedelta(days=3),
     )
     moved = promote(decision)
     moved.operator.operator_extra_links = PROMOTE_LINKS

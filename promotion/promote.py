@@ -133,7 +133,8 @@ def gate_challenger(state: State, params: Params, version: str, golden_rev: str)
     if decision.promote:
         if alias_version(client, name, ALIAS_CHALLENGER) != str(version):
             client.set_registered_model_alias(name, ALIAS_CHALLENGER, version)
-        rows = golden.head(SERVING_CHECK_ROWS)[["title", "image_path"]].to_dict("records")
+        from training.serving import model_input
+        rows = model_input(golden.head(SERVING_CHECK_ROWS)).to_dict("records")
         serving = check_serving(state.tracking_uri, f"models:/{name}@{ALIAS_CHALLENGER}", rows)
         result["serving_check"] = {k: serving[k] for k in ("ok", "detail", "seconds")}
         if not serving["ok"]:
@@ -201,17 +202,20 @@ def record_review(state: State, params: Params, decision: dict, approval: dict |
 
     A rejection also turns the version's ``decision`` tag into ``rejected`` with the reviewer
     in the reason; no alias is touched here (a rejected promotion never reached :func:`promote`).
+    When a review was required, its outcome heads the version's Markdown description.
 
     Args:
         state: the state folder.
         params: the effective params (``registry``).
         decision: :func:`gate_challenger`'s result.
-        approval: the ApprovalOperator's XCom (``chosen_options``, ``responded_by_user``), or
-            None when no review ran.
+        approval: the reviewer's response as the DAG's ``approval`` task pushes it to XCom
+            (``chosen_options``, ``responded_by_user``: ``{"id", "name"}`` or None), or None
+            when no review ran.
         required: the DAG run's ``require_approval``.
 
     Returns:
-        ``{"version", "approval": "approved" | "rejected" | "not required" | "not needed"}``.
+        ``{"version", "approval": "approved" | "rejected" | "not required" | "not needed" |
+        "missing"}`` (``missing``: approval required, no response; recorded as a rejection).
     """
     client = mlflow_client(state)
     name = params.registry.model_name
@@ -230,11 +234,35 @@ def record_review(state: State, params: Params, decision: dict, approval: dict |
     if status in ("approved", "rejected"):
         client.set_model_version_tag(name, version, "approval_by", str(reviewer))
     if status in ("rejected", "missing"):
+        why = (f"reviewer {reviewer} rejected the promotion" if status == "rejected"
+               else "approval was required but no reviewer response was recorded")
         client.set_model_version_tag(name, version, "decision", "rejected")
-        client.set_model_version_tag(name, version, "reason",
-                                     f"reviewer {reviewer} rejected the promotion (gate: {decision['reason']})"[:4900])
+        client.set_model_version_tag(name, version, "reason", f"{why} (gate: {decision['reason']})"[:4900])
+    if status in ("approved", "rejected", "missing"):
+        _describe_review(client, name, version, status, reviewer)
     print(f"[review] v{version}: approval {status}")
     return {"version": str(version), "approval": status}
+
+
+REVIEW_HEADING = "## Human review"
+
+
+def _describe_review(client, name: str, version: str, status: str, reviewer: str) -> None:
+    """Puts the review on top of the version's Markdown description (the gate's report).
+
+    The gate's report says what the gate decided; a reviewer reading the version in the MLflow UI
+    must also see that a human overruled (or confirmed) it. A retried ``review`` replaces its
+    own heading instead of stacking a second one.
+    """
+    headline = {
+        "approved": f"{REVIEW_HEADING}: **APPROVED** by {reviewer}",
+        "rejected": f"{REVIEW_HEADING}: **REJECTED** by {reviewer}; the champion alias did not move",
+        "missing": f"{REVIEW_HEADING}: **NO RESPONSE** recorded; treated as rejected, the champion alias did not move",
+    }[status]
+    body = client.get_model_version(name, version).description or ""
+    if body.startswith(REVIEW_HEADING):
+        body = body.split("\n\n", 1)[1] if "\n\n" in body else ""
+    client.update_model_version(name, version, description=f"{headline}\n\n{body}"[:4900])
 
 
 def main(argv: list[str] | None = None) -> int:

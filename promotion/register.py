@@ -24,15 +24,11 @@ from promotion.registry import ALIAS_CHALLENGER, ensure_experiment, golden_frame
 
 
 def model_signature():
-    """The served model's signature: listings in, category path + probability out."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    """The served model's signature (``training.serving.model_signature``): listings in,
+    category path + probability out."""
+    from training.serving import model_signature as signature
 
-    return ModelSignature(
-        inputs=Schema([ColSpec("string", "title"), ColSpec("string", "image_path")]),
-        outputs=Schema([ColSpec("string", "category_path"), ColSpec("string", "leaf"),
-                        ColSpec("double", "probability")]),
-    )
+    return signature()
 
 
 def platform_commit() -> str:
@@ -78,7 +74,9 @@ def register_challenger(state: State, params: Params, data: dict, workspace_comm
         workspace_commit: the workspace commit after ``dvc repro``.
         dag_id: Airflow dag id (lineage).
         run_id: Airflow run id (lineage).
-        validation: the validate step's result (Data Docs location, validation ids), optional.
+        validation: the validate step's result, optional: the DAG task's summary
+            (``data_docs``, ``validation_ids``: ``{batch id: GX validation id}``) or the full
+            result of :func:`validation.staged.validate_staged_batches` (``reports``).
 
     Returns:
         ``{"version": str, "run_id": MLflow run id, "model_uri": str}``.
@@ -99,7 +97,8 @@ def register_challenger(state: State, params: Params, data: dict, workspace_comm
     ws = state.workspace
     metrics = json.loads((ws / "metrics.json").read_text())
     experiment_id = ensure_experiment(state, params)
-    example = golden_frame(state).head(3)[["title", "image_path"]]
+    from training.serving import model_input
+    example = model_input(golden_frame(state).head(3))
     checkpoint = ws / "models" / "model.pt"
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{dag_id}/{run_id}") as run:
         mlflow.log_params(_flat("", params.to_dict(), {}))
@@ -116,8 +115,10 @@ def register_challenger(state: State, params: Params, data: dict, workspace_comm
         run_tags = {**tags, "pretrained_weights": pretrained, "backbone": params.train.backbone}
         if validation:
             run_tags["gx_data_docs"] = str(validation.get("data_docs"))
-            run_tags["gx_validation_ids"] = json.dumps(
-                {b: r.get("validation_id") for b, r in validation.get("reports", {}).items()})[:5000]
+            ids = validation.get("validation_ids")  # the DAG's validate task: {batch id: validation id}
+            if ids is None:  # validation.staged.validate_staged_batches' full result
+                ids = {b: r.get("validation_id") for b, r in validation.get("reports", {}).items()}
+            run_tags["gx_validation_ids"] = json.dumps(ids)[:5000]
         mlflow.set_tags(run_tags)
         info = mlflow.pyfunc.log_model(
             name="model",

@@ -116,7 +116,8 @@ def score_version(state: State, params: Params, version: str, golden: pd.DataFra
     if fresh:
         try:
             model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-            predicted = model.predict(golden[["title", "image_path"]])
+            from training.serving import model_input
+            predicted = model.predict(model_input(golden))
             pred_paths = [str(p) for p in predicted["category_path"]]
         except Exception as exc:  # any failure to load or predict must stop the gate
             raise RuntimeError(f"model version {name}/{version} cannot be loaded or scored: {exc}") from exc

@@ -61,7 +61,8 @@ def reproduce_version(state: State, params: Params, version: str, workdir: Path 
         _git(target, "checkout", "-q", commit)
     except VersioningError as exc:
         raise VersioningError(f"version {version}'s workspace commit {commit!r} is not in {state.workspace}") from exc
-    _dvc(target, "pull", "-q", "data/listings.dvc", "data/golden.dvc")
+    # no -q: it would silence DVC's ERROR line (e.g. S3 refusing the credentials)
+    _dvc(target, "pull", "data/listings.dvc", "data/golden.dvc")
     _dvc(target, "repro", "--force")
     metrics = json.loads((target / "metrics.json").read_text())
     diffs = {k: abs(float(metrics[k]) - float(registered[k])) for k in COMPARED

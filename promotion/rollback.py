@@ -75,8 +75,8 @@ def rollback(state: State, params: Params, to: str, reason: str = "", actor: str
     if check and golden.exists():
         from promotion.registry import golden_frame
         from promotion.serving_check import check_serving
-
-        rows = golden_frame(state).head(5)[["title", "image_path"]].to_dict("records")
+        from training.serving import model_input
+        rows = model_input(golden_frame(state).head(5)).to_dict("records")
         served = check_serving(state.tracking_uri, f"models:/{name}/{target}", rows)
         if not served["ok"]:
             raise RollbackError(f"version {target} fails the serving check, champion stays v{current}: "

@@ -15,6 +15,7 @@ import pytest
 from common.catalog import load_catalog
 from common.params import load_params, write_params
 from common.state import State
+from common.store import batch_file
 from ingestion.feed import publish
 from tests.conftest import PROJECT_ROOT
 
@@ -125,7 +126,7 @@ def test_bad_rows_never_reach_training(pipeline):
     state, bad = pipeline["state"], pipeline["bad"]
     rejected = pd.read_csv(state.quarantine / BATCH2 / "rejected.csv", dtype=str)
     assert set(bad.values()) <= set(rejected["listing_id"])
-    store = pd.read_parquet(state.listings_store / "batches" / f"{BATCH2}.parquet")
+    store = pd.read_parquet(batch_file(state.listings_store, BATCH2))
     assert not set(bad.values()) & set(store["listing_id"])
     prepared = state.workspace / "data" / "prepared"
     for split in ("train", "val", "golden"):

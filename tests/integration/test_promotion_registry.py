@@ -206,6 +206,13 @@ def test_record_review_rejection_keeps_aliases_and_is_recorded(registry):
     tags = client.get_model_version(NAME, registry["v2"]["version"]).tags
     assert tags["approval"] == "rejected" and tags["approval_by"] == "ana"
     assert tags["decision"] == "rejected" and "reviewer ana rejected" in tags["reason"]
+    description = client.get_model_version(NAME, registry["v2"]["version"]).description
+    assert description.startswith("## Human review: **REJECTED** by ana") and "## Gate:" in description
+    # a retried review replaces its heading instead of stacking another
+    record_review(state, params, would_promote,
+                  {"chosen_options": ["Reject"], "responded_by_user": {"id": "7", "name": "ana"}}, True)
+    again = client.get_model_version(NAME, registry["v2"]["version"]).description
+    assert again == description and again.count("## Human review") == 1
     assert {a: alias(client, a) for a in before} == before
     assert record_review(state, params, registry["first"], None, False)["approval"] == "not required"
 
