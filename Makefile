@@ -21,7 +21,7 @@ export PYTHONUNBUFFERED := 1
 export LCP_MLFLOW_UI_URL ?= http://localhost:$(MLFLOW_PORT)
 
 
-.PHONY: venv demo test test-stack lint status ui clean-state reproduce
+.PHONY: venv demo test test-fast test-stack lint status ui clean-state reproduce
 
 # Virtual environment with the pinned dependencies (requirements/dev.lock, resolved by uv).
 $(VENV)/.installed: requirements/dev.lock pyproject.toml
@@ -37,8 +37,12 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) scripts/demo.py --data "$(DATA)" --weeks $(WEEKS) --start $(START)
 
-## make test: the test suite (what .ci/run calls): everything but the native-stack tests.
+## make test: the whole test suite (what .ci/run calls), native-stack and browser tests included.
 test: venv
+	$(PY) -m pytest -q
+
+## make test-fast: everything but the native-stack tests.
+test-fast: venv
 	$(PY) -m pytest -q -m "not stack"
 
 ## make test-stack: the native Celery stack + headless Chromium tests (needs PostgreSQL, Redis, /usr/bin/chromium).
