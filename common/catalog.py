@@ -22,10 +22,14 @@ PATH_SEP = " > "
 """Separator of the levels of a category path as stored (``"Apparel > Topwear > Tshirts"``)."""
 
 CANONICAL_COLUMNS = (
-    "listing_id", "title", "description", "brand", "price", "currency", "category_path",
-    "image_key", "image_sha256", "catalog", "batch_id", "ingested_at",
+    "listing_id", "title", "description", "brand", "price", "currency", "attributes",
+    "category_path", "image_key", "image_sha256", "catalog", "batch_id", "ingested_at",
 )
-"""Columns of the canonical listing, in the order the listings store keeps them."""
+"""Columns of the canonical listing, in the order the listings store keeps them.
+
+``attributes`` holds the catalog-declared fields (:attr:`Catalog.attributes`) of a listing as a
+JSON object string (``'{"gender": "Men", "usage": "Sports"}'``), or ``None``.
+"""
 
 
 class ColumnMap(BaseModel):
@@ -101,6 +105,11 @@ class Catalog(BaseModel):
     category: CategoryTree | None = None
     image_key: str = Field(description="Image path inside a batch, a str.format template over the source row.")
     currency: str | None = None
+    attributes: list[str] = Field(
+        default_factory=list,
+        description="Source columns kept as the listing's catalog-declared fields (the canonical "
+                    "``attributes`` JSON object, keyed by column name); the classifier's "
+                    "structured branch reads those named in ``train.fields``.")
     taxonomy: TaxonomySpec = TaxonomySpec()
 
     @field_validator("taxonomy", mode="before")

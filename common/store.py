@@ -134,7 +134,8 @@ def read_store(store: Path, columns: Sequence[str] | None = None,
 
     Returns:
         One row per listing id with ``columns``, sorted by ``listing_id``; an empty frame with
-        those columns when the store is empty. ``price`` is float64, the rest ``str``/``None``.
+        those columns when the store is empty. ``price`` is float64, the rest ``str``/``None``
+            (``None`` too in a column that partitions written before it was added lack).
 
     Raises:
         StoreLayoutError: when the store holds partitions of the earlier flat layout.
@@ -146,8 +147,15 @@ def read_store(store: Path, columns: Sequence[str] | None = None,
         return pd.DataFrame({c: pd.Series(dtype="float64" if c == "price" else "object")
                              for c in columns})
     needed = list(dict.fromkeys([*columns, "listing_id", "ingested_at", "batch_id"]))
-    frame = pd.concat([pq.read_table(f, columns=needed).to_pandas() for f in files],
-                      ignore_index=True)
+    parts = []
+    for f in files:  # a partition written before a column was added lacks it: None there
+        present = set(pq.read_schema(f).names)
+        part = pq.read_table(f, columns=[c for c in needed if c in present]).to_pandas()
+        for column in needed:
+            if column not in present:
+                part[column] = pd.Series([None] * len(part), dtype="float64" if column == "price" else object)
+        parts.append(part)
+    frame = pd.concat(parts, ignore_index=True)
     frame = frame.sort_values(["ingested_at", "batch_id"], kind="stable")
     frame = frame.drop_duplicates("listing_id", keep="last")
     return frame.sort_values("listing_id", kind="stable").reset_index(drop=True)[columns]

@@ -200,6 +200,15 @@ def _format_key(template: str, row: dict) -> str | None:
         return None
 
 
+def _attributes_json(names: list[str], columns: list[list[str | None]], n: int) -> list[str | None]:
+    """Per row, a JSON object of the named attribute values that are not null (``None`` if none)."""
+    out: list[str | None] = []
+    for i in range(n):
+        kept = {name: values[i] for name, values in zip(names, columns, strict=True) if values[i] is not None}
+        out.append(json.dumps(kept, ensure_ascii=False) if kept else None)
+    return out
+
+
 def to_canonical(raw: pd.DataFrame, catalog: Catalog, batch_id: str,
                  ingested_at: str | datetime) -> pd.DataFrame:
     """Maps a raw listings table onto the canonical listing.
@@ -217,7 +226,9 @@ def to_canonical(raw: pd.DataFrame, catalog: Catalog, batch_id: str,
         :meth:`common.catalog.Catalog.category_levels` joined with ``" > "`` (``None`` when a
         level is blank or the tree cell cannot be parsed);
         ``image_key`` is the catalog template formatted with the source row (``None`` when a
-        field is null); ``image_sha256`` is ``None`` (filled after the image check).
+        field is null); ``image_sha256`` is ``None`` (filled after the image check);
+        ``attributes`` is a JSON object of the catalog's :attr:`~common.catalog.Catalog.attributes`
+        columns with a value, in declaration order (``None`` when none has one).
 
     Raises:
         BatchError: ``missing_columns`` naming the mapped source columns (including those used
@@ -226,7 +237,7 @@ def to_canonical(raw: pd.DataFrame, catalog: Catalog, batch_id: str,
     cols = catalog.columns
     needed = [cols.listing_id, cols.title, *catalog.category_columns,
               *(c for c in (cols.description, cols.brand, cols.price, cols.currency) if c),
-              *_template_fields(catalog.image_key)]
+              *catalog.attributes, *_template_fields(catalog.image_key)]
     missing = sorted({c for c in needed if c not in raw.columns})
     if missing:
         raise BatchError("missing_columns",
@@ -253,6 +264,8 @@ def to_canonical(raw: pd.DataFrame, catalog: Catalog, batch_id: str,
     def const(value: object) -> pd.Series:
         return pd.Series([value] * n, index=raw.index, dtype=object)
 
+    attributes = _attributes_json(catalog.attributes, [text(c).tolist() for c in catalog.attributes], n)
+
     out = pd.DataFrame({
         "listing_id": text(cols.listing_id),
         "title": text(cols.title),
@@ -261,6 +274,7 @@ def to_canonical(raw: pd.DataFrame, catalog: Catalog, batch_id: str,
         "price": price,
         "currency": (text(cols.currency).map(lambda c: c.upper() if c else None)
                      if cols.currency else const(catalog.currency)),
+        "attributes": pd.Series(attributes, index=raw.index, dtype=object),
         "category_path": pd.Series(paths, index=raw.index, dtype=object),
         "image_key": pd.Series(image_keys, index=raw.index, dtype=object),
         "image_sha256": const(None),

@@ -64,7 +64,7 @@ def tiny_store(fashion_dir: Path, store: Path) -> pd.DataFrame:
         images[key] = data
         rows.append({
             "listing_id": str(r.id), "title": str(r.productDisplayName), "description": None,
-            "brand": None, "price": 999.0, "currency": "INR",
+            "brand": None, "price": 999.0, "currency": "INR", "attributes": None,
             "category_path": PATH_SEP.join([r.masterCategory, r.subCategory, r.articleType]),
             "image_key": key, "image_sha256": sha, "catalog": "fashion", "batch_id": BATCH,
             "ingested_at": pd.Timestamp("2026-11-02", tz="UTC"),

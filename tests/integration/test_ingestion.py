@@ -211,7 +211,7 @@ def _partition(store: Path, batch_id: str, rows: pd.DataFrame, fashion_dir: Path
             (folder / "images" / f"{sha}.jpg").write_bytes(data)
             records.append({
                 "listing_id": r.id, "title": r.productDisplayName, "description": None,
-                "brand": None, "price": None, "currency": "INR",
+                "brand": None, "price": None, "currency": "INR", "attributes": None,
                 "category_path": PATH_SEP.join([r.masterCategory, r.subCategory, r.articleType]),
                 "image_key": image_key(batch_id, sha, ".jpg"), "image_sha256": sha,
                 "catalog": "fashion", "batch_id": batch_id, "ingested_at": "2026-11-02T00:00:00+00:00"})
@@ -342,3 +342,29 @@ def test_a_flat_layout_store_is_refused_then_migrated(tmp_path, fashion_dir, sty
     pd.testing.assert_frame_equal(migrated.drop(columns="image_key"), expected.drop(columns="image_key"))
     for key, sha in zip(migrated["image_key"], migrated["image_sha256"], strict=True):
         assert hashlib.sha256((store / key).read_bytes()).hexdigest() == sha
+
+
+def test_a_partition_written_before_a_column_existed_reads_back_with_none(tmp_path, fashion_dir, styles):
+    """Stores outlive schema changes: a partition without ``attributes`` (written before the
+    column was added) reads back with ``None`` there, next to partitions that have it."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from common.store import batch_file, read_store
+
+    store = tmp_path / "listings"
+    _partition(store, "b1", styles.iloc[:4], fashion_dir)
+    _partition(store, "b2", styles.iloc[4:8], fashion_dir)
+    old = pq.read_table(batch_file(store, "b1")).drop(["attributes"])
+    pq.write_table(old, batch_file(store, "b1"))
+    new = pd.read_parquet(batch_file(store, "b2"))
+    new["attributes"] = json.dumps({"gender": "Men"})
+    new.to_parquet(batch_file(store, "b2"), index=False)
+
+    frame = read_store(store)
+    assert len(frame) == 8 and "attributes" in frame.columns
+    by_batch = frame.groupby("batch_id")["attributes"].agg(list).to_dict()
+    assert by_batch["b1"] == [None] * 4
+    assert by_batch["b2"] == ['{"gender": "Men"}'] * 4
+    assert read_store(store, columns=["listing_id", "attributes"]).shape == (8, 2)

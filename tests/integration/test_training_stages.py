@@ -43,7 +43,7 @@ def build_workspace(fashion_dir: Path, ws: Path) -> pd.DataFrame:
         dst.write_bytes(data)
         rows.append({
             "listing_id": str(r.id), "title": str(r.productDisplayName), "description": None,
-            "brand": None, "price": None, "currency": "INR",
+            "brand": None, "price": None, "currency": "INR", "attributes": None,
             "category_path": PATH_SEP.join([r.masterCategory, r.subCategory, r.articleType]),
             "image_key": key, "image_sha256": sha, "catalog": "fashion",
             "batch_id": "", "ingested_at": pd.Timestamp("2025-01-06", tz="UTC"),

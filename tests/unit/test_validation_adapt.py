@@ -17,9 +17,11 @@ from validation.taxonomy import load_taxonomy
 FASHION = load_catalog("catalogs/fashion.yaml")
 ROWS = [
     {"id": 1563, "gender": "Men", "masterCategory": "Apparel", "subCategory": "Topwear",
-     "articleType": "Tshirts", "productDisplayName": " Quechua Men Blue T-shirt "},
+     "articleType": "Tshirts", "baseColour": "Blue", "season": "Fall", "usage": "Sports",
+     "productDisplayName": " Quechua Men Blue T-shirt "},
     {"id": 1580, "gender": "Women", "masterCategory": "Apparel", "subCategory": " ",
-     "articleType": "Swimwear", "productDisplayName": None},
+     "articleType": "Swimwear", "baseColour": "Black", "season": " ", "usage": None,
+     "productDisplayName": None},
 ]
 
 
@@ -47,6 +49,8 @@ def test_real_csv_to_canonical(real_csv: Path) -> None:
     assert first["currency"] == "INR" and first["catalog"] == "fashion"
     assert first["batch_id"] == "b1" and first["ingested_at"] == "2025-01-06T00:00:00+00:00"
     assert first["description"] is None and first["image_sha256"] is None
+    assert json.loads(first["attributes"]) == {"gender": "Men", "usage": "Sports", "baseColour": "Blue",
+                                               "season": "Fall"}
     assert math.isnan(first["price"]) and canon["price"].dtype == "float64"
 
 
@@ -62,6 +66,24 @@ def test_other_formats(tmp_path: Path, ext: str) -> None:
     assert canon["title"].tolist() == ["Quechua Men Blue T-shirt", None]
     assert canon["category_path"].tolist() == ["Apparel > Topwear > Tshirts", None]  # blank level
     assert canon["image_key"].tolist() == ["images/1563.jpg", "images/1580.jpg"]
+    # the catalog's declared attributes, blank and null values left out
+    assert [json.loads(a) for a in canon["attributes"]] == [
+        {"gender": "Men", "usage": "Sports", "baseColour": "Blue", "season": "Fall"},
+        {"gender": "Women", "baseColour": "Black"}]
+
+
+def test_attributes_none_when_catalog_declares_none_or_row_has_none() -> None:
+    bare = FASHION.model_copy(update={"attributes": []})
+    assert to_canonical(pd.DataFrame(ROWS), bare, "b1", "2025-01-06")["attributes"].tolist() == [None, None]
+    rows = [{**r, "gender": None, "usage": None, "baseColour": None, "season": None} for r in ROWS]
+    assert to_canonical(pd.DataFrame(rows), FASHION, "b1", "2025-01-06")["attributes"].tolist() == [None, None]
+
+
+def test_missing_attribute_column_named() -> None:
+    raw = pd.DataFrame([{k: v for k, v in r.items() if k != "usage"} for r in ROWS])
+    with pytest.raises(BatchError, match="usage") as info:
+        to_canonical(raw, FASHION, "b1", "2025-01-06")
+    assert info.value.reason == "missing_columns"
 
 
 def test_missing_mapped_column_named(tmp_path: Path) -> None:
