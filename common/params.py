@@ -70,7 +70,10 @@ class TrainParams(_Frozen):
     char_ngrams: tuple[int, ...] = Field((3,), description="Character n-gram lengths of title words.")
     description_words: int = Field(64, ge=0, description="Description words the text branch reads.")
     structured: bool = Field(True, description="Fused model: add the structured branch.")
-    fields: tuple[str, ...] = Field(("brand", "currency"), description="Categorical fields read.")
+    fields: tuple[str, ...] = Field(
+        ("brand", "currency"),
+        description="Categorical fields of the structured branch: canonical columns or keys of "
+                    "the listing's catalog-declared attributes; a field a listing lacks adds no token.")
     field_buckets: int = Field(4096, ge=64)
     field_dim: int = Field(32, ge=4)
     hierarchical: bool = Field(True, description="One head per taxonomy level (else leaf only).")
