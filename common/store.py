@@ -134,8 +134,8 @@ def read_store(store: Path, columns: Sequence[str] | None = None,
 
     Returns:
         One row per listing id with ``columns``, sorted by ``listing_id``; an empty frame with
-        those columns when the store is empty. ``price`` is float64, the rest ``str``/``None``
-            (``None`` too in a column that partitions written before it was added lack).
+        those columns when the store is empty. ``price`` is float64, the rest ``str``/``None``;
+        a column that older partitions lack (written before it was added) is ``None`` there.
 
     Raises:
         StoreLayoutError: when the store holds partitions of the earlier flat layout.
