@@ -85,6 +85,11 @@ class TrainParams(_Frozen):
     balance_power: float = Field(0.5, ge=0.0, le=1.0,
                                  description="class_balanced: draw weight of a class ~ n_c ** -power.")
     early_stopping_patience: int = Field(0, ge=0, description="Epochs without a better val score; 0: off.")
+    ema_decay: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Exponential moving average of the weights and BatchNorm buffers, updated every "
+                    "optimizer step (torchvision reference's --model-ema); the average is what is "
+                    "evaluated and kept. 0: off.")
     seed: int = 42
     deterministic: bool = False
     num_threads: int = Field(0, ge=0)

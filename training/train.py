@@ -12,7 +12,10 @@ memmap itself); texts and structured fields are hashed once per split.
 Training: one-cycle or cosine schedule, label smoothing, a loss per taxonomy level, optional
 class-balanced sampling (a class is drawn with weight ``n_c ** -balance_power`` per listing,
 Mahajan et al. 2018's square-root sampling at 0.5), and early stopping on the validation
-business-weighted score (the weights of the best epoch are the ones kept).
+business-weighted score (the weights of the best epoch are the ones kept). With
+``train.ema_decay`` > 0 an exponential moving average of the weights (and BatchNorm buffers) is
+updated after every optimizer step (``torch.optim.swa_utils.AveragedModel``, as torchvision's
+reference ``--model-ema``); the average is what is evaluated, early-stopped on and kept.
 
 Multi-GPU / multi-process (DDP)::
 
@@ -45,6 +48,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from common.params import Params, ScoreParams, TrainParams, load_params
 from common.scoring import business_weighted_score
@@ -240,8 +244,11 @@ def epoch_order(split: Split, epoch: int, seed: int, sampling: str = "uniform",
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     lr_scheduler, split: Split, tree: LabelTree, cfg: TrainParams, device: torch.device,
-                    epoch: int, print_every: int = 0, rank: int = 0, world_size: int = 1) -> dict:
+                    epoch: int, print_every: int = 0, rank: int = 0, world_size: int = 1,
+                    ema: AveragedModel | None = None) -> dict:
     """One pass over the training split (seeded order, see :func:`epoch_order`).
+
+    ``ema``, when given, is updated from the model after every optimizer step.
 
     Under DDP each process takes every ``world_size``-th row of each global batch of
     ``cfg.batch_size`` rows; the figures returned are this process's.
@@ -275,6 +282,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         loss.backward()
         optimizer.step()
         lr_scheduler.step()
+        if ema is not None:
+            ema.update_parameters(raw)
         n = len(targets)
         total_loss += loss.item() * n
         with torch.no_grad():
@@ -488,6 +497,9 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     steps_per_epoch = max(1, (len(train_split) + cfg.batch_size - 1) // cfg.batch_size)
     lr_scheduler = make_lr_scheduler(optimizer, cfg.lr, cfg.epochs * steps_per_epoch, cfg.schedule)
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+           if cfg.ema_decay > 0 else None)
+    kept = ema.module if ema is not None else model  # the weights evaluated and kept
 
     start_epoch, history = 0, []
     best = {"score": None, "epoch": None, "bad_epochs": 0, "stopped": False}
@@ -515,6 +527,8 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         start_epoch = int(ckpt["epoch"]) + 1
         history = list(ckpt.get("history", []))
         best = dict(ckpt.get("best", best))
@@ -542,20 +556,20 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     patience = cfg.early_stopping_patience
     for epoch in range(start_epoch, cfg.epochs):
         stats = train_one_epoch(net, criterion, optimizer, lr_scheduler, train_split, tree, cfg,
-                                device, epoch, print_every if rank == 0 else 0, rank, world_size)
+                                device, epoch, print_every if rank == 0 else 0, rank, world_size, ema)
         stop = False
         if rank == 0:
             improved = True
             if len(val_split):
                 t0 = time.perf_counter()
-                val = evaluate(model, criterion, val_split, tree, cfg, device, params.score)
+                val = evaluate(kept, criterion, val_split, tree, cfg, device, params.score)
                 stats.update(val_loss=val["loss"], val_accuracy=val["accuracy"],
                              val_business_weighted_score=val["business_weighted_score"],
                              eval_seconds=time.perf_counter() - t0)
                 improved = best["score"] is None or val["business_weighted_score"] > best["score"]
             if improved or patience == 0:
                 best.update(score=stats.get("val_business_weighted_score"), epoch=epoch, bad_epochs=0)
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
             else:
                 best["bad_epochs"] += 1
                 stop = patience > 0 and best["bad_epochs"] >= patience
@@ -573,6 +587,7 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
                     "optimizer": optimizer.state_dict(),
                     "lr_scheduler": lr_scheduler.state_dict(),
                     "rng_state": torch.get_rng_state(),
+                    **({"ema": ema.state_dict()} if ema is not None else {}),
                 },
                 "epoch": epoch,
                 "best": best,

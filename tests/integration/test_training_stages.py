@@ -227,7 +227,8 @@ def test_killed_training_resumes_from_its_last_checkpoint(workspace, tmp_path):
     from training.train import train
 
     ws, params, _ = workspace
-    params = params.with_overrides({"train": {"epochs": 4, "deterministic": True}})
+    # with a weight EMA: its average must resume too, or the val scores of later epochs differ
+    params = params.with_overrides({"train": {"epochs": 4, "deterministic": True, "ema_decay": 0.9}})
     killed = _copy_prepared(ws, tmp_path / "killed", params)
     whole = _copy_prepared(ws, tmp_path / "whole", params)
     proc = subprocess.Popen([sys.executable, "-m", "training.train", "--params", str(killed / "params.yaml"),
@@ -247,6 +248,33 @@ def test_killed_training_resumes_from_its_last_checkpoint(workspace, tmp_path):
     for a, b in zip(log["epochs"], reference["epochs"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-9)
+
+
+def test_weight_ema_is_what_is_evaluated_and_kept(workspace, tmp_path):
+    """With ``ema_decay`` the checkpoint serves the moving average (updated once per optimizer
+    step), not the raw weights, and the val score in the log is the average's."""
+    import torch
+
+    from training.train import train
+
+    ws, params, _ = workspace
+    params = params.with_overrides({"train": {"branches": "text", "epochs": 3, "ema_decay": 0.9,
+                                              "early_stopping_patience": 0}})
+    run = _copy_prepared(ws, tmp_path / "ws", params)
+    log = train(run, params)
+    ckpt = torch.load(run / "models" / "model.pt", map_location="cpu", weights_only=True)
+    ema = ckpt["train_state"]["ema"]
+    steps = 3 * -(-log["n_train"] // params.train.batch_size)
+    assert int(ema["n_averaged"]) == steps
+    raw = ckpt["train_state"]["model"]
+    assert set(ckpt["model"]) == set(raw)
+    for name, value in ckpt["model"].items():
+        assert torch.equal(value, ema[f"module.{name}"]), name
+    assert not torch.equal(ckpt["model"]["text_encoder.embedding.weight"],
+                           raw["text_encoder.embedding.weight"])
+    rescored = train(run, params, test_only=True)
+    assert rescored["business_weighted_score"] == pytest.approx(
+        log["epochs"][-1]["val_business_weighted_score"], abs=1e-9)
 
 
 def test_ddp_with_two_gloo_processes_matches_one_process(workspace, tmp_path):
