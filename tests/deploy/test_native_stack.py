@@ -34,7 +34,9 @@ def stack(tmp_path_factory, fashion_dir):
     feed = root / "feed"
     publish(fashion_dir, feed, weeks=1, catalog=load_catalog("catalogs/fashion.yaml"),
             start=date(2026, 11, 2), limit=200)
-    running = start_stack(root, small_params(root / "params.yaml"), feed)
+    # floors at 0: the subject is the topology, and a 4-epoch first model on ~150 listings can
+    # score under small_params' 5% accuracy floor (4.9% in one CI run), which the gate rejects
+    running = start_stack(root, small_params(root / "params.yaml", floor=0.0), feed)
     try:
         yield running
     finally:
@@ -67,7 +69,7 @@ def test_dag_run_through_the_rest_api_on_celery_registers_a_model(stack):
     assert len(versions) == 1
     version = versions[0]
     assert version.tags["dag_id"] == DAG_ID
-    assert version.tags["decision"] == "promoted"  # the first model: the floors are enough
+    assert version.tags["decision"] == "promoted"  # the first model: floors at 0 are enough
     assert client.get_model_version_by_alias("listing-classifier", "champion").version == version.version
     run_params = client.get_run(version.run_id).data.params
     assert run_params.get("train.epochs") == "4", {k: v for k, v in run_params.items() if "epoch" in k}

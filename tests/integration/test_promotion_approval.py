@@ -35,7 +35,6 @@ from urllib.parse import quote
 import pytest
 
 from common.catalog import load_catalog
-from common.params import load_params, write_params
 from common.state import State
 from ingestion.feed import publish
 from tests.conftest import PROJECT_ROOT
@@ -189,9 +188,7 @@ def approval_params(path: Path) -> Path:
     listings scores (it can land under small_params' 5% accuracy floor, and then the gate
     rejects before anyone is asked).
     """
-    small_params(path)
-    write_params(load_params(path).with_overrides({"gate": {"floor_score": 0.0, "floor_accuracy": 0.0}}), path)
-    return path
+    return small_params(path, floor=0.0)
 
 
 def _client(state: State):
