@@ -497,8 +497,9 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     steps_per_epoch = max(1, (len(train_split) + cfg.batch_size - 1) // cfg.batch_size)
     lr_scheduler = make_lr_scheduler(optimizer, cfg.lr, cfg.epochs * steps_per_epoch, cfg.schedule)
+    # only rank 0 evaluates and checkpoints, so only it keeps the average
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-           if cfg.ema_decay > 0 else None)
+           if cfg.ema_decay > 0 and rank == 0 else None)
     kept = ema.module if ema is not None else model  # the weights evaluated and kept
 
     start_epoch, history = 0, []
