@@ -90,11 +90,15 @@ class TrainParams(_Frozen):
         description="Exponential moving average of the weights and BatchNorm buffers, updated every "
                     "optimizer step (torchvision reference's --model-ema); the average is what is "
                     "evaluated and kept. 0: off.")
+    crop_padding: int = Field(
+        0, ge=0, description="Random-translation augmentation: pad each image side by this many "
+                             "pixels and crop back to size (He et al. 2016). 0: off.")
     seed: int = 42
     deterministic: bool = False
     num_threads: int = Field(0, ge=0)
     workers: int = Field(0, ge=0, description="DataLoader worker processes assembling batches.")
-    amp: bool = Field(True, description="CUDA only: bf16 autocast.")
+    amp: bool = Field(True, description="bf16 autocast on CUDA and on a CPU with native bf16 "
+                                        "(AVX512-BF16 or AMX); fp32 on other CPUs.")
     channels_last: bool = True
     compile: bool = Field(False, description="torch.compile the model (CUDA).")
 

@@ -59,6 +59,37 @@ def to_tensor_batch(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
 
 
+def pad_crop(images: torch.Tensor, offsets: torch.Tensor, padding: int) -> torch.Tensor:
+    """Random-translation augmentation: pad every side by ``padding``, crop back to size.
+
+    The augmentation of He et al. 2016 ("Deep Residual Learning for Image Recognition", section
+    4.2: 4-pixel padding and a random crop of the original size), applied per image. The padding
+    repeats the edge pixels (product photos sit on a plain background) rather than zeros.
+
+    Args:
+        images: float ``(N, 3, S, S)`` batch.
+        offsets: int64 ``(N, 2)`` crop origins (row, column) in ``[0, 2 * padding]``; ``padding``
+            for both leaves an image where it was.
+        padding: pixels added on each side (< S).
+
+    Returns:
+        float ``(N, 3, S, S)`` in channels_last memory format.
+
+    Raises:
+        ValueError: when ``offsets`` has another shape or leaves the padded image.
+    """
+    if padding <= 0:
+        return images
+    n, c, h, w = images.shape
+    if tuple(offsets.shape) != (n, 2) or (n and (int(offsets.min()) < 0 or int(offsets.max()) > 2 * padding)):
+        raise ValueError(f"offsets must be (N, 2) in [0, {2 * padding}], got {tuple(offsets.shape)}")
+    padded = torch.nn.functional.pad(images, (padding,) * 4, mode="replicate")
+    rows = (offsets[:, 0:1] + torch.arange(h)).view(n, 1, h, 1)
+    cols = (offsets[:, 1:2] + torch.arange(w)).view(n, 1, 1, w)
+    out = padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(c).view(1, c, 1, 1), rows, cols]
+    return out.contiguous(memory_format=torch.channels_last)
+
+
 class EvalPreset:
     """Evaluation and serving transform: normalisation only (images are already resized)."""
 

@@ -3,7 +3,9 @@
 Shape after torchvision's ``references/classification/train.py``: :func:`train_one_epoch`,
 :func:`evaluate` under ``torch.inference_mode()``, an img/s meter, a checkpoint dict written
 after every epoch, resume from it, ``--test-only``, and DDP under ``torchrun``. The same code runs
-on CPU and CUDA; bf16 autocast, pinned memory and ``torch.compile`` are used only on CUDA.
+on CPU and CUDA; bf16 autocast (``train.amp``) runs on CUDA and on CPUs with native bf16
+(AVX512-BF16 or AMX; emulated bf16 is an order of magnitude slower, so other CPUs stay in fp32);
+pinned memory and ``torch.compile`` are used only on CUDA.
 
 Batches are read from the uint8 image arrays written by the prepare stage (no JPEG decoding
 during training), assembled by a ``DataLoader`` (``train.workers`` processes, each opening the
@@ -54,7 +56,7 @@ from common.params import Params, ScoreParams, TrainParams, load_params
 from common.scoring import business_weighted_score
 from training.hierarchy import LabelTree
 from training.model import ListingClassifier, build_model
-from training.presets import to_tensor_batch
+from training.presets import pad_crop, to_tensor_batch
 from training.text import encode_fields, encode_texts, select_bags
 
 CHECKPOINT = Path("models") / "model.pt"
@@ -139,14 +141,19 @@ class BatchSource(torch.utils.data.Dataset):
         batches: int64 row-index tensors, one per batch.
         flips: bool tensors (same lengths), which images to flip horizontally; None: no flip.
         with_images: False for a model without an image branch.
+        crops: int64 ``(len, 2)`` crop origins per batch for :func:`training.presets.pad_crop`;
+            None: no translation.
+        padding: pixels of ``pad_crop``'s padding.
     """
 
     def __init__(self, split: Split, batches: list[torch.Tensor], flips: list[torch.Tensor] | None,
-                 with_images: bool) -> None:
+                 with_images: bool, crops: list[torch.Tensor] | None = None, padding: int = 0) -> None:
         self.split = split
         self.batches = batches
         self.flips = flips
         self.with_images = with_images
+        self.crops = crops if padding > 0 else None
+        self.padding = padding
         self._images: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -172,15 +179,18 @@ class BatchSource(torch.utils.data.Dataset):
                 flip = self.flips[i][order]
                 if flip.any():
                     images[flip] = images[flip].flip(-1)
+            if self.crops is not None:
+                images = pad_crop(images, self.crops[i][order], self.padding)
         ids, offsets = select_bags(s.ids, s.offsets, index)
         fids, foffsets = select_bags(s.field_ids, s.field_offsets, index)
         return images, ids, offsets, fids, foffsets, s.numeric[index], s.targets[index]
 
 
 def batch_loader(split: Split, batches: list[torch.Tensor], flips: list[torch.Tensor] | None,
-                 with_images: bool, workers: int, device: torch.device):
+                 with_images: bool, workers: int, device: torch.device,
+                 crops: list[torch.Tensor] | None = None, padding: int = 0):
     """Iterates over assembled batches (a ``DataLoader`` with ``workers`` processes, pinned on CUDA)."""
-    source = BatchSource(split, batches, flips, with_images)
+    source = BatchSource(split, batches, flips, with_images, crops, padding)
     if workers <= 0:
         return (source[i] for i in range(len(source)))
     return torch.utils.data.DataLoader(source, batch_size=None, shuffle=False, num_workers=workers,
@@ -207,10 +217,36 @@ def get_batch(split: Split, index: torch.Tensor, preset, device: torch.device, m
     return to_device(batch, device)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles).
+
+    Without them, bf16 matmuls and convolutions are emulated: a resnet18 training step at 64 px
+    took 17.4 s under bf16 autocast against 1.57 s in fp32 on an AVX2-only AMD EPYC, while an
+    AVX512-BF16 EPYC trained 1.57x faster in bf16 (``benchmarks/train_throughput.py --bf16``).
+    Reads ``torch.cpu``'s CPU-feature probes (cpuinfo); False when this torch build has none.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:
+        return any(bool(getattr(torch.cpu, name)()) for name in probes if hasattr(torch.cpu, name))
+    except RuntimeError:
+        return False
+
+
+def autocast_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on a device: bf16 on CUDA and on a CPU with native
+    bf16 (:func:`cpu_has_native_bf16`), else None (fp32)."""
+    if not enabled:
+        return None
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+        return torch.bfloat16
+    return None
+
+
 def _autocast(device: torch.device, enabled: bool = True):
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+    dtype = autocast_dtype(device, enabled)
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _unwrap(model: nn.Module) -> ListingClassifier:
@@ -262,14 +298,19 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     order = epoch_order(split, epoch, cfg.seed, cfg.sampling, cfg.balance_power)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1)
     flips_all = torch.rand(len(order), generator=generator) < 0.5
+    crops_all = (torch.randint(0, 2 * cfg.crop_padding + 1, (len(order), 2), generator=generator)
+                 if cfg.crop_padding > 0 else None)
     steps = (len(split) + cfg.batch_size - 1) // cfg.batch_size
-    batches, flips, global_sizes = [], [], []
+    batches, flips, crops, global_sizes = [], [], [], []
     for step in range(steps):
         sl = slice(step * cfg.batch_size, (step + 1) * cfg.batch_size)
         global_sizes.append(len(order[sl]))
         batches.append(order[sl][rank::world_size])
         flips.append(flips_all[sl][rank::world_size])
-    loader = batch_loader(split, batches, flips, raw.image_encoder is not None, cfg.workers, device)
+        if crops_all is not None:
+            crops.append(crops_all[sl][rank::world_size])
+    loader = batch_loader(split, batches, flips, raw.image_encoder is not None, cfg.workers, device,
+                          crops or None, cfg.crop_padding)
     total_loss, correct, seen = 0.0, 0, 0
     t0 = time.perf_counter()
     for step, batch in enumerate(loader):
@@ -550,10 +591,11 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     if cfg.compile and device.type == "cuda":
         net = torch.compile(net)
 
+    precision = str(autocast_dtype(device, cfg.amp) or torch.float32).removeprefix("torch.")
     if rank == 0:
         print(f"train {len(train_split)} val {len(val_split)} classes {len(labels)} "
               f"levels {tree.sizes} image {image_size}px device {device} world {world_size} "
-              f"threads {torch.get_num_threads()} pretrained {pretrained}", flush=True)
+              f"threads {torch.get_num_threads()} pretrained {pretrained} precision {precision}", flush=True)
     patience = cfg.early_stopping_patience
     for epoch in range(start_epoch, cfg.epochs):
         stats = train_one_epoch(net, criterion, optimizer, lr_scheduler, train_split, tree, cfg,
@@ -616,7 +658,8 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
         log = _write_log(log_path, history, {
             "pretrained": pretrained, "num_classes": len(labels), "levels": tree.sizes,
             "n_train": len(train_split), "n_val": len(val_split), "image_size": image_size,
-            "device": device.type, "world_size": world_size, "best_epoch": best["epoch"],
+            "device": device.type, "precision": precision, "world_size": world_size,
+            "best_epoch": best["epoch"],
             "stopped_early": bool(best["stopped"]),
             "val_business_weighted_score": last_val.get("val_business_weighted_score"),
             "best_val_accuracy": last_val.get("val_accuracy"),

@@ -13,7 +13,7 @@ import torch
 from common.params import TrainParams
 from training.model import build_model
 from training.prepare import stratified_split
-from training.presets import TrainPreset, to_tensor_batch
+from training.presets import TrainPreset, pad_crop, to_tensor_batch
 from training.text import encode_titles, hash_feature, select_bags, title_features
 
 
@@ -61,6 +61,39 @@ def test_to_tensor_batch_shape_and_flip():
     assert torch.allclose(flipped, x.flip(-1))
     with pytest.raises(ValueError):
         to_tensor_batch(images.astype(np.float32))
+
+
+def test_pad_crop_translates_each_image_by_its_own_offset():
+    images = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6)
+    out = pad_crop(images, torch.tensor([[2, 2], [0, 4]]), 2)
+    assert out.shape == images.shape and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out[0], images[0])  # origin (padding, padding): unchanged
+    # origin (0, 4): shifted down by 2 and left by 2, the edge rows / columns repeated
+    assert torch.equal(out[1, :, 2:, :4], images[1, :, :4, 2:])
+    assert torch.equal(out[1, :, 0], out[1, :, 2]) and torch.equal(out[1, :, :, 5], out[1, :, :, 3])
+    assert torch.equal(pad_crop(images, torch.zeros(2, 2, dtype=torch.long), 0), images)
+    with pytest.raises(ValueError):
+        pad_crop(images, torch.tensor([[0, 5], [0, 0]]), 2)
+
+
+def test_bf16_autocast_on_cpu_only_with_native_bf16_instructions():
+    from pathlib import Path
+
+    from training.train import _autocast, autocast_dtype, cpu_has_native_bf16
+
+    cpu = torch.device("cpu")
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():  # the kernel's CPU flags, an independent reading of the same features
+        flags = set(cpuinfo.read_text().split())
+        assert cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+    native = cpu_has_native_bf16()
+    assert autocast_dtype(cpu, True) == (torch.bfloat16 if native else None)
+    assert autocast_dtype(cpu, False) is None
+    assert autocast_dtype(torch.device("cuda"), True) == torch.bfloat16
+    model, _ = build_model(LEAVES, TrainParams(backbone="resnet18", branches="image", weights="none"))
+    with torch.no_grad(), _autocast(cpu, True):
+        logits = model.eval()(torch.zeros(2, 3, 32, 32), None, None)[-1]
+    assert logits.dtype == (torch.bfloat16 if native else torch.float32)
 
 
 LEAVES = sorted(["Apparel > Topwear > Shirts", "Apparel > Topwear > Tshirts", "Apparel > Bottomwear > Jeans",
