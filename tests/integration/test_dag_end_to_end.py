@@ -126,6 +126,14 @@ def test_lineage_tags_on_every_version(pipeline):
         run = client.get_run(v.run_id)
         assert run.data.tags["data_rev"] == t["data_rev"]
         assert "business_weighted_score" in run.data.metrics
+        # the run says whether the backbone started from pretrained weights, and in what precision
+        assert run.data.tags["pretrained_weights"] in ("True", "False")
+        import torch
+
+        from training.train import cpu_has_native_bf16
+        expected = ("cuda bfloat16" if torch.cuda.is_available()
+                    else "cpu bfloat16" if cpu_has_native_bf16() else "cpu float32")
+        assert run.data.tags["training_precision"] == expected
 
 
 def test_bad_rows_never_reach_training(pipeline):
