@@ -90,6 +90,9 @@ class TrainParams(_Frozen):
         description="Exponential moving average of the weights and BatchNorm buffers, updated every "
                     "optimizer step (torchvision reference's --model-ema); the average is what is "
                     "evaluated and kept. 0: off.")
+    min_steps: int = Field(
+        0, ge=0, description="Train at least this many optimizer steps: epochs are raised to "
+                             "ceil(min_steps / steps per epoch) when train.epochs is fewer. 0: off.")
     crop_padding: int = Field(
         0, ge=0, description="Random-translation augmentation: pad each image side by this many "
                              "pixels and crop back to size (He et al. 2016). 0: off.")

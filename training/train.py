@@ -14,7 +14,9 @@ memmap itself); texts and structured fields are hashed once per split.
 Training: one-cycle or cosine schedule, label smoothing, a loss per taxonomy level, optional
 class-balanced sampling (a class is drawn with weight ``n_c ** -balance_power`` per listing,
 Mahajan et al. 2018's square-root sampling at 0.5), and early stopping on the validation
-business-weighted score (the weights of the best epoch are the ones kept). With
+business-weighted score (the weights of the best epoch are the ones kept; epochs that end while
+the learning rate still warms up do not count towards the patience). ``train.min_steps`` raises
+the epochs of a small catalog, whose epoch is only a few optimizer steps. With
 ``train.ema_decay`` > 0 an exponential moving average of the weights (and BatchNorm buffers) is
 updated after every optimizer step (``torch.optim.swa_utils.AveragedModel``, as torchvision's
 reference ``--model-ema``); the average is what is evaluated, early-stopped on and kept.
@@ -254,6 +256,20 @@ def _unwrap(model: nn.Module) -> ListingClassifier:
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
+def planned_epochs(cfg: TrainParams, steps_per_epoch: int) -> int:
+    """Epochs of a run: ``train.epochs``, raised until the run makes ``train.min_steps``
+    optimizer steps (a small catalog's epoch is a handful of steps).
+
+    Args:
+        cfg: the ``train`` params group.
+        steps_per_epoch: optimizer steps per epoch (``ceil(n_train / batch_size)``).
+
+    Returns:
+        ``max(epochs, ceil(min_steps / steps_per_epoch))``.
+    """
+    return max(cfg.epochs, -(-cfg.min_steps // max(steps_per_epoch, 1)))
+
+
 def epoch_order(split: Split, epoch: int, seed: int, sampling: str = "uniform",
                 balance_power: float = 0.5) -> torch.Tensor:
     """Row order of one epoch: a seeded permutation, or a class-balanced draw of the same length.
@@ -430,6 +446,20 @@ def _write_log(path: Path, history: list[dict], extra: dict) -> dict:
     return log
 
 
+def warmup_steps(total_steps: int, schedule: str = "onecycle") -> int:
+    """Optimizer steps before the learning rate peaks (see :func:`make_lr_scheduler`).
+
+    Returns:
+        ``onecycle``: 25% of the steps (at least 2, at most half); ``cosine``: 5% (at least 2);
+        0 below 4 steps (constant rate).
+    """
+    if total_steps < 4:
+        return 0
+    if schedule == "onecycle":
+        return int(min(0.5, max(0.25, 2.0 / total_steps)) * total_steps)
+    return max(2, int(0.05 * total_steps))
+
+
 def make_lr_scheduler(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int,
                       schedule: str = "onecycle"):
     """Learning-rate schedule over the whole run, stepped once per optimizer step.
@@ -452,14 +482,13 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, max_lr: float, total_ste
     if total_steps < 4:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
     if schedule == "onecycle":
-        pct_start = min(0.5, max(0.25, 2.0 / total_steps))
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=max_lr, total_steps=total_steps,
-            pct_start=pct_start, div_factor=10.0, final_div_factor=100.0)
+            pct_start=min(0.5, max(0.25, 2.0 / total_steps)), div_factor=10.0, final_div_factor=100.0)
     if schedule == "cosine":
         for group in optimizer.param_groups:
             group["lr"] = max_lr
-        warmup = max(2, int(0.05 * total_steps))
+        warmup = warmup_steps(total_steps, schedule)
         return torch.optim.lr_scheduler.SequentialLR(optimizer, [
             torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup),
             torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup,
@@ -537,7 +566,8 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     steps_per_epoch = max(1, (len(train_split) + cfg.batch_size - 1) // cfg.batch_size)
-    lr_scheduler = make_lr_scheduler(optimizer, cfg.lr, cfg.epochs * steps_per_epoch, cfg.schedule)
+    epochs = planned_epochs(cfg, steps_per_epoch)
+    lr_scheduler = make_lr_scheduler(optimizer, cfg.lr, epochs * steps_per_epoch, cfg.schedule)
     # only rank 0 evaluates and checkpoints, so only it keeps the average
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
            if cfg.ema_decay > 0 and rank == 0 else None)
@@ -576,7 +606,7 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
         best = dict(ckpt.get("best", best))
         best_state = ckpt["model"]
         if best["stopped"]:
-            start_epoch = cfg.epochs
+            start_epoch = epochs
         if "rng_state" in state:
             torch.set_rng_state(state["rng_state"])  # dropout continues as if never interrupted
         if rank == 0:
@@ -597,7 +627,8 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
               f"levels {tree.sizes} image {image_size}px device {device} world {world_size} "
               f"threads {torch.get_num_threads()} pretrained {pretrained} precision {precision}", flush=True)
     patience = cfg.early_stopping_patience
-    for epoch in range(start_epoch, cfg.epochs):
+    warmup = warmup_steps(epochs * steps_per_epoch, cfg.schedule)
+    for epoch in range(start_epoch, epochs):
         stats = train_one_epoch(net, criterion, optimizer, lr_scheduler, train_split, tree, cfg,
                                 device, epoch, print_every if rank == 0 else 0, rank, world_size, ema)
         stop = False
@@ -613,7 +644,7 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
             if improved or patience == 0:
                 best.update(score=stats.get("val_business_weighted_score"), epoch=epoch, bad_epochs=0)
                 best_state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
-            else:
+            elif (epoch + 1) * steps_per_epoch > warmup:  # not while the learning rate still rises
                 best["bad_epochs"] += 1
                 stop = patience > 0 and best["bad_epochs"] >= patience
             best["stopped"] = stop

@@ -213,6 +213,31 @@ def test_early_stopping_keeps_the_best_epoch(workspace, tmp_path):
     assert len(train(run, params)["epochs"]) == len(epochs)
 
 
+def test_min_steps_and_no_early_stop_while_the_learning_rate_rises(workspace, tmp_path):
+    """``min_steps`` raises the epochs of a small catalog; epochs that end inside the one-cycle
+    warm-up do not count towards the patience (a rising rate makes val worse on purpose)."""
+    from training.train import train, warmup_steps
+
+    ws, params, _ = workspace
+    params = params.with_overrides({"train": {"branches": "text", "epochs": 1, "lr": 3.0,
+                                              "schedule": "onecycle", "early_stopping_patience": 1}})
+    run = _copy_prepared(ws, tmp_path / "ws", params)
+    steps = -(-train(run, params)["n_train"] // params.train.batch_size)
+    params = params.with_overrides({"train": {"min_steps": 12 * steps}})
+    run = _copy_prepared(ws, tmp_path / "ws12", params)
+    log = train(run, params)
+    warmup = warmup_steps(12 * steps, "onecycle")
+    assert warmup == 3 * steps
+    epochs = [h["epoch"] for h in log["epochs"]]
+    best, last = log["best_epoch"], epochs[-1]
+    # train.epochs is 1: the epochs past it come from min_steps; the rate of 3.0 wrecks the model
+    # as it rises, so the run stops, but only once an epoch after the warm-up fails too
+    assert log["stopped_early"] and last >= 1
+    counted = [e for e in range(best + 1, last + 1) if (e + 1) * steps > warmup]
+    assert counted == [last]
+    assert last - best > 1  # the warm-up epochs without a better score were not counted
+
+
 def test_killed_training_resumes_from_its_last_checkpoint(workspace, tmp_path):
     """The train CLI is killed (SIGKILL) once an epoch's checkpoint is on disk; the retry
     continues from the next epoch and ends where an uninterrupted run ends."""

@@ -244,6 +244,16 @@ def test_lr_schedule_is_valid_for_tiny_and_long_runs(total_steps, schedule):
         assert rates[-1] < max(rates)  # annealing
 
 
+def test_min_steps_raise_the_epochs_of_a_small_catalog():
+    from training.train import planned_epochs, warmup_steps
+
+    assert planned_epochs(TrainParams(epochs=8), 7) == 8
+    assert planned_epochs(TrainParams(epochs=8, min_steps=400), 7) == 58  # ceil(400 / 7)
+    assert planned_epochs(TrainParams(epochs=8, min_steps=400), 66) == 8
+    assert warmup_steps(528, "onecycle") == 132 and warmup_steps(528, "cosine") == 26
+    assert warmup_steps(3, "onecycle") == 0
+
+
 def test_level_accuracies_count_shared_leading_levels():
     from training.evaluate import level_accuracies
 
