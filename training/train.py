@@ -456,8 +456,12 @@ def warmup_steps(total_steps: int, schedule: str = "onecycle") -> int:
     if total_steps < 4:
         return 0
     if schedule == "onecycle":
-        return int(min(0.5, max(0.25, 2.0 / total_steps)) * total_steps)
+        return int(_onecycle_pct_start(total_steps) * total_steps)
     return max(2, int(0.05 * total_steps))
+
+
+def _onecycle_pct_start(total_steps: int) -> float:
+    return min(0.5, max(0.25, 2.0 / total_steps))
 
 
 def make_lr_scheduler(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int,
@@ -484,7 +488,7 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, max_lr: float, total_ste
     if schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=max_lr, total_steps=total_steps,
-            pct_start=min(0.5, max(0.25, 2.0 / total_steps)), div_factor=10.0, final_div_factor=100.0)
+            pct_start=_onecycle_pct_start(total_steps), div_factor=10.0, final_div_factor=100.0)
     if schedule == "cosine":
         for group in optimizer.param_groups:
             group["lr"] = max_lr
