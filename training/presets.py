@@ -70,7 +70,7 @@ def pad_crop(images: torch.Tensor, offsets: torch.Tensor, padding: int) -> torch
         images: float ``(N, 3, S, S)`` batch.
         offsets: int64 ``(N, 2)`` crop origins (row, column) in ``[0, 2 * padding]``; ``padding``
             for both leaves an image where it was.
-        padding: pixels added on each side (< S).
+        padding: pixels added on each side; 0 returns ``images`` unchanged.
 
     Returns:
         float ``(N, 3, S, S)`` in channels_last memory format.

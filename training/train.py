@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -154,7 +155,7 @@ class BatchSource(torch.utils.data.Dataset):
         self.batches = batches
         self.flips = flips
         self.with_images = with_images
-        self.crops = crops if padding > 0 else None
+        self.crops = crops
         self.padding = padding
         self._images: np.ndarray | None = None
 
@@ -219,6 +220,7 @@ def get_batch(split: Split, index: torch.Tensor, preset, device: torch.device, m
     return to_device(batch, device)
 
 
+@functools.cache  # asked on every training and evaluation step; the CPU does not change
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles).
 

@@ -76,6 +76,22 @@ def test_pad_crop_translates_each_image_by_its_own_offset():
         pad_crop(images, torch.tensor([[0, 5], [0, 0]]), 2)
 
 
+def test_training_batches_flip_then_translate_each_listing_by_its_own_draw():
+    from training.train import BatchSource, Split
+
+    images = np.random.default_rng(1).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    zeros = torch.zeros(5, dtype=torch.long)
+    split = Split(images, None, zeros, torch.arange(5), zeros, torch.arange(5), torch.zeros(5, 2), zeros,
+                  pd.DataFrame())
+    index, flips = torch.tensor([3, 0, 4]), torch.tensor([True, False, False])
+    crops = torch.tensor([[0, 4], [2, 2], [4, 0]])
+    got = BatchSource(split, [index], [flips], True, [crops], 2)[0][0]
+    x = to_tensor_batch(images[[0, 3, 4]])  # the source reads rows in sorted order: 0, 3, 4
+    x[1] = x[1].flip(-1)  # row 3 is flipped
+    assert torch.allclose(got, pad_crop(x, crops[[1, 0, 2]], 2))
+    assert torch.allclose(BatchSource(split, [index], None, True)[0][0], to_tensor_batch(images[[0, 3, 4]]))
+
+
 def test_bf16_autocast_on_cpu_only_with_native_bf16_instructions():
     from pathlib import Path
 
