@@ -100,8 +100,10 @@ class TrainParams(_Frozen):
     deterministic: bool = False
     num_threads: int = Field(0, ge=0)
     workers: int = Field(0, ge=0, description="DataLoader worker processes assembling batches.")
-    amp: bool = Field(True, description="bf16 autocast on CUDA and on a CPU with native bf16 "
-                                        "(AVX512-BF16 or AMX); fp32 on other CPUs.")
+    amp: bool | Literal["auto"] = Field(
+        "auto", description="bf16 autocast. true: on CUDA and on a CPU with native bf16 (AVX512-BF16 "
+                            "or AMX); auto: the same, but on such a CPU only when a measured "
+                            "training step is clearly faster in bf16; false: fp32.")
     channels_last: bool = True
     compile: bool = Field(False, description="torch.compile the model (CUDA).")
 

@@ -3,9 +3,11 @@
 Shape after torchvision's ``references/classification/train.py``: :func:`train_one_epoch`,
 :func:`evaluate` under ``torch.inference_mode()``, an img/s meter, a checkpoint dict written
 after every epoch, resume from it, ``--test-only``, and DDP under ``torchrun``. The same code runs
-on CPU and CUDA; bf16 autocast (``train.amp``) runs on CUDA and on CPUs with native bf16
-(AVX512-BF16 or AMX; emulated bf16 is an order of magnitude slower, so other CPUs stay in fp32);
-pinned memory and ``torch.compile`` are used only on CUDA.
+on CPU and CUDA; bf16 autocast (``train.amp``) runs on CUDA, and on CPUs with native bf16
+(AVX512-BF16 or AMX) where a measured training step is clearly faster in bf16 than in fp32
+(:func:`resolve_precision`; emulated bf16 is an order of magnitude slower, so other CPUs stay in
+fp32); pinned memory and ``torch.compile`` are used only on CUDA (on a 2-core Xeon, compiled
+resnet18 training ran at 199 img/s against 193 eager, after a 40 s compile).
 
 Batches are read from the uint8 image arrays written by the prepare stage (no JPEG decoding
 during training), assembled by a ``DataLoader`` (``train.workers`` processes, each opening the
@@ -237,8 +239,9 @@ def cpu_has_native_bf16() -> bool:
 
 
 def autocast_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
-    """The autocast dtype of ``train.amp`` on a device: bf16 on CUDA and on a CPU with native
-    bf16 (:func:`cpu_has_native_bf16`), else None (fp32)."""
+    """The dtype bf16 autocast may use on a device: bf16 on CUDA and on a CPU with native bf16
+    (:func:`cpu_has_native_bf16`), else None (fp32). Whether a run uses it is
+    :func:`resolve_precision`'s decision."""
     if not enabled:
         return None
     if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
@@ -246,11 +249,88 @@ def autocast_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | 
     return None
 
 
-def _autocast(device: torch.device, enabled: bool = True):
-    dtype = autocast_dtype(device, enabled)
+# ``amp: auto`` keeps bf16 on a CPU only when a measured training step is at least this much
+# faster than in fp32: bf16 rounds activations to 8 mantissa bits, which is worth it only for a
+# clear gain, and a margin keeps near-ties (and timing noise) from flipping the choice between
+# runs. Measured (benchmarks/train_throughput.py, resnet18, 64 px, batch 128): AVX512-BF16 AMD
+# EPYC 1.57x (bf16 kept); AVX512-BF16 Intel Xeon without AMX under KVM 0.88x (fp32 kept).
+BF16_MIN_SPEEDUP = 1.15
+
+
+def measure_precisions(model: nn.Module, criterion: nn.Module, split: Split, tree: LabelTree,
+                       cfg: TrainParams, device: torch.device, dtype: torch.dtype = torch.bfloat16,
+                       repeats: int = 3) -> dict[str, float]:
+    """Training-step throughput of ``model`` in fp32 and under ``dtype`` autocast, on one batch.
+
+    A copy of the model runs forward and backward (no optimizer step) on the first
+    ``cfg.batch_size`` rows of ``split``: one warm-up step per precision, then ``repeats`` timed
+    steps per precision, interleaved; the fastest of each is kept. The model itself and the
+    global RNG streams are left untouched, so a seeded run trains the same with or without the
+    probe. Costs about ``2 * (repeats + 1)`` training steps.
+
+    Returns:
+        ``{"float32": img/s, "<dtype>": img/s}`` (e.g. ``"bfloat16"``), images per second.
+    """
+    probe = copy.deepcopy(_unwrap(model)).train()
+    n = min(len(split), cfg.batch_size)
+    *inputs, targets = to_device(BatchSource(split, [torch.arange(n)], None, probe.image_encoder is not None)[0],
+                                 device, cfg.channels_last)
+    level_targets = tree.level_targets(targets)
+    best = {None: float("inf"), dtype: float("inf")}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for i in range(repeats + 1):
+            for candidate in best:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                with _autocast(device, candidate):
+                    level_logits = probe(*inputs)
+                probe.level_loss(level_logits, level_targets, criterion, denominator=n).backward()
+                probe.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i > 0:  # the first round warms up
+                    best[candidate] = min(best[candidate], time.perf_counter() - t0)
+    return {str(d or torch.float32).removeprefix("torch."): n / t for d, t in best.items()}
+
+
+def resolve_precision(cfg: TrainParams, device: torch.device, deterministic: bool = False,
+                      measure=None) -> tuple[torch.dtype | None, dict[str, float] | None]:
+    """The autocast dtype a run trains and validates in, from ``train.amp``.
+
+    - ``false``: fp32.
+    - ``true``: bf16 wherever :func:`autocast_dtype` allows it (CUDA, CPUs with native bf16).
+    - ``"auto"``: bf16 on CUDA; on a CPU with native bf16, bf16 only when ``measure()`` finds it
+      at least :data:`BF16_MIN_SPEEDUP` times as fast as fp32, and fp32 in deterministic mode
+      (the choice must not hang on a timing); fp32 on other CPUs.
+
+    Args:
+        measure: ``() -> {"float32": img/s, "bfloat16": img/s}`` (e.g. :func:`measure_precisions`
+            bound to the run's model and data); called only when ``"auto"`` needs it.
+
+    Returns:
+        ``(dtype or None for fp32, the measured img/s or None when nothing was measured)``.
+    """
+    dtype = autocast_dtype(device, cfg.amp is not False)
+    if dtype is None or cfg.amp is True or device.type == "cuda":
+        return dtype, None
+    if deterministic or measure is None:
+        return None, None
+    rates = measure()
+    fp32, low = rates["float32"], rates[str(dtype).removeprefix("torch.")]
+    return (dtype if low >= BF16_MIN_SPEEDUP * fp32 else None), rates
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    """bf16 (or ``dtype``) autocast on ``device``; a no-op context for None (fp32)."""
     if dtype is None:
         return nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def _dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a precision name (``"bfloat16"``); None for ``"float32"``."""
+    return None if precision == "float32" else getattr(torch, precision)
 
 
 def _unwrap(model: nn.Module) -> ListingClassifier:
@@ -299,10 +379,11 @@ def epoch_order(split: Split, epoch: int, seed: int, sampling: str = "uniform",
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     lr_scheduler, split: Split, tree: LabelTree, cfg: TrainParams, device: torch.device,
                     epoch: int, print_every: int = 0, rank: int = 0, world_size: int = 1,
-                    ema: AveragedModel | None = None) -> dict:
+                    ema: AveragedModel | None = None, autocast: torch.dtype | None = None) -> dict:
     """One pass over the training split (seeded order, see :func:`epoch_order`).
 
-    ``ema``, when given, is updated from the model after every optimizer step.
+    ``ema``, when given, is updated from the model after every optimizer step. ``autocast``:
+    the autocast dtype (see :func:`resolve_precision`); None trains in fp32.
 
     Under DDP each process takes every ``world_size``-th row of each global batch of
     ``cfg.batch_size`` rows; the figures returned are this process's.
@@ -333,7 +414,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     t0 = time.perf_counter()
     for step, batch in enumerate(loader):
         *inputs, targets = to_device(batch, device, cfg.channels_last)
-        with _autocast(device, cfg.amp):
+        with _autocast(device, autocast):
             level_logits = model(*inputs)
         loss = raw.level_loss(level_logits, tree.level_targets(targets), criterion,
                               denominator=global_sizes[step] / world_size)
@@ -364,8 +445,9 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
 
 
 def evaluate(model: nn.Module, criterion: nn.Module, split: Split, tree: LabelTree, cfg: TrainParams,
-             device: torch.device, score: ScoreParams | None = None) -> dict:
-    """Loss, leaf accuracy and business-weighted score on a split.
+             device: torch.device, score: ScoreParams | None = None,
+             autocast: torch.dtype | None = None) -> dict:
+    """Loss, leaf accuracy and business-weighted score on a split (under ``autocast``, None: fp32).
 
     Rows of a category unknown to the model count as errors (and are left out of the loss).
 
@@ -380,7 +462,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, split: Split, tree: LabelTr
     with torch.inference_mode():
         for batch in batch_loader(split, batches, None, raw.image_encoder is not None, 0, device):
             *inputs, targets = to_device(batch, device, cfg.channels_last)
-            with _autocast(device, cfg.amp):
+            with _autocast(device, autocast):
                 level_logits = raw(*inputs)
             ok = targets >= 0
             if ok.any():
@@ -590,7 +672,8 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
         model.load_state_dict(ckpt["model"])
         model.to(device)
         result = evaluate(model, criterion, load_split(prepared, "val", ckpt["labels"], cfg),
-                          LabelTree(ckpt["labels"]), cfg, device, params.score)
+                          LabelTree(ckpt["labels"]), cfg, device, params.score,
+                          _dtype(ckpt.get("precision", "float32")))
         print(json.dumps(result))
         return result
     same_run = (ckpt is not None
@@ -627,7 +710,24 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     if cfg.compile and device.type == "cuda":
         net = torch.compile(net)
 
-    precision = str(autocast_dtype(device, cfg.amp) or torch.float32).removeprefix("torch.")
+    if same_run and "precision" in ckpt:  # a resumed run keeps the precision it started in
+        precision, probe_rates = ckpt["precision"], ckpt.get("precision_probe")
+    else:
+        precision, probe_rates = "float32", None
+        if rank == 0:
+            chosen, probe_rates = resolve_precision(
+                cfg, device, deterministic or cfg.deterministic,
+                lambda: measure_precisions(model, criterion, train_split, tree, cfg, device))
+            precision = str(chosen or torch.float32).removeprefix("torch.")
+            if probe_rates:
+                print("precision probe (img/s of a training step): "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in probe_rates.items())
+                      + f" -> {precision}", flush=True)
+        if world_size > 1:  # every rank trains in rank 0's choice
+            shared = [precision]
+            dist.broadcast_object_list(shared, src=0)
+            precision = shared[0]
+    autocast = _dtype(precision)
     if rank == 0:
         print(f"train {len(train_split)} val {len(val_split)} classes {len(labels)} "
               f"levels {tree.sizes} image {image_size}px device {device} world {world_size} "
@@ -636,13 +736,14 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     warmup = warmup_steps(epochs * steps_per_epoch, cfg.schedule)
     for epoch in range(start_epoch, epochs):
         stats = train_one_epoch(net, criterion, optimizer, lr_scheduler, train_split, tree, cfg,
-                                device, epoch, print_every if rank == 0 else 0, rank, world_size, ema)
+                                device, epoch, print_every if rank == 0 else 0, rank, world_size, ema,
+                                autocast)
         stop = False
         if rank == 0:
             improved = True
             if len(val_split):
                 t0 = time.perf_counter()
-                val = evaluate(kept, criterion, val_split, tree, cfg, device, params.score)
+                val = evaluate(kept, criterion, val_split, tree, cfg, device, params.score, autocast)
                 stats.update(val_loss=val["loss"], val_accuracy=val["accuracy"],
                              val_business_weighted_score=val["business_weighted_score"],
                              eval_seconds=time.perf_counter() - t0)
@@ -678,6 +779,8 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
                 "data_fingerprint": fingerprint,
                 "history": history,
                 "world_size": world_size,
+                "precision": precision,
+                "precision_probe": probe_rates,
             }, ckpt_path)
             if stop:
                 print(f"early stopping: no better validation score for {patience} epochs; "
@@ -695,7 +798,8 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
         log = _write_log(log_path, history, {
             "pretrained": pretrained, "num_classes": len(labels), "levels": tree.sizes,
             "n_train": len(train_split), "n_val": len(val_split), "image_size": image_size,
-            "device": device.type, "precision": precision, "world_size": world_size,
+            "device": device.type, "precision": precision, "precision_probe": probe_rates,
+            "world_size": world_size,
             "best_epoch": best["epoch"],
             "stopped_early": bool(best["stopped"]),
             "val_business_weighted_score": last_val.get("val_business_weighted_score"),

@@ -107,9 +107,56 @@ def test_bf16_autocast_on_cpu_only_with_native_bf16_instructions():
     assert autocast_dtype(cpu, False) is None
     assert autocast_dtype(torch.device("cuda"), True) == torch.bfloat16
     model, _ = build_model(LEAVES, TrainParams(backbone="resnet18", branches="image", weights="none"))
-    with torch.no_grad(), _autocast(cpu, True):
+    with torch.no_grad(), _autocast(cpu, autocast_dtype(cpu, True)):
         logits = model.eval()(torch.zeros(2, 3, 32, 32), None, None)[-1]
     assert logits.dtype == (torch.bfloat16 if native else torch.float32)
+
+
+def _never() -> dict:
+    raise AssertionError("the precision was measured where the rule needs no measurement")
+
+
+def test_amp_auto_keeps_bf16_on_a_cpu_only_when_measured_clearly_faster():
+    from training.train import BF16_MIN_SPEEDUP, cpu_has_native_bf16, resolve_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    native = cpu_has_native_bf16()
+    bf16_if_native = torch.bfloat16 if native else None
+    fast, slow = {"float32": 100.0, "bfloat16": 100.0 * BF16_MIN_SPEEDUP + 1}, {"float32": 100.0, "bfloat16": 110.0}
+    assert resolve_precision(TrainParams(amp=False), cpu, measure=_never) == (None, None)
+    assert resolve_precision(TrainParams(amp=False), cuda, measure=_never) == (None, None)
+    assert resolve_precision(TrainParams(amp=True), cpu, measure=_never) == (bf16_if_native, None)
+    assert resolve_precision(TrainParams(amp="auto"), cuda, measure=_never) == (torch.bfloat16, None)
+    # deterministic mode: the choice must not hang on a timing
+    assert resolve_precision(TrainParams(amp="auto"), cpu, deterministic=True, measure=_never) == (None, None)
+    if native:
+        assert resolve_precision(TrainParams(amp="auto"), cpu, measure=lambda: fast) == (torch.bfloat16, fast)
+        assert resolve_precision(TrainParams(amp="auto"), cpu, measure=lambda: slow) == (None, slow)
+    else:  # emulated bf16 is never measured
+        assert resolve_precision(TrainParams(amp="auto"), cpu, measure=_never) == (None, None)
+
+
+def test_precision_probe_times_both_precisions_and_leaves_the_model_and_rng_alone():
+    from training.hierarchy import LabelTree
+    from training.train import Split, measure_precisions
+
+    n = 6
+    images = np.random.default_rng(2).integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+    zeros = torch.zeros(n, dtype=torch.long)
+    split = Split(images, None, zeros, torch.arange(n), zeros, torch.arange(n), torch.zeros(n, 2),
+                  torch.arange(n) % len(LEAVES), pd.DataFrame())
+    cfg = TrainParams(backbone="resnet18", branches="image", weights="none", batch_size=4)
+    model, _ = build_model(LEAVES, cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(5)
+    rates = measure_precisions(model, torch.nn.CrossEntropyLoss(), split, LabelTree(LEAVES), cfg,
+                               torch.device("cpu"), repeats=1)
+    after_probe = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after_probe, torch.rand(3))  # the global RNG stream is where it was
+    assert set(rates) == {"float32", "bfloat16"} and all(r > 0 for r in rates.values())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats too
+    assert all(p.grad is None for p in model.parameters())
 
 
 LEAVES = sorted(["Apparel > Topwear > Shirts", "Apparel > Topwear > Tshirts", "Apparel > Bottomwear > Jeans",
