@@ -259,14 +259,16 @@ BF16_MIN_SPEEDUP = 1.15
 
 def measure_precisions(model: nn.Module, criterion: nn.Module, split: Split, tree: LabelTree,
                        cfg: TrainParams, device: torch.device, dtype: torch.dtype = torch.bfloat16,
-                       repeats: int = 3) -> dict[str, float]:
+                       repeats: int = 3, warmup: int = 2) -> dict[str, float]:
     """Training-step throughput of ``model`` in fp32 and under ``dtype`` autocast, on one batch.
 
     A copy of the model runs forward and backward (no optimizer step) on the first
-    ``cfg.batch_size`` rows of ``split``: one warm-up step per precision, then ``repeats`` timed
-    steps per precision, interleaved; the fastest of each is kept. The model itself and the
-    global RNG streams are left untouched, so a seeded run trains the same with or without the
-    probe. Costs about ``2 * (repeats + 1)`` training steps.
+    ``cfg.batch_size`` rows of ``split``: ``warmup`` untimed rounds, then ``repeats`` timed
+    rounds, each round one step per precision; the fastest step of each is kept. One warm-up
+    round was not enough: a process's first fp32 steps ran ~15% slower than its later ones
+    (fused model, 2-core Xeon), enough to flip the comparison. The model itself and the global
+    RNG streams are left untouched, so a seeded run trains the same with or without the probe.
+    Costs ``2 * (warmup + repeats)`` forward and backward passes.
 
     Returns:
         ``{"float32": img/s, "<dtype>": img/s}`` (e.g. ``"bfloat16"``), images per second.
@@ -278,7 +280,7 @@ def measure_precisions(model: nn.Module, criterion: nn.Module, split: Split, tre
     level_targets = tree.level_targets(targets)
     best = {None: float("inf"), dtype: float("inf")}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for i in range(repeats + 1):
+        for i in range(warmup + repeats):
             for candidate in best:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -289,7 +291,7 @@ def measure_precisions(model: nn.Module, criterion: nn.Module, split: Split, tre
                 probe.zero_grad(set_to_none=True)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                if i > 0:  # the first round warms up
+                if i >= warmup:  # a process's first steps are slower, fp32's the most
                     best[candidate] = min(best[candidate], time.perf_counter() - t0)
     return {str(d or torch.float32).removeprefix("torch."): n / t for d, t in best.items()}
 
