@@ -253,7 +253,7 @@ def autocast_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | 
 # faster than in fp32: bf16 rounds activations to 8 mantissa bits, which is worth it only for a
 # clear gain, and a margin keeps near-ties (and timing noise) from flipping the choice between
 # runs. Measured (benchmarks/train_throughput.py, resnet18, 64 px, batch 128): AVX512-BF16 AMD
-# EPYC 1.57x (bf16 kept); AVX512-BF16 Intel Xeon without AMX under KVM 0.88x (fp32 kept).
+# EPYC 1.57x (bf16 kept); AVX512-BF16 Intel Xeon without AMX under KVM 0.90x (fp32 kept).
 BF16_MIN_SPEEDUP = 1.15
 
 
