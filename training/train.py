@@ -293,7 +293,7 @@ def measure_precisions(model: nn.Module, criterion: nn.Module, split: Split, tre
                     torch.cuda.synchronize(device)
                 if i >= warmup:  # a process's first steps are slower, fp32's the most
                     best[candidate] = min(best[candidate], time.perf_counter() - t0)
-    return {str(d or torch.float32).removeprefix("torch."): n / t for d, t in best.items()}
+    return {_precision_name(d): n / t for d, t in best.items()}
 
 
 def resolve_precision(cfg: TrainParams, device: torch.device, deterministic: bool = False,
@@ -319,7 +319,7 @@ def resolve_precision(cfg: TrainParams, device: torch.device, deterministic: boo
     if deterministic or measure is None:
         return None, None
     rates = measure()
-    fp32, low = rates["float32"], rates[str(dtype).removeprefix("torch.")]
+    fp32, low = rates["float32"], rates[_precision_name(dtype)]
     return (dtype if low >= BF16_MIN_SPEEDUP * fp32 else None), rates
 
 
@@ -333,6 +333,11 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 def _dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a precision name (``"bfloat16"``); None for ``"float32"``."""
     return None if precision == "float32" else getattr(torch, precision)
+
+
+def _precision_name(dtype: torch.dtype | None) -> str:
+    """The name of an autocast dtype (``"bfloat16"``), ``"float32"`` for None; inverse of :func:`_dtype`."""
+    return str(dtype or torch.float32).removeprefix("torch.")
 
 
 def _unwrap(model: nn.Module) -> ListingClassifier:
@@ -720,7 +725,7 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
             chosen, probe_rates = resolve_precision(
                 cfg, device, deterministic or cfg.deterministic,
                 lambda: measure_precisions(model, criterion, train_split, tree, cfg, device))
-            precision = str(chosen or torch.float32).removeprefix("torch.")
+            precision = _precision_name(chosen)
             if probe_rates:
                 print("precision probe (img/s of a training step): "
                       + ", ".join(f"{k} {v:.1f}" for k, v in probe_rates.items())
