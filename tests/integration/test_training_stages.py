@@ -127,6 +127,28 @@ def test_train_resumes_finished_run_without_retraining(workspace):
     assert (ws / "models" / "model.pt").stat().st_mtime_ns == before
 
 
+def test_resumed_run_keeps_the_precision_it_started_in(workspace, tmp_path):
+    """A retry (possibly on another worker, whose CPU would choose otherwise) resumes in the
+    precision stored in the checkpoint, without measuring again. Here the checkpoint says
+    bf16 and the params ask for deterministic mode, in which a new run trains in fp32."""
+    import torch
+
+    from training.train import train
+
+    ws, params, _ = workspace
+    params = params.with_overrides({"train": {"branches": "text", "epochs": 1, "deterministic": True}})
+    run = _copy_prepared(ws, tmp_path / "ws", params)
+    assert train(run, params)["precision"] == "float32"
+    path = run / "models" / "model.pt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    probe = {"float32": 100.0, "bfloat16": 150.0}
+    ckpt.update(precision="bfloat16", precision_probe=probe)  # as a bf16 worker wrote it
+    torch.save(ckpt, path)
+    log = train(run, params)
+    assert (log["precision"], log["precision_probe"]) == ("bfloat16", probe)
+    assert [h["epoch"] for h in log["epochs"]] == [0]
+
+
 def test_evaluate_outputs(workspace):
     ws, _, golden = workspace
     metrics = json.loads((ws / "metrics.json").read_text())

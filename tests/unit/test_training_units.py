@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -157,6 +158,36 @@ def test_precision_probe_times_both_precisions_and_leaves_the_model_and_rng_alon
     assert set(rates) == {"float32", "bfloat16"} and all(r > 0 for r in rates.values())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats too
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_optimizer_is_fused_adamw_and_steps_like_the_for_loop_adamw():
+    """The fused kernel is a speed choice only: a step moves every parameter as the default
+    AdamW does, with no weight decay on biases, norms and embeddings."""
+    from training.train import _param_groups, make_optimizer
+
+    cfg = TrainParams(backbone="resnet18", branches="fused", weights="none", lr=0.01, weight_decay=0.1,
+                      text_buckets=1024, field_buckets=64)
+    fused_model, _ = build_model(LEAVES, cfg)
+    plain_model, initial = copy.deepcopy(fused_model), copy.deepcopy(fused_model)
+    optimizer = make_optimizer(fused_model, cfg, torch.device("cpu"))
+    assert optimizer.defaults["fused"]
+    reference = torch.optim.AdamW(_param_groups(plain_model, cfg.weight_decay), lr=cfg.lr, foreach=False)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p, q in zip(fused_model.parameters(), plain_model.parameters(), strict=True):
+            p.grad = torch.randn(p.shape, generator=generator)
+            q.grad = p.grad.clone()
+        optimizer.step()
+        reference.step()
+    moved = 0
+    for (name, p), q, p0 in zip(fused_model.named_parameters(), plain_model.parameters(), initial.parameters(),
+                                strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+        moved += not torch.equal(p, p0)
+    assert moved == len(list(fused_model.parameters()))
+    decayed = {id(p) for p in optimizer.param_groups[0]["params"]}
+    assert id(fused_model.text_encoder.embedding.weight) not in decayed
+    assert id(fused_model.heads[-1].weight) in decayed and id(fused_model.heads[-1].bias) not in decayed
 
 
 LEAVES = sorted(["Apparel > Topwear > Shirts", "Apparel > Topwear > Tshirts", "Apparel > Bottomwear > Jeans",
