@@ -253,9 +253,9 @@ def measure_precisions(model: nn.Module, criterion: nn.Module, split: Split, tre
 
     A copy of the model runs a training step (forward, backward and a :func:`make_optimizer`
     step) on the first ``cfg.batch_size`` rows of ``split``: ``warmup`` untimed rounds, then
-    ``repeats`` timed rounds, each round one step per precision; the fastest step of each is kept. One warm-up
-    round was not enough: a process's first fp32 steps ran ~15% slower than its later ones
-    (fused model, 2-core Xeon), enough to flip the comparison. The model itself and the global
+    ``repeats`` timed rounds, each round one step per precision; the fastest step of each is
+    kept. One warm-up round was not enough: a process's first fp32 steps ran ~15% slower than
+    its later ones (fused model, 2-core Xeon), enough to flip the comparison. The model itself and the global
     RNG streams are left untouched, so a seeded run trains the same with or without the probe.
     Costs ``2 * (warmup + repeats)`` training steps.
 
@@ -513,9 +513,8 @@ def make_optimizer(model: nn.Module, cfg: TrainParams, device: torch.device) -> 
     Returns:
         A ``torch.optim.AdamW`` with two parameter groups (decayed, not decayed).
     """
-    fused = device.type in ("cpu", "cuda")
     return torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                             fused=fused or None)
+                             fused=True if device.type in ("cpu", "cuda") else None)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
