@@ -5,8 +5,8 @@ branches) over a workspace's prepared training split and times ``--steps`` train
 (after ``--warmup`` untimed ones) phase by phase, the way ``training.train.train_one_epoch``
 runs them: ``BatchSource`` + ``to_device``, the forward pass under the run's autocast, the
 level loss, ``zero_grad(set_to_none=True)`` + backward, and the optimizer step. It does so
-for two optimizers, each in a fresh process-local model with the same seed, alternating
-``--rounds`` times so that a noisy machine affects both alike:
+for two optimizers, each on a freshly built model with the same seed (the data is read once),
+alternating ``--rounds`` times so that a noisy machine affects both alike:
 
 - ``fused``: ``training.train.make_optimizer`` (AdamW with PyTorch's fused kernel on CPU/CUDA);
 - ``for-loop``: ``torch.optim.AdamW(..., foreach=False)``, PyTorch's default on CPU, one
@@ -36,12 +36,32 @@ from torch import nn
 PHASES = ("batch", "forward", "backward", "optimizer")
 
 
-def time_steps(workspace: Path, optimizer_kind: str, bf16: bool, steps: int, warmup: int,
-               seed: int = 0) -> dict[str, float]:
-    """Milliseconds per phase of ``steps`` training steps (mean over the steps).
+def load_workspace(workspace: Path) -> tuple:
+    """The train params, sorted leaf labels, label tree and training split of a workspace.
 
     Args:
         workspace: DVC workspace with ``params.yaml`` and ``data/prepared``.
+
+    Returns:
+        ``(TrainParams, labels, LabelTree, Split)``, read once and shared by every round.
+    """
+    from common.params import load_params
+    from training.hierarchy import LabelTree
+    from training.train import load_split
+
+    cfg = load_params(workspace / "params.yaml").train
+    prepared = workspace / "data" / "prepared"
+    labels = sorted(pd.read_parquet(prepared / "train.parquet", columns=["category_path"])
+                    ["category_path"].unique().tolist())
+    return cfg, labels, LabelTree(labels), load_split(prepared, "train", labels, cfg)
+
+
+def time_steps(loaded: tuple, optimizer_kind: str, bf16: bool, steps: int, warmup: int,
+               seed: int = 0) -> dict[str, float]:
+    """Milliseconds per phase of ``steps`` training steps of a freshly built model (mean over the steps).
+
+    Args:
+        loaded: :func:`load_workspace`'s result.
         optimizer_kind: ``"fused"`` or ``"for-loop"``.
         bf16: run forward under CPU bf16 autocast.
         steps: timed steps, consecutive batches of ``train.batch_size`` rows.
@@ -51,26 +71,14 @@ def time_steps(workspace: Path, optimizer_kind: str, bf16: bool, steps: int, war
     Returns:
         ``{phase: ms}`` for :data:`PHASES`, plus ``"step"`` (their sum), ``"img_per_s"`` and
         the model's ``"parameters_millions"``.
-    """
-    from common.params import load_params
-    from training.hierarchy import LabelTree
-    from training.model import build_model
-    from training.train import (
-        BatchSource,
-        _autocast,
-        _param_groups,
-        load_split,
-        make_optimizer,
-        to_device,
-    )
 
-    params = load_params(workspace / "params.yaml")
-    cfg = params.train
-    prepared = workspace / "data" / "prepared"
-    labels = sorted(pd.read_parquet(prepared / "train.parquet", columns=["category_path"])
-                    ["category_path"].unique().tolist())
-    tree = LabelTree(labels)
-    split = load_split(prepared, "train", labels, cfg)
+    Raises:
+        ValueError: when the split has fewer than ``(warmup + steps) * batch_size`` listings.
+    """
+    from training.model import build_model
+    from training.train import BatchSource, _autocast, _param_groups, make_optimizer, to_device
+
+    cfg, labels, tree, split = loaded
     device = torch.device("cpu")
     torch.manual_seed(seed)
     model, _ = build_model(labels, cfg)
@@ -121,11 +129,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per optimizer")
     parser.add_argument("--bf16", action="store_true", help="forward under CPU bf16 autocast")
     args = parser.parse_args(argv)
-    workspace = Path(args.workspace).resolve()
+    loaded = load_workspace(Path(args.workspace).resolve())
     runs: dict[str, list[dict]] = {"fused": [], "for-loop": []}
     for _ in range(args.rounds):
         for kind in runs:
-            runs[kind].append(time_steps(workspace, kind, args.bf16, args.steps, args.warmup))
+            runs[kind].append(time_steps(loaded, kind, args.bf16, args.steps, args.warmup))
     result = {"threads": torch.get_num_threads(), "bf16": args.bf16, "steps": args.steps,
               "rounds": args.rounds}
     for kind, rounds in runs.items():

@@ -18,8 +18,8 @@ process (``resource.getrusage``, KiB on Linux) after each phase; also the input 
 bounds the end-to-end ratio. ``--bf16`` adds our pipeline with CPU bf16 autocast. Last,
 ``ours_as_trained`` is our pipeline as the train stage runs it: its optimizer
 (``training.train.make_optimizer``, fused AdamW) and, with ``--bf16``, bf16 autocast; the
-reference keeps the optimizer of torchvision's reference script (``torch.optim.AdamW``, for-loop
-on CPU).
+reference keeps the optimizer torchvision's reference script builds for ``--opt adamw``
+(``torch.optim.AdamW`` with its defaults: the for-loop implementation on CPU).
 
 Usage::
 

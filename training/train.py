@@ -255,8 +255,9 @@ def measure_precisions(model: nn.Module, criterion: nn.Module, split: Split, tre
     step) on the first ``cfg.batch_size`` rows of ``split``: ``warmup`` untimed rounds, then
     ``repeats`` timed rounds, each round one step per precision; the fastest step of each is
     kept. One warm-up round was not enough: a process's first fp32 steps ran ~15% slower than
-    its later ones (fused model, 2-core Xeon), enough to flip the comparison. The model itself and the global
-    RNG streams are left untouched, so a seeded run trains the same with or without the probe.
+    its later ones (fused model, 2-core Xeon), enough to flip the comparison. The model itself
+    and the global RNG streams are left untouched, so a seeded run trains the same with or
+    without the probe.
     Costs ``2 * (warmup + repeats)`` training steps.
 
     Returns:
