@@ -25,6 +25,12 @@ PARAMS_ENV = "LCP_PARAMS"
 """Environment variable naming another params file (e.g. a small one for tests)."""
 
 
+PRECISION_ENV = "LCP_TRAIN_PRECISION"
+"""Environment variable that pins a new training run's precision (``float32`` or ``bfloat16``)
+instead of resolving ``train.amp``: ``promotion.reproduce`` sets it to the registered run's
+precision, so that a re-run does not hang on the timing that ``amp: auto`` makes on a CPU."""
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -102,8 +102,8 @@ def _stage_env(workspace: Path) -> dict:
     return env
 
 
-def _dvc(workspace: Path, *args: str) -> str:
-    return _run([sys.executable, "-m", "dvc", *args], workspace, _stage_env(workspace))
+def _dvc(workspace: Path, *args: str, env: dict | None = None) -> str:
+    return _run([sys.executable, "-m", "dvc", *args], workspace, {**_stage_env(workspace), **(env or {})})
 
 
 def _git(workspace: Path, *args: str) -> str:

@@ -8,7 +8,10 @@ never touched, so no lock is needed), checks that commit out, pulls the data fro
 new ``metrics.json`` with the metrics logged on the version's MLflow run.
 
 On CPU the training is deterministic for the same seed and thread count (``train.seed``,
-``train.num_threads``), so the figures match exactly; across GPU kinds expect small differences.
+``train.num_threads``) and precision, so the figures match exactly; across GPU kinds expect
+small differences. The re-run's precision is the registered run's (``models/train_log.json``,
+passed to the train stage as ``common.params.PRECISION_ENV``): with ``amp: auto`` a CPU with
+native bf16 picks it by timing a step, and a timing near the bar can go either way.
 
 CLI (``make reproduce VERSION=<n>``)::
 
@@ -23,7 +26,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from common.params import Params, load_params
+from common.params import PRECISION_ENV, Params, load_params
 from common.state import State
 from ingestion.versioning import VersioningError, _dvc, _git
 from promotion.registry import mlflow_client
@@ -63,7 +66,11 @@ def reproduce_version(state: State, params: Params, version: str, workdir: Path 
         raise VersioningError(f"version {version}'s workspace commit {commit!r} is not in {state.workspace}") from exc
     # no -q: it would silence DVC's ERROR line (e.g. S3 refusing the credentials)
     _dvc(target, "pull", "data/listings.dvc", "data/golden.dvc")
-    _dvc(target, "repro", "--force")
+    # train in the precision the registered run trained in: with amp auto a CPU picks it by a
+    # timing, which can go the other way on a re-run
+    log = target / "models" / "train_log.json"
+    precision = json.loads(log.read_text()).get("precision") if log.is_file() else None
+    _dvc(target, "repro", "--force", env={PRECISION_ENV: precision} if precision else None)
     metrics = json.loads((target / "metrics.json").read_text())
     diffs = {k: abs(float(metrics[k]) - float(registered[k])) for k in COMPARED
              if k in metrics and k in registered}

@@ -57,7 +57,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from common.params import Params, ScoreParams, TrainParams, load_params
+from common.params import PRECISION_ENV, Params, ScoreParams, TrainParams, load_params
 from common.scoring import business_weighted_score
 from training.hierarchy import LabelTree
 from training.model import ListingClassifier, build_model
@@ -731,8 +731,13 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     if cfg.compile and device.type == "cuda":
         net = torch.compile(net)
 
+    pinned = os.environ.get(PRECISION_ENV, "")
     if same_run and "precision" in ckpt:  # a resumed run keeps the precision it started in
         precision, probe_rates = ckpt["precision"], ckpt.get("precision_probe")
+    elif pinned:
+        if pinned not in ("float32", "bfloat16"):
+            raise ValueError(f"{PRECISION_ENV}={pinned!r}: expected float32 or bfloat16")
+        precision, probe_rates = pinned, None
     else:
         precision, probe_rates = "float32", None
         if rank == 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +34,10 @@ def test_reproduced_metrics_match_the_registered_ones(registered):
     result = reproduce_version(state, params, v["version"])
     assert result["workspace_commit"] and set(result["diffs"]) >= {"accuracy", "business_weighted_score"}
     assert result["match"], result
+    # the re-run trained in the registered run's precision (amp auto could have timed otherwise)
+    logs = [json.loads((root / "models" / "train_log.json").read_text())
+            for root in (state.workspace, Path(result["workdir"]))]
+    assert logs[1]["precision"] == logs[0]["precision"] and logs[1]["precision_probe"] is None
 
 
 def test_dvc_metrics_plots_and_exp_show_work_in_the_workspace(registered):

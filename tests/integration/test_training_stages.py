@@ -149,6 +149,23 @@ def test_resumed_run_keeps_the_precision_it_started_in(workspace, tmp_path):
     assert [h["epoch"] for h in log["epochs"]] == [0]
 
 
+def test_pinned_precision_overrides_amp_for_a_new_run(workspace, tmp_path, monkeypatch):
+    """``LCP_TRAIN_PRECISION`` (set by ``promotion.reproduce`` to the registered run's precision)
+    decides a new run's precision without measuring; a value other than float32 / bfloat16 is
+    refused before training."""
+    from common.params import PRECISION_ENV
+    from training.train import train
+
+    ws, params, _ = workspace
+    params = params.with_overrides({"train": {"branches": "text", "epochs": 1, "deterministic": True}})
+    monkeypatch.setenv(PRECISION_ENV, "bfloat16")  # deterministic mode alone would train in fp32
+    log = train(_copy_prepared(ws, tmp_path / "pinned", params), params)
+    assert (log["precision"], log["precision_probe"]) == ("bfloat16", None)
+    monkeypatch.setenv(PRECISION_ENV, "fp16")
+    with pytest.raises(ValueError, match="expected float32 or bfloat16"):
+        train(_copy_prepared(ws, tmp_path / "bad", params), params)
+
+
 def test_evaluate_outputs(workspace):
     ws, _, golden = workspace
     metrics = json.loads((ws / "metrics.json").read_text())
