@@ -104,16 +104,18 @@ def register_challenger(state: State, params: Params, data: dict, workspace_comm
         mlflow.log_params(_flat("", params.to_dict(), {}))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
         train_log = ws / "models" / "train_log.json"
-        pretrained, precision = "unknown", "unknown"
+        pretrained, source, precision = "unknown", "unknown", "unknown"
         if train_log.exists():
             log = json.loads(train_log.read_text())
             pretrained = str(log.get("pretrained", "unknown"))
+            source = str(log.get("weights_source") or "none: trained from scratch")
             precision = f"{log.get('device', 'unknown')} {log.get('precision', 'unknown')}"
             mlflow.log_artifact(str(train_log), "training")
         for report in ("reports/confusion_matrix.png", "reports/predictions.csv", "metrics.json"):
             if (ws / report).exists():
                 mlflow.log_artifact(str(ws / report), "evaluation")
-        run_tags = {**tags, "pretrained_weights": pretrained, "backbone": params.train.backbone,
+        run_tags = {**tags, "pretrained_weights": pretrained, "pretrained_weights_source": source,
+                    "backbone": params.train.backbone,
                     "training_precision": precision}
         if validation:
             run_tags["gx_data_docs"] = str(validation.get("data_docs"))

@@ -33,24 +33,33 @@ _HEAD_ATTRS = ("fc", "classifier", "head", "heads")
 
 
 def _replace_head(backbone: nn.Module) -> int:
-    """Replaces the classification head of a torchvision model by ``Identity``.
+    """Replaces the last ``Linear`` of a torchvision model's classification head by ``Identity``.
+
+    The layers before it stay, as in torchvision's fine-tuning recipe
+    (``model.classifier[-1] = nn.Linear(...)``): ConvNeXt keeps its head's ``LayerNorm2d`` and
+    ``Flatten`` (pretrained parameters), MobileNetV3 its ``Linear(960, 1280)`` + ``Hardswish``,
+    EfficientNet its dropout; a ResNet's ``fc`` is the Linear itself.
 
     Returns:
-        The dimension of the features the head used to read.
+        The dimension of the features the last Linear read, i.e. of the backbone's output
+        ``(N, dim)``.
 
     Raises:
         ValueError: when the model has none of the usual head attributes or no Linear in it.
     """
     for attr in _HEAD_ATTRS:
         head = getattr(backbone, attr, None)
+        if isinstance(head, nn.Linear):
+            setattr(backbone, attr, nn.Identity())
+            return head.in_features
         if isinstance(head, nn.Module):
-            linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+            linears = [(name, m) for name, m in head.named_modules() if isinstance(m, nn.Linear)]
             if not linears:
                 continue
-            # the first Linear of the head reads the pooled features
-            dim = linears[0].in_features
-            setattr(backbone, attr, nn.Identity())
-            return dim
+            name, last = linears[-1]
+            parent_name, _, child = name.rpartition(".")
+            setattr(head.get_submodule(parent_name) if parent_name else head, child, nn.Identity())
+            return last.in_features
     raise ValueError(f"cannot find the classification head of {type(backbone).__name__}")
 
 
@@ -66,7 +75,7 @@ def _cached_weights(name: str):
     return weights if cached.is_file() else None
 
 
-def build_backbone(name: str, weights: str = "auto") -> tuple[nn.Module, int, bool]:
+def build_backbone(name: str, weights: str = "auto") -> tuple[nn.Module, int, str | None]:
     """A torchvision classification model with its head removed.
 
     Args:
@@ -75,18 +84,24 @@ def build_backbone(name: str, weights: str = "auto") -> tuple[nn.Module, int, bo
             the path of a state dict (of the full torchvision model, or of the model without head).
 
     Returns:
-        ``(backbone, feature_dim, pretrained)``.
+        ``(backbone, feature_dim, weights_source)``: the backbone maps float ``(N, 3, S, S)``
+        to ``(N, feature_dim)``; ``weights_source`` says where the pretrained weights came from
+        (``"torchvision ResNet18_Weights.IMAGENET1K_V1 (cached)"``, ``"file /path"``), None when
+        the backbone starts from random initialisation.
 
     Raises:
         FileNotFoundError: when ``weights`` is a path that does not exist.
+        ValueError: when no key of the file at ``weights`` belongs to a ``name`` model, or a
+            tensor has another shape than the model's.
     """
-    pretrained = False
+    source = None
     if weights == "auto":
         enum = _cached_weights(name)
         backbone = torchvision.models.get_model(name, weights=enum)
-        pretrained = enum is not None
-        if not pretrained:
+        if enum is None:
             log.info("no cached pretrained weights for %s: training from scratch", name)
+        else:
+            source = f"torchvision {enum} (cached)"
     elif weights in ("none", "", "scratch"):
         backbone = torchvision.models.get_model(name, weights=None)
     else:
@@ -96,12 +111,17 @@ def build_backbone(name: str, weights: str = "auto") -> tuple[nn.Module, int, bo
         backbone = torchvision.models.get_model(name, weights=None)
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("model", state) if isinstance(state, dict) else state
-        missing, _ = backbone.load_state_dict(state, strict=False)
-        if len(missing) == len(backbone.state_dict()):
+        if not isinstance(state, dict) or not set(state) & set(backbone.state_dict()):
             raise ValueError(f"train.weights {path}: no key matches a {name} model")
-        pretrained = True
+        try:
+            backbone.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # tensors of the wrong shape, e.g. another architecture's
+            lines = [line.strip() for line in str(err).splitlines()[1:]] or [str(err)]
+            raise ValueError(f"train.weights {path}: does not fit a {name} model "
+                             f"({len(lines)} errors), e.g. {lines[0]}") from err
+        source = f"file {path.resolve()}"
     dim = _replace_head(backbone)
-    return backbone, dim, pretrained
+    return backbone, dim, source
 
 
 class BagEncoder(nn.Module):
@@ -193,13 +213,13 @@ class ListingClassifier(nn.Module):
         if len(level_weights) != len(level_sizes):
             raise ValueError(f"{len(level_weights)} level weights for {len(level_sizes)} levels")
         self.branches = branches
-        self.pretrained = False
+        self.weights_source: str | None = None
         width = 0
         self.image_encoder: nn.Module | None = None
         self.text_encoder: BagEncoder | None = None
         self.field_encoder: FieldEncoder | None = None
         if branches in ("fused", "image"):
-            self.image_encoder, dim, self.pretrained = build_backbone(backbone, weights)
+            self.image_encoder, dim, self.weights_source = build_backbone(backbone, weights)
             width += dim
         if branches in ("fused", "text"):
             self.text_encoder = BagEncoder(text_buckets, text_dim)
@@ -221,6 +241,11 @@ class ListingClassifier(nn.Module):
         self.register_buffer("ancestors", ancestors.to(torch.long).clone(), persistent=True)
         self.register_buffer("level_weights", torch.tensor(level_weights, dtype=torch.float32),
                              persistent=True)
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the image backbone started from pretrained weights (see ``weights_source``)."""
+        return self.weights_source is not None
 
     @property
     def num_classes(self) -> int:

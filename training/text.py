@@ -1,7 +1,8 @@
 """Text and structured-field features: hashed n-grams for ``nn.EmbeddingBag``.
 
-Text: title word uni/bigrams and character 3-grams, plus the first words of the description
-(words and bigrams, prefixed so they stay apart from title words) when the catalog has one.
+Text: title word uni/bigrams and character n-grams of each word (lengths ``train.char_ngrams``,
+2 to 5 by default), plus the first words of the description (words and bigrams, prefixed so they
+stay apart from title words) when the catalog has one.
 Structured fields: one token per categorical value (``"brand=nike"``, ``"currency=INR"``,
 ``"gender=men"``), and a numeric block ``[log1p(price) / 10, price missing]``.
 

@@ -632,8 +632,9 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     Returns:
         The train log (also written to ``models/train_log.json``): final ``train_loss``,
         ``val_accuracy``, ``val_business_weighted_score``, ``best_epoch``, ``stopped_early``,
-        ``img_per_s``, ``epoch_seconds``, ``total_seconds``, ``pretrained``, ``num_classes``,
-        ``world_size`` and the per-epoch ``epochs`` list.
+        ``img_per_s``, ``epoch_seconds``, ``total_seconds``, ``pretrained``, ``weights_source``
+        (see ``training.model.build_backbone``), ``num_classes``, ``world_size`` and the
+        per-epoch ``epochs`` list.
 
     Raises:
         FileNotFoundError: when the prepared data (or, with ``test_only``, the checkpoint) is missing.
@@ -822,7 +823,8 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     if rank == 0:
         last_val = next((h for h in reversed(history) if h["epoch"] == best["epoch"]), {})
         log = _write_log(log_path, history, {
-            "pretrained": pretrained, "num_classes": len(labels), "levels": tree.sizes,
+            "pretrained": pretrained, "weights_source": _unwrap(model).weights_source,
+            "num_classes": len(labels), "levels": tree.sizes,
             "n_train": len(train_split), "n_val": len(val_split), "image_size": image_size,
             "device": device.type, "precision": precision, "precision_probe": probe_rates,
             "world_size": world_size,

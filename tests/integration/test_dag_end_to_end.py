@@ -128,6 +128,8 @@ def test_lineage_tags_on_every_version(pipeline):
         assert "business_weighted_score" in run.data.metrics
         # the run says whether the backbone started from pretrained weights, and in what precision
         assert run.data.tags["pretrained_weights"] in ("True", "False")
+        scratch = run.data.tags["pretrained_weights_source"] == "none: trained from scratch"
+        assert scratch == (run.data.tags["pretrained_weights"] == "False")
         import torch
         from mlflow.artifacts import load_dict
 

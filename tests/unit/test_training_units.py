@@ -232,6 +232,78 @@ def test_flat_model_has_one_head():
     assert len(model.heads) == 1 and model.num_classes == len(LEAVES)
 
 
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50", "efficientnet_b0", "mobilenet_v3_large",
+                                      "convnext_tiny"])
+def test_named_backbones_give_what_their_last_linear_reads_and_train(backbone):
+    """The image branch of each backbone the issue names outputs exactly what the torchvision
+    model's last Linear reads (ConvNeXt's head LayerNorm2d and MobileNetV3's 1280-wide layer kept),
+    and a training step reaches every parameter."""
+    import torchvision
+    from torch import nn
+
+    torch.manual_seed(0)
+    model, pretrained = build_model(LEAVES, TrainParams(backbone=backbone, branches="image", weights="none"))
+    assert pretrained is False and model.weights_source is None
+    encoder = model.image_encoder
+    reference = torchvision.models.get_model(backbone, weights=None)
+    name, last = [(n, m) for n, m in reference.named_modules() if isinstance(m, nn.Linear)][-1]
+    missing, unexpected = reference.load_state_dict(encoder.state_dict(), strict=False)
+    assert sorted(missing) == [f"{name}.bias", f"{name}.weight"] and unexpected == []
+    read = []
+    last.register_forward_hook(lambda module, inputs, output: read.append(inputs[0]))
+    images = torch.randn(2, 3, 64, 64)
+    encoder.eval(), reference.eval()
+    with torch.no_grad():
+        features = encoder(images)
+        reference(images)
+    assert features.shape == (2, last.in_features) == (2, model.heads[0].in_features)
+    assert torch.allclose(features, read[0], atol=1e-5)
+
+    model.train()
+    loss = sum(logits.logsumexp(1).mean() for logits in model(images, None, None))
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_pretrained_weights_from_a_file_or_the_torch_hub_cache_never_downloaded(tmp_path, monkeypatch):
+    import os
+
+    import torchvision
+
+    from training.model import build_backbone
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    backbone, dim, source = build_backbone("resnet18", "auto")  # nothing cached, no network
+    assert dim == 512 and source is None
+    torch.manual_seed(1)
+    donor = torchvision.models.resnet18()
+    for i, saved in enumerate([donor.state_dict(), {"model": donor.state_dict()}]):  # also the reference
+        path = tmp_path / f"weights{i}.pth"                                        # scripts' checkpoint
+        torch.save(saved, path)
+        backbone, _, source = build_backbone("resnet18", str(path))
+        assert source == f"file {path.resolve()}"
+        assert torch.equal(backbone.conv1.weight, donor.conv1.weight)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        build_backbone("resnet18", str(tmp_path / "missing.pth"))
+    torch.save({"encoder.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="no key matches a resnet18"):
+        build_backbone("resnet18", str(tmp_path / "other.pth"))
+    torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "resnet50.pth")
+    with pytest.raises(ValueError, match=r"does not fit a resnet18 model \(\d+ errors\), e.g. size mismatch for layer1"):
+        build_backbone("resnet18", str(tmp_path / "resnet50.pth"))
+
+    # weights: auto finds a file in the cache under the name torchvision downloads it as
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(donor.state_dict(), cache / os.path.basename(weights.url))
+    model, pretrained = build_model(LEAVES, TrainParams(branches="image", weights="auto"))
+    assert pretrained is True
+    assert model.weights_source == "torchvision ResNet18_Weights.IMAGENET1K_V1 (cached)"
+    assert torch.equal(model.image_encoder.conv1.weight, donor.conv1.weight)
+
+
 def test_label_tree_levels_ancestors_and_shorter_paths():
     from training.hierarchy import LabelTree, level_weights
 
