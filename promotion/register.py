@@ -108,7 +108,8 @@ def register_challenger(state: State, params: Params, data: dict, workspace_comm
         if train_log.exists():
             log = json.loads(train_log.read_text())
             pretrained = str(log.get("pretrained", "unknown"))
-            source = str(log.get("weights_source") or "none: trained from scratch")
+            source = str(log.get("weights_source") or ("none: no image branch" if params.train.branches == "text"
+                                                        else "none: trained from scratch"))
             precision = f"{log.get('device', 'unknown')} {log.get('precision', 'unknown')}"
             mlflow.log_artifact(str(train_log), "training")
         for report in ("reports/confusion_matrix.png", "reports/predictions.csv", "metrics.json"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -91,8 +92,8 @@ def build_backbone(name: str, weights: str = "auto") -> tuple[nn.Module, int, st
 
     Raises:
         FileNotFoundError: when ``weights`` is a path that does not exist.
-        ValueError: when no key of the file at ``weights`` belongs to a ``name`` model, or a
-            tensor has another shape than the model's.
+        ValueError: when the file at ``weights`` is not a PyTorch state dict, none of its keys
+            belongs to a ``name`` model, or a tensor has another shape than the model's.
     """
     source = None
     if weights == "auto":
@@ -109,7 +110,10 @@ def build_backbone(name: str, weights: str = "auto") -> tuple[nn.Module, int, st
         if not path.is_file():
             raise FileNotFoundError(f"train.weights: no such file {path}")
         backbone = torchvision.models.get_model(name, weights=None)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+            raise ValueError(f"train.weights {path}: not a PyTorch state dict ({err})") from err
         state = state.get("model", state) if isinstance(state, dict) else state
         if not isinstance(state, dict) or not set(state) & set(backbone.state_dict()):
             raise ValueError(f"train.weights {path}: no key matches a {name} model")

@@ -286,6 +286,9 @@ def test_pretrained_weights_from_a_file_or_the_torch_hub_cache_never_downloaded(
         assert torch.equal(backbone.conv1.weight, donor.conv1.weight)
     with pytest.raises(FileNotFoundError, match="no such file"):
         build_backbone("resnet18", str(tmp_path / "missing.pth"))
+    (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a state dict")
+    with pytest.raises(ValueError, match="not a PyTorch state dict"):
+        build_backbone("resnet18", str(tmp_path / "photo.jpg"))
     torch.save({"encoder.weight": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="no key matches a resnet18"):
         build_backbone("resnet18", str(tmp_path / "other.pth"))
