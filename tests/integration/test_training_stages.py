@@ -115,6 +115,7 @@ def test_train_outputs_checkpoint_and_log(workspace):
     assert 0.0 <= log["val_accuracy"] <= 1.0
     assert 0.0 <= log["val_business_weighted_score"] <= 1.0
     assert log["levels"][-1] == N_CLASSES and len(log["levels"]) == 3
+    assert log["pretrained"] is False and log["weights_source"] is None
 
 
 def test_train_resumes_finished_run_without_retraining(workspace):
@@ -231,6 +232,25 @@ def _copy_prepared(ws: Path, dst: Path, params: Params) -> Path:
     shutil.copytree(ws / "data" / "prepared", dst / "data" / "prepared")
     write_params(params, dst / "params.yaml")
     return dst
+
+
+def test_training_from_a_weights_file_records_it(workspace, tmp_path):
+    """``train.weights: <file>`` starts the backbone from that file; the checkpoint and the train
+    log (which registration turns into the run's tags) say so and name the file."""
+    import torch
+    import torchvision
+
+    from training.train import train
+
+    ws, params, _ = workspace
+    torch.manual_seed(3)
+    weights = tmp_path / "resnet18.pth"
+    torch.save({"model": torchvision.models.resnet18().state_dict()}, weights)
+    params = params.with_overrides({"train": {"weights": str(weights), "epochs": 1}})
+    run = _copy_prepared(ws, tmp_path / "ws", params)
+    log = train(run, params)
+    assert log["pretrained"] is True and log["weights_source"] == f"file {weights.resolve()}"
+    assert torch.load(run / "models" / "model.pt", map_location="cpu", weights_only=True)["pretrained"] is True
 
 
 def test_early_stopping_keeps_the_best_epoch(workspace, tmp_path):
