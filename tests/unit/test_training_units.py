@@ -93,6 +93,36 @@ def test_training_batches_flip_then_translate_each_listing_by_its_own_draw():
     assert torch.allclose(BatchSource(split, [index], None, True)[0][0], to_tensor_batch(images[[0, 3, 4]]))
 
 
+def test_worker_processes_assemble_the_same_batches_as_the_training_process(tmp_path):
+    """``train.workers > 0`` (the CUDA setting) ships the batch source to DataLoader worker
+    processes, which re-open the memory-mapped image cache: they must yield what the training
+    process assembles itself, in the same order (flips and translations included)."""
+    from training.train import batch_loader, load_split
+
+    n = 40
+    pd.DataFrame({"listing_id": [str(i) for i in range(n)],
+                  "title": [f"listing {i} cotton shirt" for i in range(n)],
+                  "brand": ["Nike", "Puma"] * (n // 2), "price": np.arange(n, dtype=float),
+                  "category_path": [LEAVES[i % len(LEAVES)] for i in range(n)]}
+                 ).to_parquet(tmp_path / "train.parquet")
+    np.save(tmp_path / "train_images.npy",
+            np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8))
+    split = load_split(tmp_path, "train", LEAVES, TrainParams(text_buckets=1024))
+    assert isinstance(split.images, np.memmap)
+    g = torch.Generator().manual_seed(0)
+    batches = list(torch.randperm(n, generator=g).split(16))
+    flips = [torch.rand(len(b), generator=g) < 0.5 for b in batches]
+    crops = [torch.randint(0, 5, (len(b), 2), generator=g) for b in batches]
+    cpu = torch.device("cpu")
+    here = list(batch_loader(split, batches, flips, True, 0, cpu, crops, 2))
+    there = list(batch_loader(split, batches, flips, True, 2, cpu, crops, 2))
+    assert len(here) == len(there) == 3
+    for a, b in zip(here, there, strict=True):
+        assert [tuple(t.shape) for t in a] == [tuple(t.shape) for t in b]
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(here[0][0], here[1][0][:16])
+
+
 def test_bf16_autocast_on_cpu_only_with_native_bf16_instructions():
     from pathlib import Path
 
