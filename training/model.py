@@ -313,7 +313,9 @@ class ListingClassifier(nn.Module):
 
         Args:
             level_logits: the output of :meth:`forward`.
-            level_targets: ``depth`` int64 ``(N,)`` targets; rows with ``-1`` are left out.
+            level_targets: int64 ``(N,)`` targets of the taxonomy's levels, top first
+                (``LabelTree.level_targets``); the model reads the last ``depth`` of them, so a
+                flat model reads the leaf targets only. Rows with ``-1`` are left out.
             criterion: a loss with ``reduction="sum"`` (e.g. ``nn.CrossEntropyLoss``).
             denominator: rows the sum is divided by; default the rows of known category. Under
                 DDP, the global batch size / world size, so that the averaged gradient is the
@@ -322,6 +324,7 @@ class ListingClassifier(nn.Module):
         Returns:
             A scalar float32 tensor.
         """
+        level_targets = list(level_targets)[-self.depth:]
         total = None
         leaf = level_targets[-1] >= 0
         for k, logits in enumerate(level_logits):

@@ -257,9 +257,20 @@ def test_model_forward_shapes_one_head_per_level(branches):
     assert torch.allclose(probs.sum(1), torch.ones(3), atol=1e-5)
 
 
-def test_flat_model_has_one_head():
-    model, _ = build_model(LEAVES, TrainParams(branches="text", hierarchical=False, text_buckets=1024))
+def test_flat_model_has_one_head_trained_on_the_leaf_targets():
+    """``hierarchical: false``: the one head learns leaves, whatever the depth of the taxonomy
+    whose level targets the training loop passes."""
+    from training.hierarchy import LabelTree
+    from training.train import encode_listings
+
+    params = TrainParams(branches="text", hierarchical=False, text_buckets=1024)
+    model, _ = build_model(LEAVES, params)
     assert len(model.heads) == 1 and model.num_classes == len(LEAVES)
+    criterion = torch.nn.CrossEntropyLoss(reduction="sum")
+    targets = torch.tensor([6, 0, 3])
+    logits = model(None, *encode_listings(_listings(), params))
+    loss = model.level_loss(logits, LabelTree(LEAVES).level_targets(targets), criterion)
+    assert torch.allclose(loss, criterion(logits[0], targets) / 3)
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet50", "efficientnet_b0", "mobilenet_v3_large",
