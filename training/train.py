@@ -823,7 +823,7 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     if rank == 0:
         last_val = next((h for h in reversed(history) if h["epoch"] == best["epoch"]), {})
         log = _write_log(log_path, history, {
-            "pretrained": pretrained, "weights_source": _unwrap(model).weights_source,
+            "pretrained": pretrained, "weights_source": model.weights_source,
             "num_classes": len(labels), "levels": tree.sizes,
             "n_train": len(train_split), "n_val": len(val_split), "image_size": image_size,
             "device": device.type, "precision": precision, "precision_probe": probe_rates,
