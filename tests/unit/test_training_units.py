@@ -123,6 +123,37 @@ def test_worker_processes_assemble_the_same_batches_as_the_training_process(tmp_
     assert not torch.equal(here[0][0], here[1][0][:16])
 
 
+def test_the_batch_source_pickles_without_its_images_for_spawned_workers(tmp_path):
+    """Under the spawn and forkserver start methods (macOS, Windows; Python 3.14's Linux
+    default) a DataLoader pickles its dataset into each worker. The batch source must leave the
+    memory-mapped image cache out of the pickle (a memmap pickles as a full copy of the array)
+    and re-open it in the worker, yielding the same batches."""
+    import pickle
+
+    from training.train import BatchSource, load_split
+
+    n = 40
+    pd.DataFrame({"listing_id": [str(i) for i in range(n)],
+                  "title": [f"listing {i} cotton shirt" for i in range(n)],
+                  "brand": ["Nike", "Puma"] * (n // 2), "price": np.arange(n, dtype=float),
+                  "category_path": [LEAVES[i % len(LEAVES)] for i in range(n)]}
+                 ).to_parquet(tmp_path / "train.parquet")
+    images = np.random.default_rng(0).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+    np.save(tmp_path / "train_images.npy", images)
+    split = load_split(tmp_path, "train", LEAVES, TrainParams(text_buckets=1024))
+    batches = list(torch.randperm(n, generator=torch.Generator().manual_seed(0)).split(16))
+    source = BatchSource(split, batches, None, True)
+    expected = [source[i] for i in range(len(source))]
+    blob = pickle.dumps(source)
+    assert len(blob) < images.nbytes / 4  # the 491,520 image bytes stay out of the pickle
+    assert split.images is not None  # the training process keeps its own memmap
+    loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=1,
+                                         multiprocessing_context="spawn")
+    for a, b in zip(expected, loader, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(expected[0], pickle.loads(blob)[0], strict=True))
+
+
 def test_bf16_autocast_on_cpu_only_with_native_bf16_instructions():
     from pathlib import Path
 
