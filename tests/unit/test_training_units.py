@@ -93,6 +93,17 @@ def test_training_batches_flip_then_translate_each_listing_by_its_own_draw():
     assert torch.allclose(BatchSource(split, [index], None, True)[0][0], to_tensor_batch(images[[0, 3, 4]]))
 
 
+def _write_train_split(folder, images: np.ndarray) -> None:
+    """A ``train`` split of ``len(images)`` listings over ``LEAVES`` and its image cache."""
+    n = len(images)
+    pd.DataFrame({"listing_id": [str(i) for i in range(n)],
+                  "title": [f"listing {i} cotton shirt" for i in range(n)],
+                  "brand": ["Nike", "Puma"] * (n // 2), "price": np.arange(n, dtype=float),
+                  "category_path": [LEAVES[i % len(LEAVES)] for i in range(n)]}
+                 ).to_parquet(folder / "train.parquet")
+    np.save(folder / "train_images.npy", images)
+
+
 def test_worker_processes_assemble_the_same_batches_as_the_training_process(tmp_path):
     """``train.workers > 0`` (the CUDA setting) ships the batch source to DataLoader worker
     processes, which re-open the memory-mapped image cache: they must yield what the training
@@ -100,13 +111,7 @@ def test_worker_processes_assemble_the_same_batches_as_the_training_process(tmp_
     from training.train import batch_loader, load_split
 
     n = 40
-    pd.DataFrame({"listing_id": [str(i) for i in range(n)],
-                  "title": [f"listing {i} cotton shirt" for i in range(n)],
-                  "brand": ["Nike", "Puma"] * (n // 2), "price": np.arange(n, dtype=float),
-                  "category_path": [LEAVES[i % len(LEAVES)] for i in range(n)]}
-                 ).to_parquet(tmp_path / "train.parquet")
-    np.save(tmp_path / "train_images.npy",
-            np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8))
+    _write_train_split(tmp_path, np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8))
     split = load_split(tmp_path, "train", LEAVES, TrainParams(text_buckets=1024))
     assert isinstance(split.images, np.memmap)
     g = torch.Generator().manual_seed(0)
@@ -133,13 +138,8 @@ def test_the_batch_source_pickles_without_its_images_for_spawned_workers(tmp_pat
     from training.train import BatchSource, load_split
 
     n = 40
-    pd.DataFrame({"listing_id": [str(i) for i in range(n)],
-                  "title": [f"listing {i} cotton shirt" for i in range(n)],
-                  "brand": ["Nike", "Puma"] * (n // 2), "price": np.arange(n, dtype=float),
-                  "category_path": [LEAVES[i % len(LEAVES)] for i in range(n)]}
-                 ).to_parquet(tmp_path / "train.parquet")
     images = np.random.default_rng(0).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
-    np.save(tmp_path / "train_images.npy", images)
+    _write_train_split(tmp_path, images)
     split = load_split(tmp_path, "train", LEAVES, TrainParams(text_buckets=1024))
     batches = list(torch.randperm(n, generator=torch.Generator().manual_seed(0)).split(16))
     source = BatchSource(split, batches, None, True)
