@@ -85,7 +85,9 @@ def predict_file(model: str, input_path: str | Path, output: str | Path | None =
         count prediction (image decoding included), not model loading.
 
     Raises:
-        ValueError: see :func:`read_listings`; from the model on bad rows.
+        ValueError: see :func:`read_listings`; from the model on a bad row, e.g. an image that
+            cannot be read (the message names the row, 0-based in the file's order). Nothing is
+            written then.
     """
     from training.serving import model_input
 

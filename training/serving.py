@@ -76,6 +76,19 @@ def decode_image(image: str | Path | bytes, size: int) -> np.ndarray:
     return load_image(image, size)
 
 
+def _decode_listing_image(image: str | Path | bytes, size: int, row: int) -> np.ndarray:
+    """:func:`decode_image` of row ``row``'s image; an unreadable one is a ValueError that names
+    the row and the image, so that one bad listing in a large request can be found."""
+    from PIL import Image
+
+    try:
+        return decode_image(image, size)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        what = (f"image_bytes of {len(image)} bytes" if isinstance(image, bytes | bytearray | memoryview)
+                else f"image_path {str(image)!r}")
+        raise ValueError(f"row {row}: cannot read its image ({what}): {exc}") from exc
+
+
 def predict_paths(
     checkpoint: str | Path | LoadedClassifier,
     listings: pd.DataFrame | Sequence[str],
@@ -99,8 +112,9 @@ def predict_paths(
         heads (``ListingClassifier.leaf_log_probs``).
 
     Raises:
-        ValueError: when the lengths differ, an array has another image size, or images are
-            missing for a model with an image branch.
+        ValueError: when the lengths differ, an array has another image size, images are
+            missing for a model with an image branch, or an image cannot be read (missing file,
+            not an image, corrupt, decompression bomb); the message names the row (0-based).
     """
     from training.train import encode_listings
 
@@ -130,7 +144,8 @@ def predict_paths(
                 if is_array:
                     batch = np.ascontiguousarray(images[start:stop])
                 else:
-                    batch = np.stack([decode_image(p, loaded.image_size) for p in images[start:stop]])
+                    batch = np.stack([_decode_listing_image(p, loaded.image_size, start + j)
+                                      for j, p in enumerate(images[start:stop])])
                 x = preset(batch).to(loaded.device)
             inputs = encode_listings(listings.iloc[start:stop], loaded.train_params)
             level_logits = model(x, *(t.to(loaded.device) for t in inputs))

@@ -414,6 +414,16 @@ def test_batch_predict_cli_on_a_listings_file(workspace, tmp_path, capsys):
     with pytest.raises(ValueError, match="title"):
         listings.drop(columns=["title"]).to_csv(tmp_path / "bad.csv", index=False)
         main(["--model", str(ws / "models" / "model.pt"), "--input", str(tmp_path / "bad.csv")])
+    # an unreadable image (a truncated JPEG, a missing file) is an error naming its row
+    (tmp_path / "truncated.jpg").write_bytes((ws / "data" / "listings" / golden["image_key"].iloc[0]).read_bytes()[:60])
+    for bad in (str(tmp_path / "truncated.jpg"), "no/such/image.jpg"):
+        paths = listings["image_path"].tolist()
+        paths[3] = bad
+        listings.assign(image_path=paths).to_parquet(tmp_path / "bad.parquet", index=False)
+        with pytest.raises(ValueError, match=r"row 3: cannot read its image \(image_path '.*(truncated|such)"):
+            main(["--model", str(ws / "models" / "model.pt"), "--input", str(tmp_path / "bad.parquet"),
+                  "--images-root", str(ws / "data" / "listings"), "--output", str(tmp_path / "bad_out.csv")])
+        assert not (tmp_path / "bad_out.csv").exists()
 
 
 def test_pyfunc_with_signature_accepts_stored_listings_after_json(workspace, tmp_path):
