@@ -22,6 +22,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
 from common.catalog import split_path
 from common.params import TrainParams
@@ -69,24 +70,29 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
                             device, bool(ckpt.get("pretrained", False)))
 
 
-def decode_image(image: str | Path | bytes, size: int) -> np.ndarray:
-    """:func:`training.presets.load_image` of a file path or of encoded image bytes."""
-    if isinstance(image, bytes | bytearray | memoryview):
-        return load_image(io.BytesIO(bytes(image)), size)
-    return load_image(image, size)
+def decode_image(image: str | Path | bytes, size: int, row: int | None = None) -> np.ndarray:
+    """:func:`training.presets.load_image` of a file path or of encoded image bytes.
 
+    Args:
+        image: an image file path, or the encoded file's bytes.
+        size: side of the output in pixels.
+        row: the listing's row in its request, named in the error (so that one bad listing in
+            a large request can be found).
 
-def _decode_listing_image(image: str | Path | bytes, size: int, row: int) -> np.ndarray:
-    """:func:`decode_image` of row ``row``'s image; an unreadable one is a ValueError that names
-    the row and the image, so that one bad listing in a large request can be found."""
-    from PIL import Image
+    Returns:
+        uint8 array ``(size, size, 3)``.
 
+    Raises:
+        ValueError: when the image cannot be read (a missing file, not an image, corrupt, a
+            decompression bomb); the message names the image and the row.
+    """
+    is_bytes = isinstance(image, bytes | bytearray | memoryview)
     try:
-        return decode_image(image, size)
+        return load_image(io.BytesIO(bytes(image)) if is_bytes else image, size)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        what = (f"image_bytes of {len(image)} bytes" if isinstance(image, bytes | bytearray | memoryview)
-                else f"image_path {str(image)!r}")
-        raise ValueError(f"row {row}: cannot read its image ({what}): {exc}") from exc
+        what = f"image_bytes of {len(image)} bytes" if is_bytes else f"image_path {str(image)!r}"
+        where = "" if row is None else f"row {row}: "
+        raise ValueError(f"{where}cannot read its image ({what}): {exc}") from exc
 
 
 def predict_paths(
@@ -144,7 +150,7 @@ def predict_paths(
                 if is_array:
                     batch = np.ascontiguousarray(images[start:stop])
                 else:
-                    batch = np.stack([_decode_listing_image(p, loaded.image_size, start + j)
+                    batch = np.stack([decode_image(p, loaded.image_size, start + j)
                                       for j, p in enumerate(images[start:stop])])
                 x = preset(batch).to(loaded.device)
             inputs = encode_listings(listings.iloc[start:stop], loaded.train_params)
