@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,10 @@ from common.catalog import split_path
 from common.params import TrainParams
 from training.model import ListingClassifier, build_model
 from training.presets import EvalPreset, load_image
+
+IMAGE_ROOT_ENV = "LCP_SERVING_IMAGE_ROOT"
+"""Environment variable: when set, the served model reads ``image_path`` only inside this folder
+(relative paths from it); see :func:`image_column`."""
 
 INPUT_COLUMNS = ("title", "description", "brand", "price", "currency", "attributes",
                  "image_path", "image_bytes")
@@ -187,7 +192,8 @@ class ListingClassifierModel(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc wrapper of the checkpoint (artifact ``"checkpoint"``).
 
     Input: a DataFrame of listings: ``title`` (str) and an image as ``image_path`` (str, a
-    file) or ``image_bytes`` (bytes, the encoded JPEG/PNG/WebP); optional ``description``,
+    file; with ``$LCP_SERVING_IMAGE_ROOT`` set, relative to that folder and never outside it) or
+    ``image_bytes`` (bytes, the encoded JPEG/PNG/WebP); optional ``description``,
     ``brand``, ``price`` (float), ``currency``, ``attributes`` (JSON object as str).
     Output: a DataFrame with ``category_path`` (str), ``leaf`` (str, the last level) and
     ``probability`` (float, of the predicted path).
@@ -206,7 +212,7 @@ class ListingClassifierModel(mlflow.pyfunc.PythonModel):
             raise ValueError("model input lacks column(s) ['title']")
         images = None
         if self.loaded.model.image_encoder is not None:
-            images = image_column(model_input)
+            images = image_column(model_input, os.environ.get(IMAGE_ROOT_ENV) or None)
         batch_size = int((params or {}).get("batch_size", 256))
         paths, probs = predict_paths(self.loaded, model_input, images, batch_size)
         return pd.DataFrame({
@@ -236,19 +242,35 @@ def model_input(listings: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def image_column(frame: pd.DataFrame) -> list[str | bytes]:
+def image_column(frame: pd.DataFrame, root: str | Path | None = None) -> list[str | bytes]:
     """Each row's image: ``image_bytes`` when set, else ``image_path``.
 
+    Args:
+        frame: the model input.
+        root: a folder that confines ``image_path`` (a served model's clients then cannot make
+            the server open its other files): relative paths are read from it, and a path that
+            leaves it (``..``, or absolute elsewhere; checked on the normalised path, so links
+            placed inside the folder by its operator are followed) is refused. None: any path.
+
+    Returns:
+        One encoded image (bytes) or file path (str) per row.
+
     Raises:
-        ValueError: when a row has neither.
+        ValueError: when a row has neither, or its ``image_path`` leaves ``root``.
     """
     paths = frame["image_path"].tolist() if "image_path" in frame.columns else [None] * len(frame)
     blobs = frame["image_bytes"].tolist() if "image_bytes" in frame.columns else [None] * len(frame)
+    base = os.path.abspath(root) if root else None
     out: list[str | bytes] = []
     for i, (path, blob) in enumerate(zip(paths, blobs, strict=True)):
         if isinstance(blob, bytes | bytearray) and blob:
             out.append(bytes(blob))
         elif isinstance(path, str) and path:
+            if base is not None:
+                path = os.path.normpath(os.path.join(base, path))
+                if os.path.commonpath([base, path]) != base:
+                    raise ValueError(f"model input row {i}: image_path {frame['image_path'].iloc[i]!r} "
+                                     f"is outside the image root ${IMAGE_ROOT_ENV}")
             out.append(path)
         else:
             raise ValueError(f"model input row {i} has neither image_path nor image_bytes")

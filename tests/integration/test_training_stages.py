@@ -190,7 +190,7 @@ def test_evaluate_outputs(workspace):
     assert per_class["support"].sum() == len(golden)
 
 
-def test_pyfunc_matches_evaluate_predictions(workspace, tmp_path):
+def test_pyfunc_matches_evaluate_predictions(workspace, tmp_path, monkeypatch):
     import mlflow.pyfunc
 
     import common
@@ -214,6 +214,16 @@ def test_pyfunc_matches_evaluate_predictions(workspace, tmp_path):
     # the image may come as the encoded bytes instead of a path: same predictions
     as_bytes = request.drop(columns=["image_path"]).assign(image_bytes=[Path(p).read_bytes() for p in paths])
     pd.testing.assert_frame_equal(served.predict(as_bytes), out)
+    # with an image root, paths are read relative to it, and a path that leaves it is refused
+    monkeypatch.setenv("LCP_SERVING_IMAGE_ROOT", str(ws / "data" / "listings"))
+    relative = request.assign(image_path=few["image_key"].tolist())
+    pd.testing.assert_frame_equal(served.predict(relative), out)
+    pd.testing.assert_frame_equal(served.predict(request), out)  # absolute, inside the root
+    for escape in ("../../models/model.pt", str(ws / "models" / "model.pt"), "a/../../x.jpg"):
+        with pytest.raises(ValueError, match="row 2: image_path .* is outside the image root"):
+            served.predict(relative.assign(image_path=[*relative["image_path"][:2], escape,
+                                                       *relative["image_path"][3:]]))
+    monkeypatch.delenv("LCP_SERVING_IMAGE_ROOT")
     # the structured fields are read: without them the probabilities change. Compared exactly:
     # two tiny epochs on titles this distinct leave the top probabilities within 1e-5 of 1
     # (0.99990-1.0), where np.allclose's tolerance hides the fields' effect (~1e-6)
