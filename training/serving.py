@@ -267,10 +267,11 @@ def image_column(frame: pd.DataFrame, root: str | Path | None = None) -> list[st
             out.append(bytes(blob))
         elif isinstance(path, str) and path:
             if base is not None:
-                path = os.path.normpath(os.path.join(base, path))
-                if os.path.commonpath([base, path]) != base:
-                    raise ValueError(f"model input row {i}: image_path {frame['image_path'].iloc[i]!r} "
-                                     f"is outside the image root ${IMAGE_ROOT_ENV}")
+                inside = os.path.normpath(os.path.join(base, path))
+                if os.path.commonpath([base, inside]) != base:
+                    raise ValueError(f"model input row {i}: image_path {path!r} is outside the "
+                                     f"image root ${IMAGE_ROOT_ENV}")
+                path = inside
             out.append(path)
         else:
             raise ValueError(f"model input row {i} has neither image_path nor image_bytes")
