@@ -7,12 +7,25 @@ copy leaves no half batch under its id, and a retry resumes the partial folder (
 there with the right size are not fetched again) and finishes it. Staged batches are the raw
 batches, kept unchanged: their files are made read-only once staged, and validation only reads them.
 
-CLI: ``python -m ingestion.ingest [--cutoff 2026-11-09T00:00:00+00:00] [--max-batches N]``
+A batch the feed source refuses (a symbolic link, an unreadable file, an S3 key that leaves its
+folder, a folder name that is unsafe or carries no date) is quarantined, not raised: the manifest
+records it as ``quarantined`` with its reason and the content fingerprint it was refused with,
+``<quarantine>/<batch>/report.json`` holds the report, and ingest carries on with the next
+batches. A retry never stages it again; a re-publication with other content (another
+fingerprint) is staged and validated as a new delivery, and so is a batch that validation
+quarantined whole. The raw copy of the earlier delivery is kept under
+``<quarantine>/<batch>/superseded/<fingerprint>/``.
+
+Batches are named ``<catalog>-YYYY-MM-DD``, the date of the week they belong to: the date places
+a batch in time (a run takes the batches dated on or before its data interval end).
+
+CLI: ``python -m ingestion.ingest [--cutoff 2026-11-09T00:00:00+00:00] [--feed DIR|s3://...]``
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -22,10 +35,11 @@ import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+from common.files import write_json
 from common.params import Params, load_params
 from common.state import State
 from ingestion.manifest import read_manifest, update_entry
-from ingestion.sources import PART, FeedError, FeedSource, check_batch_id, open_feed
+from ingestion.sources import PART, BatchRefused, FeedSource, check_batch_id, open_feed
 
 _DATE = re.compile(r"(\d{4}-\d{2}-\d{2})$")
 
@@ -41,11 +55,43 @@ def batch_date(batch_id: str) -> date | None:
         return None
 
 
+NAMING = "batches are named <catalog>-YYYY-MM-DD, the Monday of their week (e.g. fashion-2026-11-02)"
+"""How a batch folder must be named; quoted in the refusal of one that is not."""
+
+
+def check_batch_name(batch_id: str) -> date:
+    """The date a batch folder's name places it at.
+
+    Raises:
+        BatchRefused: ``batch_name_invalid`` (not a plain folder name) or ``batch_name_undated``
+            (no valid ``YYYY-MM-DD`` at its end), with :data:`NAMING` in the message.
+    """
+    check_batch_id(batch_id)
+    when = batch_date(batch_id)
+    if when is None:
+        raise BatchRefused("batch_name_undated",
+                           f"batch folder {batch_id!r} carries no date, so no run can place it in "
+                           f"time: {NAMING}")
+    return when
+
+
+def _redelivered(feed: FeedSource, entry: dict, batch_id: str) -> str | None:
+    """The batch's new fingerprint when a whole-quarantined batch was published again with
+    other content, else ``None`` (staged, accepted and unchanged batches are never re-staged)."""
+    if entry.get("status") != "quarantined" or not entry.get("fingerprint"):
+        return None
+    now = feed.fingerprint(batch_id)
+    return now if now != entry["fingerprint"] else None
+
+
 def pending_batches(feed: FeedSource, manifest: dict, cutoff: datetime | None) -> list[str]:
-    """Batches in the feed not in the manifest and dated on or before ``cutoff`` (if given)."""
+    """Batches to stage: new in the feed (or re-published after a whole quarantine, with other
+    content) and dated on or before ``cutoff`` (if given). Undated or unsafe names are included,
+    so that ingest refuses them with a reason."""
     pending = []
     for batch_id in feed.list_batches():
-        if batch_id in manifest:
+        entry = manifest.get(batch_id)
+        if entry is not None and _redelivered(feed, entry, batch_id) is None:
             continue
         when = batch_date(batch_id)
         if cutoff is not None and when is not None and when > cutoff.date():
@@ -77,7 +123,7 @@ def stage_batch(feed: FeedSource, batch_id: str, staging: Path) -> tuple[Path, i
         ``(staged folder, number of files)``.
 
     Raises:
-        ingestion.sources.FeedError: unsafe batch id or batch content (the partial folder is
+        ingestion.sources.BatchRefused: unsafe batch id or batch content (the partial folder is
             removed: retrying would fail the same way).
         OSError, botocore errors: an interrupted copy; the partial folder is kept for the retry.
     """
@@ -86,7 +132,7 @@ def stage_batch(feed: FeedSource, batch_id: str, staging: Path) -> tuple[Path, i
     tmp = partial_dir(staging, batch_id)
     try:
         count = feed.download_batch(batch_id, tmp)
-    except FeedError:
+    except BatchRefused:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for part in tmp.rglob(f"*{PART}"):  # leftovers of an interrupted copy of a file now complete
@@ -107,6 +153,9 @@ def ingest_new_batches(
 ) -> dict:
     """Stages the feed's new batches and returns the ones waiting for validation.
 
+    A batch the feed source refuses is quarantined (:func:`refuse_batch`) and the next batches
+    are staged as usual.
+
     Args:
         state: the state folder.
         params: the params (``ingest.max_batches``).
@@ -116,10 +165,11 @@ def ingest_new_batches(
 
     Returns:
         ``{"feed": url, "ingested": [ids staged now], "staged": [ids waiting for validation],
+        "refused": [{"batch_id", "reason", "detail", "report"}] of this call,
         "taxonomy": path of the feed's taxonomy copied to staging}``.
 
     Raises:
-        ingestion.sources.FeedError: when the feed cannot be listed or holds an unsafe batch.
+        ingestion.sources.FeedError: when the feed itself cannot be listed or read.
     """
     state.ensure()
     feed = open_feed(feed_url or state.feed_url)
@@ -127,15 +177,82 @@ def ingest_new_batches(
     catalog_taxonomy = _catalog_taxonomy_name(params)
     taxonomy_copy = state.staging / f"_{catalog_taxonomy}"
     taxonomy_copy.write_bytes(feed.read_bytes(catalog_taxonomy))
-    ingested = []
+    ingested, refused = [], []
     for batch_id in pending_batches(feed, manifest, cutoff)[: params.ingest.max_batches]:
-        _, count = stage_batch(feed, batch_id, state.staging)
+        previous = manifest.get(batch_id)
+        try:
+            check_batch_name(batch_id)
+            fingerprint = feed.fingerprint(batch_id)
+            if previous is not None:
+                _supersede(state, batch_id, previous)
+            _, count = stage_batch(feed, batch_id, state.staging)
+        except BatchRefused as exc:
+            refused.append(refuse_batch(state, feed, batch_id, exc))
+            print(f"[ingest] {batch_id[:200]!r}: refused, quarantined: {exc}")
+            continue
         update_entry(state.manifest, batch_id, status="staged", source=feed.url, files=count,
-                     ingested_at=datetime.now(UTC).isoformat(timespec="seconds"))
+                     fingerprint=fingerprint, report=None,
+                     ingested_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                     **({"redelivered_from": previous.get("fingerprint")} if previous else {}))
+        print(f"[ingest] {batch_id}: staged {count} file(s)"
+              + (" (a re-publication of a quarantined batch)" if previous else ""))
         ingested.append(batch_id)
     manifest = read_manifest(state.manifest)
     staged = sorted(b for b, e in manifest.items() if e.get("status") == "staged")
-    return {"feed": feed.url, "ingested": ingested, "staged": staged, "taxonomy": str(taxonomy_copy)}
+    return {"feed": feed.url, "ingested": ingested, "staged": staged, "refused": refused,
+            "taxonomy": str(taxonomy_copy)}
+
+
+def quarantine_folder(state: State, batch_id: str) -> Path:
+    """``<quarantine>/<batch_id>``; a name that is no safe folder name gets
+    ``<quarantine>/_refused-<sha1 of the name>`` instead."""
+    try:
+        return state.quarantine / check_batch_id(batch_id)
+    except BatchRefused:
+        return state.quarantine / f"_refused-{hashlib.sha1(batch_id.encode('utf-8', 'surrogateescape')).hexdigest()[:16]}"
+
+
+def refuse_batch(state: State, feed: FeedSource, batch_id: str, exc: BatchRefused) -> dict:
+    """Quarantines a batch the feed source refused: its report, and its manifest entry.
+
+    The report has the shape of a validation report (``status: quarantined``, ``rows: 0``,
+    ``batch_reasons``, ``reasons``), with ``stage: "ingest"``. The manifest entry records the
+    content fingerprint (``None`` when even that cannot be read), so the batch is not tried again
+    until it is re-published with other content.
+
+    Returns:
+        ``{"batch_id", "reason", "detail", "report"}`` (report: the report file's path).
+    """
+    try:
+        fingerprint = feed.fingerprint(batch_id)
+    except OSError:
+        fingerprint = None
+    folder = quarantine_folder(state, batch_id)
+    report = {"batch_id": batch_id, "stage": "ingest", "status": "quarantined", "rows": 0,
+              "accepted_rows": 0, "rejected_rows": 0, "reasons": {exc.reason: 1},
+              "batch_reasons": [str(exc)], "warnings": [], "source": feed.url,
+              "fingerprint": fingerprint, "report": str(folder / "report.json")}
+    write_json(folder / "report.json", report)
+    update_entry(state.manifest, batch_id, status="quarantined", stage="ingest", source=feed.url,
+                 fingerprint=fingerprint, files=0, report=report,
+                 refused_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    return {"batch_id": batch_id, "reason": exc.reason, "detail": exc.detail,
+            "report": report["report"]}
+
+
+def _supersede(state: State, batch_id: str, previous: dict) -> None:
+    """Moves the staged copy of an earlier delivery of ``batch_id`` (if any) to
+    ``<quarantine>/<batch_id>/superseded/<its fingerprint>/``: a re-publication replaces it in
+    staging, and the earlier raw batch is kept."""
+    staged = state.staging / batch_id
+    if not staged.exists():
+        return
+    target = state.quarantine / batch_id / "superseded" / str(previous.get("fingerprint") or "unknown")[:16]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():  # the same earlier delivery moved by a killed run: this copy is the same
+        shutil.rmtree(staged)
+    else:
+        staged.rename(target)
 
 
 def _catalog_taxonomy_name(params: Params) -> str:

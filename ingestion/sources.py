@@ -14,6 +14,7 @@ copy only fetches what is missing.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -30,15 +31,47 @@ BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 """Allowed batch ids: a folder name with no path tricks (no ``/``, ``..`` prefix, spaces)."""
 
 
+_REFUSING_CODES = {"403", "404", "AccessDenied", "NoSuchKey", "InvalidObjectState"}
+"""S3 error codes that will not go away on a retry: the object is refused, not the copy retried."""
+
+
 class FeedError(RuntimeError):
-    """A feed cannot be read, or holds something that is not a batch."""
+    """A feed cannot be read (its folder or prefix cannot be listed): the ingest task fails."""
+
+
+class BatchRefused(FeedError):
+    """The feed holds one batch the platform refuses to copy (a link, an unreadable file, a key
+    that leaves the batch folder, an unsafe or undated name).
+
+    Ingest quarantines that batch with the reason and carries on with the next ones; the batch
+    is tried again only once its content changes (:meth:`FeedSource.fingerprint`).
+
+    Attributes:
+        reason: short code for the report (``batch_holds_link``, ``batch_file_unreadable``,
+            ``batch_key_outside_folder``, ``batch_name_invalid``, ``batch_name_undated``).
+        detail: what was refused, in words.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
 
 
 def check_batch_id(batch_id: str) -> str:
-    """Returns ``batch_id`` if it is a safe folder name, else raises :class:`FeedError`."""
+    """Returns ``batch_id`` if it is a safe folder name, else raises :class:`BatchRefused`
+    (``batch_name_invalid``)."""
     if not BATCH_ID.match(batch_id) or ".." in batch_id:
-        raise FeedError(f"refusing batch id {batch_id!r}: not a plain folder name")
+        raise BatchRefused("batch_name_invalid",
+                           f"batch folder {batch_id[:200]!r} is not a plain folder name (letters, "
+                           "digits, '.', '_', '-'; at most 128 characters)")
     return batch_id
+
+
+def is_hidden(name: str) -> bool:
+    """Entries named ``.x`` or ``_x`` are not batches: a batch being published (``.b.tmp``), the
+    taxonomy (``_taxonomy.json``), a feed's own bookkeeping. They are skipped, not refused."""
+    return name.startswith((".", "_"))
 
 
 class FeedSource(Protocol):
@@ -47,7 +80,12 @@ class FeedSource(Protocol):
     url: str
 
     def list_batches(self) -> list[str]:
-        """Batch ids in the feed, sorted."""
+        """Names of the batch folders in the feed, sorted; hidden ones (:func:`is_hidden`) left
+        out. Names are not checked here: ingest refuses unsafe or undated ones.
+
+        Raises:
+            FeedError: when the feed cannot be listed.
+        """
         ...
 
     def download_batch(self, batch_id: str, dest: Path) -> int:
@@ -55,6 +93,19 @@ class FeedSource(Protocol):
 
         Files already in ``dest`` with the source's size are kept (a resumed copy); each new
         file appears atomically (``.part`` + rename).
+
+        Raises:
+            BatchRefused: the batch holds something refused (a link, an unreadable file, a key
+                leaving the batch folder).
+        """
+        ...
+
+    def fingerprint(self, batch_id: str) -> str:
+        """A digest of the batch's content as the feed holds it now (hex SHA-256).
+
+        Two listings of an unchanged batch give the same digest; a re-publication with other
+        content gives another. Local feeds hash each file's path, size and bytes; S3 feeds each
+        key, size and ETag.
         """
         ...
 
@@ -73,20 +124,62 @@ class LocalFeed:
     def list_batches(self) -> list[str]:
         if not self.root.is_dir():
             raise FeedError(f"feed folder {self.root} does not exist")
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and BATCH_ID.match(p.name))
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError as exc:
+            raise FeedError(f"feed folder {self.root} cannot be listed: {exc}") from exc
+        return sorted(e.name for e in entries if not is_hidden(e.name) and e.is_dir(follow_symlinks=False))
+
+    def _files(self, batch_id: str) -> list[Path]:
+        """The batch's files in sorted order; refuses links and anything but files and folders."""
+        src = self.root / check_batch_id(batch_id)
+        files = []
+        try:
+            paths = sorted(src.rglob("*"))
+        except OSError as exc:
+            raise BatchRefused("batch_file_unreadable", f"batch {batch_id}: {exc}") from exc
+        for path in paths:
+            rel = path.relative_to(src)
+            if path.is_symlink():
+                raise BatchRefused("batch_holds_link",
+                                   f"batch {batch_id} holds a symbolic link {rel}; refused")
+            if path.is_file():
+                files.append(path)
+            elif not path.is_dir():
+                raise BatchRefused("batch_file_unreadable",
+                                   f"batch {batch_id}: {rel} is not a regular file")
+        return files
 
     def download_batch(self, batch_id: str, dest: Path) -> int:
         src = self.root / check_batch_id(batch_id)
-        count = 0
-        for path in sorted(src.rglob("*")):
-            if path.is_symlink():
-                raise FeedError(f"batch {batch_id} holds a symbolic link {path.relative_to(src)}; refused")
-            if path.is_file():
-                target = dest / path.relative_to(src)
-                if not (target.is_file() and target.stat().st_size == path.stat().st_size):
+        files = self._files(batch_id)
+        for path in files:
+            target = dest / path.relative_to(src)
+            if not (target.is_file() and target.stat().st_size == path.stat().st_size):
+                try:
                     _atomic_fetch(target, lambda part, path=path: shutil.copyfile(path, part))
-                count += 1
-        return count
+                except PermissionError as exc:  # a file the feed will never let us read
+                    raise BatchRefused("batch_file_unreadable",
+                                       f"batch {batch_id}: {path.relative_to(src)}: {exc.strerror}") from exc
+        return len(files)
+
+    def fingerprint(self, batch_id: str) -> str:
+        src = self.root / batch_id
+        digest = hashlib.sha256()
+        for path in sorted(src.rglob("*")):
+            rel = path.relative_to(src).as_posix()
+            if path.is_symlink():
+                digest.update(f"L {rel} {os.readlink(path)}\n".encode("utf-8", "surrogateescape"))
+            elif path.is_file():
+                try:
+                    with open(path, "rb") as fh:
+                        content = hashlib.file_digest(fh, "sha256").hexdigest()
+                except OSError as exc:
+                    content = f"unreadable {exc.errno}"
+                digest.update(f"F {rel} {path.stat().st_size} {content}\n".encode("utf-8", "surrogateescape"))
+            elif not path.is_dir():  # a FIFO, a socket, a device: refused, but part of the content
+                digest.update(f"O {rel}\n".encode("utf-8", "surrogateescape"))
+        return digest.hexdigest()
 
     def read_bytes(self, name: str) -> bytes:
         return (self.root / name).read_bytes()
@@ -125,27 +218,47 @@ class S3Feed:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
             for common in page.get("CommonPrefixes", []):
                 name = common["Prefix"][len(prefix):].rstrip("/")
-                if BATCH_ID.match(name):
+                if name and not is_hidden(name):
                     names.add(name)
         return sorted(names)
 
-    def download_batch(self, batch_id: str, dest: Path) -> int:
-        prefix = self._key(check_batch_id(batch_id)) + "/"
+    def _objects(self, batch_id: str):
+        prefix = self._key(batch_id) + "/"
         paginator = self.client.get_paginator("list_objects_v2")
-        count = 0
-        dest_root = dest.resolve()
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 rel = obj["Key"][len(prefix):]
-                if not rel or rel.endswith("/"):
-                    continue
-                target = (dest / rel).resolve()
-                if not target.is_relative_to(dest_root):
-                    raise FeedError(f"object key {obj['Key']!r} escapes the batch folder; refused")
-                if not (target.is_file() and target.stat().st_size == obj["Size"]):
+                if rel and not rel.endswith("/"):
+                    yield rel, obj
+
+    def fingerprint(self, batch_id: str) -> str:
+        digest = hashlib.sha256()
+        for rel, obj in sorted(self._objects(batch_id), key=lambda item: item[0]):
+            digest.update(f"{rel} {obj['Size']} {obj.get('ETag', '')}\n".encode())
+        return digest.hexdigest()
+
+    def download_batch(self, batch_id: str, dest: Path) -> int:
+        from botocore.exceptions import ClientError
+
+        check_batch_id(batch_id)
+        count = 0
+        dest_root = dest.resolve()
+        for rel, obj in self._objects(batch_id):
+            target = (dest / rel).resolve()
+            if not target.is_relative_to(dest_root) or target == dest_root:
+                raise BatchRefused("batch_key_outside_folder",
+                                   f"object key {obj['Key']!r} escapes the batch folder; refused")
+            if not (target.is_file() and target.stat().st_size == obj["Size"]):
+                try:
                     _atomic_fetch(target, lambda part, key=obj["Key"]: self.client.download_file(
                         self.bucket, key, str(part)))
-                count += 1
+                except ClientError as exc:
+                    code = str(exc.response.get("Error", {}).get("Code", ""))
+                    if code not in _REFUSING_CODES:
+                        raise  # throttling, a server error: the task's retry fetches it
+                    raise BatchRefused("batch_file_unreadable",
+                                       f"batch {batch_id}: {rel}: S3 answered {code}") from exc
+            count += 1
         return count
 
     def read_bytes(self, name: str) -> bytes:

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
 import re
 import string
+import sys
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
 from common.catalog import CANONICAL_COLUMNS, PATH_SEP, Catalog
+from common.text import normalize_text
 from validation.errors import BatchError
+
+ROW_ERRORS = "row_errors"
+"""Key of ``frame.attrs`` in :func:`read_listings_file`'s result: ``{row index: reason}`` for the
+records that could not be read as a row (wrong field count, undecodable JSON, not an object,
+a key given twice). Such a row is all ``None`` in the frame and is rejected alone."""
+MALFORMED_ROW = "malformed_row"
+"""Reason code of a record that cannot be read as a row (:data:`ROW_ERRORS`)."""
 
 _CSV = {".csv"}
 _JSONL = {".jsonl", ".json", ".ndjson"}
@@ -65,9 +75,11 @@ def find_listings_file(batch_dir: str | Path, name: str) -> Path:
 
 
 def _text(value: object) -> str | None:
-    """One source value as text; null-likes and blank strings -> ``None``.
+    """One source value as text (:func:`common.text.normalize_text`); null-likes, blank and
+    invisible-only strings -> ``None``.
 
-    Integral floats print without ``.0`` (ids from JSON or from a nullable Parquet int column).
+    Integral floats print without ``.0`` (ids from JSON or from a nullable Parquet int column);
+    bytes (a Parquet binary column) are read as UTF-8, undecodable bytes kept as lone surrogates.
     """
     if value is None or value is pd.NA or value is pd.NaT:
         return None
@@ -78,58 +90,149 @@ def _text(value: object) -> str | None:
             return str(int(value))
     if isinstance(value, bool):
         return "true" if value else "false"
-    text = str(value).strip()
-    return text or None
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("utf-8", "surrogateescape")
+    return normalize_text(str(value))
 
 
-def _stringify(frame: pd.DataFrame) -> pd.DataFrame:
-    """All columns as object columns of ``str`` or ``None``."""
-    out = {str(c).strip(): pd.Series([_text(v) for v in frame[c].tolist()], dtype=object)
-           for c in frame.columns}
-    return pd.DataFrame(out, index=pd.RangeIndex(len(frame)))
+def _column_names(names: list[object], file_name: str) -> list[str]:
+    """Normalised column names (:func:`_text`; a blank one becomes ``Unnamed: <i>``).
+
+    Raises:
+        BatchError: ``duplicate_columns`` when two columns have the same name (after
+            normalisation): which one holds the listing's value is ambiguous.
+    """
+    out = [_text(name) or f"Unnamed: {i}" for i, name in enumerate(names)]
+    seen: dict[str, list[int]] = {}
+    for i, name in enumerate(out):
+        seen.setdefault(name, []).append(i + 1)
+    twice = {name: where for name, where in seen.items() if len(where) > 1}
+    if twice:
+        named = "; ".join(f"{name[:80]!r} (columns {', '.join(map(str, where))})"
+                          for name, where in list(twice.items())[:5])
+        raise BatchError("duplicate_columns",
+                         f"{file_name}: the header names a column more than once, so which value "
+                         f"a listing has is ambiguous: {named}")
+    return out
+
+
+def _frame(columns: list[str], rows: list[list[object]], errors: dict[int, str]) -> pd.DataFrame:
+    """Object columns of ``str`` or ``None`` from row lists; ``errors`` kept in ``attrs``.
+
+    Built column by column as object: pandas' default string dtype is Arrow-backed and refuses
+    the lone surrogates that keep non-UTF-8 bytes.
+    """
+    frame = pd.DataFrame({c: pd.Series([_text(row[j]) for row in rows], dtype=object)
+                          for j, c in enumerate(columns)}, index=pd.RangeIndex(len(rows)))
+    frame.attrs[ROW_ERRORS] = dict(errors)
+    return frame
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    options = {"dtype": str, "keep_default_na": False, "na_values": [""]}
+    """RFC 4180 CSV, read record by record so that one bad record is rejected alone.
+
+    A record with more or fewer fields than the header is a :data:`MALFORMED_ROW` (which value
+    belongs to which column cannot be told); blank lines are skipped.
+    """
+    # Not UTF-8 bytes are kept as lone surrogates, so that only their rows are quarantined.
+    text = path.read_bytes().decode("utf-8-sig", "surrogateescape")
+    csv.field_size_limit(max(csv.field_size_limit(), sys.maxsize >> 1))  # long cells are rows too
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header = None
+    rows: list[list[object]] = []
+    errors: dict[int, str] = {}
+    start = 1
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # the record is lost; the reader goes on with the next line
+            if header is None or "unexpected end of data" in str(exc):
+                # a quote opened and never closed swallows every later line: the file is broken
+                raise BatchError("listings_file_unparseable",
+                                 f"{path.name} line {start}: {exc} (a quoted field is never "
+                                 "closed)" if header else f"{path.name} header: {exc}") from exc
+            errors[len(rows)] = f"{MALFORMED_ROW}: line {start}: {exc}"
+            rows.append([])
+            start = reader.line_num + 1
+            continue
+        lines = f"line {start}" if reader.line_num == start else f"lines {start}-{reader.line_num}"
+        start = reader.line_num + 1
+        if not record or (len(record) == 1 and not record[0].strip() and header is not None):
+            continue  # a blank line
+        if header is None:
+            header = _column_names(record, path.name)
+            continue
+        if len(record) != len(header):
+            errors[len(rows)] = (f"{MALFORMED_ROW}: {lines}: {len(record)} fields, the header has "
+                                 f"{len(header)}")
+            record = []
+        rows.append(record)
+    if header is None:
+        raise BatchError("listings_file_empty", f"{path.name} is empty")
+    rows = [r if r else [None] * len(header) for r in rows]
+    return _frame(header, rows, errors)
+
+
+def _json_record(line: str, where: str) -> tuple[dict | None, str | None]:
+    """One JSON record -> ``(object, None)`` or ``(None, reason)``."""
+    def pairs(items: list[tuple[str, object]]) -> dict:
+        keys = [k for k, _ in items]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"key {twice[0][:80]!r} given more than once")
+        return dict(items)
+
     try:
-        return pd.read_csv(path, encoding="utf-8-sig", **options)
-    except UnicodeDecodeError:
-        # Some cells are not UTF-8. Keep their bytes as lone surrogates, so only those rows are
-        # quarantined; the C parser re-encodes strictly, the Python one takes any str.
-        text = path.read_bytes().decode("utf-8-sig", "surrogateescape")
-        # dtype=object: pandas' default string dtype is Arrow-backed and refuses lone surrogates.
-        return pd.read_csv(io.StringIO(text), engine="python", **{**options, "dtype": object})
+        record = json.loads(line, object_pairs_hook=pairs)
+    except (json.JSONDecodeError, ValueError) as exc:
+        return None, f"{MALFORMED_ROW}: {where}: {str(exc)[:200]}"
+    if not isinstance(record, dict):
+        return None, f"{MALFORMED_ROW}: {where}: a JSON {type(record).__name__}, not an object"
+    return record, None
 
 
 def _read_json_lines(path: Path) -> pd.DataFrame:
+    """JSON Lines (or one JSON array of objects); a line that is not a JSON object, or gives a
+    key twice, is a :data:`MALFORMED_ROW` rejected alone."""
     text = path.read_bytes().decode("utf-8-sig", "surrogateescape")
-    records = None
+    items: list[tuple[str, str]] = []  # (where, JSON text of one record)
     if text.lstrip().startswith("["):  # a plain JSON array of records is accepted too
         try:
-            records = json.loads(text)
+            array = json.loads(text)
         except json.JSONDecodeError:
-            records = None  # maybe JSON Lines whose records are arrays; parsed below
-    if records is None:
-        records = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise BatchError("listings_file_unparseable",
-                                 f"{path.name} line {lineno}: {exc}") from exc
-    if not isinstance(records, list):
-        raise BatchError("listings_file_not_a_table", f"{path.name}: expected JSON records")
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
-            raise BatchError("listings_file_not_a_table",
-                             f"{path.name} record {i + 1} is not a JSON object")
-    columns = list(dict.fromkeys(k for rec in records for k in rec))
-    # Built column by column as object: pandas' default string dtype is Arrow-backed and refuses
-    # the lone surrogates that keep non-UTF-8 bytes.
-    return pd.DataFrame({c: pd.Series([rec.get(c) for rec in records], dtype=object)
-                         for c in columns}, index=pd.RangeIndex(len(records)))
+            array = None  # maybe JSON Lines whose records are arrays; read line by line below
+        if isinstance(array, list):
+            items = [(f"record {i + 1}", json.dumps(rec)) for i, rec in enumerate(array)]
+    if not items:
+        items = [(f"line {n}", line) for n, line in enumerate(text.splitlines(), start=1)
+                 if line.strip()]
+    if not items:
+        raise BatchError("listings_file_empty", f"{path.name} has no record")
+    records: list[dict | None] = []
+    errors: dict[int, str] = {}
+    for where, line in items:
+        record, error = _json_record(line, where)
+        if error:
+            errors[len(records)] = error
+        records.append(record)
+    if not any(r is not None for r in records):
+        raise BatchError("listings_file_not_a_table",
+                         f"{path.name}: no line is a JSON object ({next(iter(errors.values()))})")
+    names = list(dict.fromkeys(k for rec in records if rec for k in rec))
+    columns = _column_names(names, path.name)  # keys that differ only by normalisation
+    rows = [[None] * len(names) if rec is None else [rec.get(k) for k in names] for rec in records]
+    return _frame(columns, rows, errors)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    columns = _column_names(pq.read_schema(path).names, path.name)  # before pyarrow may refuse
+    table = pq.ParquetFile(path).read()
+    data = [table.column(i).to_pylist() for i in range(table.num_columns)]
+    return _frame(columns, [list(row) for row in zip(*data, strict=True)] if data else [], {})
 
 
 def read_listings_file(path: str | Path) -> pd.DataFrame:
@@ -139,20 +242,27 @@ def read_listings_file(path: str | Path) -> pd.DataFrame:
     quoted cells may hold commas, doubled quotes and newlines), ``.jsonl``/``.json``/``.ndjson``
     (JSON Lines; a JSON array of objects is accepted too) or ``.parquet``. Bytes that are not
     UTF-8 inside a cell do not fail the file: they are kept as lone surrogates
-    (``surrogateescape``) so that :func:`source_errors` quarantines just that row.
+    (``surrogateescape``) so that :func:`source_errors` quarantines just that row. A record that
+    cannot be read as a row (a CSV record with another field count than the header, a JSON line
+    that does not parse, is not an object or gives a key twice) does not fail the file either:
+    it is an all-``None`` row whose reason (``malformed_row: line N: ...``) is in
+    ``frame.attrs[ROW_ERRORS]``, and :func:`source_errors` rejects it alone. Every value and
+    column name is normalised (:func:`common.text.normalize_text`: NFC, invisible characters
+    stripped from both ends, invisible-only values ``None``).
 
     Args:
         path: the listings file.
 
     Returns:
-        One row per listing, one object column per source column (names stripped), each value a
-        stripped ``str`` or ``None`` (empty cells, JSON nulls, NaN). Index ``0..n-1``.
+        One row per record, one object column per source column (names normalised), each value
+        a normalised ``str`` or ``None`` (empty cells, JSON nulls, NaN). Index ``0..n-1``;
+        ``attrs[ROW_ERRORS]``: ``{index: reason}`` of the malformed records.
 
     Raises:
         BatchError: ``listings_file_missing`` (no such file), ``listings_file_unsupported``
             (unknown extension), ``listings_file_unparseable`` (parser error, bad encoding),
-            ``listings_file_not_a_table`` (e.g. JSON lines that are not objects) or
-            ``listings_file_empty`` (no rows or no columns).
+            ``listings_file_not_a_table`` (no JSON line is an object), ``duplicate_columns``
+            (a column named twice) or ``listings_file_empty`` (no rows or no columns).
     """
     path = Path(path)
     if not path.is_file():
@@ -164,7 +274,7 @@ def read_listings_file(path: str | Path) -> pd.DataFrame:
         elif ext in _JSONL:
             frame = _read_json_lines(path)
         elif ext in _PARQUET:
-            frame = pd.read_parquet(path)
+            frame = _read_parquet(path)
         else:
             raise BatchError("listings_file_unsupported",
                              f"{path.name}: extension {ext or '(none)'} is not csv, jsonl or parquet")
@@ -181,7 +291,7 @@ def read_listings_file(path: str | Path) -> pd.DataFrame:
                          f"{path.name}: the header row is not UTF-8 text (not a listings table)")
     if frame.shape[0] == 0 or frame.shape[1] == 0:
         raise BatchError("listings_file_empty", f"{path.name} has no rows")
-    return _stringify(frame)
+    return frame
 
 
 def _template_fields(template: str) -> list[str]:
@@ -298,7 +408,8 @@ def _price_error(value: str | None) -> str | None:
 def source_errors(raw: pd.DataFrame, catalog: Catalog) -> pd.Series:
     """Row-level problems of the source values that the canonical listing cannot show.
 
-    Checked per row: every mapped text column holds valid UTF-8 (``invalid_utf8: <column>``);
+    Checked per row: the record could be read as a row (:data:`ROW_ERRORS`, reason
+    ``malformed_row: line N: ...``); every mapped text column holds valid UTF-8 (``invalid_utf8: <column>``);
     the price cell, when present, is a finite decimal number (``price_not_a_number: '<cell>'``,
     the wrong-dtype case: :func:`to_canonical` would silently give NaN); a category tree cell,
     when present, parses into a path (``category_unparseable: <column>``).
@@ -315,6 +426,8 @@ def source_errors(raw: pd.DataFrame, catalog: Catalog) -> pd.Series:
     mapped = [c for c in (cols.listing_id, cols.title, cols.description, cols.brand, cols.price,
                           cols.currency, *catalog.category_columns) if c]
     errors: list[list[str]] = [[] for _ in range(len(raw))]
+    for i, reason in raw.attrs.get(ROW_ERRORS, {}).items():
+        errors[raw.index.get_loc(i)].append(reason)
     for col in dict.fromkeys(mapped):
         for i, value in enumerate(raw[col].tolist()):
             if _has_bad_bytes(value):

@@ -9,9 +9,25 @@ SOURCE_ERROR = "source_error"
 DUPLICATE_IMAGE = "duplicate_image"
 """Column added before validation: ``"duplicate_image: ..."`` when the image's SHA-256 is already
 held by another listing (in the store or earlier in the batch), else null."""
+PREVIOUS_CATEGORY = "previous_category"
+"""Column added before validation: the category the store holds for the listing id (an update
+of a listing seen before), else null. A different category is a relabel: a warning, never a
+rejection."""
 DETAIL_COLUMNS = (IMAGE_ERROR, SOURCE_ERROR, DUPLICATE_IMAGE)
 """Columns whose (``"; "``-joined) values are the rejection reasons of the rows they flag; the
 suite expects them null."""
+
+
+REPORT_VALUE_CHARS = 500
+"""Longest text value copied into a report (GX results, Data Docs, warnings): longer values are
+cut there, with an ellipsis. The quarantined rows themselves (``rejected.csv``) keep them whole."""
+
+
+def shorten(value: object, limit: int = REPORT_VALUE_CHARS) -> object:
+    """``value`` cut to ``limit`` characters plus ``…`` when it is a longer string; else as is."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]}… ({len(value)} characters)"
+    return value
 
 
 class BatchError(Exception):

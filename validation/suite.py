@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 from common.catalog import CANONICAL_COLUMNS
 from common.params import ValidateParams
 from validation.drift import LABEL_DRIFT, PRICE_DRIFT
-from validation.errors import DETAIL_COLUMNS, DUPLICATE_IMAGE, IMAGE_ERROR, SOURCE_ERROR
+from validation.errors import (
+    DETAIL_COLUMNS,
+    DUPLICATE_IMAGE,
+    IMAGE_ERROR,
+    PREVIOUS_CATEGORY,
+    SOURCE_ERROR,
+)
 from validation.expectations import (
     ExpectColumnJsDistanceToStoreToBeAtMost,
     ExpectColumnKsStatisticToStoreToBeAtMost,
@@ -17,9 +23,16 @@ from validation.expectations import (
 from validation.gx_setup import gx
 
 SUITE_NAME = "listings_batch"
-REQUIRED_COLUMNS = (*CANONICAL_COLUMNS, *DETAIL_COLUMNS)
+REQUIRED_COLUMNS = (*CANONICAL_COLUMNS, *DETAIL_COLUMNS, PREVIOUS_CATEGORY)
 DRIFT_REASONS = (LABEL_DRIFT, PRICE_DRIFT)
 """``meta["reason"]`` of the drift expectations: they never flag rows (see :func:`build_suite`)."""
+RELABEL = "relabel"
+"""``meta["reason"]`` of the relabel expectation: a warning listing the updates that change a
+listing's category, never a rejection."""
+WARNING_REASONS = (*DRIFT_REASONS, RELABEL)
+"""Reasons of the expectations that warn and never flag rows."""
+MAX_LISTING_ID_CHARS = 256
+"""Longest listing id: ids name image files (255 bytes on most filesystems) and report rows."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +115,9 @@ def build_suite(taxonomy: frozenset[str], params: ValidateParams,
     failing row is quarantined); ``column_missing`` expectations are table-level (the batch is
     quarantined). With a ``reference``, the two drift expectations of :func:`drift_expectations`
     follow (reasons :data:`DRIFT_REASONS`); they describe the batch as a whole and never flag
-    rows.
+    rows. The relabel expectation (reason :data:`RELABEL`, severity warning) lists, on the Data
+    Docs page, the listings whose category differs from their stored version; it never flags
+    rows either.
 
     Args:
         taxonomy: valid category paths (``" > "``-joined), from
@@ -124,6 +139,9 @@ def build_suite(taxonomy: frozenset[str], params: ValidateParams,
                     for c in REQUIRED_COLUMNS]
     expectations += [
         E.ExpectColumnValuesToNotBeNull(column="listing_id", meta=meta("missing_listing_id")),
+        E.ExpectColumnValueLengthsToBeBetween(column="listing_id", min_value=1,
+                                              max_value=MAX_LISTING_ID_CHARS,
+                                              meta=meta("listing_id_too_long")),
         E.ExpectColumnValuesToBeUnique(column="listing_id", meta=meta("duplicate_listing_id")),
         E.ExpectColumnValuesToNotBeNull(column="title", meta=meta("missing_title")),
         E.ExpectColumnValueLengthsToBeBetween(
@@ -140,6 +158,14 @@ def build_suite(taxonomy: frozenset[str], params: ValidateParams,
         E.ExpectColumnValuesToBeNull(column=SOURCE_ERROR, meta=meta("source_invalid")),
         E.ExpectColumnValuesToBeNull(column=IMAGE_ERROR, meta=meta("image_invalid")),
         E.ExpectColumnValuesToBeNull(column=DUPLICATE_IMAGE, meta=meta("duplicate_image")),
+        E.ExpectColumnPairValuesToBeEqual(
+            column_A=PREVIOUS_CATEGORY, column_B="category_path",
+            ignore_row_if="either_value_is_missing", severity="warning",
+            meta={"reason": RELABEL, "critical": False},
+            description=("Relabel (warning): a listing that arrives again is an update and its "
+                         "latest version wins, but a changed category is also the commonest "
+                         "labelling error. Each unexpected row is a listing whose category "
+                         f"differs from the one the store holds ({PREVIOUS_CATEGORY}); check it.")),
     ]
     if reference is not None:
         expectations += drift_expectations(reference, params)

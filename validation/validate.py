@@ -31,9 +31,21 @@ from common.store import (
     remove_partition,
     replace_partition,
 )
-from validation.adapt import find_listings_file, read_listings_file, source_errors, to_canonical
+from validation.adapt import (
+    MALFORMED_ROW,
+    find_listings_file,
+    read_listings_file,
+    source_errors,
+    to_canonical,
+)
 from validation.drift import LABEL_DRIFT, PRICE_DRIFT, drift_summary
-from validation.errors import DETAIL_COLUMNS, BatchError
+from validation.errors import (
+    DETAIL_COLUMNS,
+    PREVIOUS_CATEGORY,
+    REPORT_VALUE_CHARS,
+    BatchError,
+    shorten,
+)
 from validation.images import check_image, resolve_image
 
 STORE_SCHEMA = pa.schema([(c, pa.float64() if c == "price" else pa.string())
@@ -115,6 +127,10 @@ def _row_reasons(results: list[dict], frame: pd.DataFrame) -> tuple[dict[int, li
             if res["column"] in DETAIL_COLUMNS:  # the check's own reasons say more
                 reasons = (frame.at[idx, res["column"]] or res["reason"]).split("; ")
             rows.setdefault(int(idx), []).extend(reasons)
+    for idx, reasons in rows.items():  # an unreadable record fails every check: say why once
+        malformed = [r for r in reasons if r.startswith(MALFORMED_ROW)]
+        if malformed:
+            rows[idx] = malformed
     return rows, batch
 
 
@@ -201,7 +217,7 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
         "rejected_rows": 0, "bad_row_fraction": None, "reasons": {}, "batch_reasons": [],
         "failed_expectations": [], "validation_id": None, "data_docs": None,
         "data_docs_page": None, "store_file": None, "rejected_file": None, "report": None,
-        "warnings": [], "drift": None,
+        "warnings": [], "drift": None, "relabels": [],
     }
     partition = batch_file(store, batch_id)
     try:
@@ -223,20 +239,23 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
     frame["source_error"] = source
     frame["duplicate_image"] = pd.Series(_duplicates(frame, [c[1] for c in checks], store_index),
                                          index=frame.index, dtype=object)
+    stored = store_index.drop_duplicates("listing_id", keep="last").set_index("listing_id")
+    frame[PREVIOUS_CATEGORY] = frame["listing_id"].map(stored["category_path"]).astype(object)
+    frame[PREVIOUS_CATEGORY] = frame[PREVIOUS_CATEGORY].where(frame[PREVIOUS_CATEGORY].notna(), None)
 
     from validation.checkpoint import ROW, run_checkpoint  # GX is slow to import; only when needed
-    from validation.suite import DRIFT_REASONS, StoreReference, build_suite
+    from validation.suite import WARNING_REASONS, StoreReference, build_suite
 
     frame[ROW] = range(len(frame))
     same_catalog = store_index[store_index["catalog"] == catalog.name]
     reference = StoreReference(catalog.name, same_catalog["category_path"].dropna().tolist(),
                                same_catalog["price"].dropna().tolist())
-    outcome = run_checkpoint(frame, build_suite(taxonomy, params, reference), gx_dir, batch_id,
-                             ingested_at)
+    outcome = run_checkpoint(_bounded(frame, params), build_suite(taxonomy, params, reference),
+                             gx_dir, batch_id, ingested_at)
     report.update(validation_id=outcome.validation_id, data_docs=outcome.data_docs,
                   data_docs_page=outcome.data_docs_page)
-    drift_results = {r["reason"]: r for r in outcome.results if r["reason"] in DRIFT_REASONS}
-    row_results = [r for r in outcome.results if r["reason"] not in DRIFT_REASONS]
+    drift_results = {r["reason"]: r for r in outcome.results if r["reason"] in WARNING_REASONS}
+    row_results = [r for r in outcome.results if r["reason"] not in WARNING_REASONS]
     report["failed_expectations"] = [
         {"expectation": r["type"], "column": r["column"], "unexpected_count": r["unexpected_count"],
          "reason": r["reason"], **({"error": r["error"]} if r["error"] else {})}
@@ -246,7 +265,8 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
     rows = len(frame)
     bad = sorted(row_reasons)
     fraction = len(bad) / rows
-    report["warnings"] = _unknown_category_warnings(frame, row_reasons)
+    report["relabels"] = _relabels(frame, row_reasons, stored)
+    report["warnings"] = _unknown_category_warnings(frame, row_reasons) + _relabel_warnings(report["relabels"])
     report["drift"] = _drift(drift_results, params)
     report["warnings"] += report["drift"]["warnings"]
     report["bad_row_fraction"] = round(fraction, 6)
@@ -300,10 +320,63 @@ def _unknown_category_warnings(frame: pd.DataFrame, row_reasons: dict[int, list[
                       if "unknown_category" in reasons)
     if not unknown:
         return []
-    names = ", ".join(f"{path!r} ({n})" for path, n in unknown.most_common(10))
+    names = ", ".join(f"{shorten(path, 120)!r} ({n})" for path, n in unknown.most_common(10))
     more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
     return [f"unknown_category: {sum(unknown.values())} row(s) held back, categories not in the "
             f"declared taxonomy: {names}{more}"]
+
+
+def _relabels(frame: pd.DataFrame, row_reasons: dict[int, list[str]],
+              stored: pd.DataFrame) -> list[dict]:
+    """The accepted rows whose category differs from their listing's stored version.
+
+    Args:
+        frame: the validated frame (``previous_category`` filled from the store).
+        row_reasons: the rejected rows (they update nothing).
+        stored: the store's latest version per listing id (index ``listing_id``).
+
+    Returns:
+        ``[{"listing_id", "previous_category", "category_path", "previous_batch"}]`` in row
+        order, values cut to :data:`~validation.errors.REPORT_VALUE_CHARS`.
+    """
+    out = []
+    for i, (listing_id, before, now) in enumerate(zip(
+            frame["listing_id"], frame[PREVIOUS_CATEGORY], frame["category_path"], strict=True)):
+        if i in row_reasons or before is None or now is None or before == now:
+            continue
+        out.append({"listing_id": shorten(listing_id), "previous_category": shorten(before),
+                    "category_path": shorten(now),
+                    "previous_batch": str(stored.at[listing_id, "batch_id"])})
+    return out
+
+
+def _relabel_warnings(relabels: list[dict]) -> list[str]:
+    """One warning naming the relabelled listings (the first 20 in the text; all in
+    ``report["relabels"]`` and on the Data Docs page)."""
+    if not relabels:
+        return []
+    shown = "; ".join(f"{r['listing_id']}: {r['previous_category']!r} -> {r['category_path']!r} "
+                      f"(was batch {r['previous_batch']})" for r in relabels[:20])
+    more = f"; and {len(relabels) - 20} more" if len(relabels) > 20 else ""
+    return [f"relabel: {len(relabels)} listing(s) arrive again with another category; the latest "
+            f"version wins, but a label flip is also the commonest labelling error: check "
+            f"them: {shown}{more}"]
+
+
+def _bounded(frame: pd.DataFrame, params: ValidateParams) -> pd.DataFrame:
+    """The frame GX validates, text cut so that its results and Data Docs stay small.
+
+    Values longer than ``max(REPORT_VALUE_CHARS, title_max_length + 1)`` characters are cut to
+    that length: every check still decides the same way (a cut value is still too long, and no
+    taxonomy path or currency code is that long), but a 1,000,000-character title no longer
+    fills the GX result JSON and the Data Docs page.
+    """
+    limit = max(REPORT_VALUE_CHARS, params.title_max_length + 1)
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object:
+            out[col] = [v[:limit] if isinstance(v, str) and len(v) > limit else v for v in out[col]]
+    return out
 
 
 def _write_partition(store: Path, batch_id: str, batch_dir: Path, good: pd.DataFrame,

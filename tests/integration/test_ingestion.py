@@ -4,6 +4,7 @@ versioning of the listings store with real DVC (only the changed batches are add
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from common.state import State
 from ingestion.feed import publish
 from ingestion.ingest import ingest_new_batches
 from ingestion.manifest import read_manifest
-from ingestion.sources import FeedError, LocalFeed, S3Feed, check_batch_id
+from ingestion.sources import BatchRefused, FeedError, LocalFeed, S3Feed, check_batch_id
 
 CATALOG = load_catalog("catalogs/fashion.yaml")
 
@@ -79,8 +80,66 @@ def test_symlink_in_a_batch_is_refused(tmp_path):
     batch.mkdir(parents=True)
     (batch / "styles.csv").write_text("id\n1\n")
     (batch / "leak").symlink_to("/etc/passwd")
-    with pytest.raises(FeedError, match="symbolic link"):
+    with pytest.raises(BatchRefused, match="symbolic link") as info:
         LocalFeed(tmp_path / "feed").download_batch("b-2026-11-02", tmp_path / "dest")
+    assert info.value.reason == "batch_holds_link"
+
+
+def _poison(feed: Path, batch: str) -> None:
+    """A real batch whose images/ holds a symbolic link to a file outside the feed."""
+    (feed / batch / "images" / "leak.jpg").symlink_to("/etc/passwd")
+
+
+def test_a_refused_batch_is_quarantined_and_later_batches_are_staged(tmp_path, feed):
+    """The poison batch (a link) is quarantined with its reason; the batches dated after it are
+    staged in the same run; a retry stages nothing again; a corrected re-publication (new
+    content) is staged, and the first delivery's record stays in its report."""
+    state = State(tmp_path / "state")
+    params = load_params()
+    poison = "fashion-2026-11-02"
+    _poison(feed, poison)
+    os.mkfifo(feed / "fashion-2026-11-09" / "images" / "pipe")  # not a regular file
+    first = ingest_new_batches(state, params, None, str(feed))
+    assert first["ingested"] == ["fashion-2026-11-16"]
+    assert [(r["batch_id"], r["reason"]) for r in first["refused"]] == [
+        (poison, "batch_holds_link"), ("fashion-2026-11-09", "batch_file_unreadable")]
+    manifest = read_manifest(state.manifest)
+    assert manifest[poison]["status"] == "quarantined" and manifest[poison]["stage"] == "ingest"
+    assert "images/leak.jpg" in manifest[poison]["report"]["batch_reasons"][0]
+    report = json.loads((state.quarantine / poison / "report.json").read_text())
+    assert report["status"] == "quarantined" and report["reasons"] == {"batch_holds_link": 1}
+    assert not (state.staging / poison).exists()
+    assert not [p for p in state.staging.iterdir() if p.name.startswith(".")]
+
+    again = ingest_new_batches(state, params, None, str(feed))
+    assert again["ingested"] == [] and again["refused"] == []
+    assert read_manifest(state.manifest) == manifest
+
+    (feed / poison / "images" / "leak.jpg").unlink()  # the marketplace fixes and re-publishes
+    fixed = ingest_new_batches(state, params, None, str(feed))
+    assert fixed["ingested"] == [poison] and fixed["staged"] == [poison, "fashion-2026-11-16"]
+    entry = read_manifest(state.manifest)[poison]
+    assert entry["status"] == "staged" and entry["redelivered_from"] == manifest[poison]["fingerprint"]
+    assert (state.staging / poison / "styles.csv").read_bytes() == (feed / poison / "styles.csv").read_bytes()
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("fashion-week-one", "batch_name_undated"),
+    ("fashion-2026-13-40", "batch_name_undated"),
+    ("fashion 2026-11-02", "batch_name_invalid"),
+])
+def test_a_batch_whose_name_places_it_nowhere_is_refused(tmp_path, feed, name, reason):
+    """Undated (or unsafe) folders used to be ingested at any cutoff: refused, with the naming."""
+    shutil.copytree(feed / "fashion-2026-11-16", feed / name)
+    state = State(tmp_path / "state")
+    result = ingest_new_batches(state, load_params(), datetime(2026, 11, 2, tzinfo=UTC), str(feed))
+    assert result["ingested"] == ["fashion-2026-11-02"]
+    (refused,) = result["refused"]
+    assert refused["batch_id"] == name and refused["reason"] == reason
+    if reason == "batch_name_undated":
+        assert "batches are named <catalog>-YYYY-MM-DD" in refused["detail"]
+    assert Path(refused["report"]).is_file()
+    assert read_manifest(state.manifest)[name]["status"] == "quarantined"
 
 
 def test_s3_feed_through_moto_server(tmp_path, feed, monkeypatch):

@@ -4,6 +4,7 @@ written outside the store, quarantine and GX folders."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import shutil
@@ -266,3 +267,99 @@ def test_cross_store_duplicates_drift_and_updates(tmp_path, source, taxonomy, fl
     assert any(r.startswith("label_drift") for r in again["batch_reasons"])
     # re-validation compared the batch with the store without itself: same duplicate found
     assert again["reasons"] == {"duplicate_image": 1}
+
+
+def _write_records(path: Path, rows: pd.DataFrame, change: dict[int, Callable[[list], list]]) -> None:
+    """Writes ``rows`` as RFC 4180 CSV, record ``i`` passed through ``change[i]`` first."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(rows.columns)
+        for i, record in enumerate(rows.astype(str).values.tolist()):
+            writer.writerow(change.get(i, lambda r: r)(record))
+
+
+def test_a_row_with_another_field_count_is_rejected_alone(tmp_path, source, taxonomy, flipkart_dir):
+    """One record with a surplus field and one missing its last: today the first quarantined the
+    whole batch with rows=0 and no rejected.csv, and pandas padded the second silently."""
+    rows = source.iloc[:N].reset_index(drop=True)
+    batch = _write_batch(tmp_path / "raw" / "b-2026-11-02", rows, flipkart_dir)
+    _write_records(batch / LISTINGS, rows, {3: lambda r: [*r, "surplus"], 6: lambda r: r[:-1]})
+    report = _validate(tmp_path, batch, taxonomy)
+    assert report["status"] == "partial", report
+    assert (report["rows"], report["accepted_rows"], report["rejected_rows"]) == (N, N - 2, 2)
+    rejected = pd.read_csv(report["rejected_file"], dtype=str, keep_default_na=False)
+    first = [r.split("; ")[0] for r in rejected["reasons"]]
+    width = len(rows.columns)
+    assert first[0].startswith("malformed_row: line") and f"{width + 1} fields, the header has {width}" in first[0]
+    assert f"{width - 1} fields, the header has {width}" in first[1]
+    stored = set(read_store(tmp_path / "store")["listing_id"])
+    assert stored == set(rows["uniq_id"]) - {rows.at[3, "uniq_id"], rows.at[6, "uniq_id"]}
+
+
+def test_a_json_line_that_cannot_be_decoded_is_rejected_alone(tmp_path, source, taxonomy, flipkart_dir):
+    rows = source.iloc[:N].reset_index(drop=True)
+    batch = _write_batch(tmp_path / "raw" / "b-2026-11-02", rows, flipkart_dir)
+    (batch / LISTINGS).unlink()
+    lines = [json.dumps(r) for r in rows.to_dict("records")]
+    lines[4] = lines[4][: len(lines[4]) // 2]  # cut in the middle
+    (batch / LISTINGS.replace(".csv", ".jsonl")).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report = _validate(tmp_path, batch, taxonomy)
+    assert report["status"] == "partial" and report["rejected_rows"] == 1, report
+    assert report["reasons"] == {"malformed_row": 1}
+    rejected = pd.read_csv(report["rejected_file"], dtype=str, keep_default_na=False)
+    assert rejected["reasons"].item().startswith("malformed_row: line 5: ")
+
+
+def test_a_column_named_twice_quarantines_the_batch_naming_it(tmp_path, source, taxonomy, flipkart_dir):
+    rows = source.iloc[:N].reset_index(drop=True)
+    batch = _write_batch(tmp_path / "raw" / "b-2026-11-02", rows, flipkart_dir)
+    conflicting = rows.assign(product_category_tree_2='["Hoverboards >> Flying"]')
+    conflicting.columns = [*rows.columns, "product_category_tree"]
+    conflicting.to_csv(batch / LISTINGS, index=False)
+    report = _validate(tmp_path, batch, taxonomy)
+    assert report["status"] == "quarantined" and list(report["reasons"]) == ["duplicate_columns"]
+    assert "'product_category_tree' (columns 5, 16)" in report["batch_reasons"][0]
+
+
+def test_a_title_of_invisible_characters_is_missing(tmp_path, source, taxonomy, flipkart_dir):
+    rows = source.iloc[:N].reset_index(drop=True)
+    rows.at[0, "product_name"] = "\u200b\u200c\u200d\u2060\ufeff \u00a0\u3164"
+    batch = _write_batch(tmp_path / "raw" / "b-2026-11-02", rows, flipkart_dir)
+    report = _validate(tmp_path, batch, taxonomy)
+    assert report["status"] == "partial" and report["reasons"] == {"missing_title": 1}, report
+
+
+def test_a_relabel_is_accepted_and_listed_as_a_warning(tmp_path, source, taxonomy, flipkart_dir):
+    first = source.iloc[:N].reset_index(drop=True)
+    b1 = _write_batch(tmp_path / "raw" / "b-2026-11-02", first, flipkart_dir)
+    assert _validate(tmp_path, b1, taxonomy)["status"] == "accepted"
+    canon = read_store(tmp_path / "store").set_index("listing_id")
+    flipped = first.iloc[[2]].copy()
+    other = next(t for t in first["product_category_tree"] if t != flipped.iat[0, 4])
+    flipped["product_category_tree"] = other
+    listing = flipped.iat[0, 0]
+    second = pd.concat([source.iloc[N:2 * N], flipped], ignore_index=True)
+    b2 = _write_batch(tmp_path / "raw" / "b-2026-11-09", second, flipkart_dir)
+    report = _validate(tmp_path, b2, taxonomy, ingested_at="2026-11-09T00:00:00+00:00")
+    assert report["status"] == "accepted", report
+    (relabel,) = report["relabels"]
+    new_path = read_store(tmp_path / "store").set_index("listing_id").at[listing, "category_path"]
+    assert relabel == {"listing_id": listing, "previous_category": canon.at[listing, "category_path"],
+                       "category_path": new_path, "previous_batch": "b-2026-11-02"}
+    (warning,) = [w for w in report["warnings"] if w.startswith("relabel:")]
+    assert listing in warning and canon.at[listing, "category_path"] in warning
+    page = Path(report["data_docs_page"]).read_text(encoding="utf-8")
+    assert "Relabel (warning)" in page and listing in page
+
+
+def test_reports_stay_bounded_for_a_huge_title(tmp_path, source, taxonomy, flipkart_dir):
+    rows = source.iloc[:N].reset_index(drop=True)
+    rows.at[0, "product_name"] = "Watch " * 200_000  # 1,200,000 characters
+    batch = _write_batch(tmp_path / "raw" / "b-2026-11-02", rows, flipkart_dir)
+    report = _validate(tmp_path, batch, taxonomy)
+    assert report["reasons"] == {"title_length_out_of_range": 1}
+    results = [p for p in (tmp_path / "gx").rglob("*.json") if "validations" in p.parts]
+    assert results and max(p.stat().st_size for p in results) < 300_000
+    assert Path(report["data_docs_page"]).stat().st_size < 300_000
+    rejected = pd.read_csv(report["rejected_file"], dtype=str)
+    assert len(rejected["title"].item()) == len(rows.at[0, "product_name"].strip())  # kept whole

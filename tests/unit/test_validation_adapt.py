@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from common.catalog import CANONICAL_COLUMNS, load_catalog
-from validation.adapt import read_listings_file, to_canonical
+from validation.adapt import ROW_ERRORS, read_listings_file, source_errors, to_canonical
 from validation.errors import BatchError
 from validation.taxonomy import load_taxonomy
 
@@ -109,7 +109,8 @@ def test_null_template_field_gives_no_image_key() -> None:
     ("styles.csv", b"id,productDisplayName\n", "listings_file_empty"),
     ("styles.csv", b'id,name\n1,"unclosed\n', "listings_file_unparseable"),
     ("styles.csv", b"\xff\xfe\x00\x81\x92binary", "listings_file_unparseable"),
-    ("styles.jsonl", b'{"id": 1}\n{broken\n', "listings_file_unparseable"),
+    ("styles.csv", b"id,id\n1,2\n", "duplicate_columns"),
+    ("styles.jsonl", b"{broken\n[1]\n", "listings_file_not_a_table"),
     ("styles.jsonl", b"[1, 2]\n[3, 4]\n", "listings_file_not_a_table"),
     ("styles.jsonl", b"\n", "listings_file_empty"),
     ("styles.parquet", b"PAR1 not really parquet", "listings_file_unparseable"),
@@ -144,3 +145,82 @@ def test_taxonomy_bad_content(tmp_path: Path, content: str) -> None:
     path.write_text(content, encoding="utf-8")
     with pytest.raises(ValueError, match="taxonomy"):
         load_taxonomy(path)
+
+
+def _real_lines(fashion_dir: Path, n: int = 6) -> list[str]:
+    return (fashion_dir / "styles.csv").read_text(encoding="utf-8").splitlines()[:n]
+
+
+def test_a_csv_record_with_another_field_count_is_one_malformed_row(tmp_path, fashion_dir) -> None:
+    """Real rows; row 2 gets an extra field and row 4 loses one: only those two are malformed
+    (pandas raised for the first and padded the second silently)."""
+    lines = _real_lines(fashion_dir)
+    lines[2] += ",surplus"
+    lines[4] = lines[4].rsplit(",", 1)[0]
+    path = tmp_path / "styles.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    raw = read_listings_file(path)
+    assert len(raw) == 5
+    errors = raw.attrs[ROW_ERRORS]
+    assert sorted(errors) == [1, 3]
+    assert errors[1] == "malformed_row: line 3: 11 fields, the header has 10"
+    assert errors[3] == "malformed_row: line 5: 9 fields, the header has 10"
+    assert raw.loc[1].isna().all() and raw.loc[3].isna().all()
+    assert raw.loc[0, "id"] == lines[1].split(",")[0]
+    reasons = source_errors(raw, FASHION).tolist()
+    assert reasons[1].startswith("malformed_row: line 3") and reasons[0] is None
+
+
+def test_a_json_line_that_does_not_parse_is_one_malformed_row(tmp_path) -> None:
+    path = tmp_path / "styles.jsonl"
+    good = [json.dumps(r) for r in ROWS]
+    path.write_text("\n".join([good[0], "{broken", '"a string"', '{"id": 1, "id": 2}', good[1]]) + "\n",
+                    encoding="utf-8")
+    raw = read_listings_file(path)
+    errors = raw.attrs[ROW_ERRORS]
+    assert len(raw) == 5 and sorted(errors) == [1, 2, 3]
+    assert errors[1].startswith("malformed_row: line 2: ")
+    assert errors[2] == "malformed_row: line 3: a JSON str, not an object"
+    assert "'id' given more than once" in errors[3]
+    assert raw["productDisplayName"].tolist()[4] == ROWS[1]["productDisplayName"]
+
+
+def test_a_column_named_twice_refuses_the_batch_naming_it(tmp_path, fashion_dir) -> None:
+    lines = _real_lines(fashion_dir)
+    lines = [line + ("," + "articleType" if i == 0 else ",Watches") for i, line in enumerate(lines)]
+    path = tmp_path / "styles.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(BatchError) as info:
+        read_listings_file(path)
+    assert info.value.reason == "duplicate_columns"
+    assert "'articleType' (columns 5, 11)" in str(info.value)
+
+
+def test_parquet_with_a_column_named_twice_is_refused(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_arrays([pa.array(["1"]), pa.array(["a"]), pa.array(["b"])],
+                                 names=["id", "articleType", "articleType"])
+    pq.write_table(table, tmp_path / "styles.parquet")
+    with pytest.raises(BatchError, match="articleType") as info:
+        read_listings_file(tmp_path / "styles.parquet")
+    assert info.value.reason == "duplicate_columns"
+
+
+def test_text_is_nfc_and_invisible_only_text_is_empty(tmp_path, fashion_dir) -> None:
+    """A title of zero-width spaces and a BOM reads as missing; an NFD id reads as its NFC."""
+    lines = _real_lines(fashion_dir, 3)
+    header = lines[0].split(",")
+    title_at = header.index("productDisplayName")
+    first = lines[1].split(",")
+    first[title_at] = "\u200b\u200b\ufeff\u2060 \u00a0"
+    second = lines[2].split(",")
+    second[0] = "caf" + "e\u0301"  # NFD
+    path = tmp_path / "styles.csv"
+    path.write_text("\n".join([lines[0], ",".join(first), ",".join(second)]) + "\n", encoding="utf-8")
+    raw = read_listings_file(path)
+    assert raw.loc[0, "productDisplayName"] is None
+    assert raw.loc[1, "id"] == "caf\u00e9"
+    canon = to_canonical(raw, FASHION, "b1", "2025-01-06")
+    assert canon.loc[1, "image_key"] == "images/caf\u00e9.jpg"
