@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.params import PROJECT_ROOT
+from common.text import normalize_text
 
 PATH_SEP = " > "
 """Separator of the levels of a category path as stored (``"Apparel > Topwear > Tshirts"``)."""
@@ -145,12 +146,13 @@ class Catalog(BaseModel):
             values: the row's text values of :attr:`category_columns` (``None`` when blank).
 
         Returns:
-            The stripped levels (at most :attr:`depth`), or ``None`` when a level is blank or a
-            tree cell cannot be parsed.
+            The levels (at most :attr:`depth`), each normalised
+            (:func:`common.text.normalize_text`), or ``None`` when a level is blank or a tree cell
+            cannot be parsed.
         """
         if self.category is None:
-            return None if any(v is None or not v.strip() for v in values) else [
-                v.strip() for v in values]
+            levels = [normalize_text(v) if v is not None else None for v in values]
+            return None if any(v is None for v in levels) else levels
         (cell,) = values
         if cell is None:
             return None
@@ -163,7 +165,7 @@ class Catalog(BaseModel):
             if not isinstance(items, list) or not items or not isinstance(items[0], str):
                 return None
             cell = items[0]
-        levels = [level.strip() for level in cell.split(tree.separator)][: tree.max_depth]
+        levels = [normalize_text(level) for level in cell.split(tree.separator)][: tree.max_depth]
         return None if not levels or any(not level for level in levels) else levels
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from common.catalog import PATH_SEP, split_path
+from common.text import normalize_text
 
 
 def load_taxonomy(path: str | Path) -> frozenset[str]:
@@ -15,7 +16,9 @@ def load_taxonomy(path: str | Path) -> frozenset[str]:
         path: JSON file holding a list of category paths, either as strings
             (``"Apparel > Topwear > Tshirts"``) or as lists of levels
             (``["Apparel", "Topwear", "Tshirts"]``). Levels are stripped and re-joined with
-            :data:`common.catalog.PATH_SEP`, so spacing around the separator does not matter.
+            :data:`common.catalog.PATH_SEP`, so spacing around the separator does not matter;
+            each level is normalised as listings are (:func:`common.text.normalize_text`: NFC,
+            invisible characters stripped), so the taxonomy and the listings' paths meet.
 
     Returns:
         The set of category paths, joined with ``" > "``.
@@ -35,9 +38,9 @@ def load_taxonomy(path: str | Path) -> frozenset[str]:
     paths = set()
     for i, entry in enumerate(data):
         if isinstance(entry, str):
-            levels = split_path(entry)
+            levels = [normalize_text(x) or "" for x in split_path(entry)]
         elif isinstance(entry, list) and all(isinstance(x, str) for x in entry):
-            levels = [x.strip() for x in entry]
+            levels = [normalize_text(x) or "" for x in entry]
         else:
             raise ValueError(
                 f"taxonomy {path}: entry {i} must be a path string or a list of level strings, "

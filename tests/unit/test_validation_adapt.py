@@ -224,3 +224,10 @@ def test_text_is_nfc_and_invisible_only_text_is_empty(tmp_path, fashion_dir) -> 
     assert raw.loc[1, "id"] == "caf\u00e9"
     canon = to_canonical(raw, FASHION, "b1", "2025-01-06")
     assert canon.loc[1, "image_key"] == "images/caf\u00e9.jpg"
+
+
+def test_taxonomy_levels_are_normalised_like_listings(tmp_path: Path) -> None:
+    """An NFD level with a zero-width space at its end meets the listing's NFC path."""
+    path = tmp_path / "taxonomy.json"
+    path.write_text(json.dumps(["Accessories > Caf" + "e\u0301\u200b > Mugs"]), encoding="utf-8")
+    assert load_taxonomy(path) == {"Accessories > Caf\u00e9 > Mugs"}
