@@ -47,6 +47,12 @@ def fashion_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_jpeg(fashion_dir: Path) -> Path:
+    """One real listing photo (a JPEG) of the fashion catalog, the first by name."""
+    return sorted((fashion_dir / "images").glob("*.jpg"))[0]
+
+
+@pytest.fixture(scope="session")
 def flipkart_dir() -> Path:
     """The real Flipkart sample (CSV + images/)."""
     path = DATASETS / "flipkart-1050"

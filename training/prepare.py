@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.images import ImageReadError
 from common.params import Params, load_params
 from common.store import image_path, read_store
 from training.presets import load_image
@@ -68,7 +69,7 @@ def _decode_chunk(args: tuple[list[str], int]) -> np.ndarray:
     for i, path in enumerate(paths):
         try:
             out[i] = load_image(path, size)
-        except OSError as exc:
+        except (OSError, ImageReadError) as exc:
             raise OSError(f"cannot decode image {path}: {exc}") from exc
     return out
 
@@ -81,7 +82,8 @@ def decode_images(paths: list[str], size: int, out_file: Path, workers: int = 2,
     images whatever the store size.
 
     Raises:
-        OSError: when an image cannot be decoded (the validate step should have refused it).
+        OSError: when an image cannot be read or decoded (the validate step should have refused
+            it); the message names the image and the loader's reason.
     """
     out_file.parent.mkdir(parents=True, exist_ok=True)
     array = np.lib.format.open_memmap(out_file, mode="w+", dtype=np.uint8,

@@ -1,6 +1,7 @@
 """Image decoding and transform presets shared by train, evaluate and serving.
 
-One decode function (:func:`load_image`) turns any image file into a fixed-size uint8 array; the
+One decode function (:func:`load_image`) turns any image file into a fixed-size uint8 array; it
+reads pixels with the loader validation checked them with (:func:`common.images.open_rgb`). The
 prepare stage applies it once per listing and caches the arrays, and serving applies the very same
 function to an incoming image path. The presets then turn uint8 NHWC batches into normalised float
 NCHW tensors. Shape of the presets follows torchvision's ``references/classification/presets.py``.
@@ -9,20 +10,25 @@ NCHW tensors. Shape of the presets follows torchvision's ``references/classifica
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image
 
+from common.images import open_rgb
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """Decodes an image file into a square RGB array.
+def load_image(path: str | Path | BinaryIO, size: int) -> np.ndarray:
+    """Decodes an image file into a square RGB array, through the shared loader.
 
     Args:
-        path: image file (any format PIL reads).
+        path: image file path or binary file object (any format Pillow reads), read by
+            :func:`common.images.open_rgb`: EXIF orientation applied, every mode converted to RGB
+            (transparency on white), first frame of an animation.
         size: side of the output in pixels.
 
     Returns:
@@ -30,12 +36,13 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
         the aspect ratio, so the whole product stays in the frame.
 
     Raises:
-        OSError: when the file cannot be read or decoded.
+        ImageReadError: when the content cannot be used (empty, not an image, too large,
+            corrupt, an unsupported mode); a ``ValueError``.
+        OSError: when the file cannot be opened or read.
     """
-    with Image.open(path) as img:
-        img.draft("RGB", (size, size))  # JPEG: let libjpeg decode at a reduced scale, much faster
-        rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
+    # draft_size: a JPEG is decoded by libjpeg at a reduced scale, much faster
+    rgb = open_rgb(path, draft_size=size)
+    return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def to_tensor_batch(images: np.ndarray | torch.Tensor) -> torch.Tensor:

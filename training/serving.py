@@ -23,7 +23,6 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 from common.catalog import split_path
 from common.params import TrainParams
@@ -88,13 +87,15 @@ def decode_image(image: str | Path | bytes, size: int, row: int | None = None) -
         uint8 array ``(size, size, 3)``.
 
     Raises:
-        ValueError: when the image cannot be read (a missing file, not an image, corrupt, a
-            decompression bomb); the message names the image and the row.
+        ValueError: when the image cannot be read (a missing file, an empty file, not an image,
+            corrupt, a decompression bomb, an unsupported mode); the message names the image,
+            the row and the loader's reason (e.g. ``image_empty``).
     """
     is_bytes = isinstance(image, bytes | bytearray | memoryview)
     try:
         return load_image(io.BytesIO(bytes(image)) if is_bytes else image, size)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    # the loader's common.images.ImageReadError is a ValueError (its str is the reason code)
+    except (OSError, ValueError) as exc:
         what = f"image_bytes of {len(image)} bytes" if is_bytes else f"image_path {str(image)!r}"
         where = "" if row is None else f"row {row}: "
         raise ValueError(f"{where}cannot read its image ({what}): {exc}") from exc

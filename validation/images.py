@@ -1,54 +1,29 @@
 """Image checks of one listing: path inside the batch, format, size (before decoding), full decode.
 
-The header is read first and the dimensions checked before any pixel is decoded, so a
-decompression bomb (a small file that claims a huge image) costs a few bytes of reading.
+Pixels are read by the one loader every stage shares (:func:`common.images.open_rgb`'s steps):
+the header's dimensions are checked before any pixel is decoded (a decompression bomb costs a
+few bytes of reading), EXIF orientation is applied, every Pillow mode is converted to RGB
+(transparency on white), and an animated PNG/WebP is judged by its first frame, the frame
+training reads. The blank check runs on that RGB picture.
+
+Image keys are NFC text (they come from listing ids); a file named in another normalisation
+(NFD, as macOS writes names) is found by comparing NFC forms, part by part.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import unicodedata
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from PIL import Image, ImageFile, ImageStat, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+from PIL import Image, ImageStat
 
+from common.images import ImageReadError, open_image, to_rgb
 from common.params import ValidateParams
 
 FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
 """Accepted formats (PIL names) and the extension the store gives them."""
-
-_OPENERS = {
-    "JPEG": JpegImagePlugin.JpegImageFile,
-    "PNG": PngImagePlugin.PngImageFile,
-    "WEBP": WebPImagePlugin.WebPImageFile,
-}
-# The plugin classes parse the header only. ``Image.open`` would add PIL's own process-wide
-# decompression-bomb check (``Image.MAX_IMAGE_PIXELS``); we apply ``params.max_image_pixels``
-# ourselves instead, so the limit is the one in params.yaml and the reason names the size.
-
-_SIGNATURES = (  # (magic prefix, offset, format name); only used to name a rejected format
-    (b"\xff\xd8\xff", 0, "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
-    (b"WEBP", 8, "WEBP"),
-    (b"GIF87a", 0, "GIF"),
-    (b"GIF89a", 0, "GIF"),
-    (b"BM", 0, "BMP"),
-    (b"II*\x00", 0, "TIFF"),
-    (b"MM\x00*", 0, "TIFF"),
-    (b"\x00\x00\x01\x00", 0, "ICO"),
-    (b"8BPS", 0, "PSD"),
-    (b"%PDF", 0, "PDF"),
-    (b"<svg", 0, "SVG"),
-    (b"<?xml", 0, "SVG"),
-)
-
-
-def _sniff(head: bytes) -> str | None:
-    for magic, offset, name in _SIGNATURES:
-        if head[offset:offset + len(magic)] == magic:
-            if name == "WEBP" and head[:4] != b"RIFF":
-                continue
-            return name
-    return None
 
 
 def resolve_image(batch_dir: Path, image_key: str) -> Path | None:
@@ -56,6 +31,9 @@ def resolve_image(batch_dir: Path, image_key: str) -> Path | None:
 
     Refused: empty keys, absolute paths (POSIX or Windows), drive letters, backslashes, any
     ``..`` part, and keys whose resolved path (symlinks followed) is outside ``batch_dir``.
+    When the exact path does not exist, each part is matched to the one directory entry with
+    the same NFC form (a key in NFC finds a file named in NFD); the result is checked the same
+    way. Without a match the exact (missing) path is returned.
     """
     if not image_key or "\x00" in image_key or "\\" in image_key:
         return None
@@ -63,10 +41,37 @@ def resolve_image(batch_dir: Path, image_key: str) -> Path | None:
     if posix.is_absolute() or win.is_absolute() or win.drive or ".." in posix.parts:
         return None
     root = Path(batch_dir).resolve()
-    target = (root / posix).resolve()
+    path = root / posix
+    if not os.path.lexists(path):
+        path = _match_nfc(root, posix.parts) or path
+    target = path.resolve()
     if not target.is_relative_to(root) or target == root:
         return None
     return target
+
+
+def _match_nfc(root: Path, parts: tuple[str, ...]) -> Path | None:
+    """``root / parts`` with every part replaced by the directory entry of the same NFC form.
+
+    ``None`` when a part has no such entry, or two (names differing only in normalisation are
+    not guessed between); a folder that resolves outside ``root`` is returned as it is.
+    """
+    current = root
+    for part in parts:
+        if os.path.lexists(current / part):
+            current = current / part
+            continue
+        if not current.resolve().is_relative_to(root):
+            return current  # never list a folder outside the batch; the caller refuses it
+        want = unicodedata.normalize("NFC", part)
+        try:
+            names = [n for n in os.listdir(current) if unicodedata.normalize("NFC", n) == want]
+        except OSError:  # not a folder, or unreadable
+            return None
+        if len(names) != 1:
+            return None  # none, or two files differing only in normalisation: do not guess
+        current = current / names[0]
+    return current
 
 
 def check_image(batch_dir: Path, image_key: str | None,
@@ -83,9 +88,11 @@ def check_image(batch_dir: Path, image_key: str | None,
         ``(error, sha256, ext)``: on success ``(None, <64 hex chars>, ".jpg" | ".png" | ".webp")``;
         on failure a short reason and ``None`` (``ext`` is the detected format's extension or
         ``""``). Reasons: ``image_key_missing``, ``image_path_outside_batch``, ``image_missing``,
-        ``image_format_unsupported: <FORMAT|unknown>``, ``image_too_large: <W>x<H>``,
-        ``image_too_small: <W>x<H>``, ``image_undecodable: <detail>``, ``image_blank: <detail>``
-        (grey-level standard deviation below ``params.min_image_stddev``, 0-255 scale).
+        ``image_empty`` (0 bytes), ``image_format_unsupported: <FORMAT|unknown>``,
+        ``image_too_large: <W>x<H>``, ``image_too_small: <W>x<H>``,
+        ``image_undecodable: <detail>``, ``image_mode_unsupported: <MODE>``,
+        ``image_blank: <detail>`` (grey-level standard deviation of the loader's RGB picture
+        below ``params.min_image_stddev``, 0-255 scale).
 
     Never raises for bad image content; ``OSError`` from the filesystem other than a missing
     file is reported as ``image_unreadable: <detail>``.
@@ -99,12 +106,14 @@ def check_image(batch_dir: Path, image_key: str | None,
         return "image_missing", None, ""
     try:
         with open(path, "rb") as fh:
-            name = _sniff(fh.read(16))
-            if name not in FORMATS:
-                return f"image_format_unsupported: {name or 'unknown'}", None, ""
-            ext = FORMATS[name]
-            fh.seek(0)
-            error = _check_pixels(fh, name, params)
+            try:
+                img = open_image(fh, params.max_image_pixels, params.min_image_side,
+                                 tuple(FORMATS))
+                ext = _ext(img.format)
+                rgb = to_rgb(img)
+            except ImageReadError as err:
+                return str(err), None, _ext(err.format)
+            error = _blank(rgb, params)
             if error:
                 return error, None, ext
             fh.seek(0)
@@ -114,33 +123,14 @@ def check_image(batch_dir: Path, image_key: str | None,
     return None, sha, ext
 
 
-def _check_pixels(fh, name: str, params: ValidateParams) -> str | None:
-    # Set, not saved and restored: checks run in threads, and a truncated image must never pass.
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        img = _OPENERS[name](fh)  # header only, no pixel decoded yet
-    except Exception as exc:  # noqa: BLE001 -- any parser failure means a bad file
-        return f"image_undecodable: {_short(exc)}"
-    with img:
-        width, height = img.size
-        if width * height > params.max_image_pixels:
-            return f"image_too_large: {width}x{height}"
-        if min(width, height) < params.min_image_side:
-            return f"image_too_small: {width}x{height}"
-        try:
-            img.load()  # full decode: truncated or corrupt data fails here
-            grey = img.convert("L")
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            return f"image_too_large: {width}x{height}"
-        except Exception as exc:  # noqa: BLE001
-            return f"image_undecodable: {_short(exc)}"
-        # A blank (uniform) picture shows no product: grey-level standard deviation ~ 0.
-        stddev = ImageStat.Stat(grey).stddev[0]
-        if stddev < params.min_image_stddev:
-            return f"image_blank: grey std dev {stddev:.2f} < {params.min_image_stddev}"
+def _ext(fmt: str | None) -> str:
+    # A multi-picture JPEG (MPO, some phone cameras) is a JPEG file; Pillow names it apart.
+    return FORMATS.get("JPEG" if fmt == "MPO" else fmt, "")
+
+
+def _blank(rgb: Image.Image, params: ValidateParams) -> str | None:
+    # A blank (uniform) picture shows no product: grey-level standard deviation ~ 0.
+    stddev = ImageStat.Stat(rgb.convert("L")).stddev[0]
+    if stddev < params.min_image_stddev:
+        return f"image_blank: grey std dev {stddev:.2f} < {params.min_image_stddev}"
     return None
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]

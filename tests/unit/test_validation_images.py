@@ -6,6 +6,7 @@ import hashlib
 import resource
 import struct
 import time
+import unicodedata
 import zlib
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from common.params import ValidateParams
-from validation.images import check_image
+from validation.images import check_image, resolve_image
 
 PARAMS = ValidateParams()
 
@@ -37,11 +38,6 @@ def _one_bit_png(width: int, height: int) -> bytes:
 def batch(tmp_path: Path) -> Path:
     (tmp_path / "batch" / "images").mkdir(parents=True)
     return tmp_path / "batch"
-
-
-@pytest.fixture(scope="module")
-def real_jpeg(fashion_dir: Path) -> Path:
-    return sorted((fashion_dir / "images").glob("*.jpg"))[0]
 
 
 def test_real_jpeg_accepted_with_its_sha(batch: Path, real_jpeg: Path) -> None:
@@ -140,3 +136,37 @@ def test_symlink_inside_the_batch_followed(batch: Path, real_jpeg: Path) -> None
     (None, "image_key_missing"), ("", "image_key_missing")])
 def test_missing_images(batch: Path, key: str | None, reason: str) -> None:
     assert check_image(batch, key, PARAMS) == (reason, None, "")
+
+
+def _nfd(text: str) -> str:
+    return unicodedata.normalize("NFD", text)
+
+
+def test_nfd_named_file_found_by_its_nfc_key(batch: Path, real_jpeg: Path) -> None:
+    """Listing ids (so image keys) are NFC; a file written on macOS is named in NFD."""
+    folder = batch / "images" / _nfd("Señora")
+    folder.mkdir()
+    (folder / _nfd("café.jpg")).write_bytes(real_jpeg.read_bytes())
+    key = unicodedata.normalize("NFC", "images/Señora/café.jpg")
+    assert not (batch / key).exists()
+    assert resolve_image(batch, key) == (folder / _nfd("café.jpg")).resolve()
+    assert check_image(batch, key, PARAMS) == (
+        None, hashlib.sha256(real_jpeg.read_bytes()).hexdigest(), ".jpg")
+
+
+def test_nfc_matching_never_leaves_the_batch(batch: Path, real_jpeg: Path) -> None:
+    (batch.parent / _nfd("café.jpg")).write_bytes(real_jpeg.read_bytes())  # outside the batch
+    (batch / "images" / _nfd("thé.jpg")).symlink_to(batch.parent / _nfd("café.jpg"))
+    assert check_image(batch, "../café.jpg", PARAMS) == ("image_path_outside_batch", None, "")
+    assert check_image(batch, "images/thé.jpg", PARAMS) == ("image_path_outside_batch", None, "")
+    (batch / "images" / _nfd("élan")).symlink_to(batch.parent, target_is_directory=True)
+    assert check_image(batch, "images/élan/café.jpg", PARAMS) == (
+        "image_path_outside_batch", None, "")
+
+
+def test_two_files_differing_only_in_normalisation_are_not_guessed(batch: Path,
+                                                                   real_jpeg: Path) -> None:
+    key = "images/" + unicodedata.normalize("NFC", "ǘ.jpg")  # u + diaeresis + acute
+    for name in ("u\u0308\u0301.jpg", "\u00fc\u0301.jpg"):  # two non-NFC spellings of it
+        (batch / "images" / name).write_bytes(real_jpeg.read_bytes())
+    assert check_image(batch, key, PARAMS) == ("image_missing", None, "")
