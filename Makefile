@@ -56,12 +56,9 @@ lint: venv
 status: venv
 	@$(PY) -m promotion.status
 
-## make ui: Airflow UI (airflow standalone) on :$(AIRFLOW_PORT) and MLflow UI on :$(MLFLOW_PORT).
+## make ui: Airflow UI (airflow standalone) on :$(AIRFLOW_PORT) and MLflow UI on :$(MLFLOW_PORT); Ctrl-C stops both.
 ui: venv
-	$(VENV)/bin/airflow db migrate >/dev/null
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(STATE)/mlflow/mlflow.db \
-	  --default-artifact-root $(STATE)/mlflow/artifacts --port $(MLFLOW_PORT) & \
-	AIRFLOW__API__PORT=$(AIRFLOW_PORT) $(VENV)/bin/airflow standalone
+	VENV=$(VENV) STATE=$(STATE) AIRFLOW_PORT=$(AIRFLOW_PORT) MLFLOW_PORT=$(MLFLOW_PORT) scripts/ui.sh
 
 ## make reproduce VERSION=<n>: restore a model version's data, code and params and re-run dvc repro.
 reproduce: venv
