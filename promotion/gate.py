@@ -111,9 +111,26 @@ class Decision:
     failing_slices: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """The decision as JSON types, figures rounded to :data:`XCOM_DECIMALS` decimals (what
+        the DAG's XCom, the task log and the tags show)."""
         d = asdict(self)
         d["interval"] = list(self.interval) if self.interval is not None else None
-        return d
+        return _rounded(d)
+
+
+XCOM_DECIMALS = 6
+"""Decimals kept in a decision's figures: far below any score difference the gate can resolve
+(one golden listing of 749 is 0.0013), and no float noise such as 0.016100000000000003."""
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return value if math.isnan(value) else round(value, XCOM_DECIMALS)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def paired_bootstrap_delta(
@@ -269,9 +286,10 @@ def decide(candidate: Scores, champion: Scores | None, thresholds: GateParams) -
 
     ok = not failures
     if ok:
-        evidence = (f"the {t.confidence:.0%} interval [{interval[0]:+.4f}, {interval[1]:+.4f}] lies above "
-                    f"{required:.4f}" if interval else f"(>= {required:.4f})")
-        reason = (f"score {score:.4f} beats the champion's {champ:.4f} by {delta:+.4f} {evidence}"
+        evidence = (f": the {t.confidence:.0%} interval [{interval[0]:+.4f}, {interval[1]:+.4f}] of "
+                    f"the delta lies above the required {required:.4f}" if interval
+                    else f" (required: {required:.4f})")
+        reason = (f"score {score:.4f} beats the champion's {champ:.4f} by {delta:+.4f}{evidence}"
                   + (f"; no top-{len(slices)} slice loses more than {t.max_slice_recall_drop:.1%} recall"
                      if slices else ""))
     else:

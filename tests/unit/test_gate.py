@@ -260,3 +260,18 @@ def test_interval_mode_never_promotes_a_candidate_below_the_champion(models, min
     if d.promote:
         assert d.interval[0] > d.required_improvement >= min_imp
         assert d.delta >= d.required_improvement
+
+
+def test_a_promotion_reason_reads_as_a_sentence_and_xcom_figures_are_rounded():
+    true = golden()
+    d = decide(scored(true, true, "2"), scored(true, with_misses(true, {TEE: 4}), "1"),
+               GateParams(min_improvement=0.01, floor_score=0.5, floor_accuracy=0.6, mode="interval",
+                          slice_top_n=0, n_bootstrap=300))
+    assert d.promote
+    assert "beats the champion's" in d.reason and f"by {d.delta:+.4f}: the 95% interval [" in d.reason
+    assert "of the delta lies above the required 0.0100" in d.reason
+    point = decide(Scores(0.80, 0.9), Scores(0.70000000000000001, 0.8), T)
+    assert point.reason.endswith("by +0.1000 (required: 0.0100)")
+    xcom = point.to_dict()
+    assert xcom["delta"] == 0.1 and xcom["candidate_score"] == 0.8  # not 0.10000000000000009
+    assert all(len(repr(x).split(".")[-1]) <= 6 for x in d.to_dict()["interval"])
