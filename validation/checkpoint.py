@@ -37,7 +37,9 @@ class CheckpointOutcome:
             ``None`` for table-level expectations), ``observed_value`` and ``details`` (of
             aggregate expectations, e.g. the drift measures; else ``None``), ``error``
             (exception message or ``None``).
-        validation_id: the GX validation result id (a UUID string), else the run id.
+        validation_id: the GX validation result's identifier, ``<suite>/<run name = batch
+            id>/<run time>/<batch identifier>`` (the path of its result in the GX store and of
+            its Data Docs page, below ``validations/``).
         data_docs: path of the Data Docs ``index.html``, ``None`` if not built.
         data_docs_page: path of this validation result's Data Docs page, ``None`` if not built.
     """
@@ -155,7 +157,9 @@ def run_checkpoint(frame: pd.DataFrame, suite: gx.ExpectationSuite, gx_dir: Path
 
     outcome = CheckpointOutcome(success=bool(result.success))
     (key, validation), = result.run_results.items()
-    outcome.validation_id = str(validation.meta.get("validation_id") or result.run_id)
+    # the result's own key (suite / run name / run time / batch), unique per batch and run; the
+    # result meta's "validation_id" names the validation definition, the same for every batch
+    outcome.validation_id = "/".join(str(part) for part in key.to_tuple())
     for res in validation.results:
         config = res.expectation_config
         detail = res.result or {}

@@ -77,7 +77,9 @@ def test_partial_batch(tmp_path: Path, styles: pd.DataFrame, taxonomy, fashion_d
                                  "missing_title": 1, "unknown_category": 1}
     assert {f["reason"] for f in report["failed_expectations"]} == {
         "missing_title", "unknown_category", "duplicate_listing_id", "image_invalid"}
-    assert report["validation_id"]
+    # the result's own id, which names the batch and is the path of its Data Docs page
+    assert report["validation_id"].startswith("listings_batch/b0001/")
+    assert report["data_docs_page"].endswith(report["validation_id"] + ".html")
     json.dumps(report)  # serialisable
 
     rejected = pd.read_csv(report["rejected_file"], dtype=str, keep_default_na=False)
