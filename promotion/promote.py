@@ -145,7 +145,10 @@ def gate_challenger(state: State, params: Params, version: str, golden_rev: str)
     mv = client.get_model_version(name, version)
     result["experiment_id"] = client.get_run(mv.run_id).info.experiment_id if mv.run_id else None
     per_class = report.per_class_delta(cand_listings, champ_listings)
-    markdown = report.markdown_report(result, per_class, mv.tags, max(5, params.gate.slice_top_n))
+    from promotion.lineage import load_batches
+
+    markdown = report.markdown_report(result, per_class, mv.tags, max(5, params.gate.slice_top_n),
+                                      load_batches(mv.run_id) if mv.run_id else [])
     for key, value in _decision_tags(result, params).items():
         client.set_model_version_tag(name, version, key, value)
     client.update_model_version(name, version, description=markdown)

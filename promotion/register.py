@@ -1,7 +1,8 @@
 """Register: log the trained model to MLflow and register it as the ``challenger``.
 
-The MLflow run holds the params, the metrics of ``metrics.json``, the confusion matrix, the
-predictions, and lineage tags (git commit of the platform, DVC data revision, params hash,
+The MLflow run holds the params, the metrics of ``metrics.json``, the per-epoch training curves,
+the training, validation and golden sets as MLflow datasets, the batches they came from
+(:mod:`promotion.lineage`), the confusion matrix, the predictions, and lineage tags (git commit of the platform, DVC data revision, params hash,
 Airflow dag_id / run_id). The model is a pyfunc (``training.serving``) with a signature,
 shipped with the code it needs. Registering the same workspace commit again (a retried task, or a week with no new data,
 where data, code and params are unchanged) returns the version already registered.
@@ -20,6 +21,8 @@ from pathlib import Path
 
 from common.params import PROJECT_ROOT, Params, load_params
 from common.state import State
+from ingestion.manifest import read_manifest
+from promotion import lineage
 from promotion.registry import ALIAS_CHALLENGER, ensure_experiment, golden_frame, mlflow_client
 
 
@@ -100,13 +103,20 @@ def register_challenger(state: State, params: Params, data: dict, workspace_comm
     from training.serving import model_input
     example = model_input(golden_frame(state).head(3))
     checkpoint = ws / "models" / "model.pt"
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{dag_id}/{run_id}") as run:
+    train_log = ws / "models" / "train_log.json"
+    log = json.loads(train_log.read_text()) if train_log.exists() else {}
+    # the run starts when training started, so its duration in the UI is the training's
+    started_ms = int((checkpoint.stat().st_mtime - float(log.get("total_seconds") or 0.0)) * 1000)
+    created = client.create_run(experiment_id, start_time=started_ms, run_name=f"{dag_id}/{run_id}")
+    with mlflow.start_run(run_id=created.info.run_id) as run:
         mlflow.log_params(_flat("", params.to_dict(), {}))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
-        train_log = ws / "models" / "train_log.json"
+        lineage.log_epoch_metrics(client, run.info.run_id, log, started_ms)
+        lineage.log_datasets(ws, workspace_commit)
+        lineage.log_batches(client, run.info.run_id,
+                            lineage.training_batches(ws, read_manifest(state.manifest)))
         pretrained, source, precision = "unknown", "unknown", "unknown"
         if train_log.exists():
-            log = json.loads(train_log.read_text())
             pretrained = str(log.get("pretrained", "unknown"))
             source = str(log.get("weights_source") or ("none: no image branch" if params.train.branches == "text"
                                                         else "none: trained from scratch"))

@@ -19,11 +19,6 @@ import pandas as pd
 from promotion.gate import PerListing
 
 
-def mlflow_ui_url() -> str:
-    """Base URL of the MLflow UI (``LCP_MLFLOW_UI_URL``, default ``http://localhost:5000``)."""
-    return os.environ.get("LCP_MLFLOW_UI_URL", "http://localhost:5000").rstrip("/")
-
-
 def airflow_ui_url() -> str:
     """Base URL of the Airflow UI (``LCP_AIRFLOW_UI_URL``, default ``http://localhost:8080``)."""
     return os.environ.get("LCP_AIRFLOW_UI_URL", "http://localhost:8080").rstrip("/")
@@ -78,14 +73,52 @@ def _fmt(x, spec: str = ".4f") -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
 
 
-def markdown_report(result: dict, per_class: pd.DataFrame, lineage: dict, top_n: int) -> str:
-    """The version description: comparison table, decision and why, links.
+REVISIONS = {
+    "data_rev": "data: the DVC workspace commit after versioning (listings store + golden set)",
+    "workspace_commit": "data + code + params + dvc.lock: the workspace commit after `dvc repro` "
+                        "(`make reproduce` restores it)",
+    "listings_md5": "the listings store's DVC directory hash",
+    "golden_md5": "the golden test set's DVC hash",
+    "git_commit": "the platform's code (this repository)",
+    "params_hash": "the effective params.yaml (SHA-256)",
+    "dag_id": "the Airflow DAG",
+    "airflow_run_id": "the Airflow run that trained it",
+}
+"""Lineage tags and, in one line each, what they pin (the description's lineage table)."""
+BATCH_ROWS = 20
+"""Batches listed in the description; all are in the run's ``lineage/batches.json``."""
+
+
+def _batches_table(batches: list[dict]) -> list[str]:
+    if not batches:
+        return []
+    lines = [f"Training data: {sum(b['listings'] for b in batches)} listings from "
+             f"{len(batches)} batch(es) (train + validation; the run's `lineage/batches.json`).", "",
+             "| batch | listings | validation | rows read | accepted | rejected | GX result |",
+             "| --- | ---: | --- | ---: | ---: | ---: | --- |"]
+    for b in batches[:BATCH_ROWS]:
+        lines.append(f"| {b['batch_id']} | {b['listings']} | {b.get('status') or '–'} | "
+                     f"{_fmt(b.get('rows'), 'd')} | {_fmt(b.get('accepted_rows'), 'd')} | "
+                     f"{_fmt(b.get('rejected_rows'), 'd')} | `{b.get('validation_id') or '–'}` |")
+    if len(batches) > BATCH_ROWS:
+        lines.append(f"| and {len(batches) - BATCH_ROWS} more | | | | | | |")
+    return lines
+
+
+def markdown_report(result: dict, per_class: pd.DataFrame, lineage: dict, top_n: int,
+                    batches: list[dict] = ()) -> str:
+    """The version description: comparison table, decision and why, links, lineage.
+
+    Links into the MLflow UI are relative (``#/experiments/...``), so they work from whatever
+    host and port the UI is opened on; the Data Docs link needs the Airflow UI's base URL
+    (``LCP_AIRFLOW_UI_URL``).
 
     Args:
         result: :func:`promotion.promote.gate_challenger`'s result.
         per_class: :func:`per_class_delta`.
         lineage: the version's tags (``mlflow_run_id``, ``gx_data_docs``, ``data_rev`` ...).
         top_n: rows of the per-category table (the gate's slices, at least 5).
+        batches: :func:`promotion.lineage.training_batches` of the version's run.
 
     Returns:
         Markdown text.
@@ -128,17 +161,17 @@ def markdown_report(result: dict, per_class: pd.DataFrame, lineage: dict, top_n:
     run_id = lineage.get("mlflow_run_id")
     exp = result.get("experiment_id")
     links = []
-    if run_id:
-        links.append(f"[training run]({mlflow_ui_url()}/#/experiments/{exp}/runs/{run_id})")
-        links.append(f"[comparison artifacts]({mlflow_ui_url()}/#/experiments/{exp}/runs/{run_id}/artifacts)")
+    if run_id:  # relative to the MLflow UI the description is read in: any host, any port
+        links.append(f"[training run](#/experiments/{exp}/runs/{run_id})")
+        links.append(f"[comparison artifacts](#/experiments/{exp}/runs/{run_id}/artifacts)")
     if lineage.get("gx_data_docs") and lineage["gx_data_docs"] != "None":
-        links.append(f"[GX Data Docs]({airflow_ui_url()}/data-docs/) (`{lineage['gx_data_docs']}`)")
-    lines += ["", "### Lineage", "", " · ".join(links) if links else "", "",
-              "| | |", "| --- | --- |"]
-    for key in ("git_commit", "data_rev", "listings_md5", "golden_md5", "workspace_commit", "params_hash",
-                "dag_id", "airflow_run_id"):
+        links.append(f"[GX Data Docs]({airflow_ui_url()}/data-docs/)")
+    lines += ["", "### Lineage", "", " · ".join(links) if links else "", ""]
+    lines += _batches_table(batches)
+    lines += ["", "| pins | id |", "| --- | --- |"]
+    for key, what in REVISIONS.items():
         if lineage.get(key):
-            lines.append(f"| {key} | `{lineage[key]}` |")
+            lines.append(f"| {what} | `{lineage[key]}` |")
     return "\n".join(lines)[:4900]  # stays well inside the registry's description limit
 
 

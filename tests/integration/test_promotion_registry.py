@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from common.params import Params
@@ -242,3 +243,43 @@ def test_rollback_cli_moves_champion_and_back(registry):
     with pytest.raises(RollbackError, match="no version 4242"):
         rollback(state, registry["params"], "4242")
     assert alias(client, "champion") == v1
+
+
+def test_lineage_a_reviewer_reads_in_the_ui(registry):
+    """The run lists its datasets (with DVC sources and row counts), charts one point per epoch,
+    lasts as long as training did; the description names the batches and links relatively."""
+    client = client_for(registry["state"])
+    v1 = client.get_model_version(NAME, registry["v1"]["version"])
+    run = client.get_run(v1.run_id)
+    ws = registry["state"].workspace
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "val", "golden"}
+    for name, d in inputs.items():
+        rows = len(pd.read_parquet(ws / "data" / "prepared" / f"{name}.parquet"))
+        assert json.loads(d.dataset.profile)["num_rows"] == rows
+        source = json.loads(d.dataset.source)
+        assert d.dataset.source_type == "dvc" and source["rev"] == registry["trained"]["workspace_commit"]
+        assert source["path"] == f"data/prepared/{name}.parquet" and d.dataset.digest
+        assert {t.key: t.value for t in d.tags}["mlflow.data.context"] in {"training", "validation", "golden"}
+    log = json.loads((ws / "models" / "train_log.json").read_text())
+    epochs = [e["epoch"] for e in log["epochs"]]
+    history = client.get_metric_history(v1.run_id, "epoch_val_accuracy")
+    assert [m.step for m in history] == epochs and len(epochs) >= 1
+    assert [m.value for m in history] == [e["val_accuracy"] for e in log["epochs"]]
+    assert len(client.get_metric_history(v1.run_id, "epoch_lr")) == len(epochs)
+    assert (run.info.end_time - run.info.start_time) / 1000 >= log["total_seconds"]
+    batches = json.loads(mlflow_text(client, v1.run_id, "lineage/batches.json"))
+    train_val = pd.concat([pd.read_parquet(ws / "data" / "prepared" / f"{s}.parquet") for s in ("train", "val")])
+    assert {b["batch_id"]: b["listings"] for b in batches} == train_val["batch_id"].value_counts().to_dict()
+    md = v1.description
+    assert f"](#/experiments/{run.info.experiment_id}/runs/{v1.run_id})" in md  # any host, any port
+    assert "localhost:5000" not in md
+    assert all(f"| {b['batch_id']} | {b['listings']} |" in md for b in batches)
+    assert "| data: the DVC workspace commit after versioning" in md
+
+
+def mlflow_text(client, run_id: str, path: str) -> str:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(client.download_artifacts(run_id, path, tmp)).read_text()
