@@ -10,16 +10,21 @@ api-server only reads that XCom back. So the links are attached to the tasks in 
 - ``promote`` returns ``{"champion", "moved", "decision"}``: the run and the challenger's
   version come from the same DAG run's ``register`` XCom.
 
-The MLflow UI base URL comes from ``LCP_MLFLOW_UI_URL`` in the worker's environment (default
-``http://localhost:5000``). Only ``airflow.sdk`` is imported: the DAG file imports this module,
-and parsing it must stay cheap.
+Because the URL is stored when the task finishes, it must not hold the MLflow UI's address
+(a UI opened later on other ports would get refused links): each link is a path on the Airflow
+api-server itself (``/lcp/mlflow/runs/<run id>``, ``/lcp/mlflow/models/<name>/versions/<n>``,
+relative to the Airflow UI's own origin, prefixed by the path of ``[api] base_url`` when Airflow
+is served under one), which the plugin (``listing_classifier_ui``) answers with a redirect to
+the MLflow UI that the *api-server's* ``LCP_MLFLOW_UI_URL`` names when the link is opened.
+Only ``airflow.sdk`` is imported: the DAG file imports this module, and parsing it must stay
+cheap.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from airflow.sdk import BaseOperatorLink
 
@@ -27,17 +32,46 @@ REGISTER_TASK_ID = "register"
 DEFAULT_MODEL_NAME = "listing-classifier"
 
 
+REDIRECT_PREFIX = "/lcp"
+"""Where the plugin's redirect app is mounted on the api-server."""
+
+
 def mlflow_ui_url() -> str:
-    """Base URL of the MLflow UI, from ``LCP_MLFLOW_UI_URL`` (no trailing slash)."""
+    """Base URL of the MLflow UI, from ``LCP_MLFLOW_UI_URL`` (no trailing slash), read when called:
+    by the api-server's redirect, each time a link is opened."""
     return os.environ.get("LCP_MLFLOW_UI_URL", "http://localhost:5000").rstrip("/")
 
 
+def _base_path() -> str:
+    """The path part of Airflow's ``[api] base_url`` (``""`` when Airflow is served at ``/``)."""
+    base = os.environ.get("AIRFLOW__API__BASE_URL")
+    if base is None:
+        try:
+            from airflow.configuration import conf
+
+            base = conf.get("api", "base_url", fallback="") or ""
+        except Exception:  # noqa: BLE001 -- no Airflow config at hand: served at /
+            base = ""
+    return urlsplit(base).path.rstrip("/")
+
+
 def run_url(run_id: str) -> str:
+    """The link to a run: a path on the Airflow UI that redirects to the MLflow run page."""
+    return f"{_base_path()}{REDIRECT_PREFIX}/mlflow/runs/{quote(run_id, safe='')}"
+
+
+def model_version_url(name: str, version: str | int) -> str:
+    """The link to a model version: a path on the Airflow UI that redirects to its MLflow page."""
+    return (f"{_base_path()}{REDIRECT_PREFIX}/mlflow/models/{quote(name, safe='')}/versions/"
+            f"{quote(str(version), safe='')}")
+
+
+def mlflow_run_page(run_id: str) -> str:
     """The MLflow UI page of a run (``#/runs/<id>`` redirects to its experiment's run page)."""
     return f"{mlflow_ui_url()}/#/runs/{quote(run_id, safe='')}"
 
 
-def model_version_url(name: str, version: str | int) -> str:
+def mlflow_model_version_page(name: str, version: str | int) -> str:
     """The MLflow UI page of one registered model version."""
     return f"{mlflow_ui_url()}/#/models/{quote(name, safe='')}/versions/{quote(str(version), safe='')}"
 

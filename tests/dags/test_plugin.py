@@ -64,23 +64,40 @@ class _FakeTI:
 
 
 def test_extra_links_point_at_the_exact_mlflow_run_and_version(monkeypatch):
+    """The stored links are api-server paths (no MLflow address frozen in them); the redirect
+    app sends each to the MLflow UI the api-server is configured with when it is opened."""
+    from fastapi.testclient import TestClient
+
     links = _links_module(monkeypatch)
-    monkeypatch.setenv("LCP_MLFLOW_UI_URL", "https://mlflow.example/")
+    monkeypatch.setenv("LCP_MLFLOW_UI_URL", "http://frozen.example:5000")  # the worker's, at run time
+    monkeypatch.delenv("AIRFLOW__API__BASE_URL", raising=False)
     registered = {"version": "7", "run_id": "abc123", "model_uri": "models:/listing-classifier/7"}
     register_ti = _FakeTI("register", {"register": registered})
     assert [link.get_link(None, ti_key=register_ti) for link in links.REGISTER_LINKS] == [
-        "https://mlflow.example/#/runs/abc123",
-        "https://mlflow.example/#/models/listing-classifier/versions/7"]
+        "/lcp/mlflow/runs/abc123", "/lcp/mlflow/models/listing-classifier/versions/7"]
     promote_ti = _FakeTI("promote", {"register": registered,
                                      "promote": {"champion": "6", "moved": False, "decision": "rejected"}})
-    assert [link.get_link(None, ti_key=promote_ti) for link in links.PROMOTE_LINKS] == [
-        "https://mlflow.example/#/runs/abc123",
-        "https://mlflow.example/#/models/listing-classifier/versions/7",
-        "https://mlflow.example/#/models/listing-classifier/versions/6"]
+    stored = [link.get_link(None, ti_key=promote_ti) for link in links.PROMOTE_LINKS]
+    assert stored == ["/lcp/mlflow/runs/abc123", "/lcp/mlflow/models/listing-classifier/versions/7",
+                      "/lcp/mlflow/models/listing-classifier/versions/6"]
+    assert all("frozen.example" not in url for url in stored)
     # before registration (or a skipped promote) the links are empty: the UI shows them disabled
     assert [link.get_link(None, ti_key=_FakeTI("promote", {})) for link in links.PROMOTE_LINKS] == ["", "", ""]
     assert links.MlflowChampionLink().get_link(
         None, ti_key=_FakeTI("promote", {"promote": {"champion": None}})) == ""
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example/tools/airflow/")
+    assert links.run_url("abc123") == "/tools/airflow/lcp/mlflow/runs/abc123"
+
+    import listing_classifier_ui as ui
+
+    client = TestClient(ui.mlflow_redirect_app())
+    monkeypatch.setenv("LCP_MLFLOW_UI_URL", "http://localhost:15001/")  # the UI as opened later
+    targets = [client.get(url.removeprefix("/lcp"), follow_redirects=False) for url in stored]
+    assert [r.status_code for r in targets] == [307, 307, 307]
+    assert [r.headers["location"] for r in targets] == [
+        "http://localhost:15001/#/runs/abc123",
+        "http://localhost:15001/#/models/listing-classifier/versions/7",
+        "http://localhost:15001/#/models/listing-classifier/versions/6"]
 
 
 def test_the_dag_attaches_the_links_to_register_and_promote(airflow_db):

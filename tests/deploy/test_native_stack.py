@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import shutil
 import time
+import urllib.error
+import urllib.request
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -81,16 +83,35 @@ def test_dag_run_through_the_rest_api_on_celery_registers_a_model(stack):
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="listing-classifier", Prefix="mlflow/").get("Contents", [])]
     assert any(k.endswith("MLmodel") for k in keys), keys[:20]
 
-    # operator extra links: the exact run and version, computed on the worker
+    # operator extra links: api-server paths, resolved to the MLflow UI when opened
     status, links = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/api-triggered/taskInstances/register/links")
     assert status == 200, links
-    assert links["extra_links"]["MLflow run"] == f"{stack.mlflow_url}/#/runs/{version.run_id}"
-    version_url = f"{stack.mlflow_url}/#/models/listing-classifier/versions/{version.version}"
-    assert links["extra_links"]["MLflow model version"] == version_url
+    register_links = links["extra_links"]
+    assert register_links["MLflow run"] == f"/lcp/mlflow/runs/{version.run_id}"
+    assert register_links["MLflow model version"] == f"/lcp/mlflow/models/listing-classifier/versions/{version.version}"
     status, links = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/api-triggered/taskInstances/promote/links")
     assert status == 200, links
-    assert links["extra_links"]["MLflow champion"] == version_url
-    assert links["extra_links"]["MLflow run"] == f"{stack.mlflow_url}/#/runs/{version.run_id}"
+    assert links["extra_links"]["MLflow champion"] == register_links["MLflow model version"]
+    version_page = f"{stack.mlflow_url}/#/models/listing-classifier/versions/{version.version}"
+    for link in [*register_links.values(), *links["extra_links"].values()]:
+        location = _redirect(f"{stack.airflow_url}{link}")
+        assert location in (version_page, f"{stack.mlflow_url}/#/runs/{version.run_id}"), location
+        with urllib.request.urlopen(location, timeout=30) as page:  # the MLflow UI answers it
+            assert page.status == 200
+
+
+def _redirect(url: str) -> str:
+    """The Location of a redirect answer (not followed)."""
+    class NoFollow(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    try:
+        urllib.request.build_opener(NoFollow).open(url, timeout=30)
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 307, (url, exc.code)
+        return exc.headers["Location"]
+    raise AssertionError(f"{url} did not redirect")
 
 
 def _shot(page, tmp_path: Path, name: str) -> None:
