@@ -29,6 +29,7 @@ $(VENV)/.installed: requirements/dev.lock pyproject.toml
 	uv venv -q --allow-existing --python $(PY_VERSION) $(VENV)
 	uv pip install -q --python $(PY) -r requirements/dev.lock
 	uv pip install -q --python $(PY) --no-deps -e .
+	$(PY) plugins/data_docs_assets.py fetch  # Data Docs' scripts and styles, served offline (npm)
 	touch $@
 
 venv: $(VENV)/.installed

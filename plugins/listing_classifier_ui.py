@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 
 from airflow.plugins_manager import AirflowPlugin
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from listing_classifier_links import (
     REDIRECT_PREFIX,
     MlflowChampionLink,
@@ -45,20 +47,69 @@ def data_docs_dir() -> Path:
     return state / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site"
 
 
+ASSETS_PATH = "/_assets"
+"""Where the Data Docs app serves the local copies of the pages' scripts and styles."""
+
+
+def _inside(root: Path, rel: str) -> Path | None:
+    """``root / rel`` resolved, or ``None`` when it leaves ``root`` (``..``, links out)."""
+    root = root.resolve()
+    target = (root / rel).resolve()
+    return target if target == root or target.is_relative_to(root) else None
+
+
 def data_docs_app():
-    """A FastAPI app serving the Data Docs site as static HTML (404 until the first validation)."""
-    from fastapi import FastAPI
-    from fastapi.staticfiles import StaticFiles
+    """A FastAPI app serving the Data Docs site, behind Airflow's authentication.
 
-    class DataDocsFiles(StaticFiles):
-        """StaticFiles that answers 404 (not 500) while the site does not exist yet."""
+    Every request needs an Airflow login (the UI's session cookie or a bearer token), as the REST
+    API does: Data Docs hold listing rows and failed values. A browser that is not logged in is
+    sent to the login page; other clients get 401. HTML pages are served with their CDN
+    addresses rewritten to the local copies (``/data-docs/_assets/...``,
+    :mod:`data_docs_assets`), so the site works offline. Paths leaving the site are 404; the
+    site answers 404 until the first validation.
+    """
+    from data_docs_assets import assets_dir, localize
 
-        async def check_config(self) -> None:
-            if Path(self.directory).is_dir():
-                await super().check_config()
+    async def logged_in(request: Request):
+        """The Airflow user of the request, as the REST API resolves it (bearer token, else the
+        UI's session cookie); imported on first request, so loading the plugin stays cheap."""
+        from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
+        from airflow.api_fastapi.core_api.security import resolve_user_from_token
 
-    app = FastAPI(title="Great Expectations Data Docs")
-    app.mount("/", DataDocsFiles(directory=data_docs_dir(), html=True, check_dir=False), name="data-docs")
+        header = request.headers.get("authorization", "")
+        token = header[7:] if header.lower().startswith("bearer ") else None
+        return await resolve_user_from_token(token or request.cookies.get(COOKIE_NAME_JWT_TOKEN))
+
+    app = FastAPI(title="Great Expectations Data Docs", dependencies=[Depends(logged_in)])
+
+    @app.exception_handler(HTTPException)
+    async def login_first(request: Request, exc: HTTPException):
+        if exc.status_code in (401, 403) and "text/html" in request.headers.get("accept", ""):
+            from airflow.api_fastapi.app import get_auth_manager
+
+            return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)),
+                                    status_code=303)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.get(ASSETS_PATH + "/{path:path}")
+    def asset(path: str) -> FileResponse:
+        target = _inside(assets_dir(), path)
+        if target is None or not target.is_file():
+            raise HTTPException(404, "no such asset")
+        return FileResponse(target)
+
+    @app.get("/{path:path}")
+    def page(path: str, request: Request):
+        target = _inside(data_docs_dir(), path or "index.html")
+        if target is not None and target.is_dir():
+            target = target / "index.html"
+        if target is None or not target.is_file():
+            raise HTTPException(404, "no such Data Docs page (nothing validated yet?)")
+        if target.suffix == ".html":
+            prefix = request.scope.get("root_path", "").rstrip("/") + ASSETS_PATH
+            return HTMLResponse(localize(target.read_text(encoding="utf-8"), prefix))
+        return FileResponse(target)
+
     return app
 
 
@@ -68,9 +119,6 @@ def mlflow_redirect_app():
     ``GET /mlflow/runs/<run id>`` and ``GET /mlflow/models/<name>/versions/<version>`` answer
     ``307`` to the MLflow page; ``LCP_MLFLOW_UI_URL`` is read at each request.
     """
-    from fastapi import FastAPI
-    from fastapi.responses import RedirectResponse
-
     app = FastAPI(title="Listing classifier: links to MLflow")
 
     @app.get("/mlflow/runs/{run_id}")

@@ -24,23 +24,64 @@ def test_airflow_loads_the_plugin_with_its_views(tmp_path):
     assert "/data-docs" in proc.stdout
 
 
-def test_data_docs_are_served_from_the_state_folder(tmp_path, monkeypatch):
+def test_data_docs_are_served_behind_airflow_login_with_local_assets(tmp_path, monkeypatch, airflow_db):
+    """No login: 401 (a browser is sent to the login page). Logged in (bearer token or the UI's
+    cookie): the page, its CDN addresses rewritten to the local copies, which are served too."""
+    from airflow.api_fastapi.app import init_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
     from fastapi.testclient import TestClient
 
     monkeypatch.setenv("LCP_STATE_DIR", str(tmp_path))
-    sys.path.insert(0, str(PROJECT_ROOT / "plugins"))
-    try:
-        import listing_classifier_ui as ui
-    finally:
-        sys.path.remove(str(PROJECT_ROOT / "plugins"))
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "plugins"))
+    import data_docs_assets
+    import listing_classifier_ui as ui
+
+    token = init_auth_manager().generate_jwt(SimpleAuthManagerUser(username="admin", role="admin"))
     client = TestClient(ui.data_docs_app())
-    assert client.get("/index.html").status_code == 404  # nothing validated yet
+    auth = {"Authorization": f"Bearer {token}"}
+    assert client.get("/index.html", headers=auth).status_code == 404  # nothing validated yet
     site = ui.data_docs_dir()
     site.mkdir(parents=True)
-    (site / "index.html").write_text("<h1>expectation suite listings</h1>")
-    response = client.get("/index.html")
+    cdn = "https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css"
+    (site / "index.html").write_text(f'<link href="{cdn}"><script src="https://code.jquery.com/'
+                                     f'jquery-3.7.1.min.js"></script><h1>expectation suite</h1>')
+    assert client.get("/index.html").status_code == 401
+    to_login = client.get("/index.html", headers={"accept": "text/html"}, follow_redirects=False)
+    assert to_login.status_code == 303 and to_login.headers["location"].startswith("/auth/login")
+    assert client.get("/index.html", cookies={"_token": "forged"}).status_code == 403
+    assets = data_docs_assets.assets_dir()
+    assert (assets / "bootstrap" / "dist" / "css" / "bootstrap.min.css").is_file(), \
+        f"run `make venv` (it fetches the Data Docs assets into {assets})"
+    response = client.get("/index.html", cookies={"_token": token})
     assert response.status_code == 200 and "expectation suite" in response.text
-    assert client.get("/../../../etc/passwd").status_code == 404
+    assert cdn not in response.text and "code.jquery.com" not in response.text
+    assert '"/_assets/bootstrap/dist/css/bootstrap.min.css"' in response.text
+    css = client.get("/_assets/bootstrap/dist/css/bootstrap.min.css", headers=auth)
+    assert css.status_code == 200 and css.content == (assets / "bootstrap/dist/css/bootstrap.min.css").read_bytes()
+    for trick in ("/../../../etc/passwd", "/..%2F..%2F..%2Fetc%2Fpasswd", "/_assets/..%2F..%2F..%2Fetc%2Fpasswd"):
+        assert client.get(trick, headers=auth).status_code == 404, trick
+
+
+def test_every_cdn_address_of_a_real_data_docs_page_has_a_local_copy():
+    """The addresses GX 1.x writes (read from its own page template) all map to fetched files."""
+    import re
+
+    import great_expectations
+
+    sys.path.insert(0, str(PROJECT_ROOT / "plugins"))
+    try:
+        import data_docs_assets
+    finally:
+        sys.path.remove(str(PROJECT_ROOT / "plugins"))
+    templates = Path(great_expectations.__file__).parent / "render" / "view" / "templates"
+    text = "\n".join(p.read_text(encoding="utf-8") for p in templates.rglob("*.j2"))
+    cdn = set(re.findall(r'(?:src|href)="(https://(?:cdn|unpkg|code\.jquery|maxcdn|stackpath|cdnjs)[^"]+)"', text))
+    assert cdn, "no CDN address found in GX's templates: the template folder moved?"
+    root = data_docs_assets.assets_dir()
+    for url in sorted(cdn):
+        local = data_docs_assets.localize(f'"{url}"', "").strip('"')
+        assert local != url, f"{url} has no local copy in data_docs_assets.CDN_PREFIXES"
+        assert (root / local.lstrip("/")).is_file(), f"{url} -> {local} is not in {root}"
 
 
 def _links_module(monkeypatch):
