@@ -21,7 +21,9 @@ image sent again in a later batch (an update of the same listing) is uploaded on
 A partition folder is written whole: built in a hidden temporary folder next to it
 (``batches/.<batch_id>.<uuid>.tmp``) and renamed into place, so a reader or ``dvc add`` never
 sees half a partition, and its ``listings.parquet`` identifies its content (rows list their
-images' SHA-256). Hidden entries under ``batches/`` are never partitions.
+images' SHA-256). Hidden entries under ``batches/`` are never partitions. A writer killed midway
+leaves only hidden debris: :func:`recover_partitions` (run by every writer before it writes)
+puts back a partition that was moved aside for its replacement and removes the rest.
 
 Updates: a listing id that arrives again in a later batch is an update, and the latest version
 wins: :func:`read_store` keeps the row of the latest ``ingested_at`` (ties: the latest batch id,
@@ -41,11 +43,15 @@ migrate <store>`` converts them in place.
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import os
+import re
 import shutil
 import sys
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -64,9 +70,73 @@ LISTINGS_FILE = "listings.parquet"
 IMAGES = "images"
 """A partition's image folder, relative to its folder."""
 
+_DEBRIS = re.compile(r"^\.(?P<batch>.+)\.[0-9a-f]{32}\.(?P<kind>tmp|old|del)$")
+"""Hidden folders of a partition writer: ``.tmp`` being built, ``.old`` the previous partition
+moved aside for its replacement, ``.del`` a partition being deleted."""
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "Out of diskspace")  # the last: git
+
+log = logging.getLogger(__name__)
+
 
 class StoreLayoutError(RuntimeError):
     """The store folder holds partitions in a layout this code does not read."""
+
+
+class DiskFullError(OSError):
+    """The disk holding the state folder is full (``ENOSPC`` / ``EDQUOT``) during a step.
+
+    Raised by :func:`disk_full_errors` in place of the bare error, whose message names at best
+    a temporary file (pyarrow's and GX's name no file at all); ``errno`` is ``ENOSPC``, the
+    original error is chained (``__cause__``).
+    """
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when ``exc``, or an exception it was raised from or while handling, says the disk is
+    full: an ``OSError`` with ``ENOSPC``/``EDQUOT``, or that error's text (pyarrow, and tools
+    that wrap the error or print it, keep only its text)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if ((isinstance(exc, OSError) and exc.errno in _NO_SPACE)
+                or any(text in str(exc) for text in _NO_SPACE_TEXT)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@contextmanager
+def disk_full_errors(root: Path, step: str) -> Iterator[None]:
+    """Turns a disk-full failure inside the block into a :class:`DiskFullError` naming the disk.
+
+    Args:
+        root: the state folder whose disk filled up.
+        step: what was being done (``"validate batch b1"``), first in the message.
+
+    Raises:
+        DiskFullError: when the block raised an exception :func:`is_disk_full` recognises: the
+            message names the step, the state folder and the file being written (``filename2``
+            of a copy, else ``filename``) or the original message; any other exception passes
+            unchanged.
+    """
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        cause, written = exc, None
+        while cause is not None and written is None:
+            written = getattr(cause, "filename2", None) or getattr(cause, "filename", None)
+            cause = cause.__cause__ or cause.__context__
+        detail = f"no space left writing {written}" if written else str(exc)[:600]
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"{step}: the disk holding the state folder {root} is full ({detail}). Files are "
+            "written under temporary names and renamed into place, so nothing half written is "
+            "left in use; free space on that disk and run the step again") from exc
 
 
 def partition_dir(store: Path, batch_id: str) -> Path:
@@ -161,13 +231,52 @@ def read_store(store: Path, columns: Sequence[str] | None = None,
     return frame.sort_values("listing_id", kind="stable").reset_index(drop=True)[columns]
 
 
+def recover_partitions(store: Path, batch_id: str | None = None) -> list[str]:
+    """Cleans up after partition writers that were killed: puts back a partition moved aside
+    for a replacement that never arrived, removes every other hidden debris folder.
+
+    A writer killed between the two renames of :func:`replace_partition` leaves the batch with
+    no partition and its previous one in ``.<batch_id>.<token>.old``: that one is renamed back,
+    so the store is as it was before the killed write (a batch the manifest lists as validated
+    is never lost). Temporary folders (``.tmp``, half built) and folders being deleted
+    (``.del``) are removed. Run it only where no other writer of the same batch is at work: the
+    store has one writer at a time (the validate step; the DAG runs one run at a time).
+
+    Args:
+        store: the ``data/listings`` folder.
+        batch_id: only this batch's debris; default every batch's.
+
+    Returns:
+        One line per action taken (also logged as a warning), empty when there was nothing.
+    """
+    root = Path(store) / BATCHES
+    if not root.is_dir():
+        return []
+    debris = sorted(((m, Path(e.path)) for e in os.scandir(root)
+                     if (m := _DEBRIS.match(e.name)) and batch_id in (None, m["batch"])),
+                    key=lambda item: item[1].name)
+    actions = []
+    for match, path in debris:
+        final = root / match["batch"]
+        if match["kind"] == "old" and not final.exists():
+            os.replace(path, final)
+            actions.append(f"restored partition {final} from {path.name} (a replacement was killed midway)")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            actions.append(f"removed {path} (left by a killed partition writer)")
+    for action in actions:
+        log.warning("listings store: %s", action)
+    return actions
+
+
 def replace_partition(store: Path, batch_id: str, build) -> Path:
     """Writes a batch's partition folder whole: ``build(tmp_dir)`` then a rename into place.
 
     ``build`` fills a hidden temporary folder next to the partition; only when it returns is
     the folder renamed to ``batches/<batch_id>`` (an older partition of the same batch is moved
     aside first and deleted after). A failure in ``build`` leaves the previous partition as it
-    was and removes the temporary folder.
+    was and removes the temporary folder; what a killed earlier writer of the batch left is
+    recovered first (:func:`recover_partitions`).
 
     Args:
         store: the ``data/listings`` folder.
@@ -180,6 +289,7 @@ def replace_partition(store: Path, batch_id: str, build) -> Path:
     """
     final = partition_dir(store, batch_id)
     final.parent.mkdir(parents=True, exist_ok=True)
+    recover_partitions(store, batch_id)
     token = uuid.uuid4().hex
     tmp = final.with_name(f".{batch_id}.{token}.tmp")
     old = final.with_name(f".{batch_id}.{token}.old")
@@ -197,12 +307,14 @@ def replace_partition(store: Path, batch_id: str, build) -> Path:
 
 def remove_partition(store: Path, batch_id: str) -> bool:
     """Removes a batch's partition folder (a batch now quarantined); True if there was one."""
+    recover_partitions(store, batch_id)
     final = partition_dir(store, batch_id)
     if not final.exists():
         return False
-    old = final.with_name(f".{batch_id}.{uuid.uuid4().hex}.old")
-    os.replace(final, old)  # readers see the partition or nothing, never half of it
-    shutil.rmtree(old)
+    # .del, not .old: a half-deleted folder must never be taken for a partition to put back
+    gone = final.with_name(f".{batch_id}.{uuid.uuid4().hex}.del")
+    os.replace(final, gone)  # readers see the partition or nothing, never half of it
+    shutil.rmtree(gone)
     return True
 
 

@@ -30,8 +30,20 @@ workspace's ``.dvc/config``.
 
 Two runs never use the workspace at once: :func:`workspace_lock` (an OS file lock on
 ``<state>/workspace.lock``, released by the kernel when its holder dies, so it never goes stale)
-guards versioning and ``dvc repro``. DVC's own lock (``.dvc/tmp/rwlock``, ``.dvc/tmp/lock``) can go
-stale when a worker is killed mid-command: the error message then names the files to remove.
+guards versioning and ``dvc repro``. A git or DVC command killed midway can leave lock state that
+does outlive it: git's ``.git/index.lock`` (git refuses to run while it exists) and DVC's
+``.dvc/tmp/rwlock``, a JSON file naming the paths each command holds and its pid (empty or half
+written when the kill came while DVC rewrote it; naming a pid that a later process, e.g. one in
+the next container, may be using). While the workspace lock is held no other run of ours is in
+the workspace, so :func:`clear_stale_locks` removes them, logging what they held. DVC's other lock
+files (``.dvc/tmp/lock``, ``rwlock.lock``) are OS locks (``zc.lockfile``) released by the kernel.
+
+A killed or failed version leaves the workspace consistent for the retry: the pending-push
+record is written before ``dvc add``, a ``.dvc`` pointer left half written is put back from the
+last commit (:func:`restore_pointers`), ``dvc add`` and ``git commit`` are redone on the next
+call for whatever they had not finished, and DVC writes its cache and remote objects to a
+temporary name renamed into place. A full disk is reported as
+:class:`common.store.DiskFullError` naming the state folder.
 
 CLI::
 
@@ -42,9 +54,12 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,7 +72,14 @@ import yaml
 
 from common.params import PROJECT_ROOT, Params, load_params, write_params
 from common.state import State
-from common.store import BATCHES, LISTINGS_FILE, read_store
+from common.store import (
+    BATCHES,
+    LISTINGS_FILE,
+    disk_full_errors,
+    is_disk_full,
+    read_store,
+)
+from ingestion.manifest import read_manifest, update_entries
 
 SNAPSHOT_PACKAGES = ("common", "training")
 """Packages the DVC stages run; copied into the workspace so its commit pins them."""
@@ -74,6 +96,10 @@ DVCIGNORE = f"/{LISTINGS}/{BATCHES}/.*"
 """``.dvcignore`` pattern: partitions being written (hidden temporary folders) are never data."""
 PENDING_PUSH = "dvc-push-pending.json"
 """In the state root: DVC targets added and committed but not yet pushed (a push that failed)."""
+DVC_RWLOCK = ".dvc/tmp/rwlock"
+"""DVC's read/write lock of workspace paths (JSON, relative to the workspace)."""
+
+log = logging.getLogger(__name__)
 
 
 class VersioningError(RuntimeError):
@@ -81,16 +107,33 @@ class VersioningError(RuntimeError):
 
 
 def _run(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
+    """Runs a git or DVC command; its output when it succeeded.
+
+    A DVC command that logged a failed object transfer failed even when it exits 0: DVC 3.67's
+    granular ``dvc add`` logs each cache transfer that fails (e.g. the disk is full), exits 0,
+    and has rewritten the pointer to data that is not in the cache.
+
+    Raises:
+        OSError: ``ENOSPC`` when the output says the disk is full (turned into
+            :class:`common.store.DiskFullError` by the steps).
+        VersioningError: when the command failed otherwise.
+    """
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        hint = ""
-        if "unable to acquire lock" in (proc.stderr + proc.stdout).lower():
-            hint = (" -- a DVC lock is held: if no other run is active (a killed worker left it), "
-                    f"remove {cwd / '.dvc' / 'tmp' / 'rwlock'} and {cwd / '.dvc' / 'tmp' / 'lock'}")
-        raise VersioningError(
-            f"`{' '.join(cmd)}` failed in {cwd} (exit {proc.returncode}){hint}:\n"
-            f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc.stdout
+    output = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    transfer_failed = re.search(r"^ERROR: failed to transfer", output, re.MULTILINE) is not None
+    if proc.returncode == 0 and not transfer_failed:
+        return proc.stdout
+    failed = f"`{' '.join(cmd)}` failed in {cwd} (exit {proc.returncode}"
+    failed += ", but it logged a failed transfer)" if proc.returncode == 0 else ")"
+    full = [line.strip() for line in output.splitlines() if is_disk_full(VersioningError(line))]
+    if full:
+        raise OSError(errno.ENOSPC, f"{failed}: {full[-1][:500]}")
+    hint = ""
+    if "unable to acquire lock" in output.lower() or "is being blocked by" in output:
+        hint = (" -- a DVC lock is held by a live process that is not one of our runs (ours hold "
+                "the workspace lock, and stale locks are cleared under it): a dvc command started "
+                "by hand in the workspace?")
+    raise VersioningError(f"{failed}{hint}:\n{output}")
 
 
 def _stage_env(workspace: Path) -> dict:
@@ -137,6 +180,92 @@ def workspace_lock(state: State, timeout_s: float | None = None) -> Iterator[Pat
         raise VersioningError(
             f"another run holds the DVC workspace lock {path} (waited {timeout_s:.0f} s). It is an OS "
             "lock: it is released when its holder exits or dies, so wait for that run to finish.") from exc
+
+
+def clear_stale_locks(ws: Path) -> list[str]:
+    """Removes the lock state that killed git and DVC commands left in the workspace.
+
+    Call it only while holding :func:`workspace_lock`: then no git or DVC command of ours runs
+    in the workspace, so every lock found is stale. Removed: ``.git/*.lock`` and
+    ``.git/refs/**/*.lock`` (git deletes its lock files when it exits, even on error, so one
+    that exists belongs to a killed git), and DVC's ``rwlock`` when it names any holder or is
+    not valid JSON (a kill while DVC rewrote it). DVC recreates the rwlock on its next command.
+
+    Args:
+        ws: the workspace.
+
+    Returns:
+        One line per file removed, with what it held (also logged as a warning).
+    """
+    cleared = []
+    rwlock = ws / DVC_RWLOCK
+    if rwlock.is_file():
+        text = rwlock.read_text(encoding="utf-8", errors="replace")
+        try:
+            held = json.loads(text)
+            stale = not isinstance(held, dict) or any(held.values())
+        except ValueError:
+            stale = True
+        if stale:
+            rwlock.unlink()
+            cleared.append(f"{rwlock} (held: {text.strip()[:500] or 'empty file'})")
+    git = ws / ".git"
+    for lock in sorted([*git.glob("*.lock"), *(git / "refs").rglob("*.lock")]):
+        lock.unlink(missing_ok=True)
+        cleared.append(f"{lock} (left by a killed git command)")
+    for line in cleared:
+        log.warning("cleared a stale lock: %s", line)
+    return cleared
+
+
+def _pointer_ok(path: Path) -> bool:
+    try:
+        md5 = yaml.safe_load(path.read_text(encoding="utf-8"))["outs"][0]["md5"]
+    except (yaml.YAMLError, UnicodeDecodeError, LookupError, TypeError):
+        return False
+    return isinstance(md5, str) and bool(md5)
+
+
+def restore_pointers(ws: Path, uncommitted: bool = False) -> list[str]:
+    """Puts the ``.dvc`` pointers of the store and the golden set back as the last commit has them.
+
+    DVC rewrites a pointer in place (no temporary file), so a kill or a full disk during the
+    write can leave it truncated; and a ``dvc add`` that failed may have rewritten it anyway
+    (see :func:`_run`), to objects that are not in the cache. Such a pointer is restored as the
+    workspace's last commit has it, or removed when it was never committed. The next version
+    then sees the partitions it lacks as changed and adds them again.
+
+    Args:
+        ws: the workspace.
+        uncommitted: also restore a well-formed pointer that differs from the last commit
+            (after a failed ``dvc add``); by default only a half-written one.
+
+    Returns:
+        One line per pointer restored or removed (also logged as a warning).
+    """
+    done = []
+    for name in (LISTINGS, GOLDEN):
+        path = ws / f"{name}.dvc"
+        if not path.exists() or (_pointer_ok(path) and not uncommitted):
+            continue
+        why = "written by a dvc add that failed" if _pointer_ok(path) else "half written"
+        try:
+            committed = _git(ws, "show", f"HEAD:{name}.dvc")
+        except VersioningError:
+            path.unlink()
+            done.append(f"removed {path}: {why} and never committed")
+            continue
+        if path.read_text(encoding="utf-8", errors="replace") == committed:
+            continue
+        # in place, not via a temporary file: this must work on a full disk (the pointer keeps
+        # its blocks); if it is cut short, the next call finds it half written and restores it
+        with open(path, "r+", encoding="utf-8") as fh:
+            fh.write(committed)
+            fh.truncate()
+        done.append(f"restored {path} from the last commit: it was {why}")
+    for line in done:
+        log.warning("DVC pointer: %s", line)
+    return done
 
 
 def remote_url(state: State) -> str:
@@ -239,8 +368,11 @@ def freeze_golden(state: State, params: Params) -> Path | None:
     golden = pd.concat(picks).sort_values("listing_id").reset_index(drop=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    golden.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    try:
+        golden.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # never DVC-added with the golden set
     return path
 
 
@@ -331,8 +463,11 @@ def _write_pending(state: State, targets: list[str]) -> None:
         path.unlink(missing_ok=True)
         return
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(sorted(set(targets)), indent=1))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(sorted(set(targets)), indent=1))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _push_targets(ws: Path, targets: list[str]) -> list[str]:
@@ -368,11 +503,21 @@ def version_data(state: State, params: Params, note: str = "") -> dict:
         "workspace": path, "added": DVC targets added by this call, "pushed": DVC targets
         pushed by this call}``.
 
+    The manifest entries that wait for a revision (``data_rev`` null, set by the validate
+    step) get this call's ``data_rev`` once it is committed.
+
+    A call killed at any point, or failed, is finished by the next one: see the module
+    docstring (stale git / DVC locks cleared, half-written pointers restored, pending push).
+
     Raises:
         VersioningError: when git or DVC fails (a failed push is retried by the next call).
+        common.store.DiskFullError: when the state folder's disk is full (DVC's objects and
+            our files are written to temporary names first; no pointer is left half written).
     """
-    with workspace_lock(state):
+    with workspace_lock(state), disk_full_errors(state.root, "version the listings store"):
+        clear_stale_locks(state.workspace)  # before init_workspace: its git may be the one killed
         ws = init_workspace(state)
+        restore_pointers(ws)
         remote = configure_remote(state)
         sync_snapshot(state, params)
         if freeze_golden(state, params) is None:
@@ -386,8 +531,16 @@ def version_data(state: State, params: Params, note: str = "") -> dict:
         pending = sorted({*_read_pending(state), *_push_targets(ws, targets)})
         _write_pending(state, pending)
         if targets:
-            _dvc(ws, "add", "-q", *targets)
+            try:  # no -q: it hides the ERROR lines of failed cache transfers (see _run)
+                _dvc(ws, "add", *targets)
+            except BaseException:
+                restore_pointers(ws, uncommitted=True)
+                raise
         rev = _commit(ws, f"data: listings store {note}".strip())
+        waiting = {b: {"data_rev": rev} for b, e in read_manifest(state.manifest).items()
+                   if "data_rev" in e and e["data_rev"] is None}
+        if waiting:
+            update_entries(state.manifest, waiting)
         push = _push_targets(ws, pending)
         if push:
             _dvc(ws, "push", *push)  # no -q: it would hide DVC's ERROR line (e.g. S3 refusing credentials)
@@ -415,7 +568,8 @@ def reproduce(state: State, note: str = "") -> dict:
     ws = state.workspace
     if not (ws / "dvc.yaml").exists():
         raise VersioningError(f"no DVC workspace at {ws}: run the version step first")
-    with workspace_lock(state):
+    with workspace_lock(state), disk_full_errors(state.root, "dvc repro"):
+        clear_stale_locks(ws)
         out = _dvc(ws, "repro")
         print(out[-6000:])
         rev = _commit(ws, f"repro: prepare -> train -> evaluate {note}".strip())
