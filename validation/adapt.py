@@ -33,6 +33,10 @@ EXTENSIONS = (".csv", ".jsonl", ".json", ".ndjson", ".parquet", ".pq")
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
 """Bytes that were not UTF-8, kept by the ``surrogateescape`` error handler as lone surrogates."""
+_LINE_END = re.compile(r"\r\n|\r|\n")
+"""Record separators of JSON Lines. Not ``str.splitlines``: it also cuts at U+2028, U+2029 and
+U+0085, which a JSON string may hold raw, and at \\x0b, \\x0c, \\x1c-\\x1e (one record read as two)."""
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
 
 def _has_bad_bytes(value: object) -> bool:
@@ -193,20 +197,36 @@ def _json_record(line: str, where: str) -> tuple[dict | None, str | None]:
     return record, None
 
 
+def _array_items(text: str) -> list[str] | None:
+    """The source text of each element when ``text`` is one JSON array, else ``None`` (maybe
+    JSON Lines whose records are arrays). Each element is then parsed on its own by
+    :func:`_json_record`, so an object giving a key twice is malformed here too, where
+    ``json.loads`` of the whole array would keep the last value silently."""
+    try:
+        if not isinstance(json.loads(text), list):
+            return None
+    except json.JSONDecodeError:
+        return None
+    decoder, out = json.JSONDecoder(), []
+    i = _JSON_SPACE.match(text, text.index("[") + 1).end()  # valid JSON: only spaces before
+    while text[i] != "]":
+        _, end = decoder.raw_decode(text, i)
+        out.append(text[i:end])
+        i = _JSON_SPACE.match(text, end).end()
+        if text[i] == ",":
+            i = _JSON_SPACE.match(text, i + 1).end()
+    return out
+
+
 def _read_json_lines(path: Path) -> pd.DataFrame:
     """JSON Lines (or one JSON array of objects); a line that is not a JSON object, or gives a
     key twice, is a :data:`MALFORMED_ROW` rejected alone."""
     text = path.read_bytes().decode("utf-8-sig", "surrogateescape")
     items: list[tuple[str, str]] = []  # (where, JSON text of one record)
     if text.lstrip().startswith("["):  # a plain JSON array of records is accepted too
-        try:
-            array = json.loads(text)
-        except json.JSONDecodeError:
-            array = None  # maybe JSON Lines whose records are arrays; read line by line below
-        if isinstance(array, list):
-            items = [(f"record {i + 1}", json.dumps(rec)) for i, rec in enumerate(array)]
+        items = [(f"record {i + 1}", rec) for i, rec in enumerate(_array_items(text) or [])]
     if not items:
-        items = [(f"line {n}", line) for n, line in enumerate(text.splitlines(), start=1)
+        items = [(f"line {n}", line) for n, line in enumerate(_LINE_END.split(text), start=1)
                  if line.strip()]
     if not items:
         raise BatchError("listings_file_empty", f"{path.name} has no record")

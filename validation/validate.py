@@ -308,7 +308,9 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
     out["reasons"] = ["; ".join(dict.fromkeys(row_reasons.get(i, [BATCH_QUARANTINED])))
                       for i in rejected.index]
     rejected_file = qdir / "rejected.csv"
-    _atomic_write(rejected_file, lambda tmp: out.to_csv(tmp, index=False))
+    # RFC 4180 line ends: pandas quotes a value holding a line-end character only when the
+    # terminator has it, so with its "\n" a bare CR in a title split the row in two.
+    _atomic_write(rejected_file, lambda tmp: out.to_csv(tmp, index=False, lineterminator="\r\n"))
     report["rejected_file"] = str(rejected_file)
     return _write_report(report, qdir)
 
