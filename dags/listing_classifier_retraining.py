@@ -92,7 +92,7 @@ def listing_classifier_retraining():
         from common.state import State
         from validation.staged import validate_staged_batches
 
-        result = validate_staged_batches(State.from_env(), run_params(params))
+        result = validate_staged_batches(State.from_env(), run_params(params), ingested.get("refused"))
         return {k: result[k] for k in ("accepted", "partial", "quarantined", "store_listings", "data_docs")} | {
             "validation_ids": {b: r.get("validation_id") for b, r in result["reports"].items()}}
 

@@ -32,7 +32,10 @@ mlflow ui --backend-store-uri "sqlite:///$STATE/mlflow/mlflow.db" \
   --default-artifact-root "$STATE/mlflow/artifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" \
   >"$STATE/mlflow/ui.log" 2>&1 &
 pids+=($!)
-AIRFLOW__API__PORT="$AIRFLOW_PORT" airflow standalone &
+# the workers reach the api-server's Task Execution API on the same port (default: 8080)
+AIRFLOW__API__PORT="$AIRFLOW_PORT" \
+  AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://localhost:$AIRFLOW_PORT/execution/" \
+  airflow standalone &
 pids+=($!)
 set +m
 

@@ -35,12 +35,19 @@ class NothingToTrainError(RuntimeError):
     """No valid listing is left in the store after validation."""
 
 
-def validate_staged_batches(state: State, params: Params) -> dict:
+def validate_staged_batches(state: State, params: Params, refused: list[dict] | None = None) -> dict:
     """Validates the batches the manifest lists as ``staged``.
 
     Args:
         state: the state folder (staging, store, quarantine, GX project).
         params: the params (``catalog``, ``validate``).
+
+    Args:
+        state: the state folder (staging, store, quarantine, GX project).
+        params: the params (``catalog``, ``validate``).
+        refused: the batches ingest refused in this run (``ingest_new_batches``'
+            ``refused``): listed among the quarantined ones, with their report, so that the
+            run's result and log name them.
 
     Returns:
         ``{"accepted": [...], "partial": [...], "quarantined": [...], "reports": {batch_id:
@@ -66,6 +73,12 @@ def validate_staged_batches(state: State, params: Params) -> dict:
             outcome["reports"][batch_id] = entry.get("report") or {}
             print(f"[validate] {batch_id}: {entry['status']} (validated by an earlier attempt, "
                   "not versioned yet)")
+    for item in refused or []:
+        batch_id = item["batch_id"]
+        outcome["quarantined"].append(batch_id)
+        outcome["reports"][batch_id] = (manifest.get(batch_id) or {}).get("report") or dict(item)
+        print(f"[validate] {batch_id[:200]!r}: quarantined at ingest ({item['reason']}): "
+              f"{item.get('detail', '')} report={item.get('report')}")
     for batch_id in sorted(b for b, e in manifest.items() if e.get("status") == "staged"):
         with disk_full_errors(state.root, f"validate batch {batch_id}"):
             report = validate_batch(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,6 +25,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DAG_ID = "listing_classifier_retraining"
 WEEK1, WEEK2 = datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 9, tzinfo=UTC)
 BATCH2 = "fashion-2026-11-09"
+POISON = "fashion-2026-11-05"
 
 
 def small_params(path: Path, floor: float = 0.05) -> Path:
@@ -75,6 +77,9 @@ def pipeline(tmp_path_factory, fashion_dir, airflow_db):
         publish(fashion_dir, Path(state.feed_url), weeks=2, catalog=load_catalog("catalogs/fashion.yaml"),
                 start=WEEK1.date(), limit=360)
         bad = mutate_batch(Path(state.feed_url) / BATCH2)
+        poison = Path(state.feed_url) / POISON  # dated inside week 2: refused, the week goes on
+        shutil.copytree(Path(state.feed_url) / BATCH2, poison)
+        (poison / "images" / "leak.jpg").symlink_to("/etc/passwd")
         week1 = run_dag(WEEK1)
         champion_after_week1 = str(_client(state).get_model_version_by_alias("listing-classifier", "champion").version)
         week2 = run_dag(WEEK2)
@@ -215,3 +220,22 @@ def test_a_worse_challenger_is_rejected_and_the_champion_stays(pipeline):
     tags = client.get_model_version("listing-classifier", registered["version"]).tags
     assert tags["decision"] == "rejected" and tags["reason"]
     assert float(tags["delta"]) < 0
+
+
+def test_a_poison_batch_is_quarantined_and_the_week_goes_on(pipeline):
+    """A batch holding a symbolic link is refused at ingest, quarantined with its reason; the
+    same run validated and trained on the week's good batch."""
+    state = pipeline["state"]
+    assert str(pipeline["runs"][1].state) == "success"
+    manifest = json.loads(state.manifest.read_text())
+    assert manifest[POISON]["status"] == "quarantined" and manifest[POISON]["stage"] == "ingest"
+    assert manifest[POISON]["report"]["reasons"] == {"batch_holds_link": 1}
+    assert (state.quarantine / POISON / "report.json").is_file()
+    assert not (state.staging / POISON).exists()
+    assert manifest[BATCH2]["status"] == "partial"
+    from validation.staged import validate_staged_batches  # the validate task's call, again
+
+    refused = [{"batch_id": POISON, "reason": "batch_holds_link", "detail": "a link"}]
+    outcome = validate_staged_batches(state, load_params(os.environ["LCP_PARAMS"]), refused)
+    assert POISON in outcome["quarantined"]
+    assert outcome["reports"][POISON]["reasons"] == {"batch_holds_link": 1}
