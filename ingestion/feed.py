@@ -71,7 +71,8 @@ def catalog_taxonomy(frame: pd.DataFrame, catalog: Catalog) -> list[str]:
 
 def _write_listings(rows: pd.DataFrame, path: Path, fmt: str) -> None:
     if fmt == "csv":
-        rows.to_csv(path, index=False)  # RFC 4180 quoting: embedded newlines and quotes survive
+        # RFC 4180 quoting and CRLF line ends: embedded newlines, bare CRs and quotes survive
+        rows.to_csv(path, index=False, lineterminator="\r\n")
     elif fmt == "jsonl":
         rows.to_json(path, orient="records", lines=True, force_ascii=False)
     else:

@@ -99,12 +99,12 @@ def check_image(batch_dir: Path, image_key: str | None,
     """
     if image_key is None or not str(image_key).strip():
         return "image_key_missing", None, ""
-    path = resolve_image(batch_dir, str(image_key))
-    if path is None:
-        return "image_path_outside_batch", None, ""
-    if not path.is_file():  # also refuses folders, FIFOs and devices
-        return "image_missing", None, ""
-    try:
+    try:  # the path checks too: a name part over 255 bytes raises ENAMETOOLONG
+        path = resolve_image(batch_dir, str(image_key))
+        if path is None:
+            return "image_path_outside_batch", None, ""
+        if not path.is_file():  # also refuses folders, FIFOs and devices
+            return "image_missing", None, ""
         with open(path, "rb") as fh:
             try:
                 img = open_image(fh, params.max_image_pixels, params.min_image_side,

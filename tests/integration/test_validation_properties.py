@@ -31,7 +31,6 @@ examples are derandomized (the same every run); locally each run draws new ones.
 from __future__ import annotations
 
 import csv
-import errno
 import hashlib
 import io
 import json
@@ -49,7 +48,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, assume, event, example, given, note, settings
+from hypothesis import HealthCheck, event, example, given, note, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -58,9 +57,6 @@ from common.params import ValidateParams
 from common.store import batch_file, image_path, read_store
 from common.text import normalize_text
 from ingestion.feed import catalog_taxonomy
-from validation.adapt import find_listings_file, read_listings_file, to_canonical
-from validation.errors import BatchError
-from validation.images import check_image
 from validation.validate import validate_batch
 
 pytestmark = pytest.mark.integration
@@ -575,26 +571,6 @@ def _read_rejected(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh, strict=True))
 
 
-def _known_images_bug(batch: Path, listings: Path, catalog: Catalog) -> bool:
-    """KNOWN BUG, validation/images.py (not ours to edit here): ``check_image`` raises
-    ``OSError(ENAMETOOLONG)`` for an image key with a part over 255 bytes (a very long listing
-    id), because ``path.is_file()`` runs outside its ``try``; its docstring promises
-    ``image_unreadable``. Such examples are set aside until it is fixed."""
-    try:
-        canon = to_canonical(read_listings_file(find_listings_file(batch, catalog.listings_file)),
-                             catalog, BATCH_ID, INGESTED_AT)
-    except BatchError:
-        return False
-    for key in canon["image_key"]:
-        try:
-            check_image(batch, key, PARAMS)
-        except OSError as exc:
-            if exc.errno == errno.ENAMETOOLONG:
-                return True
-            raise
-    return False
-
-
 # ---------------------------------------------------------------------------------------------
 # The property
 
@@ -620,9 +596,6 @@ def test_any_mutated_batch_is_accounted_for_and_its_input_left_alone(plan, sourc
     try:
         batch = root / "raw" / BATCH_ID
         listings, columns = _build(plan, source, batch)
-        if _known_images_bug(batch, listings, source.catalog):
-            event("set aside: the known validation/images.py bug")
-            assume(False)
         before = _tree(batch)
         expected = _count_records(listings)
         (root / "cwd").mkdir()

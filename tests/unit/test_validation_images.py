@@ -170,3 +170,13 @@ def test_two_files_differing_only_in_normalisation_are_not_guessed(batch: Path,
     for name in ("u\u0308\u0301.jpg", "\u00fc\u0301.jpg"):  # two non-NFC spellings of it
         (batch / "images" / name).write_bytes(real_jpeg.read_bytes())
     assert check_image(batch, key, PARAMS) == ("image_missing", None, "")
+
+
+def test_a_name_part_too_long_for_the_filesystem_is_a_reason_not_a_crash(tmp_path):
+    """A 300-byte listing id makes an image key the OS refuses (ENAMETOOLONG): a row reason."""
+    from common.params import ValidateParams
+    from validation.images import check_image
+
+    (tmp_path / "images").mkdir()
+    reason, sha, _ = check_image(tmp_path, "images/" + "a" * 300 + ".jpg", ValidateParams())
+    assert sha is None and reason in ("image_missing", "image_unreadable: File name too long")
