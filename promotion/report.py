@@ -43,8 +43,21 @@ def per_class_delta(candidate: PerListing, champion: PerListing | None) -> pd.Da
     return out.sort_values(["value", "category_path"], ascending=[False, True]).reset_index(drop=True)
 
 
+CONFUSION_MAX_LEAVES = 40
+"""Leaves drawn in a confusion matrix PNG: beyond about 40 rows the labels of a figure the MLflow
+UI shows at page width are unreadable. The full matrix goes to a CSV next to it."""
+
+
 def confusion_png(listings: PerListing, path: Path, title: str) -> Path:
-    """Writes the confusion matrix (rows: true leaf, columns: predicted leaf, row-normalised)."""
+    """Writes the confusion matrix (rows: true leaf, columns: predicted leaf, row-normalised).
+
+    With more than :data:`CONFUSION_MAX_LEAVES` leaves, the PNG shows the leaves with the most
+    errors (wrong predictions of them and into them), and the full matrix of counts is written
+    to ``<path stem>.csv``.
+
+    Returns:
+        ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,19 +65,28 @@ def confusion_png(listings: PerListing, path: Path, title: str) -> Path:
     from sklearn.metrics import confusion_matrix
 
     labels = sorted(set(listings.true_paths) | set(listings.predicted_paths))
-    cm = confusion_matrix(listings.true_paths, listings.predicted_paths, labels=labels).astype(float)
-    cm = np.divide(cm, cm.sum(axis=1, keepdims=True), out=np.zeros_like(cm), where=cm.sum(axis=1, keepdims=True) > 0)
-    size = max(6.0, 0.25 * len(labels))
+    counts = confusion_matrix(listings.true_paths, listings.predicted_paths, labels=labels)
+    pd.DataFrame(counts, index=labels, columns=labels).to_csv(path.with_suffix(".csv"))
+    shown, note = np.arange(len(labels)), ""
+    if len(labels) > CONFUSION_MAX_LEAVES:
+        errors = counts.sum(axis=0) + counts.sum(axis=1) - 2 * np.diag(counts)
+        shown = np.sort(np.argsort(-errors, kind="stable")[:CONFUSION_MAX_LEAVES])
+        note = (f"\n{CONFUSION_MAX_LEAVES} of {len(labels)} leaves, those with the most errors "
+                f"(all: {path.with_suffix('.csv').name})")
+    cm = counts[np.ix_(shown, shown)].astype(float)
+    rows = counts[shown].sum(axis=1, keepdims=True).astype(float)  # normalised by all of the row
+    cm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    size = max(6.0, 0.3 * len(shown) + 3)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
-    short = [p.split(" > ")[-1] for p in labels]
-    ax.set_xticks(range(len(labels)), short, rotation=90, fontsize=6)
-    ax.set_yticks(range(len(labels)), short, fontsize=6)
+    short = [labels[i].split(" > ")[-1][:28] for i in shown]
+    ax.set_xticks(range(len(shown)), short, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(shown)), short, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_title(title + note, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
