@@ -1,5 +1,13 @@
 """The main job, end to end: publish a catalog as weekly batches and run the retraining DAG
-once per week with ``airflow dags test``, then print a summary.
+once per week through Airflow's own scheduler, then print a summary.
+
+The weeks run the way scheduled weekly retraining runs: ``airflow standalone`` (api-server,
+scheduler on the LocalExecutor, dag-processor, triggerer) on the state's Airflow home, and
+``airflow backfill create`` over the weekly data intervals that cover the published batches, so
+each week is a real DAG run with its logical date, its task logs in ``<state>/airflow/logs``
+(what the Airflow UI shows) and its true start and end times. While the backfill runs the
+scheduler creates no scheduled run (``[scheduler] use_job_schedule = False``); at the end both
+DAGs are left unpaused, so that the weekly schedule fires whenever a scheduler runs (``make ui``).
 
 Run through ``make demo`` (which sets the state folder and Airflow's environment).
 """
@@ -9,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +33,8 @@ from common.params import load_params  # noqa: E402
 from common.state import State  # noqa: E402
 
 DAG_ID = "listing_classifier_retraining"
+ROLLBACK_DAG_ID = "listing_classifier_rollback"
+RUN_TIMEOUT_S = 3 * 3600
 SHOWN = ("[ingest]", "[validate]", "[register]", "[gate]", "[promote]", "epoch", "Epoch", "ERROR",
          "Traceback", "Error:", "failed", "metrics")
 
@@ -37,6 +49,91 @@ def airflow(*args: str, log: Path | None = None) -> int:
             if any(s in line for s in SHOWN):
                 print("   ", line.rstrip()[:300], flush=True)
     return proc.returncode
+
+
+def airflow_env(port: int) -> dict:
+    """The environment of the demo's Airflow: the venv first on PATH (``standalone`` starts its
+    components as a bare ``airflow``), the api-server and its Task Execution API on ``port``, and
+    no scheduled runs while the demo's backfill runs."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cli_json(*args: str) -> list | dict:
+    """An Airflow CLI command's ``--output json`` answer."""
+    out = subprocess.run([str(Path(sys.executable).parent / "airflow"), *args, "--output", "json"],
+                         capture_output=True, text=True).stdout
+    for line in reversed(out.splitlines()):  # log lines ("[warning ] ...") come first
+        if line.startswith(("[{", "[]", "{")):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return []
+
+
+def wait_for_dags(timeout_s: float = 300) -> None:
+    """Waits until the dag-processor has parsed both DAGs into the metadata DB."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        ids = {d.get("dag_id") for d in cli_json("dags", "list")}
+        if {DAG_ID, ROLLBACK_DAG_ID} <= ids:
+            return
+        time.sleep(3)
+    raise TimeoutError(f"the dag-processor did not parse {DAG_ID} within {timeout_s:.0f} s")
+
+
+def weekly_runs(weeks_wanted: int, timeout_s: float) -> list[dict]:
+    """Polls the backfill's DAG runs until each has ended; prints each as it ends."""
+    seen: set[str] = set()
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        runs = [r for r in cli_json("dags", "list-runs", DAG_ID) if str(r.get("run_id", "")).startswith("backfill__")]
+        for run in sorted(runs, key=lambda r: r["logical_date"]):
+            if run["state"] in ("success", "failed") and run["run_id"] not in seen:
+                seen.add(run["run_id"])
+                print(f"   run {run['run_id']}: {run['state']} ({run['start_date']} -> {run['end_date']})")
+                for line in gate_lines(run["run_id"]):
+                    print("     ", line[:400])
+        if len(seen) >= weeks_wanted:
+            return runs
+        time.sleep(10)
+    raise TimeoutError(f"the weekly runs did not end within {timeout_s:.0f} s")
+
+
+def gate_lines(run_id: str) -> list[str]:
+    """The ``[gate]``/``[promote]``/``[ingest]``/``[validate]`` lines of a run's task logs."""
+    root = Path(os.environ["AIRFLOW_HOME"]) / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}"
+    out = []
+    for task in ("ingest", "validate", "gate", "promote"):
+        for log in sorted((root / f"task_id={task}").glob("attempt=*.log")):
+            for line in log.read_text(errors="replace").splitlines():
+                try:
+                    event = json.loads(line).get("event", "")
+                except ValueError:
+                    event = line
+                if isinstance(event, str) and event.startswith(("[ingest]", "[validate]", "[gate]", "[promote]")):
+                    out.append(event)
+    return out
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """TERM to the process group of ``airflow standalone``, KILL 30 s later."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+            return
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            continue
 
 
 def main() -> int:
@@ -62,17 +159,34 @@ def main() -> int:
         print(f"airflow db migrate failed: see {logs / 'airflow-db-migrate.log'}")
         return 1
 
-    for week in range(args.weeks):
-        logical = args.start + timedelta(weeks=week)
-        log = logs / f"dags-test-{logical.isoformat()}.log"
-        print(f"== week {week + 1}: airflow dags test {DAG_ID} {logical.isoformat()}  (log: {log})")
-        t0 = time.time()
-        rc = airflow("dags", "test", DAG_ID, f"{logical.isoformat()}T00:00:00+00:00", log=log)
-        print(f"   week {week + 1} finished in {time.time() - t0:.0f} s, exit {rc}")
-        if rc != 0:
-            print(f"the DAG run failed: see {log}")
-            return rc
-
+    port = free_port()
+    log = logs / "airflow-standalone.log"
+    print(f"== airflow standalone on port {port} (LocalExecutor; log: {log})")
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"],
+                                env=airflow_env(port), stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        os.environ.update(airflow_env(port))
+        wait_for_dags()
+        for dag_id in (DAG_ID, ROLLBACK_DAG_ID):
+            airflow("dags", "unpause", dag_id, log=logs / "airflow-unpause.log")
+        # one weekly data interval per batch: the scheduler's logical dates, not ours
+        end = args.start + timedelta(weeks=args.weeks) - timedelta(days=1)
+        print(f"== airflow backfill create {DAG_ID} {args.start} .. {end}")
+        if airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", args.start.isoformat(),
+                   "--to-date", end.isoformat(), "--max-active-runs", "1",
+                   log=logs / "airflow-backfill.log") != 0:
+            print(f"airflow backfill create failed: see {logs / 'airflow-backfill.log'}")
+            return 1
+        runs = weekly_runs(args.weeks, RUN_TIMEOUT_S * args.weeks)
+    finally:
+        stop(proc)
+    failed = [r["run_id"] for r in runs if r["state"] != "success"]
+    if failed:
+        print(f"DAG run(s) failed: {', '.join(failed)}: see the task logs in "
+              f"{state.airflow_home}/logs (or make ui)")
+        return 1
     print_summary(state, params, time.time() - started)
     return 0
 
@@ -100,8 +214,10 @@ def print_summary(state: State, params, seconds: float) -> None:
               f"champion {v['champion_score']} (v{v['champion_version']}), delta {v['delta']}: {v['reason']}")
     print(f"champion: {status['champion']}")
     print(f"wall time: {seconds / 60:.1f} min")
-    print(f"\nAirflow UI: make ui  (http://localhost:8080, user admin, password in "
-          f"{state.airflow_home}/simple_auth_manager_passwords.json.generated)")
+    print(f"\nThe weekly runs, with their task logs: make ui, then http://localhost:8080 (user admin, "
+          f"password in {state.airflow_home}/simple_auth_manager_passwords.json.generated).")
+    print(f"{DAG_ID} is unpaused: its @weekly schedule fires whenever a scheduler runs (make ui);"
+          " pause it in the UI to stop weekly retraining.")
     print("MLflow UI:  make ui  (http://localhost:5000, model 'listing-classifier')")
     print("Registry:   make status")
 
