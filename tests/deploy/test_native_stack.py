@@ -5,6 +5,7 @@ REST API; and the same stack driven through the Airflow and MLflow UIs in headle
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import urllib.error
@@ -82,6 +83,16 @@ def test_dag_run_through_the_rest_api_on_celery_registers_a_model(stack):
                       aws_access_key_id="test", aws_secret_access_key="test")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="listing-classifier", Prefix="mlflow/").get("Contents", [])]
     assert any(k.endswith("MLmodel") for k in keys), keys[:20]
+
+    # the gate task's log, as the UI shows it (read back through the REST API): the decision
+    status, log = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/api-triggered/taskInstances/gate/logs/1")
+    assert status == 200, log
+    text = json.dumps(log)
+    assert "[gate] challenger v" in text and "-> promoted" in text, text[-2000:]
+    # lineage on the run page: its datasets and a training curve with one point per epoch
+    run = client.get_run(version.run_id)
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train", "val", "golden"}
+    assert [m.step for m in client.get_metric_history(version.run_id, "epoch_train_loss")] == [0, 1, 2, 3]
 
     # operator extra links: api-server paths, resolved to the MLflow UI when opened
     status, links = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/api-triggered/taskInstances/register/links")
@@ -181,6 +192,22 @@ def test_airflow_and_mlflow_uis_in_headless_chromium(stack, tmp_path):
                 page.get_by_text(tag, exact=True).first.wait_for()
             page.get_by_text("promoted").first.wait_for()
             _shot(page, tmp_path, "06-mlflow-version-tags")
+            run_id = champion.run_id
+            experiment = _mlflow(stack).get_run(run_id).info.experiment_id
+            page.goto(f"{stack.mlflow_url}/#/experiments/{experiment}/runs/{run_id}")
+            page.get_by_text("golden").first.wait_for()  # for the screenshot: its Datasets panel
+            _shot(page, tmp_path, "07-mlflow-run-datasets")
+
+            # Data Docs with the network unreachable: only this machine's addresses answer
+            def offline(route):
+                host = route.request.url.split("/")[2].split(":")[0]
+                return route.continue_() if host in ("127.0.0.1", "localhost") else route.abort()
+
+            page.context.route("**/*", offline)
+            page.goto(f"{stack.airflow_url}/data-docs/index.html")
+            page.get_by_role("cell", name="listings_batch").first.wait_for()  # built by bootstrap-table
+            _shot(page, tmp_path, "08-data-docs-offline")
+            page.context.unroute("**/*")
         except Exception:
             _shot(page, tmp_path, "zz-failure")
             raise
