@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Calls ``write(tmp)`` on a hidden temporary file next to ``path``, then renames it onto
-    ``path`` (``os.replace``, atomic on POSIX within one filesystem).
+    """Calls ``write(tmp)`` on a hidden temporary file next to ``path``, flushes it to disk, then
+    renames it onto ``path`` (``os.replace``, atomic on POSIX within one filesystem).
 
     The temporary file is removed when ``write`` raises (a full disk, a serialisation error), so
-    a failed write leaves the previous file, or none, and no debris.
+    a failed write leaves the previous file, or none. Its name is fixed (``.<name>.tmp``): one
+    that a killed writer left is overwritten by the next write, never accumulated (each file
+    has one writer at a time: the pipeline's steps run one at a time).
 
     Args:
         path: the file to (re)place; its folder is created.
@@ -25,9 +26,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
         write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

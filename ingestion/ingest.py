@@ -84,19 +84,26 @@ def _redelivered(feed: FeedSource, entry: dict, batch_id: str) -> str | None:
     return now if now != entry["fingerprint"] else None
 
 
-def pending_batches(feed: FeedSource, manifest: dict, cutoff: datetime | None) -> list[str]:
+def pending_batches(feed: FeedSource, manifest: dict, cutoff: datetime | None) -> dict[str, str | None]:
     """Batches to stage: new in the feed (or re-published after a whole quarantine, with other
     content) and dated on or before ``cutoff`` (if given). Undated or unsafe names are included,
-    so that ingest refuses them with a reason."""
-    pending = []
+    so that ingest refuses them with a reason.
+
+    Returns:
+        ``{batch id: its fingerprint when it was already computed (a re-publication), else
+        None}``, in the feed's order; each batch's content is hashed at most once per call.
+    """
+    pending: dict[str, str | None] = {}
     for batch_id in feed.list_batches():
-        entry = manifest.get(batch_id)
-        if entry is not None and _redelivered(feed, entry, batch_id) is None:
-            continue
+        entry, fingerprint = manifest.get(batch_id), None
+        if entry is not None:
+            fingerprint = _redelivered(feed, entry, batch_id)
+            if fingerprint is None:
+                continue
         when = batch_date(batch_id)
         if cutoff is not None and when is not None and when > cutoff.date():
             continue
-        pending.append(batch_id)
+        pending[batch_id] = fingerprint
     return pending
 
 
@@ -178,16 +185,18 @@ def ingest_new_batches(
     taxonomy_copy = state.staging / f"_{catalog_taxonomy}"
     taxonomy_copy.write_bytes(feed.read_bytes(catalog_taxonomy))
     ingested, refused = [], []
-    for batch_id in pending_batches(feed, manifest, cutoff)[: params.ingest.max_batches]:
+    pending = list(pending_batches(feed, manifest, cutoff).items())
+    for batch_id, fingerprint in pending[: params.ingest.max_batches]:
         previous = manifest.get(batch_id)
         try:
             check_batch_name(batch_id)
-            fingerprint = feed.fingerprint(batch_id)
+            fingerprint = fingerprint or feed.fingerprint(batch_id)
             if previous is not None:
                 _supersede(state, batch_id, previous)
             _, count = stage_batch(feed, batch_id, state.staging)
         except BatchRefused as exc:
-            refused.append(refuse_batch(state, feed, batch_id, exc))
+            # a refused name has no fingerprint yet: no new content can give that name a date
+            refused.append(refuse_batch(state, feed, batch_id, exc, fingerprint))
             print(f"[ingest] {batch_id[:200]!r}: refused, quarantined: {exc}")
             continue
         update_entry(state.manifest, batch_id, status="staged", source=feed.url, files=count,
@@ -212,21 +221,18 @@ def quarantine_folder(state: State, batch_id: str) -> Path:
         return state.quarantine / f"_refused-{hashlib.sha1(batch_id.encode('utf-8', 'surrogateescape')).hexdigest()[:16]}"
 
 
-def refuse_batch(state: State, feed: FeedSource, batch_id: str, exc: BatchRefused) -> dict:
+def refuse_batch(state: State, feed: FeedSource, batch_id: str, exc: BatchRefused,
+                 fingerprint: str | None) -> dict:
     """Quarantines a batch the feed source refused: its report, and its manifest entry.
 
     The report has the shape of a validation report (``status: quarantined``, ``rows: 0``,
     ``batch_reasons``, ``reasons``), with ``stage: "ingest"``. The manifest entry records the
-    content fingerprint (``None`` when even that cannot be read), so the batch is not tried again
-    until it is re-published with other content.
+    content ``fingerprint`` it was refused with, so the batch is not tried again until it is
+    re-published with other content; ``None`` (a refused name) means never again under this name.
 
     Returns:
         ``{"batch_id", "reason", "detail", "report"}`` (report: the report file's path).
     """
-    try:
-        fingerprint = feed.fingerprint(batch_id)
-    except OSError:
-        fingerprint = None
     folder = quarantine_folder(state, batch_id)
     report = {"batch_id": batch_id, "stage": "ingest", "status": "quarantined", "rows": 0,
               "accepted_rows": 0, "rejected_rows": 0, "reasons": {exc.reason: 1},

@@ -13,8 +13,9 @@ disk leaves the previous manifest intact, and the temp file of a failed write is
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from common.files import atomic_write
 
 
 class ManifestError(ValueError):
@@ -43,23 +44,10 @@ def read_manifest(path: Path) -> dict[str, dict]:
 
 
 def write_manifest(path: Path, manifest: dict[str, dict]) -> None:
-    """Atomically replaces the manifest file (the previous one stays whole if this fails).
-
-    The temporary file has one fixed name (``.manifest.json.tmp``): one that a killed writer
-    left is overwritten by the next write, never accumulated (the steps that write the
-    manifest run one at a time).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Atomically replaces the manifest file (:func:`common.files.atomic_write`: the previous
+    one stays whole if this fails; a temporary file a killed writer left is overwritten)."""
+    text = json.dumps(manifest, indent=2, sort_keys=True)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def update_entry(path: Path, batch_id: str, **fields) -> dict:

@@ -166,7 +166,11 @@ class LocalFeed:
     def fingerprint(self, batch_id: str) -> str:
         src = self.root / batch_id
         digest = hashlib.sha256()
-        for path in sorted(src.rglob("*")):
+        try:
+            paths = sorted(src.rglob("*"))
+        except OSError as exc:  # a folder that cannot be listed: its error is its content
+            return hashlib.sha256(f"unlistable {exc.errno}".encode()).hexdigest()
+        for path in paths:
             rel = path.relative_to(src).as_posix()
             if path.is_symlink():
                 digest.update(f"L {rel} {os.readlink(path)}\n".encode("utf-8", "surrogateescape"))

@@ -70,6 +70,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from common.files import atomic_write
 from common.params import PROJECT_ROOT, Params, load_params, write_params
 from common.state import State
 from common.store import (
@@ -366,13 +367,7 @@ def freeze_golden(state: State, params: Params) -> Path | None:
         ranked = ranked.sort_values(["_rank", "listing_id"], kind="stable")
         picks.append(ranked.head(k).drop(columns="_rank"))
     golden = pd.concat(picks).sort_values("listing_id").reset_index(drop=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    try:
-        golden.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # never DVC-added with the golden set
+    atomic_write(path, lambda tmp: golden.to_parquet(tmp, index=False))
     return path
 
 
@@ -462,12 +457,8 @@ def _write_pending(state: State, targets: list[str]) -> None:
     if not targets:
         path.unlink(missing_ok=True)
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(sorted(set(targets)), indent=1))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    text = json.dumps(sorted(set(targets)), indent=1)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _push_targets(ws: Path, targets: list[str]) -> list[str]:

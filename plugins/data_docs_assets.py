@@ -13,6 +13,7 @@ CLI: ``python plugins/data_docs_assets.py fetch [--dest DIR]`` (what ``make venv
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -101,9 +102,7 @@ def fetch(dest: Path) -> list[str]:
             with tarfile.open(Path(tmp) / out[-1]) as tar:
                 tar.extractall(tmp, filter="data")
             partial = dest / f".{folder}.partial"
-            if partial.exists():
-                import shutil
-
+            if partial.exists():  # left by a killed fetch
                 shutil.rmtree(partial)
             (Path(tmp) / "package").rename(partial)
             partial.rename(target)

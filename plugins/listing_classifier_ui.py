@@ -30,15 +30,11 @@ from listing_classifier_links import (
     MlflowRunLink,
     mlflow_model_version_page,
     mlflow_run_page,
+    mlflow_ui_url,
 )
 
 MODEL_NAME = os.environ.get("LCP_MODEL_NAME", "listing-classifier")
 DATA_DOCS_PREFIX = "/data-docs"
-
-
-def mlflow_ui_url() -> str:
-    """Base URL of the MLflow UI, from ``LCP_MLFLOW_UI_URL`` (no trailing slash)."""
-    return os.environ.get("LCP_MLFLOW_UI_URL", "http://localhost:5000").rstrip("/")
 
 
 def data_docs_dir() -> Path:

@@ -71,29 +71,31 @@ class DvcDatasetSource(DatasetSource):
         return cls(source_dict["repo"], source_dict["path"], source_dict["rev"])
 
 
-def log_datasets(workspace: Path, rev: str) -> dict[str, int]:
-    """Logs the prepared splits of ``workspace`` as the active run's inputs.
+def read_splits(workspace: Path) -> dict[str, pd.DataFrame]:
+    """The prepared splits of ``workspace`` (``data/prepared/<split>.parquet``), read once for
+    :func:`log_datasets` and :func:`training_batches`; a missing split is left out."""
+    return {split: pd.read_parquet(workspace / f"data/prepared/{split}.parquet") for split in SPLITS
+            if (workspace / f"data/prepared/{split}.parquet").is_file()}
+
+
+def log_datasets(splits: dict[str, pd.DataFrame], workspace: Path, rev: str) -> dict[str, int]:
+    """Logs the prepared splits as the active run's inputs.
 
     Args:
-        workspace: the DVC workspace after ``dvc repro`` (``data/prepared/<split>.parquet``).
+        splits: :func:`read_splits`.
+        workspace: the DVC workspace the splits were read from (the datasets' source repo).
         rev: the workspace commit that pins the splits.
 
     Returns:
-        ``{split: rows}`` of the splits logged (a missing split is left out).
+        ``{split: rows}`` of the splits logged.
     """
     import mlflow
 
-    rows = {}
-    for split, context in SPLITS.items():
-        rel = f"data/prepared/{split}.parquet"
-        if not (workspace / rel).is_file():
-            continue
-        frame = pd.read_parquet(workspace / rel)
-        dataset = mlflow.data.from_pandas(frame, source=DvcDatasetSource(str(workspace), rel, rev),
-                                          name=split, targets="category_path")
-        mlflow.log_input(dataset, context=context)
-        rows[split] = len(frame)
-    return rows
+    for split, frame in splits.items():
+        source = DvcDatasetSource(str(workspace), f"data/prepared/{split}.parquet", rev)
+        dataset = mlflow.data.from_pandas(frame, source=source, name=split, targets="category_path")
+        mlflow.log_input(dataset, context=SPLITS[split])
+    return {split: len(frame) for split, frame in splits.items()}
 
 
 def log_epoch_metrics(client, run_id: str, train_log: dict, start_ms: int) -> int:
@@ -124,12 +126,11 @@ def log_epoch_metrics(client, run_id: str, train_log: dict, start_ms: int) -> in
     return len(points)
 
 
-def training_batches(workspace: Path, manifest: dict[str, dict]) -> list[dict]:
+def training_batches(splits: dict[str, pd.DataFrame], manifest: dict[str, dict]) -> list[dict]:
     """The batches whose listings make up a version's training and validation data.
 
     Args:
-        workspace: the DVC workspace after ``dvc repro`` (``data/prepared/train.parquet`` and
-            ``val.parquet`` carry each listing's ``batch_id``).
+        splits: :func:`read_splits` (``train`` and ``val`` carry each listing's ``batch_id``).
         manifest: :func:`ingestion.manifest.read_manifest` (each batch's validation report).
 
     Returns:
@@ -137,9 +138,8 @@ def training_batches(workspace: Path, manifest: dict[str, dict]) -> list[dict]:
         ``status``, ``rows``, ``accepted_rows``, ``rejected_rows``, ``validation_id`` (the GX
         result) and ``data_docs_page``.
     """
-    frames = [pd.read_parquet(workspace / f"data/prepared/{s}.parquet", columns=["batch_id"])
-              for s in ("train", "val") if (workspace / f"data/prepared/{s}.parquet").is_file()]
-    counts = pd.concat(frames)["batch_id"].value_counts() if frames else pd.Series(dtype=int)
+    frames = [splits[s]["batch_id"] for s in ("train", "val") if s in splits]
+    counts = pd.concat(frames).value_counts() if frames else pd.Series(dtype=int)
     out = []
     for batch_id in sorted(counts.index):
         report = (manifest.get(batch_id) or {}).get("report") or {}

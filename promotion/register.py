@@ -22,7 +22,6 @@ from pathlib import Path
 from common.params import PROJECT_ROOT, Params, load_params
 from common.state import State
 from ingestion.manifest import read_manifest
-from promotion import lineage
 from promotion.registry import ALIAS_CHALLENGER, ensure_experiment, golden_frame, mlflow_client
 
 
@@ -86,6 +85,7 @@ def register_challenger(state: State, params: Params, data: dict, workspace_comm
     """
     import mlflow
 
+    from promotion import lineage  # mlflow at import: only when registering
     from training.serving import ListingClassifierModel
 
     client = mlflow_client(state)
@@ -112,9 +112,10 @@ def register_challenger(state: State, params: Params, data: dict, workspace_comm
         mlflow.log_params(_flat("", params.to_dict(), {}))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
         lineage.log_epoch_metrics(client, run.info.run_id, log, started_ms)
-        lineage.log_datasets(ws, workspace_commit)
+        splits = lineage.read_splits(ws)
+        lineage.log_datasets(splits, ws, workspace_commit)
         lineage.log_batches(client, run.info.run_id,
-                            lineage.training_batches(ws, read_manifest(state.manifest)))
+                            lineage.training_batches(splits, read_manifest(state.manifest)))
         pretrained, source, precision = "unknown", "unknown", "unknown"
         if train_log.exists():
             pretrained = str(log.get("pretrained", "unknown"))

@@ -19,8 +19,9 @@ suite expects them null."""
 
 
 REPORT_VALUE_CHARS = 500
-"""Longest text value copied into a report (GX results, Data Docs, warnings): longer values are
-cut there, with an ellipsis. The quarantined rows themselves (``rejected.csv``) keep them whole."""
+"""Longest text value copied into a report: GX validates a copy cut to this length (its results
+and Data Docs hold no more), and warnings cut values with :func:`shorten` (an ellipsis and the
+length). The quarantined rows themselves (``rejected.csv``) keep them whole."""
 
 
 def shorten(value: object, limit: int = REPORT_VALUE_CHARS) -> object:

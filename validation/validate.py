@@ -7,10 +7,8 @@ its images named by SHA-256, see :mod:`common.store`); rejected rows, or the who
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.catalog import CANONICAL_COLUMNS, Catalog
+from common.files import atomic_write, write_json
 from common.params import ValidateParams
 from common.store import (
     IMAGES,
@@ -56,21 +55,6 @@ BATCH_QUARANTINED = "batch_quarantined"
 """Reason given to otherwise good rows of a batch quarantined whole."""
 
 _IMAGE_THREADS = min(8, os.cpu_count() or 1)
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Calls ``write(tmp_path)`` then renames onto ``path``, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _check_images(batch_dir: Path, keys: list, params: ValidateParams) -> list[tuple]:
@@ -239,7 +223,7 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
     frame["source_error"] = source
     frame["duplicate_image"] = pd.Series(_duplicates(frame, [c[1] for c in checks], store_index),
                                          index=frame.index, dtype=object)
-    stored = store_index.drop_duplicates("listing_id", keep="last").set_index("listing_id")
+    stored = store_index.set_index("listing_id")  # read_store: one row (the latest) per id
     frame[PREVIOUS_CATEGORY] = frame["listing_id"].map(stored["category_path"]).astype(object)
     frame[PREVIOUS_CATEGORY] = frame[PREVIOUS_CATEGORY].where(frame[PREVIOUS_CATEGORY].notna(), None)
 
@@ -310,7 +294,7 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
     rejected_file = qdir / "rejected.csv"
     # RFC 4180 line ends: pandas quotes a value holding a line-end character only when the
     # terminator has it, so with its "\n" a bare CR in a title split the row in two.
-    _atomic_write(rejected_file, lambda tmp: out.to_csv(tmp, index=False, lineterminator="\r\n"))
+    atomic_write(rejected_file, lambda tmp: out.to_csv(tmp, index=False, lineterminator="\r\n"))
     report["rejected_file"] = str(rejected_file)
     return _write_report(report, qdir)
 
@@ -413,6 +397,5 @@ def _write_partition(store: Path, batch_id: str, batch_dir: Path, good: pd.DataF
 def _write_report(report: dict, qdir: Path) -> dict:
     path = qdir / "report.json"
     report["report"] = str(path)
-    text = json.dumps(report, indent=2, sort_keys=False, default=str)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    write_json(path, report)
     return report
