@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# One-shot init of the stack (the airflow-init service): migrates Airflow's metadata database
-# and creates the DVC workspace with its default remote on S3 (MinIO), before any component
-# starts. ingestion.versioning.init_workspace keeps an existing workspace and its remote.
+# One-shot init of the stack (the airflow-init service): migrates Airflow's metadata database,
+# creates the Airflow tasks' account on the MLflow tracking server, and creates the DVC workspace
+# with its default remote on S3 (MinIO), before any component starts. ingestion.versioning.init_workspace keeps an existing workspace and its remote.
 set -euo pipefail
 
 airflow db migrate
+
+# the tasks' account on the MLflow server (basic-auth), with MANAGE on the model and experiment
+python -m promotion.tracking_auth account --tracking-uri "${MLFLOW_TRACKING_URI:?}"
 
 ws="${LCP_STATE_DIR:?}/workspace"
 if [[ -n "${LCP_DVC_REMOTE_URL:-}" && ! -d "$ws/.dvc" ]]; then

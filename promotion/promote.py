@@ -30,6 +30,7 @@ from promotion.registry import (
     ALIAS_CHALLENGER,
     ALIAS_CHAMPION,
     ALIAS_PREVIOUS,
+    TAG_VALUE_CHARS,
     alias_version,
     golden_frame,
     mlflow_client,
@@ -44,41 +45,33 @@ class PromotionError(RuntimeError):
     """The registry is not in the state the recorded decision was made in."""
 
 
-def _decision_tags(result: dict, params: Params) -> dict[str, str]:
+def _decision_tags(result: dict) -> dict[str, str]:
+    """The tags a reviewer filters versions by (:data:`promotion.registry.VERSION_TAGS`); the rest
+    of the decision (accuracies, slices, serving check, mode, floors) is in the description and
+    the run's ``comparison/<golden_rev>/decision.json``."""
     def num(x, spec=".6f"):
         return "none" if x is None else format(x, spec)
 
     interval = result.get("interval")
     return {
         "decision": result["decision"],
-        "reason": result["reason"][:4900],
+        "reason": result["reason"][:TAG_VALUE_CHARS],
         "candidate_score": num(result["candidate_score"]),
         "champion_score": num(result.get("champion_score")),
         "champion_version": str(result.get("champion_version") or "none"),
         "delta": num(result.get("delta"), "+.6f"),
         "delta_interval": "none" if not interval else f"[{interval[0]:+.6f}, {interval[1]:+.6f}]",
-        "delta_interval_confidence": num(result.get("confidence"), ".3f"),
-        "required_improvement": num(result.get("required_improvement")),
-        "candidate_accuracy": num(result.get("candidate_accuracy")),
-        "champion_accuracy": num(result.get("champion_accuracy")),
-        "gate_mode": params.gate.mode,
-        "first_run": str(bool(result.get("first_run"))).lower(),
-        "min_improvement": str(params.gate.min_improvement),
-        "slices": json.dumps(result.get("slices") or [])[:4900],
-        "failing_slices": json.dumps(result.get("failing_slices") or []),
-        "serving_check": "not run" if not result.get("serving_check") else
-        ("passed" if result["serving_check"]["ok"] else "failed: " + result["serving_check"]["detail"][:400]),
-        "gate_golden_rev": str(result.get("golden_rev")),
+        "golden_rev": str(result.get("golden_rev")),
     }
 
 
 def gate_challenger(state: State, params: Params, version: str, golden_rev: str) -> dict:
     """Re-scores champion and challenger on the golden set, decides, and records the review.
 
-    Records on the version: tags (``decision``, ``reason``, both scores and accuracies,
-    ``delta``, ``delta_interval``, ``required_improvement``, ``slices``, ``failing_slices``,
-    ``serving_check``, ``champion_version``; lineage tags come from registration), the Markdown
-    description (:func:`promotion.report.markdown_report`), and comparison artifacts on its run.
+    Records on the version: the tags a reviewer filters by (``decision``, ``reason``, both
+    scores, ``delta``, ``delta_interval``, ``champion_version``, ``golden_rev``; lineage tags come
+    from registration), the Markdown description (:func:`promotion.report.markdown_report`), and
+    on its run the comparison artifacts, ``decision.json`` holding the whole decision.
     A challenger the gate would promote must also pass the serving check
     (:mod:`promotion.serving_check`), else it is rejected.
 
@@ -147,9 +140,10 @@ def gate_challenger(state: State, params: Params, version: str, golden_rev: str)
     per_class = report.per_class_delta(cand_listings, champ_listings)
     from promotion.lineage import load_batches
 
-    markdown = report.markdown_report(result, per_class, mv.tags, max(5, params.gate.slice_top_n),
+    lineage = {**(client.get_run(mv.run_id).data.tags if mv.run_id else {}), **mv.tags}
+    markdown = report.markdown_report(result, per_class, lineage, max(5, params.gate.slice_top_n),
                                       load_batches(mv.run_id) if mv.run_id else [])
-    for key, value in _decision_tags(result, params).items():
+    for key, value in _decision_tags(result).items():
         client.set_model_version_tag(name, version, key, value)
     client.update_model_version(name, version, description=markdown)
     if mv.run_id:
@@ -240,7 +234,7 @@ def record_review(state: State, params: Params, decision: dict, approval: dict |
         why = (f"reviewer {reviewer} rejected the promotion" if status == "rejected"
                else "approval was required but no reviewer response was recorded")
         client.set_model_version_tag(name, version, "decision", "rejected")
-        client.set_model_version_tag(name, version, "reason", f"{why} (gate: {decision['reason']})"[:4900])
+        client.set_model_version_tag(name, version, "reason", f"{why} (gate: {decision['reason']})"[:TAG_VALUE_CHARS])
     if status in ("approved", "rejected", "missing"):
         _describe_review(client, name, version, status, reviewer)
     print(f"[review] v{version}: approval {status}")

@@ -22,7 +22,14 @@ from pathlib import Path
 from common.params import PROJECT_ROOT, Params, load_params
 from common.state import State
 from ingestion.manifest import read_manifest
-from promotion.registry import ALIAS_CHALLENGER, ensure_experiment, golden_frame, mlflow_client
+from promotion.registry import (
+    ALIAS_CHALLENGER,
+    TAG_VALUE_CHARS,
+    VERSION_TAGS,
+    ensure_experiment,
+    golden_frame,
+    mlflow_client,
+)
 
 
 def model_signature():
@@ -134,7 +141,7 @@ def register_challenger(state: State, params: Params, data: dict, workspace_comm
             ids = validation.get("validation_ids")  # the DAG's validate task: {batch id: validation id}
             if ids is None:  # validation.staged.validate_staged_batches' full result
                 ids = {b: r.get("validation_id") for b, r in validation.get("reports", {}).items()}
-            run_tags["gx_validation_ids"] = json.dumps(ids)[:5000]
+            run_tags["gx_validation_ids"] = json.dumps(ids)[:TAG_VALUE_CHARS]
         mlflow.set_tags(run_tags)
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -146,8 +153,10 @@ def register_challenger(state: State, params: Params, data: dict, workspace_comm
             registered_model_name=name,
         )
     version = str(info.registered_model_version)
-    for key, value in {**run_tags, "mlflow_run_id": run.info.run_id}.items():
-        client.set_model_version_tag(name, version, key, value)
+    version_tags = {**run_tags, "mlflow_run_id": run.info.run_id}
+    for key in VERSION_TAGS:  # the run keeps them all; the version those a reviewer filters by
+        if key in version_tags:
+            client.set_model_version_tag(name, version, key, version_tags[key])
     client.set_registered_model_alias(name, ALIAS_CHALLENGER, version)
     print(f"[register] {name} version {version} (run {run.info.run_id}) -> alias {ALIAS_CHALLENGER}")
     return {"version": version, "run_id": run.info.run_id, "model_uri": f"models:/{name}/{version}"}

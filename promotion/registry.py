@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +16,16 @@ from promotion.gate import PerListing, per_listing
 ALIAS_CHAMPION = "champion"
 ALIAS_CHALLENGER = "challenger"
 ALIAS_PREVIOUS = "previous-champion"
+
+TAG_VALUE_CHARS = 4900
+"""Longest tag value written (MLflow's limit on a model version tag value is 5,000 characters)."""
+
+VERSION_TAGS = ("data_rev", "workspace_commit", "mlflow_run_id", "airflow_run_id",
+                "decision", "reason", "candidate_score", "champion_score", "champion_version",
+                "delta", "delta_interval", "golden_rev")
+"""The tags a model version carries for a reviewer to filter by (plus, when they happen, the
+events ``approval``/``approval_by``, ``promoted_from``, ``superseded_by`` and ``rollback_*``).
+Everything else is on the run (its tags, ``lineage/``, ``comparison/``) and in the description."""
 
 
 def mlflow_client(state: State):
@@ -73,11 +82,11 @@ def score_version(state: State, params: Params, version: str, golden: pd.DataFra
 
     Both the challenger and the champion go through this function, on the same golden frame,
     so the gate compares like with like; a champion's stored metrics are never trusted across
-    golden revisions. The result is cached on the version, keyed by the golden revision: the
-    tag ``golden_scores.<golden_rev>`` (summary) and the artifact
-    ``golden_predictions/<golden_rev>.csv`` of its run (``listing_id, predicted_path``), which
-    the paired bootstrap and the slice checks need. A cache whose listing ids differ from the
-    golden frame's is ignored and the version re-scored.
+    golden revisions. The predictions are cached on the version's run, keyed by the golden
+    revision: the artifact ``golden_predictions/<golden_rev>.csv`` (``listing_id,
+    predicted_path``), from which the summary, the paired bootstrap and the slice checks are
+    computed. A cache that is missing, unreadable or whose listing ids differ from the golden
+    frame's is ignored and the version re-scored.
 
     Args:
         state: the state folder.
@@ -98,13 +107,12 @@ def score_version(state: State, params: Params, version: str, golden: pd.DataFra
 
     client = mlflow_client(state)
     name = params.registry.model_name
-    tag = f"golden_scores.{golden_rev}"
     artifact = f"golden_predictions/{golden_rev}.csv"
     mv = client.get_model_version(name, version)
     ids = [str(i) for i in golden["listing_id"]]
     true_paths = list(golden["category_path"])
     pred_paths = None
-    if mv.tags.get(tag) and mv.run_id:
+    if mv.run_id:
         try:
             cached = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{mv.run_id}/{artifact}")),
                                  dtype=str, keep_default_na=False)
@@ -135,11 +143,9 @@ def score_version(state: State, params: Params, version: str, golden: pd.DataFra
         "version": str(version),
         "golden_rev": golden_rev,
     }
-    if fresh:
-        if mv.run_id:
-            frame = pd.DataFrame({"listing_id": ids, "predicted_path": pred_paths})
-            client.log_text(mv.run_id, frame.to_csv(index=False), artifact)
-        client.set_model_version_tag(name, version, tag, json.dumps(result))
+    if fresh and mv.run_id:
+        frame = pd.DataFrame({"listing_id": ids, "predicted_path": pred_paths})
+        client.log_text(mv.run_id, frame.to_csv(index=False), artifact)
     return result, listings
 
 

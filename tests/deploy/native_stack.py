@@ -1,7 +1,8 @@
 """The docker-compose topology run natively, for tests: real processes, real PostgreSQL and Redis.
 
 Started as child processes from the project's venv: an MLflow tracking server (backend store on
-PostgreSQL, artifacts proxied to S3), and Airflow 3 with the CeleryExecutor (api-server,
+PostgreSQL, artifacts proxied to S3, MLflow's basic-auth app as in docker-compose: the tasks use
+their own account, :func:`promotion.tracking_auth.ensure_task_account`), and Airflow 3 with the CeleryExecutor (api-server,
 scheduler, dag-processor, one Celery worker; Redis broker, PostgreSQL metadata and result
 backend). S3 (the feed and MLflow's artifacts) is a moto server in the test process. Each stack
 gets its own databases, Redis database number and Celery queue, so it shares nothing with other
@@ -102,6 +103,8 @@ class NativeStack:
     redis_db: int
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     moto: object = None
+    mlflow_admin: tuple[str, str] = ("admin", "")
+    mlflow_tasks: tuple[str, str] = ("airflow-tasks", "")
     _token: str | None = None
 
     def log(self, name: str) -> Path:
@@ -232,6 +235,7 @@ def start_stack(root: Path, params_file: Path, feed_dir: Path) -> NativeStack:
     airflow_home = root / "airflow"
     airflow_home.mkdir(parents=True)
     password = secrets.token_urlsafe(12)
+    tasks_password = secrets.token_urlsafe(16)
     passwords_file = airflow_home / "passwords.json"
     passwords_file.write_text(json.dumps({"admin": password}))
     pg = PG_DSN.replace("postgresql://", "postgresql+psycopg2://")
@@ -267,6 +271,9 @@ def start_stack(root: Path, params_file: Path, feed_dir: Path) -> NativeStack:
         "LCP_MLFLOW_UI_URL": f"http://127.0.0.1:{mlflow_port}",
         "LCP_AIRFLOW_UI_URL": f"http://127.0.0.1:{api_port}",
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+        # the tasks' own account on the basic-auth tracking server (what docker-compose passes)
+        "MLFLOW_TRACKING_USERNAME": "airflow-tasks",
+        "MLFLOW_TRACKING_PASSWORD": tasks_password,
         "MLFLOW_ENABLE_TELEMETRY": "false",
         "GX_ANALYTICS_ENABLED": "false",
         "DVC_NO_ANALYTICS": "1",
@@ -275,24 +282,35 @@ def start_stack(root: Path, params_file: Path, feed_dir: Path) -> NativeStack:
     stack = NativeStack(root=root, airflow_url=f"http://127.0.0.1:{api_port}",
                         mlflow_url=f"http://127.0.0.1:{mlflow_port}", s3_endpoint=s3_endpoint,
                         admin_password=password, env=env, databases=databases, redis_db=redis_db,
-                        moto=moto)
+                        moto=moto, mlflow_admin=("admin", secrets.token_urlsafe(16)),
+                        mlflow_tasks=("airflow-tasks", tasks_password))
     try:
         migrate = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True,
                                  text=True, timeout=300)
         assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
+        from promotion.tracking_auth import ensure_task_account, write_server_config
+
+        auth_config = write_server_config(root / "mlflow-auth" / "basic_auth.ini", f"{pg}/{databases[1]}")
         mlflow_env = {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
-                      "MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{mlflow_port},localhost:{mlflow_port}"}
+                      "MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{mlflow_port},localhost:{mlflow_port}",
+                      "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+                      "MLFLOW_AUTH_ADMIN_USERNAME": stack.mlflow_admin[0],
+                      "MLFLOW_AUTH_ADMIN_PASSWORD": stack.mlflow_admin[1],
+                      "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32)}
         stack.env = {**env, **mlflow_env}
-        stack.spawn("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
+        stack.spawn("mlflow", [str(BIN / "mlflow"), "server", "--app-name", "basic-auth",
+                               "--host", "127.0.0.1", "--port", str(mlflow_port),
                                "--backend-store-uri", f"{pg}/{databases[1]}", "--serve-artifacts",
                                "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--workers", "1"])
         stack.env = env
+        stack.wait_for("MLflow server", lambda: http_json("GET", f"{stack.mlflow_url}/health")[0] == 200, 180)
+        ensure_task_account(stack.mlflow_url, *stack.mlflow_tasks, "listing-classifier", "listing-classifier",
+                            *stack.mlflow_admin)
         airflow = str(BIN / "airflow")
         stack.spawn("api-server", [airflow, "api-server", "--port", str(api_port)])
         stack.spawn("scheduler", [airflow, "scheduler"])
         stack.spawn("dag-processor", [airflow, "dag-processor"])
         stack.spawn("worker", [airflow, "celery", "worker", "--queues", tag, "--concurrency", "1"])
-        stack.wait_for("MLflow server", lambda: http_json("GET", f"{stack.mlflow_url}/health")[0] == 200, 180)
         stack.wait_for("Airflow api-server",
                        lambda: http_json("GET", f"{stack.airflow_url}/api/v2/monitor/health")[0] == 200, 240)
         stack.wait_for("the DAG to be parsed", lambda: stack.api("GET", f"/dags/{DAG_ID}")[0] == 200, 240)

@@ -189,9 +189,9 @@ def test_platform_variables_are_read_by_the_code(compose):
                 assert key in read or f"${{{key}}}" in inline, f"{service}: {key} is read by nothing"
 
 
-def test_mlflow_server_command_and_variables_are_mlflow_s(compose):
+def test_mlflow_server_command_and_variables_are_mlflow_s(compose, raw):
+    import mlflow.environment_variables as mlflow_env
     from mlflow.cli import server
-    from mlflow.environment_variables import MLFLOW_S3_ENDPOINT_URL, MLFLOW_SERVER_ALLOWED_HOSTS
 
     service = compose["services"]["mlflow"]
     argv = _command(service)
@@ -199,9 +199,23 @@ def test_mlflow_server_command_and_variables_are_mlflow_s(compose):
     ctx = server.make_context("server", argv[2:])  # raises on an unknown option
     assert ctx.params["port"] == 5000 and ctx.params["serve_artifacts"] is True
     envvars = {p.envvar for p in server.params if p.envvar}
-    envvars |= {MLFLOW_S3_ENDPOINT_URL.name, MLFLOW_SERVER_ALLOWED_HOSTS.name}
+    envvars |= {v.name for v in vars(mlflow_env).values() if isinstance(v, mlflow_env._EnvironmentVariable)}
     env = service["environment"]
     assert {k for k in env if k.startswith("MLFLOW_")} <= envvars
+    # MLflow's own authentication, the admin's password from .env (no default)
+    assert ctx.params["app_name"] == "basic-auth"
+    uninterpolated = yaml.safe_load(raw)["services"]
+    assert uninterpolated["mlflow"]["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"] == "${MLFLOW_ADMIN_PASSWORD}"
+    assert env["LCP_MLFLOW_AUTH_DATABASE_URI"].startswith("postgresql+psycopg2://")
+    assert "MLFLOW_AUTH_CONFIG_PATH" in env
+    # the tasks authenticate with their own account; the init service creates it as the admin
+    tasks = compose["services"]["airflow-worker"]["environment"]
+    assert tasks["MLFLOW_TRACKING_USERNAME"] and tasks["MLFLOW_TRACKING_PASSWORD"]
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" not in tasks
+    init = compose["services"]["airflow-init"]
+    assert "${MLFLOW_ADMIN_PASSWORD}" in raw.split("airflow-init:")[1].split("airflow-apiserver:")[0]
+    assert init["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert "promotion.tracking_auth account" in (PROJECT_ROOT / "docker" / "airflow-init.sh").read_text()
     assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
     assert env["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
     published = service["ports"][0].split(":")

@@ -5,7 +5,9 @@ REST API; and the same stack driven through the Airflow and MLflow UIs in headle
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import shutil
 import time
 import urllib.error
@@ -26,6 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.stack]
 RUN_TIMEOUT_S = 420
 SCREENSHOTS = PROJECT_ROOT / "tests" / "output" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
+REVIEWER = ("reviewer", "reviewer-" + os.urandom(6).hex())
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +43,21 @@ def stack(tmp_path_factory, fashion_dir):
     # floors at 0: the subject is the topology, and a 4-epoch first model on ~150 listings can
     # score under small_params' 5% accuracy floor (4.9% in one CI run), which the gate rejects
     running = start_stack(root, small_params(root / "params.yaml", floor=0.0), feed)
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
     try:
+        # this test reads the registry as a reviewer would: an account of its own, READ only
+        from mlflow.server.auth.client import AuthServiceClient
+
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = running.mlflow_admin
+        AuthServiceClient(running.mlflow_url).create_user(*REVIEWER)
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = REVIEWER
         yield running
     finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         running.stop()
 
 
@@ -50,6 +65,25 @@ def _mlflow(stack: NativeStack):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _mlflow_status(stack: NativeStack, method: str, path: str, body: dict | None = None,
+                   auth: tuple[str, str] | None = None) -> int:
+    """The HTTP status of one request to the tracking server, anonymous unless ``auth``."""
+    request = urllib.request.Request(f"{stack.mlflow_url}{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+    if auth:
+        request.add_header("Authorization", _basic(*auth))
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def test_dag_run_through_the_rest_api_on_celery_registers_a_model(stack):
@@ -71,9 +105,17 @@ def test_dag_run_through_the_rest_api_on_celery_registers_a_model(stack):
                 if v.tags.get("airflow_run_id") == "api-triggered"]
     assert len(versions) == 1
     version = versions[0]
-    assert version.tags["dag_id"] == DAG_ID
+    assert client.get_run(version.run_id).data.tags["dag_id"] == DAG_ID
     assert version.tags["decision"] == "promoted"  # the first model: floors at 0 are enough
+    # promoted by the tasks' own account on a basic-auth server ...
     assert client.get_model_version_by_alias("listing-classifier", "champion").version == version.version
+    # ... where nobody else may move the champion: anonymous 401, a reviewer (READ) 403
+    alias = {"name": "listing-classifier", "alias": "champion", "version": version.version}
+    assert _mlflow_status(stack, "POST", "/api/2.0/mlflow/registered-models/alias", alias) == 401
+    assert _mlflow_status(stack, "POST", "/api/2.0/mlflow/registered-models/alias", alias, REVIEWER) == 403
+    assert _mlflow_status(stack, "GET", "/api/2.0/mlflow/registered-models/get?name=listing-classifier") == 401
+    assert _mlflow_status(stack, "GET", "/api/2.0/mlflow/registered-models/get?name=listing-classifier",
+                          auth=REVIEWER) == 200
     run_params = client.get_run(version.run_id).data.params
     assert run_params.get("train.epochs") == "4", {k: v for k, v in run_params.items() if "epoch" in k}
     # artifacts went through the server to S3 (moto), not to a local folder
@@ -107,8 +149,33 @@ def test_dag_run_through_the_rest_api_on_celery_registers_a_model(stack):
     for link in [*register_links.values(), *links["extra_links"].values()]:
         location = _redirect(f"{stack.airflow_url}{link}")
         assert location in (version_page, f"{stack.mlflow_url}/#/runs/{version.run_id}"), location
-        with urllib.request.urlopen(location, timeout=30) as page:  # the MLflow UI answers it
+        request = urllib.request.Request(location, headers={"Authorization": _basic(*REVIEWER)})
+        with urllib.request.urlopen(request, timeout=30) as page:  # the MLflow UI answers a reviewer
             assert page.status == 200
+
+    # every link in the version description: MLflow-relative ones (#/...) and the Data Docs on
+    # the Airflow UI, which answer a reviewer (MLflow login) and a logged-in Airflow user
+    import re
+
+    description = client.get_model_version("listing-classifier", version.version).description
+    links = re.findall(r"\]\(([^)\s]+)\)", description)
+    assert any(link.startswith("#/experiments/") for link in links), links
+    assert any("/data-docs/" in link for link in links), links
+    for link in links:
+        if link.startswith("#/"):
+            # the MLflow app routes the fragment in the browser: the page is the UI at "/", and
+            # the run or experiment it names must exist for the reviewer
+            url, auth = f"{stack.mlflow_url}/", _basic(*REVIEWER)
+            run_id_in_link = re.search(r"/runs/([0-9a-f]{32})", link)
+            if run_id_in_link:
+                assert _mlflow_status(stack, "GET", f"/api/2.0/mlflow/runs/get?run_id={run_id_in_link[1]}",
+                                      auth=REVIEWER) == 200, link
+        else:
+            assert link.startswith(stack.airflow_url), link
+            url, auth = link, f"Bearer {stack.token()}"
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": auth}),
+                                    timeout=30) as page:
+            assert page.status == 200, link
 
 
 def _redirect(url: str) -> str:
@@ -142,7 +209,10 @@ def test_airflow_and_mlflow_uis_in_headless_chromium(stack, tmp_path):
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                      args=["--no-sandbox", "--disable-dev-shm-usage"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        # the MLflow UI asks for a login (basic-auth): the reviewer's, sent to MLflow's origin only
+        page = browser.new_page(viewport={"width": 1400, "height": 1000},
+                                http_credentials={"username": REVIEWER[0], "password": REVIEWER[1],
+                                                  "origin": stack.mlflow_url})
         page.set_default_timeout(60_000)
         try:
             # Airflow: the simple auth manager's login form

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -120,16 +121,20 @@ def test_both_weekly_runs_succeed_and_a_champion_is_promoted(pipeline):
 def test_lineage_tags_on_every_version(pipeline):
     client = _client(pipeline["state"])
     ws = pipeline["state"].workspace
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert len(head) == 40
     for v in client.search_model_versions("name = 'listing-classifier'"):
         t = v.tags
-        assert t["dag_id"] == DAG_ID
-        assert t["airflow_run_id"]
-        assert len(t["git_commit"]) in (40, 7) or t["git_commit"] == "unknown"
+        assert t["airflow_run_id"] and t["mlflow_run_id"] == v.run_id
         assert len(t["data_rev"]) == 40 and len(t["workspace_commit"]) == 40
         # the data revision is a real commit of the DVC workspace
         assert os.system(f"git -C {ws} cat-file -e {t['data_rev']}^{{commit}}") == 0
         run = client.get_run(v.run_id)
         assert run.data.tags["data_rev"] == t["data_rev"]
+        assert run.data.tags["dag_id"] == DAG_ID
+        # the platform's own commit: this checkout's HEAD (the suite always runs in a git checkout)
+        assert run.data.tags["git_commit"] == head
         assert "business_weighted_score" in run.data.metrics
         # the run says whether the backbone started from pretrained weights, and in what precision
         assert run.data.tags["pretrained_weights"] in ("True", "False")

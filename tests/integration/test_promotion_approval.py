@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
+import mlflow
 import pytest
 
 from common.catalog import load_catalog
@@ -240,7 +241,11 @@ def reviewed(tmp_path_factory, fashion_dir, airflow_db):
         server.wait_ready()
         rejected = _run_with_review(server, "Reject", {"require_approval": True, "epochs": 2})
         listed = _client(state).search_model_versions(f"name = '{NAME}'")
+        client = _client(state)
         after_reject = {"aliases": _aliases(state), "versions": {str(v.version): dict(v.tags) for v in listed},
+                        "run_tags": {str(v.version): client.get_run(v.run_id).data.tags for v in listed},
+                        "decisions": {str(v.version): json.loads(mlflow.artifacts.load_text(
+                            f"runs:/{v.run_id}/comparison/{v.tags['golden_rev']}/decision.json")) for v in listed},
                         "descriptions": {str(v.version): v.description or "" for v in listed}}
         approved = _run_with_review(server, "Approve", {"require_approval": True, "epochs": 3})
         print(f"[approval] rejected run {rejected['seconds']:.0f}s, approved run {approved['seconds']:.0f}s")
@@ -270,14 +275,21 @@ def test_a_rejected_promotion_moves_nothing_and_is_recorded(reviewed):
     (version, tags), = after["versions"].items()
     assert request["subject"] == f"Promote listing-classifier v{version} to champion?"
     # the gate would have promoted it (a first model passing the floors); the reviewer did not
-    assert tags["first_run"] == "true" and tags["serving_check"] == "passed"
+    decision = after["decisions"][version]  # the whole decision, beside the review tags
+    assert decision["first_run"] is True and decision["serving_check"]["ok"] is True
+    assert decision["decision"] == "promoted"  # what the gate said, before the reviewer
     assert after["aliases"] == {"champion": None, "challenger": version, "previous-champion": None}
     assert "promoted_from" not in tags
     assert tags["approval"] == "rejected" and tags["approval_by"] == "admin"
     assert tags["decision"] == "rejected" and "reviewer admin rejected the promotion" in tags["reason"]
     # lineage from the DAG's validate task: the GX validation id of the batch this run ingested
-    assert list(json.loads(tags["gx_validation_ids"])) == ["fashion-2026-11-02"], tags["gx_validation_ids"]
-    assert all(json.loads(tags["gx_validation_ids"]).values())
+    run_tags = after["run_tags"][version]
+    assert list(json.loads(run_tags["gx_validation_ids"])) == ["fashion-2026-11-02"], run_tags["gx_validation_ids"]
+    assert all(json.loads(run_tags["gx_validation_ids"]).values())
+    # the version row carries only the tags a reviewer filters by (and the review's events)
+    from promotion.registry import VERSION_TAGS
+
+    assert set(tags) <= {*VERSION_TAGS, "approval", "approval_by"}, sorted(set(tags) - set(VERSION_TAGS))
     # the MLflow UI's description: the human review on top of the gate's report and its links
     description = after["descriptions"][version]
     assert description.startswith("## Human review: **REJECTED** by admin"), description[:300]

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 
@@ -92,8 +93,10 @@ def test_first_run_promotes_on_value_thresholds_only(registry):
     assert first["serving_check"]["ok"], first["serving_check"]
     assert alias(client, "champion") == registry["v1"]["version"]
     tags = client.get_model_version(NAME, registry["v1"]["version"]).tags
-    assert tags["decision"] == "promoted" and tags["first_run"] == "true" and tags["champion_score"] == "none"
-    assert tags["serving_check"] == "passed"
+    assert tags["decision"] == "promoted" and tags["champion_score"] == "none"
+    decision = json.loads(mlflow.artifacts.load_text(
+        f"runs:/{registry['v1']['run_id']}/comparison/{tags['golden_rev']}/decision.json"))
+    assert decision["first_run"] is True and decision["serving_check"]["ok"] is True
 
 
 def test_a_tie_is_rejected_and_no_alias_moves(registry):
@@ -111,16 +114,24 @@ def test_review_material_in_mlflow(registry):
     client = client_for(registry["state"])
     v2 = client.get_model_version(NAME, registry["v2"]["version"])
     t = v2.tags
-    for key in ("decision", "reason", "candidate_score", "champion_score", "delta", "delta_interval",
-                "required_improvement", "slices", "failing_slices", "gate_mode", "champion_version",
-                "git_commit", "data_rev", "listings_md5", "golden_md5", "params_hash", "dag_id",
-                "airflow_run_id", "mlflow_run_id"):
-        assert t.get(key) not in (None, ""), key
-    assert t["gate_mode"] == "interval" and t["champion_version"] == registry["v1"]["version"]
-    slices = json.loads(t["slices"])
+    from promotion.registry import VERSION_TAGS
+
+    # the version row: exactly the tags a reviewer filters by (decision, scores, delta, revisions, run ids)
+    assert set(t) == set(VERSION_TAGS), sorted(set(t) ^ set(VERSION_TAGS))
+    assert all(t[key] not in (None, "") for key in VERSION_TAGS)
+    assert t["champion_version"] == registry["v1"]["version"]
+    assert t["golden_rev"] == registry["data"]["golden_md5"]
+    assert t["mlflow_run_id"] == v2.run_id
+    # the rest of the lineage on the run, the rest of the decision in its artifact
+    run_tags = client.get_run(v2.run_id).data.tags
+    for key in ("git_commit", "listings_md5", "golden_md5", "params_hash", "dag_id", "data_rev"):
+        assert run_tags.get(key) not in (None, ""), key
+    assert run_tags["golden_md5"] == registry["data"]["golden_md5"]
+    decision = json.loads(mlflow.artifacts.load_text(
+        f"runs:/{v2.run_id}/comparison/{registry['data']['golden_md5']}/decision.json"))
+    assert decision["mode"] == "interval" and decision["decision"] == t["decision"]
+    slices = decision["slices"]
     assert len(slices) == 3 and all(s["passed"] for s in slices)
-    assert t["golden_md5"] == registry["data"]["golden_md5"]
-    assert f"golden_scores.{registry['data']['golden_md5']}" in t
     md = v2.description
     assert "REJECTED" in md and "| business-weighted score |" in md and "training run" in md
     assert slices[0]["category"] in md
@@ -142,8 +153,9 @@ def test_champion_scores_are_cached_per_golden_revision(registry):
     # another golden revision is never answered from this cache: scored again, its own tag
     other, _ = score_version(state, params, registry["v1"]["version"], golden, "another-revision")
     assert other["business_weighted_score"] == summary["business_weighted_score"]
-    tags = client_for(state).get_model_version(NAME, registry["v1"]["version"]).tags
-    assert "golden_scores.another-revision" in tags
+    run_id = client_for(state).get_model_version(NAME, registry["v1"]["version"]).run_id
+    cached = {Path(f.path).name for f in client_for(state).list_artifacts(run_id, "golden_predictions")}
+    assert {f"{rev}.csv", "another-revision.csv"} <= cached
 
 
 def test_an_unloadable_champion_fails_the_gate_and_moves_nothing(registry, tmp_path):
