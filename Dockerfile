@@ -37,6 +37,7 @@ COPY --chown=50000:0 ingestion/ ingestion/
 COPY --chown=50000:0 validation/ validation/
 COPY --chown=50000:0 training/ training/
 COPY --chown=50000:0 promotion/ promotion/
+COPY --chown=50000:0 monitoring/ monitoring/
 COPY --chown=50000:0 scripts/ scripts/
 COPY --chown=50000:0 dags/ dags/
 COPY --chown=50000:0 plugins/ plugins/
