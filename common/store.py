@@ -23,7 +23,10 @@ A partition folder is written whole: built in a hidden temporary folder next to 
 sees half a partition, and its ``listings.parquet`` identifies its content (rows list their
 images' SHA-256). Hidden entries under ``batches/`` are never partitions. A writer killed midway
 leaves only hidden debris: :func:`recover_partitions` (run by every writer before it writes)
-puts back a partition that was moved aside for its replacement and removes the rest.
+puts back a partition that was moved aside for its replacement and removes the rest. This module
+is the store's only writer of partitions: :func:`write_partition` (accepted rows and their
+images, as the validate step hands them over) on top of :func:`replace_partition`, and
+:func:`remove_partition`.
 
 Updates: a listing id that arrives again in a later batch is an update, and the latest version
 wins: :func:`read_store` keeps the row of the latest ``ingested_at`` (ties: the latest batch id,
@@ -34,27 +37,22 @@ The store's index: validation's cross-store checks (duplicate images, label and 
 ``listing_id, image_sha256, category_path, price, catalog`` of the latest versions only. They
 read them with :func:`read_store` and ``columns=INDEX_COLUMNS``: a Parquet column projection of
 each partition (a few bytes per listing), never an image file. Parquet partitions are the index.
-
-Stores written before this layout (``batches/<batch_id>.parquet`` with images under
-``images/<sha[:2]>/``) are refused with :class:`StoreLayoutError`; ``python -m common.store
-migrate <store>`` converts them in place.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import logging
 import os
 import re
 import shutil
-import sys
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.catalog import CANONICAL_COLUMNS
@@ -69,6 +67,9 @@ LISTINGS_FILE = "listings.parquet"
 """A partition's table, relative to its folder."""
 IMAGES = "images"
 """A partition's image folder, relative to its folder."""
+STORE_SCHEMA = pa.schema([(c, pa.float64() if c == "price" else pa.string()) for c in CANONICAL_COLUMNS])
+"""Arrow schema of a partition's table: ``CANONICAL_COLUMNS`` in order, every one a string except
+``price`` (float64)."""
 
 _DEBRIS = re.compile(r"^\.(?P<batch>.+)\.[0-9a-f]{32}\.(?P<kind>tmp|old|del)$")
 """Hidden folders of a partition writer: ``.tmp`` being built, ``.old`` the previous partition
@@ -77,10 +78,6 @@ _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "Out of diskspace")  # the last: git
 
 log = logging.getLogger(__name__)
-
-
-class StoreLayoutError(RuntimeError):
-    """The store folder holds partitions in a layout this code does not read."""
 
 
 class DiskFullError(OSError):
@@ -166,28 +163,13 @@ def image_path(store: Path, image_key: str) -> Path:
 
 
 def batch_ids(store: Path) -> list[str]:
-    """Ids of the batches with a partition in the store, sorted.
-
-    Raises:
-        StoreLayoutError: when the store holds partitions of the earlier flat layout.
-    """
+    """Ids of the batches with a partition in the store (a folder holding its table), sorted."""
     root = Path(store) / BATCHES
     if not root.is_dir():
         return []
-    ids, legacy = [], []
-    for entry in os.scandir(root):
-        if entry.name.startswith("."):
-            continue  # a partition being written (or the debris of a killed writer)
-        if entry.is_dir() and (Path(entry.path) / LISTINGS_FILE).is_file():
-            ids.append(entry.name)
-        elif entry.is_file() and entry.name.endswith(".parquet"):
-            legacy.append(entry.name)
-    if legacy:
-        raise StoreLayoutError(
-            f"{root} holds {len(legacy)} partition file(s) of the earlier flat layout "
-            f"(e.g. {sorted(legacy)[0]}: batches/<batch_id>.parquet + images/<sha[:2]>/). Nothing was "
-            f"read or changed. Convert the store with `python -m common.store migrate {store}`.")
-    return sorted(ids)
+    # hidden entries are partitions being written, or the debris of a killed writer
+    return sorted(e.name for e in os.scandir(root)
+                  if not e.name.startswith(".") and e.is_dir() and (Path(e.path) / LISTINGS_FILE).is_file())
 
 
 def read_store(store: Path, columns: Sequence[str] | None = None,
@@ -206,9 +188,6 @@ def read_store(store: Path, columns: Sequence[str] | None = None,
         One row per listing id with ``columns``, sorted by ``listing_id``; an empty frame with
         those columns when the store is empty. ``price`` is float64, the rest ``str``/``None``;
         a column that older partitions lack (written before it was added) is ``None`` there.
-
-    Raises:
-        StoreLayoutError: when the store holds partitions of the earlier flat layout.
     """
     columns = list(columns or CANONICAL_COLUMNS)
     skip = set(exclude_batches)
@@ -318,62 +297,44 @@ def remove_partition(store: Path, batch_id: str) -> bool:
     return True
 
 
-def migrate_flat_layout(store: Path) -> list[str]:
-    """Converts a store of the earlier flat layout into partition folders, in place.
+def write_partition(store: Path, batch_id: str, rows: pd.DataFrame,
+                    images: Sequence[tuple[Path, str, str]]) -> Path:
+    """Writes a batch's accepted listings and their images as its partition folder, whole.
 
-    ``batches/<batch_id>.parquet`` with images under ``images/<sha[:2]>/<sha256><ext>`` becomes
-    ``batches/<batch_id>/listings.parquet`` + ``batches/<batch_id>/images/<sha256><ext>``, with
-    ``image_key`` rewritten. Each partition is written whole before its flat file is removed;
-    the shared ``images/`` folder is removed only when every partition is converted, so an
-    interrupted migration loses nothing and can be run again.
+    Each image is copied to ``images/<sha256><ext>`` (one file for an image two rows share),
+    each row's ``image_sha256`` and ``image_key`` (:func:`image_key`) are set from it, and the
+    rows are written to ``listings.parquet`` with :data:`STORE_SCHEMA`. The folder replaces any
+    earlier partition of the batch atomically (:func:`replace_partition`).
 
     Args:
         store: the ``data/listings`` folder.
+        batch_id: the batch; names the partition.
+        rows: the accepted listings, N rows with at least ``CANONICAL_COLUMNS``; their
+            ``image_key`` and ``image_sha256`` are overwritten, other columns dropped.
+        images: per row of ``rows``, in order: ``(source file, hex SHA-256 of its bytes,
+            extension with its dot)``, e.g. ``(Path("raw/b1/images/7.jpg"), "9f86…", ".jpg")``.
 
     Returns:
-        The batch ids converted (empty when there was nothing to convert).
+        The partition folder, ``<store>/batches/<batch_id>``.
 
     Raises:
-        FileNotFoundError: when a row's image is missing from the flat store (nothing of that
-            batch is changed).
+        ValueError: when ``images`` does not have one entry per row.
+        OSError: when an image cannot be read or the store written (the earlier partition, if
+            any, is left as it was).
     """
-    store = Path(store)
-    flat = sorted((store / BATCHES).glob("*.parquet")) if (store / BATCHES).is_dir() else []
-    done = []
-    for path in flat:
-        batch_id = path.stem
-        frame = pq.read_table(path).to_pandas()
+    if len(images) != len(rows):
+        raise ValueError(f"{len(images)} image(s) for {len(rows)} row(s) of batch {batch_id}")
+    rows = rows.assign(image_sha256=[sha for _, sha, _ in images],
+                       image_key=[image_key(batch_id, sha, ext) for _, sha, ext in images])
+    table = pa.Table.from_pandas(rows[list(CANONICAL_COLUMNS)].reset_index(drop=True),
+                                 schema=STORE_SCHEMA, preserve_index=False)
 
-        def build(folder: Path, frame=frame, batch_id=batch_id) -> None:
-            (folder / IMAGES).mkdir()
-            keys = []
-            for key in frame["image_key"]:
-                source = store / key
-                name = Path(key).name
-                if not (folder / IMAGES / name).exists():
-                    shutil.copyfile(source, folder / IMAGES / name)
-                keys.append(f"{BATCHES}/{batch_id}/{IMAGES}/{name}")
-            frame.assign(image_key=keys).to_parquet(folder / LISTINGS_FILE, index=False)
+    def build(folder: Path) -> None:
+        (folder / IMAGES).mkdir()
+        for source, sha, ext in images:
+            target = folder / IMAGES / f"{sha}{ext}"
+            if not target.exists():  # the same image under one listing id twice: one file
+                shutil.copyfile(source, target)
+        pq.write_table(table, folder / LISTINGS_FILE)
 
-        replace_partition(store, batch_id, build)
-        path.unlink()
-        done.append(batch_id)
-    if done:
-        shutil.rmtree(store / IMAGES, ignore_errors=True)
-    return done
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m common.store",
-                                     description="Listings store maintenance.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    migrate = sub.add_parser("migrate", help="convert a flat-layout store into partition folders")
-    migrate.add_argument("store", type=Path, help="the data/listings folder")
-    args = parser.parse_args(argv)
-    converted = migrate_flat_layout(args.store)
-    print(f"converted {len(converted)} partition(s): {', '.join(converted) or '-'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return replace_partition(store, batch_id, build)

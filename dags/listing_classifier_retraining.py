@@ -8,8 +8,12 @@ model in MLflow as `challenger`, and moves the `champion` alias only when the ch
 business-weighted score beats the champion's on the same golden test set by at least
 `min_improvement`.
 
-Each task calls one function of the platform's packages and passes small references (batch
-ids, data revision, model version) through XCom. Trigger it by hand from the UI with the form
+Tasks: `ingest` -> `validate` -> `version_data` (DVC) -> `train_evaluate` (`dvc repro`) ->
+`register` -> `gate` -> `needs_approval` -> (`approval`) -> `promote` -> `review`.
+
+Each task calls one function of the platform's packages and passes its typed result
+(`common.results`) through XCom as small references (batch ids, data revision, model version);
+the next task rebuilds it with `from_xcom`. Trigger it by hand from the UI with the form
 to change epochs, backbone, branches, min_improvement or max_batches for one run.
 """
 
@@ -84,75 +88,88 @@ def listing_classifier_retraining():
         from ingestion.ingest import ingest_new_batches
 
         cutoff = data_interval_end or logical_date
-        return ingest_new_batches(State.from_env(), run_params(params), cutoff)
+        return ingest_new_batches(State.from_env(), run_params(params), cutoff).to_xcom()
 
     @task
     def validate(ingested: dict, params=None) -> dict:
         from common.params import run_params
+        from common.results import IngestResult
         from common.state import State
         from validation.staged import validate_staged_batches
 
-        result = validate_staged_batches(State.from_env(), run_params(params), ingested.get("refused"))
-        return {k: result[k] for k in ("accepted", "partial", "quarantined", "store_listings", "data_docs")} | {
-            "validation_ids": {b: r.get("validation_id") for b, r in result["reports"].items()}}
+        batches = IngestResult.from_xcom(ingested)
+        return validate_staged_batches(State.from_env(), run_params(params), batches.staged,
+                                       batches.refused).to_xcom()
 
     @task
-    def version(validated: dict, params=None) -> dict:
+    def version_data(validated: dict, params=None) -> dict:
         from common.params import run_params
+        from common.results import ValidateResult
         from common.state import State
-        from ingestion.versioning import version_data
+        from ingestion import versioning
 
-        batches = validated["accepted"] + validated["partial"]
-        return version_data(State.from_env(), run_params(params), note=" ".join(batches))
+        note = " ".join(ValidateResult.from_xcom(validated).stored_batches)
+        return versioning.version_data(State.from_env(), run_params(params), note=note).to_xcom()
 
     @task(execution_timeout=timedelta(hours=3))
     def train_evaluate(data: dict) -> dict:
+        from common.results import DataVersionResult
         from common.state import State
-        from ingestion.versioning import reproduce
+        from ingestion.workspace import reproduce
 
-        return reproduce(State.from_env(), note=data["data_rev"][:10])
+        return reproduce(State.from_env(), note=DataVersionResult.from_xcom(data).data_rev[:10]).to_xcom()
 
     @task
     def register(data: dict, trained: dict, validated: dict, params=None, dag=None, run_id=None) -> dict:
         from common.params import run_params
+        from common.results import DataVersionResult, ReproduceResult, ValidateResult
         from common.state import State
         from promotion.register import register_challenger
 
-        return register_challenger(State.from_env(), run_params(params), data, trained["workspace_commit"],
-                                   dag.dag_id, run_id, validation=validated)
+        return register_challenger(
+            State.from_env(), run_params(params), DataVersionResult.from_xcom(data),
+            ReproduceResult.from_xcom(trained).workspace_commit, dag.dag_id, run_id,
+            validation=ValidateResult.from_xcom(validated)).to_xcom()
 
     @task
     def gate(registered: dict, data: dict, params=None) -> dict:
         from common.params import run_params
+        from common.results import DataVersionResult, RegisterResult
         from common.state import State
         from promotion.promote import gate_challenger
 
-        return gate_challenger(State.from_env(), run_params(params), registered["version"], data["golden_md5"])
+        return gate_challenger(State.from_env(), run_params(params), RegisterResult.from_xcom(registered).version,
+                               DataVersionResult.from_xcom(data).golden_rev).to_xcom()
 
     @task.branch
     def needs_approval(decision: dict, params=None) -> str:
-        return "approval" if (params or {}).get("require_approval") and decision.get("promote") else "promote"
+        from common.results import GateResult
+
+        wanted = bool((params or {}).get("require_approval"))
+        return "approval" if wanted and GateResult.from_xcom(decision).promote else "promote"
 
     @task(trigger_rule="none_failed_min_one_success")
     def promote(decision: dict, params=None) -> dict:
         from common.params import run_params
+        from common.results import GateResult
         from common.state import State
         from promotion.promote import promote as move_alias
 
-        return move_alias(State.from_env(), run_params(params), decision)
+        return move_alias(State.from_env(), run_params(params), GateResult.from_xcom(decision)).to_xcom()
 
     @task(trigger_rule="none_failed_min_one_success")
     def review(decision: dict, params=None, ti=None) -> dict:
         from common.params import run_params
+        from common.results import GateResult
         from common.state import State
         from promotion.promote import record_review
 
         approval_result = ti.xcom_pull(task_ids="approval", key="response", default=None)
-        return record_review(State.from_env(), run_params(params), decision, approval_result,
-                             bool((params or {}).get("require_approval")))
+        return record_review(State.from_env(), run_params(params), GateResult.from_xcom(decision), approval_result,
+                             bool((params or {}).get("require_approval"))).to_xcom()
 
     validated = validate(ingest())
-    data = version(validated)
+    data = version_data(validated)
     trained = train_evaluate(data)
     registered = register(data, trained, validated)
     registered.operator.operator_extra_links = REGISTER_LINKS

@@ -19,7 +19,11 @@ quarantined whole. The raw copy of the earlier delivery is kept under
 Batches are named ``<catalog>-YYYY-MM-DD``, the date of the week they belong to: the date places
 a batch in time (a run takes the batches dated on or before its data interval end).
 
-CLI: ``python -m ingestion.ingest [--cutoff 2026-11-09T00:00:00+00:00] [--feed DIR|s3://...]``
+How many pending batches one call stages is ``ingest.max_batches`` of the params (the DAG's
+form sets it per run); the CLI reads it from ``--params``.
+
+CLI: ``python -m ingestion.ingest [--cutoff 2026-11-09T00:00:00+00:00] [--feed DIR|s3://...]
+[--params FILE]``; prints the :class:`common.results.IngestResult` as JSON.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pathlib import Path
 
 from common.files import write_json
 from common.params import Params, load_params
+from common.results import IngestResult, RefusedBatch
 from common.state import State
 from ingestion.manifest import read_manifest, update_entry
 from ingestion.sources import PART, BatchRefused, FeedSource, check_batch_id, open_feed
@@ -157,7 +162,7 @@ def ingest_new_batches(
     params: Params,
     cutoff: datetime | None = None,
     feed_url: str | None = None,
-) -> dict:
+) -> IngestResult:
     """Stages the feed's new batches and returns the ones waiting for validation.
 
     A batch the feed source refuses is quarantined (:func:`refuse_batch`) and the next batches
@@ -171,9 +176,9 @@ def ingest_new_batches(
         feed_url: the feed (folder or ``s3://``); default ``state.feed_url``.
 
     Returns:
-        ``{"feed": url, "ingested": [ids staged now], "staged": [ids waiting for validation],
-        "refused": [{"batch_id", "reason", "detail", "report"}] of this call,
-        "taxonomy": path of the feed's taxonomy copied to staging}``.
+        The feed, the ids staged by this call, every id waiting for validation (this call's
+        and earlier ones', sorted), the batches this call refused, and the path of the feed's
+        taxonomy copied to staging.
 
     Raises:
         ingestion.sources.FeedError: when the feed itself cannot be listed or read.
@@ -208,8 +213,8 @@ def ingest_new_batches(
         ingested.append(batch_id)
     manifest = read_manifest(state.manifest)
     staged = sorted(b for b, e in manifest.items() if e.get("status") == "staged")
-    return {"feed": feed.url, "ingested": ingested, "staged": staged, "refused": refused,
-            "taxonomy": str(taxonomy_copy)}
+    return IngestResult(feed=feed.url, ingested=ingested, staged=staged, refused=refused,
+                        taxonomy=str(taxonomy_copy))
 
 
 def quarantine_folder(state: State, batch_id: str) -> Path:
@@ -222,7 +227,7 @@ def quarantine_folder(state: State, batch_id: str) -> Path:
 
 
 def refuse_batch(state: State, feed: FeedSource, batch_id: str, exc: BatchRefused,
-                 fingerprint: str | None) -> dict:
+                 fingerprint: str | None) -> RefusedBatch:
     """Quarantines a batch the feed source refused: its report, and its manifest entry.
 
     The report has the shape of a validation report (``status: quarantined``, ``rows: 0``,
@@ -231,7 +236,7 @@ def refuse_batch(state: State, feed: FeedSource, batch_id: str, exc: BatchRefuse
     re-published with other content; ``None`` (a refused name) means never again under this name.
 
     Returns:
-        ``{"batch_id", "reason", "detail", "report"}`` (report: the report file's path).
+        The refusal, with the path of its report file.
     """
     folder = quarantine_folder(state, batch_id)
     report = {"batch_id": batch_id, "stage": "ingest", "status": "quarantined", "rows": 0,
@@ -242,8 +247,7 @@ def refuse_batch(state: State, feed: FeedSource, batch_id: str, exc: BatchRefuse
     update_entry(state.manifest, batch_id, status="quarantined", stage="ingest", source=feed.url,
                  fingerprint=fingerprint, files=0, report=report,
                  refused_at=datetime.now(UTC).isoformat(timespec="seconds"))
-    return {"batch_id": batch_id, "reason": exc.reason, "detail": exc.detail,
-            "report": report["report"]}
+    return RefusedBatch(batch_id=batch_id, reason=exc.reason, detail=exc.detail, report=report["report"])
 
 
 def _supersede(state: State, batch_id: str, previous: dict) -> None:
@@ -268,12 +272,17 @@ def _catalog_taxonomy_name(params: Params) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the CLI (module docstring); prints the result as JSON and returns 0."""
     parser = argparse.ArgumentParser(prog="python -m ingestion.ingest", description=__doc__.split("\n")[0])
-    parser.add_argument("--cutoff", type=datetime.fromisoformat, default=None)
-    parser.add_argument("--feed", default=None)
-    parser.add_argument("--params", default=None)
+    parser.add_argument("--cutoff", type=datetime.fromisoformat, default=None,
+                        help="ISO 8601 time; batches dated later wait (default: take every pending batch)")
+    parser.add_argument("--feed", default=None,
+                        help="feed folder or s3:// URL (default: $LCP_FEED_URL, else <state>/feed)")
+    parser.add_argument("--params", default=None,
+                        help="params file (default: params.yaml); ingest.max_batches caps the batches staged")
     args = parser.parse_args(argv)
-    print(json.dumps(ingest_new_batches(State.from_env(), load_params(args.params), args.cutoff, args.feed)))
+    result = ingest_new_batches(State.from_env(), load_params(args.params), args.cutoff, args.feed)
+    print(json.dumps(result.to_dict()))
     return 0
 
 

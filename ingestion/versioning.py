@@ -1,11 +1,9 @@
-"""Versioning with DVC: the listings store, the golden test set and the pipeline runs.
+"""Versioning with DVC: the accepted listings store and the golden test set, one data revision a run.
 
-The pipeline runs in a DVC workspace, ``<state>/workspace``: its own git repository holding
-``dvc.yaml``, the effective ``params.yaml``, a snapshot of the packages the stages run
-(``common/``, ``training/``), the ``.dvc`` pointers of ``data/listings`` and ``data/golden``
-and ``dvc.lock``. One commit of the workspace therefore pins data, code and params: its sha is
-the *data revision* passed on through XCom and tagged on every model version. Nothing is ever
-committed into the developer's checkout.
+The store and the golden set are DVC outputs of the workspace (:mod:`ingestion.workspace`: the
+git + DVC repository the pipeline runs in, its remote, its lock and the git / DVC runner).
+:func:`version_data` adds what changed, commits (the commit's sha is the *data revision* passed
+on through XCom and tagged on every model version) and pushes to the DVC remote.
 
 Versioning a batch costs what the batch costs, not what the store costs. The store is one DVC
 output (``data/listings.dvc``, one directory hash pinning every partition), but after the first
@@ -21,202 +19,60 @@ lists its images, so the table identifies the folder. A push that failed is reme
 ``<state>/dvc-push-pending.json`` and retried with the next version, so a retried task never
 leaves data only in the local cache.
 
-The DVC remote is ``<state>/dvc-remote`` unless ``LCP_DVC_REMOTE_URL`` names another one: a
-folder, or ``s3://bucket/prefix`` (dvc-s3) with the same configuration shape. S3 credentials
-come only from the environment, as boto3 reads them (``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``...); an endpoint (MinIO, a moto server) from
-``LCP_DVC_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL``. Nothing secret is written to the
-workspace's ``.dvc/config``.
-
-Two runs never use the workspace at once: :func:`workspace_lock` (an OS file lock on
-``<state>/workspace.lock``, released by the kernel when its holder dies, so it never goes stale)
-guards versioning and ``dvc repro``. A git or DVC command killed midway can leave lock state that
-does outlive it: git's ``.git/index.lock`` (git refuses to run while it exists) and DVC's
-``.dvc/tmp/rwlock``, a JSON file naming the paths each command holds and its pid (empty or half
-written when the kill came while DVC rewrote it; naming a pid that a later process, e.g. one in
-the next container, may be using). While the workspace lock is held no other run of ours is in
-the workspace, so :func:`clear_stale_locks` removes them, logging what they held. DVC's other lock
-files (``.dvc/tmp/lock``, ``rwlock.lock``) are OS locks (``zc.lockfile``) released by the kernel.
-
-A killed or failed version leaves the workspace consistent for the retry: the pending-push
-record is written before ``dvc add``, a ``.dvc`` pointer left half written is put back from the
-last commit (:func:`restore_pointers`), ``dvc add`` and ``git commit`` are redone on the next
-call for whatever they had not finished, and DVC writes its cache and remote objects to a
-temporary name renamed into place. A full disk is reported as
-:class:`common.store.DiskFullError` naming the state folder.
+A killed or failed version leaves the workspace consistent for the retry: it runs under the
+workspace lock after :func:`ingestion.workspace.clear_stale_locks`, the pending-push record is
+written before ``dvc add``, a ``.dvc`` pointer left half written is put back from the last commit
+(:func:`restore_pointers`), ``dvc add`` and ``git commit`` are redone on the next call for
+whatever they had not finished, and DVC writes its cache and remote objects to a temporary name
+renamed into place. A full disk is reported as :class:`common.store.DiskFullError` naming the
+state folder.
 
 CLI::
 
     python -m ingestion.versioning version      # dvc add + git commit + dvc push
-    python -m ingestion.versioning repro        # dvc repro (prepare -> train -> evaluate)
+    python -m ingestion.versioning repro        # dvc repro (prepare -> train -> evaluate):
+                                                # ingestion.workspace.reproduce
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import hashlib
 import json
 import logging
 import os
-import re
-import shutil
-import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from common.files import atomic_write
-from common.params import PROJECT_ROOT, Params, load_params, write_params
+from common.params import Params, load_params
+from common.results import DataVersionResult
 from common.state import State
-from common.store import (
-    BATCHES,
-    LISTINGS_FILE,
-    disk_full_errors,
-    is_disk_full,
-    read_store,
-)
+from common.store import BATCHES, LISTINGS_FILE, disk_full_errors, read_store
 from ingestion.manifest import read_manifest, update_entries
+from ingestion.workspace import (
+    GOLDEN,
+    LISTINGS,
+    VersioningError,
+    clear_stale_locks,
+    commit,
+    configure_remote,
+    init_workspace,
+    remote_url,
+    reproduce,
+    run_dvc,
+    run_git,
+    sync_snapshot,
+    workspace_lock,
+)
 
-SNAPSHOT_PACKAGES = ("common", "training")
-"""Packages the DVC stages run; copied into the workspace so its commit pins them."""
-
-REMOTE_ENV = "LCP_DVC_REMOTE_URL"
-ENDPOINT_ENV = "LCP_DVC_S3_ENDPOINT_URL"
-LOCK_TIMEOUT_ENV = "LCP_WORKSPACE_LOCK_TIMEOUT"
-
-LISTINGS = "data/listings"
-"""The listings store, relative to the workspace: one DVC output (``data/listings.dvc``)."""
-GOLDEN = "data/golden"
-"""The frozen golden test set, relative to the workspace: one DVC output (``data/golden.dvc``)."""
-DVCIGNORE = f"/{LISTINGS}/{BATCHES}/.*"
-"""``.dvcignore`` pattern: partitions being written (hidden temporary folders) are never data."""
 PENDING_PUSH = "dvc-push-pending.json"
 """In the state root: DVC targets added and committed but not yet pushed (a push that failed)."""
-DVC_RWLOCK = ".dvc/tmp/rwlock"
-"""DVC's read/write lock of workspace paths (JSON, relative to the workspace)."""
 
 log = logging.getLogger(__name__)
-
-
-class VersioningError(RuntimeError):
-    """A git or DVC command failed in the workspace."""
-
-
-def _run(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
-    """Runs a git or DVC command; its output when it succeeded.
-
-    A DVC command that logged a failed object transfer failed even when it exits 0: DVC 3.67's
-    granular ``dvc add`` logs each cache transfer that fails (e.g. the disk is full), exits 0,
-    and has rewritten the pointer to data that is not in the cache.
-
-    Raises:
-        OSError: ``ENOSPC`` when the output says the disk is full (turned into
-            :class:`common.store.DiskFullError` by the steps).
-        VersioningError: when the command failed otherwise.
-    """
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    output = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    transfer_failed = re.search(r"^ERROR: failed to transfer", output, re.MULTILINE) is not None
-    if proc.returncode == 0 and not transfer_failed:
-        return proc.stdout
-    failed = f"`{' '.join(cmd)}` failed in {cwd} (exit {proc.returncode}"
-    failed += ", but it logged a failed transfer)" if proc.returncode == 0 else ")"
-    full = [line.strip() for line in output.splitlines() if is_disk_full(VersioningError(line))]
-    if full:
-        raise OSError(errno.ENOSPC, f"{failed}: {full[-1][:500]}")
-    hint = ""
-    if "unable to acquire lock" in output.lower() or "is being blocked by" in output:
-        hint = (" -- a DVC lock is held by a live process that is not one of our runs (ours hold "
-                "the workspace lock, and stale locks are cleared under it): a dvc command started "
-                "by hand in the workspace?")
-    raise VersioningError(f"{failed}{hint}:\n{output}")
-
-
-def _stage_env(workspace: Path) -> dict:
-    """Environment for DVC and its stages: our interpreter first on PATH, the snapshot importable."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(workspace)
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    return env
-
-
-def _dvc(workspace: Path, *args: str, env: dict | None = None) -> str:
-    return _run([sys.executable, "-m", "dvc", *args], workspace, {**_stage_env(workspace), **(env or {})})
-
-
-def _git(workspace: Path, *args: str) -> str:
-    return _run(["git", *args], workspace)
-
-
-@contextmanager
-def workspace_lock(state: State, timeout_s: float | None = None) -> Iterator[Path]:
-    """Holds the workspace's file lock (``<state>/workspace.lock``) for one git / DVC step.
-
-    Args:
-        state: the state folder.
-        timeout_s: seconds to wait for another run to finish; default ``$LCP_WORKSPACE_LOCK_TIMEOUT``
-            or 3 hours (a training run).
-
-    Yields:
-        The lock file.
-
-    Raises:
-        VersioningError: when the lock is not free within the timeout.
-    """
-    from filelock import FileLock, Timeout
-
-    state.root.mkdir(parents=True, exist_ok=True)
-    path = state.root / "workspace.lock"
-    timeout_s = float(os.environ.get(LOCK_TIMEOUT_ENV, 3 * 3600) if timeout_s is None else timeout_s)
-    try:
-        with FileLock(str(path), timeout=timeout_s):
-            yield path
-    except Timeout as exc:
-        raise VersioningError(
-            f"another run holds the DVC workspace lock {path} (waited {timeout_s:.0f} s). It is an OS "
-            "lock: it is released when its holder exits or dies, so wait for that run to finish.") from exc
-
-
-def clear_stale_locks(ws: Path) -> list[str]:
-    """Removes the lock state that killed git and DVC commands left in the workspace.
-
-    Call it only while holding :func:`workspace_lock`: then no git or DVC command of ours runs
-    in the workspace, so every lock found is stale. Removed: ``.git/*.lock`` and
-    ``.git/refs/**/*.lock`` (git deletes its lock files when it exits, even on error, so one
-    that exists belongs to a killed git), and DVC's ``rwlock`` when it names any holder or is
-    not valid JSON (a kill while DVC rewrote it). DVC recreates the rwlock on its next command.
-
-    Args:
-        ws: the workspace.
-
-    Returns:
-        One line per file removed, with what it held (also logged as a warning).
-    """
-    cleared = []
-    rwlock = ws / DVC_RWLOCK
-    if rwlock.is_file():
-        text = rwlock.read_text(encoding="utf-8", errors="replace")
-        try:
-            held = json.loads(text)
-            stale = not isinstance(held, dict) or any(held.values())
-        except ValueError:
-            stale = True
-        if stale:
-            rwlock.unlink()
-            cleared.append(f"{rwlock} (held: {text.strip()[:500] or 'empty file'})")
-    git = ws / ".git"
-    for lock in sorted([*git.glob("*.lock"), *(git / "refs").rglob("*.lock")]):
-        lock.unlink(missing_ok=True)
-        cleared.append(f"{lock} (left by a killed git command)")
-    for line in cleared:
-        log.warning("cleared a stale lock: %s", line)
-    return cleared
 
 
 def _pointer_ok(path: Path) -> bool:
@@ -232,7 +88,7 @@ def restore_pointers(ws: Path, uncommitted: bool = False) -> list[str]:
 
     DVC rewrites a pointer in place (no temporary file), so a kill or a full disk during the
     write can leave it truncated; and a ``dvc add`` that failed may have rewritten it anyway
-    (see :func:`_run`), to objects that are not in the cache. Such a pointer is restored as the
+    (see :func:`ingestion.workspace.run_command`), to objects that are not in the cache. Such a pointer is restored as the
     workspace's last commit has it, or removed when it was never committed. The next version
     then sees the partitions it lacks as changed and adds them again.
 
@@ -251,7 +107,7 @@ def restore_pointers(ws: Path, uncommitted: bool = False) -> list[str]:
             continue
         why = "written by a dvc add that failed" if _pointer_ok(path) else "half written"
         try:
-            committed = _git(ws, "show", f"HEAD:{name}.dvc")
+            committed = run_git(ws, "show", f"HEAD:{name}.dvc")
         except VersioningError:
             path.unlink()
             done.append(f"removed {path}: {why} and never committed")
@@ -267,72 +123,6 @@ def restore_pointers(ws: Path, uncommitted: bool = False) -> list[str]:
     for line in done:
         log.warning("DVC pointer: %s", line)
     return done
-
-
-def remote_url(state: State) -> str:
-    """The DVC remote: ``$LCP_DVC_REMOTE_URL`` (a folder or ``s3://...``), else ``<state>/dvc-remote``."""
-    return os.environ.get(REMOTE_ENV) or str(state.dvc_remote)
-
-
-def configure_remote(state: State) -> str:
-    """Points the workspace's default remote ``storage`` at :func:`remote_url` (idempotent).
-
-    Only the URL and, for S3, the endpoint go to ``.dvc/config``; credentials stay in the
-    environment, where dvc-s3 (boto3) reads them.
-
-    Returns:
-        The remote URL.
-    """
-    ws = state.workspace
-    url = remote_url(state)
-    _dvc(ws, "remote", "add", "-d", "-f", "storage", url)
-    endpoint = os.environ.get(ENDPOINT_ENV) or os.environ.get("AWS_ENDPOINT_URL")
-    if url.startswith("s3://") and endpoint:
-        _dvc(ws, "remote", "modify", "storage", "endpointurl", endpoint)
-    return url
-
-
-def init_workspace(state: State) -> Path:
-    """Creates the workspace's git + DVC repository and its default remote, once.
-
-    Returns:
-        The workspace folder.
-    """
-    ws = state.workspace
-    ws.mkdir(parents=True, exist_ok=True)
-    if not (ws / ".git").exists():
-        _git(ws, "init", "-q", "-b", "main")
-        _git(ws, "config", "user.name", "listing-classifier-platform")
-        _git(ws, "config", "user.email", "platform@localhost")
-    if not (ws / ".dvc").exists():
-        _dvc(ws, "init", "-q")
-        _dvc(ws, "config", "core.analytics", "false")
-        _dvc(ws, "remote", "add", "-d", "-f", "storage", str(state.dvc_remote))
-        _ensure_dvcignore(ws)
-        # only DVC's own files: the listings store may already be there and belongs to DVC
-        _git(ws, "add", ".dvc", ".dvcignore")
-        _git(ws, "commit", "-q", "-m", "init DVC workspace")
-    _ensure_dvcignore(ws)  # workspaces created before the pattern existed
-    return ws
-
-
-def _ensure_dvcignore(ws: Path) -> None:
-    path = ws / ".dvcignore"
-    text = path.read_text() if path.exists() else ""
-    if DVCIGNORE not in text.splitlines():
-        path.write_text(f"{text.rstrip()}\n# partitions being written, never data\n{DVCIGNORE}\n".lstrip())
-
-
-def sync_snapshot(state: State, params: Params) -> None:
-    """Copies dvc.yaml, the effective params and the stage packages into the workspace."""
-    ws = state.workspace
-    shutil.copyfile(PROJECT_ROOT / "dvc.yaml", ws / "dvc.yaml")
-    write_params(params, ws / "params.yaml")
-    for package in SNAPSHOT_PACKAGES:
-        target = ws / package
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(PROJECT_ROOT / package, target,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 def _golden_rank(listing_id: str, seed: int) -> int:
@@ -377,13 +167,6 @@ def _out_md5(dvc_file: Path) -> str | None:
     return yaml.safe_load(dvc_file.read_text())["outs"][0].get("md5")
 
 
-def _commit(ws: Path, message: str) -> str:
-    _git(ws, "add", "-A")
-    if _git(ws, "status", "--porcelain").strip():
-        _git(ws, "commit", "-q", "-m", message)
-    return _git(ws, "rev-parse", "HEAD").strip()
-
-
 def _md5(path: Path) -> str:
     """MD5 of a file's bytes, as DVC 3 hashes files (``hash: md5``)."""
     digest = hashlib.md5()
@@ -408,8 +191,7 @@ def store_changes(ws: Path) -> list[str] | None:
         Workspace-relative paths (``data/listings/batches/<batch_id>``) of the partitions that
         are new, rewritten or removed, sorted; ``[]`` when nothing changed; ``None`` when only a
         whole ``dvc add data/listings`` can tell: no pointer yet, its manifest is not in the
-        local cache, or the store holds tracked or untracked files outside partition folders
-        (e.g. a store of the earlier flat layout).
+        local cache, or the store holds tracked or untracked files outside partition folders.
     """
     from dvc.api import DVCFileSystem
 
@@ -476,7 +258,7 @@ def _push_targets(ws: Path, targets: list[str]) -> list[str]:
     return sorted(out)
 
 
-def version_data(state: State, params: Params, note: str = "") -> dict:
+def version_data(state: State, params: Params, note: str = "") -> DataVersionResult:
     """Tracks the listings store and the golden set with DVC, commits, and pushes to the remote.
 
     The first version adds ``data/listings`` whole; later versions add and push only the
@@ -489,10 +271,9 @@ def version_data(state: State, params: Params, note: str = "") -> dict:
         note: appended to the commit message (e.g. the batch ids).
 
     Returns:
-        ``{"data_rev": workspace commit sha, "listings_md5": DVC hash of data/listings (a
-        ``.dir`` hash), "golden_md5": DVC hash of data/golden, "remote": DVC remote URL,
-        "workspace": path, "added": DVC targets added by this call, "pushed": DVC targets
-        pushed by this call}``.
+        The data revision (the workspace commit), the DVC hashes of ``data/listings`` and
+        ``data/golden`` (``golden_rev``), the remote, and the DVC targets this call added and
+        pushed (workspace-relative paths).
 
     The manifest entries that wait for a revision (``data_rev`` null, set by the validate
     step) get this call's ``data_rev`` once it is committed.
@@ -522,54 +303,64 @@ def version_data(state: State, params: Params, note: str = "") -> dict:
         pending = sorted({*_read_pending(state), *_push_targets(ws, targets)})
         _write_pending(state, pending)
         if targets:
-            try:  # no -q: it hides the ERROR lines of failed cache transfers (see _run)
-                _dvc(ws, "add", *targets)
+            try:  # no -q: it hides the ERROR lines of failed cache transfers (see run_command)
+                run_dvc(ws, "add", *targets)
             except BaseException:
                 restore_pointers(ws, uncommitted=True)
                 raise
-        rev = _commit(ws, f"data: listings store {note}".strip())
+        rev = commit(ws, f"data: listings store {note}".strip())
         waiting = {b: {"data_rev": rev} for b, e in read_manifest(state.manifest).items()
                    if "data_rev" in e and e["data_rev"] is None}
         if waiting:
             update_entries(state.manifest, waiting)
         push = _push_targets(ws, pending)
         if push:
-            _dvc(ws, "push", *push)  # no -q: it would hide DVC's ERROR line (e.g. S3 refusing credentials)
+            run_dvc(ws, "push", *push)  # no -q: it would hide DVC's ERROR line (e.g. S3 refusing credentials)
         _write_pending(state, [])
-    return {
-        "remote": remote,
-        "data_rev": rev,
-        "listings_md5": _out_md5(ws / f"{LISTINGS}.dvc"),
-        "golden_md5": _out_md5(ws / f"{GOLDEN}.dvc"),
-        "workspace": str(ws),
-        "added": targets,
-        "pushed": push,
-    }
+    return DataVersionResult(
+        data_rev=rev,
+        listings_md5=_out_md5(ws / f"{LISTINGS}.dvc"),
+        golden_rev=_out_md5(ws / f"{GOLDEN}.dvc"),
+        remote=remote,
+        workspace=str(ws),
+        added=targets,
+        pushed=push,
+    )
 
 
-def reproduce(state: State, note: str = "") -> dict:
-    """Runs ``dvc repro`` (prepare -> train -> evaluate), commits ``dvc.lock``, pushes outputs.
+def data_version_at(state: State, data_rev: str) -> DataVersionResult:
+    """The data version a workspace commit pins, read back from the workspace's git history.
+
+    For a step run outside the DAG (``python -m promotion.register --data-rev SHA``): the same
+    revisions :func:`version_data` returned when it made that commit; ``added`` and ``pushed``
+    are empty (nothing is added or pushed here).
+
+    Args:
+        state: the state folder.
+        data_rev: a commit of the workspace (a sha, or any git revision such as ``HEAD``).
 
     Returns:
-        ``{"workspace_commit": sha, "metrics": metrics.json as dict, "workspace": path}``.
+        ``data_rev`` as a full sha, and the DVC hashes of the store and the golden set at that
+        commit.
 
     Raises:
-        VersioningError: when a stage or DVC fails (the stage's output is in the message).
+        VersioningError: when ``data_rev`` is not a commit of the workspace, or one that pins
+            no listings store or golden set (e.g. the workspace's first commit).
     """
     ws = state.workspace
-    if not (ws / "dvc.yaml").exists():
-        raise VersioningError(f"no DVC workspace at {ws}: run the version step first")
-    with workspace_lock(state), disk_full_errors(state.root, "dvc repro"):
-        clear_stale_locks(ws)
-        out = _dvc(ws, "repro")
-        print(out[-6000:])
-        rev = _commit(ws, f"repro: prepare -> train -> evaluate {note}".strip())
-        _dvc(ws, "push")
-    metrics = json.loads((ws / "metrics.json").read_text())
-    return {"workspace_commit": rev, "metrics": metrics, "workspace": str(ws)}
+    try:
+        rev = run_git(ws, "rev-parse", "--verify", "--quiet", f"{data_rev}^{{commit}}").strip()
+        listings, golden = (yaml.safe_load(run_git(ws, "show", f"{rev}:{name}.dvc"))["outs"][0]["md5"]
+                            for name in (LISTINGS, GOLDEN))
+    except VersioningError as exc:
+        raise VersioningError(f"{data_rev!r} is no data revision of the DVC workspace {ws}: not a "
+                              f"commit, or it pins no {LISTINGS}.dvc and {GOLDEN}.dvc") from exc
+    return DataVersionResult(data_rev=rev, listings_md5=listings, golden_rev=golden,
+                             remote=remote_url(state), workspace=str(ws))
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m ingestion.versioning {version,repro} [--params FILE]``: prints the result as JSON."""
     parser = argparse.ArgumentParser(prog="python -m ingestion.versioning", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["version", "repro"])
     parser.add_argument("--params", default=None)
@@ -579,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         result = version_data(state, load_params(args.params))
     else:
         result = reproduce(state)
-    print(json.dumps(result))
+    print(json.dumps(result.to_dict()))
     return 0
 
 

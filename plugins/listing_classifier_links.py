@@ -6,9 +6,10 @@ Airflow 3 computes an operator's extra links on the worker when the task finishe
 api-server only reads that XCom back. So the links are attached to the tasks in the DAG file
 (``<XComArg>.operator.operator_extra_links``), and read the task's own return value:
 
-- ``register`` returns ``{"version", "run_id", "model_uri"}``;
-- ``promote`` returns ``{"champion", "moved", "decision"}``: the run and the challenger's
-  version come from the same DAG run's ``register`` XCom.
+- ``register`` returns ``{"version", "run_id", "model_uri"}``
+  (``common.results.RegisterResult.to_xcom``);
+- ``promote`` returns ``{"champion", "moved", "decision"}`` (``PromoteResult.to_xcom``): the run
+  and the challenger's version come from the same DAG run's ``register`` XCom.
 
 Because the URL is stored when the task finishes, it must not hold the MLflow UI's address
 (a UI opened later on other ports would get refused links): each link is a path on the Airflow
@@ -16,8 +17,8 @@ api-server itself (``/lcp/mlflow/runs/<run id>``, ``/lcp/mlflow/models/<name>/ve
 relative to the Airflow UI's own origin, prefixed by the path of ``[api] base_url`` when Airflow
 is served under one), which the plugin (``listing_classifier_ui``) answers with a redirect to
 the MLflow UI that the *api-server's* ``LCP_MLFLOW_UI_URL`` names when the link is opened.
-Only ``airflow.sdk`` is imported: the DAG file imports this module, and parsing it must stay
-cheap.
+Only ``airflow.sdk`` is imported (the links read those keys of the XCom dicts, not the result
+types): the DAG file imports this module, and parsing it must stay cheap.
 """
 
 from __future__ import annotations

@@ -11,7 +11,10 @@ Steps, each small and separately callable:
 2. :func:`promote` moves ``previous-champion`` then ``champion`` per the recorded decision.
 3. :func:`record_review` records a reviewer's approval or rejection (DAG param ``require_approval``).
 
-CLI::
+Each returns its typed result (:class:`common.results.GateResult`, ``PromoteResult``,
+``ReviewResult``); :func:`promote` and :func:`record_review` read the gate's.
+
+CLI (prints the gate's or the promote step's result as JSON)::
 
     python -m promotion.promote gate --version 3      # decide and record, moves nothing
     python -m promotion.promote promote --version 3   # gate, then move aliases per the decision
@@ -24,12 +27,14 @@ import json
 import sys
 
 from common.params import Params, load_params
+from common.results import GateResult, PromoteResult, ReviewResult
 from common.state import State
-from promotion.gate import Scores, decide
+from promotion.gate import XCOM_DECIMALS, Scores, decide
 from promotion.registry import (
     ALIAS_CHALLENGER,
     ALIAS_CHAMPION,
     ALIAS_PREVIOUS,
+    DESCRIPTION_CHARS,
     TAG_VALUE_CHARS,
     alias_version,
     golden_frame,
@@ -45,27 +50,27 @@ class PromotionError(RuntimeError):
     """The registry is not in the state the recorded decision was made in."""
 
 
-def _decision_tags(result: dict) -> dict[str, str]:
+def _decision_tags(result: GateResult) -> dict[str, str]:
     """The tags a reviewer filters versions by (:data:`promotion.registry.VERSION_TAGS`); the rest
     of the decision (accuracies, slices, serving check, mode, floors) is in the description and
     the run's ``comparison/<golden_rev>/decision.json``."""
     def num(x, spec=".6f"):
         return "none" if x is None else format(x, spec)
 
-    interval = result.get("interval")
+    interval = result.interval
     return {
-        "decision": result["decision"],
-        "reason": result["reason"][:TAG_VALUE_CHARS],
-        "candidate_score": num(result["candidate_score"]),
-        "champion_score": num(result.get("champion_score")),
-        "champion_version": str(result.get("champion_version") or "none"),
-        "delta": num(result.get("delta"), "+.6f"),
+        "decision": result.decision,
+        "reason": result.reason[:TAG_VALUE_CHARS],
+        "candidate_score": num(result.candidate_score),
+        "champion_score": num(result.champion_score),
+        "champion_version": str(result.champion_version or "none"),
+        "delta": num(result.delta, "+.6f"),
         "delta_interval": "none" if not interval else f"[{interval[0]:+.6f}, {interval[1]:+.6f}]",
-        "golden_rev": str(result.get("golden_rev")),
+        "golden_rev": str(result.golden_rev),
     }
 
 
-def gate_challenger(state: State, params: Params, version: str, golden_rev: str) -> dict:
+def gate_challenger(state: State, params: Params, version: str, golden_rev: str) -> GateResult:
     """Re-scores champion and challenger on the golden set, decides, and records the review.
 
     Records on the version: the tags a reviewer filters by (``decision``, ``reason``, both
@@ -75,15 +80,19 @@ def gate_challenger(state: State, params: Params, version: str, golden_rev: str)
     A challenger the gate would promote must also pass the serving check
     (:mod:`promotion.serving_check`), else it is rejected.
 
+    A challenger that already is the champion (a retried run, or a week with nothing new) is
+    ``"unchanged"``: scored, not compared, and nothing is recorded.
+
     Args:
         state: the state folder.
         params: the effective params (``gate``, ``score``, ``registry``).
         version: the challenger's model version.
-        golden_rev: DVC hash of the golden set both are scored on.
+        golden_rev: DVC hash of the golden set both are scored on (the version_data step's
+            ``golden_rev``).
 
     Returns:
-        A JSON-able dict: :class:`promotion.gate.Decision` fields plus ``version``,
-        ``champion_version``, both accuracies, ``golden_rev``, ``n_golden``, ``serving_check``.
+        The :class:`promotion.gate.Decision` fields plus the versions compared, both
+        accuracies, ``golden_rev``, ``n_golden``, the serving check and the experiment id.
 
     Raises:
         RuntimeError: when the champion (or challenger) cannot be loaded or scored; no decision
@@ -100,11 +109,14 @@ def gate_challenger(state: State, params: Params, version: str, golden_rev: str)
     champion_version = alias_version(client, name, ALIAS_CHAMPION)
     cand, cand_listings = score_version(state, params, version, golden, golden_rev)
     if champion_version is not None and str(champion_version) == str(version):
-        result = {"promote": False, "decision": "unchanged", "version": str(version),
-                  "reason": "this version is already the champion", "champion_version": champion_version,
-                  "candidate_score": cand["business_weighted_score"], "champion_score": cand["business_weighted_score"],
-                  "delta": 0.0}
-        print(f"[gate] {result['reason']}")
+        score, accuracy = (round(cand[k], XCOM_DECIMALS) for k in ("business_weighted_score", "accuracy"))
+        result = GateResult(
+            version=str(version), promote=False, decision="unchanged",
+            reason="this version is already the champion", candidate_score=score, champion_score=score,
+            delta=0.0, mode=params.gate.mode, champion_version=champion_version,
+            candidate_accuracy=cand["accuracy"], champion_accuracy=cand["accuracy"],
+            golden_rev=golden_rev, n_golden=cand["n"])
+        print(f"[gate] {result.reason}")
         return result
     champ, champ_listings = None, None
     if champion_version is not None:
@@ -119,43 +131,45 @@ def gate_challenger(state: State, params: Params, version: str, golden_rev: str)
         if champ else None,
         params.gate,
     )
-    result = {**decision.to_dict(), "version": str(version), "champion_version": champion_version,
-              "candidate_accuracy": cand["accuracy"], "champion_accuracy": champ["accuracy"] if champ else None,
-              "golden_rev": golden_rev, "n_golden": cand["n"], "serving_check": None}
-
+    verdict, serving_check = decision.to_dict(), None
     if decision.promote:
         if alias_version(client, name, ALIAS_CHALLENGER) != str(version):
             client.set_registered_model_alias(name, ALIAS_CHALLENGER, version)
         from training.serving import model_input
         rows = model_input(golden.head(SERVING_CHECK_ROWS)).to_dict("records")
         serving = check_serving(state.tracking_uri, f"models:/{name}@{ALIAS_CHALLENGER}", rows)
-        result["serving_check"] = {k: serving[k] for k in ("ok", "detail", "seconds")}
+        serving_check = {k: serving[k] for k in ("ok", "detail", "seconds")}
         if not serving["ok"]:
-            result.update(promote=False, decision="rejected",
-                          reason=f"serving check failed: {serving['detail']} (the gate itself passed: "
-                                 f"{decision.reason})")
+            verdict.update(promote=False, decision="rejected",
+                           reason=f"serving check failed: {serving['detail']} (the gate itself passed: "
+                                  f"{decision.reason})")
 
     mv = client.get_model_version(name, version)
-    result["experiment_id"] = client.get_run(mv.run_id).info.experiment_id if mv.run_id else None
+    result = GateResult(
+        **verdict, version=str(version), champion_version=champion_version,
+        candidate_accuracy=cand["accuracy"], champion_accuracy=champ["accuracy"] if champ else None,
+        golden_rev=golden_rev, n_golden=cand["n"], serving_check=serving_check,
+        experiment_id=client.get_run(mv.run_id).info.experiment_id if mv.run_id else None)
     per_class = report.per_class_delta(cand_listings, champ_listings)
     from promotion.lineage import load_batches
 
     lineage = {**(client.get_run(mv.run_id).data.tags if mv.run_id else {}), **mv.tags}
-    markdown = report.markdown_report(result, per_class, lineage, max(5, params.gate.slice_top_n),
+    markdown = report.markdown_report(result.to_dict(), per_class, lineage, max(5, params.gate.slice_top_n),
                                       load_batches(mv.run_id) if mv.run_id else [])
     for key, value in _decision_tags(result).items():
         client.set_model_version_tag(name, version, key, value)
     client.update_model_version(name, version, description=markdown)
     if mv.run_id:
-        report.log_comparison(client, mv.run_id, golden_rev, result, per_class, cand_listings, champ_listings,
-                              markdown)
+        report.log_comparison(client, mv.run_id, golden_rev, result.to_dict(), per_class, cand_listings,
+                              champ_listings, markdown)
     print(f"[gate] challenger v{version} score={decision.candidate_score:.4f} champion "
-          f"v{champion_version} score={result['champion_score']} delta={result['delta']} "
-          f"interval={result.get('interval')} -> {result['decision']}: {result['reason']}")
+          f"v{champion_version} score={result.champion_score} delta={result.delta} "
+          f"interval={list(result.interval) if result.interval else None} -> {result.decision}: "
+          f"{result.reason}")
     return result
 
 
-def promote(state: State, params: Params, decision: dict) -> dict:
+def promote(state: State, params: Params, decision: GateResult) -> PromoteResult:
     """Moves ``champion`` to the challenger when the decision says promote (and the previous
     champion to ``previous-champion``); otherwise leaves every alias where it is.
 
@@ -165,7 +179,7 @@ def promote(state: State, params: Params, decision: dict) -> dict:
         decision: :func:`gate_challenger`'s result.
 
     Returns:
-        ``{"champion": version after the step, "moved": bool, "decision": str}``.
+        The champion after the step, whether it moved, and the decision acted on.
 
     Raises:
         PromotionError: when the champion moved since the gate decided (re-run the gate).
@@ -174,27 +188,27 @@ def promote(state: State, params: Params, decision: dict) -> dict:
     """
     client = mlflow_client(state)
     name = params.registry.model_name
-    version = decision["version"]
+    version = decision.version
     current = alias_version(client, name, ALIAS_CHAMPION)
-    if not decision.get("promote"):
-        print(f"[promote] v{version} {decision['decision']}: champion stays v{current}")
-        return {"champion": current, "moved": False, "decision": decision["decision"]}
-    if decision.get("decision") == "promoted" and str(current) != str(decision.get("champion_version")):
-        if str(current) == str(version):
-            return {"champion": current, "moved": False, "decision": decision["decision"]}  # a retried task
+    if not decision.promote:
+        print(f"[promote] v{version} {decision.decision}: champion stays v{current}")
+        return PromoteResult(champion=current, moved=False, decision=decision.decision)
+    if decision.decision == "promoted" and str(current) != str(decision.champion_version):
+        if str(current) == str(version):  # a retried task
+            return PromoteResult(champion=current, moved=False, decision=decision.decision)
         raise PromotionError(f"the champion is v{current}, but the gate compared against "
-                             f"v{decision.get('champion_version')}: re-run the gate")
+                             f"v{decision.champion_version}: re-run the gate")
     if current is not None and str(current) != str(version):
         client.set_registered_model_alias(name, ALIAS_PREVIOUS, current)
         client.set_model_version_tag(name, current, "superseded_by", str(version))
     client.set_model_version_tag(name, version, "promoted_from", str(current))
     client.set_registered_model_alias(name, ALIAS_CHAMPION, version)
     print(f"[promote] champion -> v{version} (was v{current})")
-    return {"champion": str(version), "moved": True, "decision": decision["decision"]}
+    return PromoteResult(champion=str(version), moved=True, decision=decision.decision)
 
 
-def record_review(state: State, params: Params, decision: dict, approval: dict | None,
-                  required: bool) -> dict:
+def record_review(state: State, params: Params, decision: GateResult, approval: dict | None,
+                  required: bool) -> ReviewResult:
     """Records the human review of a promotion on the version (tags ``approval*``).
 
     A rejection also turns the version's ``decision`` tag into ``rejected`` with the reviewer
@@ -211,15 +225,15 @@ def record_review(state: State, params: Params, decision: dict, approval: dict |
         required: the DAG run's ``require_approval``.
 
     Returns:
-        ``{"version", "approval": "approved" | "rejected" | "not required" | "not needed" |
-        "missing"}`` (``missing``: approval required, no response; recorded as a rejection).
+        The version and the review's outcome: ``approved``, ``rejected``, ``not required``,
+        ``not needed`` or ``missing`` (approval required, no response; recorded as a rejection).
     """
     client = mlflow_client(state)
     name = params.registry.model_name
-    version = decision["version"]
+    version = decision.version
     if not required:
         status = "not required"
-    elif not decision.get("promote"):
+    elif not decision.promote:
         status = "not needed"  # the gate already rejected it: nothing to approve
     elif not approval:
         status = "missing"
@@ -234,11 +248,11 @@ def record_review(state: State, params: Params, decision: dict, approval: dict |
         why = (f"reviewer {reviewer} rejected the promotion" if status == "rejected"
                else "approval was required but no reviewer response was recorded")
         client.set_model_version_tag(name, version, "decision", "rejected")
-        client.set_model_version_tag(name, version, "reason", f"{why} (gate: {decision['reason']})"[:TAG_VALUE_CHARS])
+        client.set_model_version_tag(name, version, "reason", f"{why} (gate: {decision.reason})"[:TAG_VALUE_CHARS])
     if status in ("approved", "rejected", "missing"):
         _describe_review(client, name, version, status, reviewer)
     print(f"[review] v{version}: approval {status}")
-    return {"version": str(version), "approval": status}
+    return ReviewResult(version=str(version), approval=status)
 
 
 REVIEW_HEADING = "## Human review"
@@ -259,10 +273,11 @@ def _describe_review(client, name: str, version: str, status: str, reviewer: str
     body = client.get_model_version(name, version).description or ""
     if body.startswith(REVIEW_HEADING):
         body = body.split("\n\n", 1)[1] if "\n\n" in body else ""
-    client.update_model_version(name, version, description=f"{headline}\n\n{body}"[:4900])
+    client.update_model_version(name, version, description=f"{headline}\n\n{body}"[:DESCRIPTION_CHARS])
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the CLI (module docstring); prints the result as JSON and returns 0."""
     parser = argparse.ArgumentParser(prog="python -m promotion.promote", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["gate", "promote"])
     parser.add_argument("--version", required=True)
@@ -274,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     result = gate_challenger(state, params, args.version, golden_rev)
     if args.command == "promote":
         result = promote(state, params, result)
-    print(json.dumps(result, default=str))
+    print(json.dumps(result.to_dict()))
     return 0
 
 

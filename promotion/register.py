@@ -7,7 +7,9 @@ Airflow dag_id / run_id). The model is a pyfunc (``training.serving``) with a si
 shipped with the code it needs. Registering the same workspace commit again (a retried task, or a week with no new data,
 where data, code and params are unchanged) returns the version already registered.
 
-CLI: ``python -m promotion.register --data-rev SHA --workspace-commit SHA``
+CLI: ``python -m promotion.register --data-rev SHA --workspace-commit SHA`` (the store's and the
+golden set's DVC hashes are read from the workspace at ``--data-rev``); prints the
+:class:`common.results.RegisterResult` as JSON.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 from pathlib import Path
 
 from common.params import PROJECT_ROOT, Params, load_params
+from common.results import DataVersionResult, RegisterResult, ValidateResult
 from common.state import State
 from ingestion.manifest import read_manifest
 from promotion.registry import (
@@ -57,13 +60,25 @@ def _flat(prefix: str, value, out: dict) -> dict:
     return out
 
 
-def lineage_tags(params: Params, data: dict, workspace_commit: str, dag_id: str, run_id: str) -> dict:
-    """The lineage every run and model version carries."""
+def lineage_tags(params: Params, data: DataVersionResult, workspace_commit: str, dag_id: str,
+                 run_id: str) -> dict[str, str]:
+    """The lineage every run carries (the version gets :data:`promotion.registry.VERSION_TAGS`).
+
+    Args:
+        params: the effective params (hashed).
+        data: the version_data step's result (data revision, store and golden set hashes).
+        workspace_commit: the workspace commit after ``dvc repro``.
+        dag_id: Airflow dag id.
+        run_id: Airflow run id.
+
+    Returns:
+        ``{tag: value}``; a hash that is missing is the string ``"None"``.
+    """
     return {
         "git_commit": platform_commit(),
-        "data_rev": data["data_rev"],
-        "listings_md5": str(data.get("listings_md5")),
-        "golden_md5": str(data.get("golden_md5")),
+        "data_rev": data.data_rev,
+        "listings_md5": str(data.listings_md5),
+        "golden_rev": str(data.golden_rev),
         "workspace_commit": workspace_commit,
         "params_hash": params.digest(),
         "dag_id": dag_id,
@@ -71,24 +86,24 @@ def lineage_tags(params: Params, data: dict, workspace_commit: str, dag_id: str,
     }
 
 
-def register_challenger(state: State, params: Params, data: dict, workspace_commit: str,
+def register_challenger(state: State, params: Params, data: DataVersionResult, workspace_commit: str,
                         dag_id: str = "manual", run_id: str = "manual",
-                        validation: dict | None = None) -> dict:
+                        validation: ValidateResult | None = None) -> RegisterResult:
     """Logs the workspace's trained model and registers it with alias ``challenger``.
 
     Args:
         state: the state folder (its workspace holds models/, metrics.json, reports/).
         params: the effective params of the run.
-        data: the version step's result (``data_rev``, ``listings_md5``, ``golden_md5``).
+        data: the version_data step's result (``data_rev``, ``listings_md5``, ``golden_rev``).
         workspace_commit: the workspace commit after ``dvc repro``.
         dag_id: Airflow dag id (lineage).
         run_id: Airflow run id (lineage).
-        validation: the validate step's result, optional: the DAG task's summary
-            (``data_docs``, ``validation_ids``: ``{batch id: GX validation id}``) or the full
-            result of :func:`validation.staged.validate_staged_batches` (``reports``).
+        validation: the validate step's result, optional (its ``data_docs`` and
+            ``validation_ids`` become the run tags ``gx_data_docs`` and ``gx_validation_ids``).
 
     Returns:
-        ``{"version": str, "run_id": MLflow run id, "model_uri": str}``.
+        The model version, its MLflow run and its ``models:/`` URI. Registering a workspace
+        commit again returns the version already registered for it.
     """
     import mlflow
 
@@ -102,7 +117,7 @@ def register_challenger(state: State, params: Params, data: dict, workspace_comm
         f"name = '{name}' and tags.workspace_commit = '{workspace_commit}'")
     if existing:
         v = existing[0]
-        return {"version": str(v.version), "run_id": v.run_id, "model_uri": f"models:/{name}/{v.version}"}
+        return RegisterResult(version=str(v.version), run_id=v.run_id, model_uri=f"models:/{name}/{v.version}")
 
     ws = state.workspace
     metrics = json.loads((ws / "metrics.json").read_text())
@@ -136,12 +151,9 @@ def register_challenger(state: State, params: Params, data: dict, workspace_comm
         run_tags = {**tags, "pretrained_weights": pretrained, "pretrained_weights_source": source,
                     "backbone": params.train.backbone,
                     "training_precision": precision}
-        if validation:
-            run_tags["gx_data_docs"] = str(validation.get("data_docs"))
-            ids = validation.get("validation_ids")  # the DAG's validate task: {batch id: validation id}
-            if ids is None:  # validation.staged.validate_staged_batches' full result
-                ids = {b: r.get("validation_id") for b, r in validation.get("reports", {}).items()}
-            run_tags["gx_validation_ids"] = json.dumps(ids)[:TAG_VALUE_CHARS]
+        if validation is not None:
+            run_tags["gx_data_docs"] = str(validation.data_docs)
+            run_tags["gx_validation_ids"] = json.dumps(validation.validation_ids)[:TAG_VALUE_CHARS]
         mlflow.set_tags(run_tags)
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -159,10 +171,13 @@ def register_challenger(state: State, params: Params, data: dict, workspace_comm
             client.set_model_version_tag(name, version, key, version_tags[key])
     client.set_registered_model_alias(name, ALIAS_CHALLENGER, version)
     print(f"[register] {name} version {version} (run {run.info.run_id}) -> alias {ALIAS_CHALLENGER}")
-    return {"version": version, "run_id": run.info.run_id, "model_uri": f"models:/{name}/{version}"}
+    return RegisterResult(version=version, run_id=run.info.run_id, model_uri=f"models:/{name}/{version}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the CLI (module docstring); prints the result as JSON and returns 0."""
+    from ingestion.versioning import data_version_at
+
     parser = argparse.ArgumentParser(prog="python -m promotion.register", description=__doc__.split("\n")[0])
     parser.add_argument("--data-rev", required=True)
     parser.add_argument("--workspace-commit", required=True)
@@ -170,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     state = State.from_env()
     params = load_params(args.params or Path(state.workspace) / "params.yaml")
-    print(json.dumps(register_challenger(state, params, {"data_rev": args.data_rev}, args.workspace_commit)))
+    data = data_version_at(state, args.data_rev)
+    print(json.dumps(register_challenger(state, params, data, args.workspace_commit).to_dict()))
     return 0
 
 

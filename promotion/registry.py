@@ -19,6 +19,9 @@ ALIAS_PREVIOUS = "previous-champion"
 
 TAG_VALUE_CHARS = 4900
 """Longest tag value written (MLflow's limit on a model version tag value is 5,000 characters)."""
+DESCRIPTION_CHARS = 4900
+"""Longest model version description written (the SQL registry stores at most 5,000 characters;
+``mlflow.store.model_registry.dbmodels.models``: ``description = Column(String(5000))``)."""
 
 VERSION_TAGS = ("data_rev", "workspace_commit", "mlflow_run_id", "airflow_run_id",
                 "decision", "reason", "candidate_score", "champion_score", "champion_version",

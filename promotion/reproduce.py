@@ -28,7 +28,7 @@ from pathlib import Path
 
 from common.params import PRECISION_ENV, Params, load_params
 from common.state import State
-from ingestion.versioning import VersioningError, _dvc, _git
+from ingestion.workspace import VersioningError, run_dvc, run_git
 from promotion.registry import mlflow_client
 
 COMPARED = ("accuracy", "business_weighted_score", "macro_f1", "top5_accuracy")
@@ -59,18 +59,18 @@ def reproduce_version(state: State, params: Params, version: str, workdir: Path 
     target = Path(workdir or state.root / "reproduce" / f"v{version}")
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _git(state.workspace.parent, "clone", "-q", str(state.workspace), str(target))
+    run_git(state.workspace.parent, "clone", "-q", str(state.workspace), str(target))
     try:
-        _git(target, "checkout", "-q", commit)
+        run_git(target, "checkout", "-q", commit)
     except VersioningError as exc:
         raise VersioningError(f"version {version}'s workspace commit {commit!r} is not in {state.workspace}") from exc
     # no -q: it would silence DVC's ERROR line (e.g. S3 refusing the credentials)
-    _dvc(target, "pull", "data/listings.dvc", "data/golden.dvc")
+    run_dvc(target, "pull", "data/listings.dvc", "data/golden.dvc")
     # train in the precision the registered run trained in: with amp auto a CPU picks it by a
     # timing, which can go the other way on a re-run
     log = target / "models" / "train_log.json"
     precision = json.loads(log.read_text()).get("precision") if log.is_file() else None
-    _dvc(target, "repro", "--force", env={PRECISION_ENV: precision} if precision else None)
+    run_dvc(target, "repro", "--force", env={PRECISION_ENV: precision} if precision else None)
     metrics = json.loads((target / "metrics.json").read_text())
     diffs = {k: abs(float(metrics[k]) - float(registered[k])) for k in COMPARED
              if k in metrics and k in registered}

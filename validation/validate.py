@@ -8,27 +8,21 @@ its images named by SHA-256, see :mod:`common.store`); rejected rows, or the who
 from __future__ import annotations
 
 import os
-import shutil
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from common.catalog import CANONICAL_COLUMNS, Catalog
 from common.files import atomic_write, write_json
 from common.params import ValidateParams
 from common.store import (
-    IMAGES,
     INDEX_COLUMNS,
-    LISTINGS_FILE,
     batch_file,
-    image_key,
     read_store,
     remove_partition,
-    replace_partition,
+    write_partition,
 )
 from validation.adapt import (
     MALFORMED_ROW,
@@ -46,10 +40,6 @@ from validation.errors import (
     shorten,
 )
 from validation.images import check_image, resolve_image
-
-STORE_SCHEMA = pa.schema([(c, pa.float64() if c == "price" else pa.string())
-                          for c in CANONICAL_COLUMNS])
-"""Arrow schema of a store partition: every column a string except ``price`` (float64)."""
 
 BATCH_QUARANTINED = "batch_quarantined"
 """Reason given to otherwise good rows of a batch quarantined whole."""
@@ -163,9 +153,9 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
       expectation fails: ``"quarantined"``, the whole batch.
 
     Accepted rows: the batch's partition folder ``store/batches/<batch_id>/`` is written whole
-    (:func:`common.store.replace_partition`): images copied to ``images/<sha256><ext>``,
-    ``image_key``/``image_sha256`` set accordingly (:func:`common.store.image_key`), rows in
-    ``listings.parquet`` (exactly ``CANONICAL_COLUMNS``).
+    by :func:`common.store.write_partition`: images copied to ``images/<sha256><ext>``,
+    ``image_key``/``image_sha256`` set accordingly, rows in ``listings.parquet`` (exactly
+    ``CANONICAL_COLUMNS``).
     Rejected rows: ``quarantine_dir/<batch_id>/rejected.csv`` (canonical columns with the
     batch-relative ``image_key``, plus ``reasons``, ``"; "``-joined). ``report.json`` next to
     it whenever anything was rejected. All writes are atomic (temp file + ``os.replace``);
@@ -277,7 +267,10 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
     else:
         good = canon[~bad_mask].copy()
         good_checks = [checks[i] for i in range(rows) if not bad_mask[i]]
-        _write_partition(store, batch_id, batch_dir, good, good_checks)
+        # the check passed, so each image resolves to a file inside the batch folder
+        images = [(resolve_image(batch_dir, key), sha, ext)
+                  for key, (_, sha, ext) in zip(good["image_key"], good_checks, strict=True)]
+        write_partition(store, batch_id, good, images)
         report["store_file"] = str(partition)
         report["accepted_rows"] = len(good)
         rejected = frame[bad_mask]
@@ -363,35 +356,6 @@ def _bounded(frame: pd.DataFrame, params: ValidateParams) -> pd.DataFrame:
         if out[col].dtype == object:
             out[col] = [v[:limit] if isinstance(v, str) and len(v) > limit else v for v in out[col]]
     return out
-
-
-def _write_partition(store: Path, batch_id: str, batch_dir: Path, good: pd.DataFrame,
-                     checks: list[tuple]) -> None:
-    """Writes the batch's partition folder whole: its images by SHA-256, then its table.
-
-    Args:
-        store: the listings store.
-        batch_id: the batch.
-        batch_dir: the raw batch folder the images are copied from.
-        good: the accepted canonical rows (``image_key`` still batch-relative).
-        checks: per row of ``good``, :func:`validation.images.check_image`'s
-            ``(reason, sha256, ext)``.
-    """
-    sources = [resolve_image(batch_dir, key) for key in good["image_key"]]
-    good = good.assign(image_sha256=[sha for _, sha, _ in checks],
-                       image_key=[image_key(batch_id, sha, ext) for _, sha, ext in checks])
-    table = pa.Table.from_pandas(good[list(CANONICAL_COLUMNS)].reset_index(drop=True),
-                                 schema=STORE_SCHEMA, preserve_index=False)
-
-    def build(folder: Path) -> None:
-        (folder / IMAGES).mkdir()
-        for source, (_, sha, ext) in zip(sources, checks, strict=True):
-            target = folder / IMAGES / f"{sha}{ext}"
-            if not target.exists():  # the same image under one listing id twice: one file
-                shutil.copyfile(source, target)
-        pq.write_table(table, folder / LISTINGS_FILE)
-
-    replace_partition(store, batch_id, build)
 
 
 def _write_report(report: dict, qdir: Path) -> dict:

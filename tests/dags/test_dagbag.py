@@ -26,7 +26,7 @@ def test_dagbag_has_no_import_errors_and_the_dag_is_configured(airflow_db):
     assert dag.doc_md and "champion" in dag.doc_md
     assert {"epochs", "backbone", "min_improvement", "max_batches"} <= set(dag.params.keys())
     assert [t.task_id for t in dag.topological_sort()] == [
-        "ingest", "validate", "version", "train_evaluate", "register", "gate", "needs_approval", "approval",
+        "ingest", "validate", "version_data", "train_evaluate", "register", "gate", "needs_approval", "approval",
         "promote", "review"]
     for t in dag.tasks:
         assert t.retries >= 1, t.task_id

@@ -191,8 +191,8 @@ def test_rerunning_an_interval_ingests_nothing_twice(pipeline):
 def test_a_worse_challenger_is_rejected_and_the_champion_stays(pipeline):
     """A challenger trained on shuffled labels (same data, same golden set) must not win."""
     import numpy as np
-    import yaml
 
+    from ingestion.versioning import data_version_at
     from promotion.promote import gate_challenger, promote
     from promotion.register import register_challenger
     from training.evaluate import evaluate
@@ -212,17 +212,17 @@ def test_a_worse_challenger_is_rejected_and_the_champion_stays(pipeline):
     train(ws, params)
     evaluate(ws, params)
 
-    golden_md5 = yaml.safe_load((ws / "data" / "golden.dvc").read_text())["outs"][0]["md5"]
-    head = os.popen(f"git -C {ws} rev-parse HEAD").read().strip()
-    registered = register_challenger(state, params, {"data_rev": head, "golden_md5": golden_md5},
-                                     workspace_commit="shuffled-labels", dag_id="test", run_id="shuffled")
-    decision = gate_challenger(state, params, registered["version"], golden_md5)
+    data = data_version_at(state, "HEAD")  # the data the champion was trained on
+    registered = register_challenger(state, params, data, workspace_commit="shuffled-labels",
+                                     dag_id="test", run_id="shuffled")
+    decision = gate_challenger(state, params, registered.version, data.golden_rev)
     moved = promote(state, params, decision)
 
-    assert decision["decision"] == "rejected" and not moved["moved"]
-    assert decision["candidate_score"] < decision["champion_score"]
+    assert decision.decision == "rejected" and not moved.moved
+    assert decision.candidate_score < decision.champion_score
     assert client.get_model_version_by_alias("listing-classifier", "champion").version == champion_before
-    tags = client.get_model_version("listing-classifier", registered["version"]).tags
+    tags = client.get_model_version("listing-classifier", registered.version).tags
+    assert tags["golden_rev"] == data.golden_rev
     assert tags["decision"] == "rejected" and tags["reason"]
     assert float(tags["delta"]) < 0
 
@@ -238,9 +238,11 @@ def test_a_poison_batch_is_quarantined_and_the_week_goes_on(pipeline):
     assert (state.quarantine / POISON / "report.json").is_file()
     assert not (state.staging / POISON).exists()
     assert manifest[BATCH2]["status"] == "partial"
+    from common.results import RefusedBatch
     from validation.staged import validate_staged_batches  # the validate task's call, again
 
-    refused = [{"batch_id": POISON, "reason": "batch_holds_link", "detail": "a link"}]
-    outcome = validate_staged_batches(state, load_params(os.environ["LCP_PARAMS"]), refused)
-    assert POISON in outcome["quarantined"]
-    assert outcome["reports"][POISON]["reasons"] == {"batch_holds_link": 1}
+    refused = [RefusedBatch(batch_id=POISON, reason="batch_holds_link", detail="a link",
+                            report=str(state.quarantine / POISON / "report.json"))]
+    outcome = validate_staged_batches(state, load_params(os.environ["LCP_PARAMS"]), [], refused)
+    assert POISON in outcome.quarantined and outcome.validation_ids[POISON] is None
+    assert outcome.reports[POISON]["reasons"] == {"batch_holds_link": 1}

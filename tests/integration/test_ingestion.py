@@ -50,11 +50,11 @@ def test_ingest_respects_cutoff_and_never_ingests_twice(tmp_path, feed):
     state = State(tmp_path / "state")
     params = load_params()
     first = ingest_new_batches(state, params, datetime(2026, 11, 9, tzinfo=UTC), str(feed))
-    assert first["ingested"] == ["fashion-2026-11-02", "fashion-2026-11-09"]
+    assert first.ingested == ("fashion-2026-11-02", "fashion-2026-11-09")
     again = ingest_new_batches(state, params, datetime(2026, 11, 9, tzinfo=UTC), str(feed))
-    assert again["ingested"] == []
+    assert again.ingested == ()
     later = ingest_new_batches(state, params, datetime(2026, 11, 16, tzinfo=UTC), str(feed))
-    assert later["ingested"] == ["fashion-2026-11-16"]
+    assert later.ingested == ("fashion-2026-11-16",)
     manifest = read_manifest(state.manifest)
     assert set(manifest) == {"fashion-2026-11-02", "fashion-2026-11-09", "fashion-2026-11-16"}
     # the staged copy is byte-identical to the raw batch
@@ -66,7 +66,7 @@ def test_ingest_respects_cutoff_and_never_ingests_twice(tmp_path, feed):
 def test_max_batches_limits_one_run(tmp_path, feed):
     params = load_params().with_overrides({"ingest": {"max_batches": 1}})
     result = ingest_new_batches(State(tmp_path / "s"), params, None, str(feed))
-    assert result["ingested"] == ["fashion-2026-11-02"]
+    assert result.ingested == ("fashion-2026-11-02",)
 
 
 @pytest.mark.parametrize("bad", ["../etc", "a/b", ".hidden", "", "x" * 200])
@@ -100,8 +100,8 @@ def test_a_refused_batch_is_quarantined_and_later_batches_are_staged(tmp_path, f
     _poison(feed, poison)
     os.mkfifo(feed / "fashion-2026-11-09" / "images" / "pipe")  # not a regular file
     first = ingest_new_batches(state, params, None, str(feed))
-    assert first["ingested"] == ["fashion-2026-11-16"]
-    assert [(r["batch_id"], r["reason"]) for r in first["refused"]] == [
+    assert first.ingested == ("fashion-2026-11-16",)
+    assert [(r.batch_id, r.reason) for r in first.refused] == [
         (poison, "batch_holds_link"), ("fashion-2026-11-09", "batch_file_unreadable")]
     manifest = read_manifest(state.manifest)
     assert manifest[poison]["status"] == "quarantined" and manifest[poison]["stage"] == "ingest"
@@ -112,12 +112,12 @@ def test_a_refused_batch_is_quarantined_and_later_batches_are_staged(tmp_path, f
     assert not [p for p in state.staging.iterdir() if p.name.startswith(".")]
 
     again = ingest_new_batches(state, params, None, str(feed))
-    assert again["ingested"] == [] and again["refused"] == []
+    assert again.ingested == () and again.refused == ()
     assert read_manifest(state.manifest) == manifest
 
     (feed / poison / "images" / "leak.jpg").unlink()  # the marketplace fixes and re-publishes
     fixed = ingest_new_batches(state, params, None, str(feed))
-    assert fixed["ingested"] == [poison] and fixed["staged"] == [poison, "fashion-2026-11-16"]
+    assert fixed.ingested == (poison,) and fixed.staged == (poison, "fashion-2026-11-16")
     entry = read_manifest(state.manifest)[poison]
     assert entry["status"] == "staged" and entry["redelivered_from"] == manifest[poison]["fingerprint"]
     assert (state.staging / poison / "styles.csv").read_bytes() == (feed / poison / "styles.csv").read_bytes()
@@ -133,12 +133,12 @@ def test_a_batch_whose_name_places_it_nowhere_is_refused(tmp_path, feed, name, r
     shutil.copytree(feed / "fashion-2026-11-16", feed / name)
     state = State(tmp_path / "state")
     result = ingest_new_batches(state, load_params(), datetime(2026, 11, 2, tzinfo=UTC), str(feed))
-    assert result["ingested"] == ["fashion-2026-11-02"]
-    (refused,) = result["refused"]
-    assert refused["batch_id"] == name and refused["reason"] == reason
+    assert result.ingested == ("fashion-2026-11-02",)
+    (refused,) = result.refused
+    assert refused.batch_id == name and refused.reason == reason
     if reason == "batch_name_undated":
-        assert "batches are named <catalog>-YYYY-MM-DD" in refused["detail"]
-    assert Path(refused["report"]).is_file()
+        assert "batches are named <catalog>-YYYY-MM-DD" in refused.detail
+    assert Path(refused.report).is_file()
     assert read_manifest(state.manifest)[name]["status"] == "quarantined"
 
 
@@ -164,7 +164,7 @@ def test_s3_feed_through_moto_server(tmp_path, feed, monkeypatch):
         state = State(tmp_path / "s3state")
         result = ingest_new_batches(state, load_params(), datetime(2026, 11, 2, tzinfo=UTC),
                                     "s3://marketplace/weekly")
-        assert result["ingested"] == ["fashion-2026-11-02"]
+        assert result.ingested == ("fashion-2026-11-02",)
         staged = state.staging / "fashion-2026-11-02"
         assert (staged / "styles.csv").read_bytes() == (feed / "fashion-2026-11-02" / "styles.csv").read_bytes()
         assert len(list((staged / "images").iterdir())) == len(list((feed / "fashion-2026-11-02" / "images").iterdir()))
@@ -245,7 +245,7 @@ def test_s3_credentials_from_an_airflow_connection(tmp_path, feed, monkeypatch):
         monkeypatch.setenv("LCP_FEED_CONN_ID", "lcp_feed_s3")
         state = State(tmp_path / "state")
         result = ingest_new_batches(state, load_params(), None, "s3://marketplace/w")
-        assert result["ingested"] == ["fashion-2026-11-02"]
+        assert result.ingested == ("fashion-2026-11-02",)
         assert _tree(state.staging / "fashion-2026-11-02") == _tree(feed / "fashion-2026-11-02")
     finally:
         server.stop()
@@ -255,28 +255,24 @@ def test_s3_credentials_from_an_airflow_connection(tmp_path, feed, monkeypatch):
 
 
 def _partition(store: Path, batch_id: str, rows: pd.DataFrame, fashion_dir: Path) -> None:
-    """Writes a store partition of real fashion listings the way validation does."""
+    """Writes a store partition of real fashion listings with the store's own writer, as
+    validation does (:func:`common.store.write_partition`)."""
     import hashlib
 
     from common.catalog import CANONICAL_COLUMNS, PATH_SEP
-    from common.store import image_key, replace_partition
+    from common.store import write_partition
 
-    def build(folder: Path) -> None:
-        (folder / "images").mkdir()
-        records = []
-        for r in rows.itertuples():
-            data = (fashion_dir / "images" / f"{r.id}.jpg").read_bytes()
-            sha = hashlib.sha256(data).hexdigest()
-            (folder / "images" / f"{sha}.jpg").write_bytes(data)
-            records.append({
-                "listing_id": r.id, "title": r.productDisplayName, "description": None,
-                "brand": None, "price": None, "currency": "INR", "attributes": None,
-                "category_path": PATH_SEP.join([r.masterCategory, r.subCategory, r.articleType]),
-                "image_key": image_key(batch_id, sha, ".jpg"), "image_sha256": sha,
-                "catalog": "fashion", "batch_id": batch_id, "ingested_at": "2026-11-02T00:00:00+00:00"})
-        pd.DataFrame(records)[list(CANONICAL_COLUMNS)].to_parquet(folder / "listings.parquet", index=False)
-
-    replace_partition(store, batch_id, build)
+    records, images = [], []
+    for r in rows.itertuples():
+        source = fashion_dir / "images" / f"{r.id}.jpg"
+        images.append((source, hashlib.sha256(source.read_bytes()).hexdigest(), ".jpg"))
+        records.append({
+            "listing_id": r.id, "title": r.productDisplayName, "description": None,
+            "brand": None, "price": None, "currency": "INR", "attributes": None,
+            "category_path": PATH_SEP.join([r.masterCategory, r.subCategory, r.articleType]),
+            "image_key": f"images/{r.id}.jpg", "image_sha256": None,
+            "catalog": "fashion", "batch_id": batch_id, "ingested_at": "2026-11-02T00:00:00+00:00"})
+    write_partition(store, batch_id, pd.DataFrame(records)[list(CANONICAL_COLUMNS)], images)
 
 
 def _remote_objects(remote: Path) -> set[str]:
@@ -313,38 +309,38 @@ def test_versioning_adds_and_pushes_only_the_changed_batches(tmp_path, fashion_d
     _partition(store, "b1", styles.iloc[:40], fashion_dir)
     _partition(store, "b2", styles.iloc[40:80], fashion_dir)
     first = version_data(state, params, "b1 b2")
-    assert first["added"] == ["data/listings", "data/golden"]  # the first version: whole
-    assert first["listings_md5"].endswith(".dir") and first["golden_md5"].endswith(".dir")
+    assert first.added == ("data/listings", "data/golden")  # the first version: whole
+    assert first.listings_md5.endswith(".dir") and first.golden_rev.endswith(".dir")
     assert _md5s(store) | _md5s(state.golden_dir) <= _remote_objects(state.dvc_remote)
 
     _partition(store, "b3", styles.iloc[80:120], fashion_dir)
     before = _remote_objects(state.dvc_remote)
     second = version_data(state, params, "b3")
-    assert second["added"] == ["data/listings/batches/b3"]
-    assert second["pushed"] == ["data/listings/batches/b3"]
-    assert second["listings_md5"] != first["listings_md5"]
-    assert second["golden_md5"] == first["golden_md5"]  # frozen once, never re-added
+    assert second.added == ("data/listings/batches/b3",)
+    assert second.pushed == ("data/listings/batches/b3",)
+    assert second.listings_md5 != first.listings_md5
+    assert second.golden_rev == first.golden_rev  # frozen once, never re-added
     # exactly the new batch's files and the store's new directory manifest were uploaded
     assert (_remote_objects(state.dvc_remote) - before
-            == _md5s(partition_dir(store, "b3")) | {second["listings_md5"]})
+            == _md5s(partition_dir(store, "b3")) | {second.listings_md5})
     snapshot = {p.relative_to(store).as_posix(): p.read_bytes() for p in store.rglob("*") if p.is_file()}
 
     again = version_data(state, params, "nothing new")
-    assert (again["added"], again["pushed"], again["data_rev"]) == ([], [], second["data_rev"])
+    assert (again.added, again.pushed, again.data_rev) == ((), (), second.data_rev)
 
     # a batch re-validated into quarantine loses its partition: the pointer drops it
     remove_partition(store, "b2")
     third = version_data(state, params, "b2 quarantined")
-    assert third["added"] == ["data/listings/batches/b2"] and third["pushed"] == ["data/listings.dvc"]
-    assert third["listings_md5"] not in (first["listings_md5"], second["listings_md5"])
+    assert third.added == ("data/listings/batches/b2",) and third.pushed == ("data/listings.dvc",)
+    assert third.listings_md5 not in (first.listings_md5, second.listings_md5)
 
     # a data revision pins the whole store: a clone at the second revision pulls b1 + b2 + b3
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(state.workspace), str(clone)], check=True)
-    subprocess.run(["git", "checkout", "-q", second["data_rev"]], cwd=clone, check=True)
-    from ingestion.versioning import _dvc
+    subprocess.run(["git", "checkout", "-q", second.data_rev], cwd=clone, check=True)
+    from ingestion.workspace import run_dvc
 
-    _dvc(clone, "pull", "-q", "data/listings.dvc", "data/golden.dvc")
+    run_dvc(clone, "pull", "-q", "data/listings.dvc", "data/golden.dvc")
     pulled = clone / "data" / "listings"
     assert {p.relative_to(pulled).as_posix(): p.read_bytes()
             for p in pulled.rglob("*") if p.is_file()} == snapshot
@@ -367,40 +363,10 @@ def test_a_failed_push_is_pushed_by_the_next_version(tmp_path, fashion_dir, styl
 
     monkeypatch.delenv("LCP_DVC_REMOTE_URL")
     retry = version_data(state, params, "b2 retried")
-    assert retry["added"] == [], "b2 was added and committed by the failed run"
-    assert retry["pushed"] == ["data/listings/batches/b2"]
+    assert retry.added == (), "b2 was added and committed by the failed run"
+    assert retry.pushed == ("data/listings/batches/b2",)
     assert _md5s(partition_dir(state.listings_store, "b2")) <= _remote_objects(state.dvc_remote)
     assert not (state.root / PENDING_PUSH).exists()
-
-
-def test_a_flat_layout_store_is_refused_then_migrated(tmp_path, fashion_dir, styles):
-    import hashlib
-
-    from common.store import StoreLayoutError, batch_ids, migrate_flat_layout, read_store
-
-    store = tmp_path / "listings"
-    _partition(store, "b1", styles.iloc[:10], fashion_dir)
-    expected = read_store(store)
-    # rewrite it in the earlier layout: batches/<id>.parquet + images/<sha[:2]>/<sha>.jpg
-    flat = expected.copy()
-    for sha in flat["image_sha256"]:
-        target = store / "images" / sha[:2] / f"{sha}.jpg"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes((store / "batches" / "b1" / "images" / f"{sha}.jpg").read_bytes())
-    flat["image_key"] = [f"images/{s[:2]}/{s}.jpg" for s in flat["image_sha256"]]
-    shutil.rmtree(store / "batches" / "b1")
-    flat.to_parquet(store / "batches" / "b1.parquet", index=False)
-
-    with pytest.raises(StoreLayoutError, match="python -m common.store migrate"):
-        read_store(store)
-    assert (store / "batches" / "b1.parquet").is_file(), "refused, nothing changed"
-
-    assert migrate_flat_layout(store) == ["b1"]
-    assert batch_ids(store) == ["b1"] and not (store / "images").exists()
-    migrated = read_store(store)
-    pd.testing.assert_frame_equal(migrated.drop(columns="image_key"), expected.drop(columns="image_key"))
-    for key, sha in zip(migrated["image_key"], migrated["image_sha256"], strict=True):
-        assert hashlib.sha256((store / key).read_bytes()).hexdigest() == sha
 
 
 def test_a_partition_written_before_a_column_existed_reads_back_with_none(tmp_path, fashion_dir, styles):

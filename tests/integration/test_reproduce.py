@@ -22,7 +22,7 @@ def registered(tiny_trained):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     state, params = tiny_trained["state"], tiny_trained["params"]
     data, trained = tiny_trained["data"], tiny_trained["trained"]
-    v = register_challenger(state, params, data, trained["workspace_commit"], "test_dag", "run-1")
+    v = register_challenger(state, params, data, trained.workspace_commit, "test_dag", "run-1")
     return state, params, v
 
 
@@ -31,7 +31,7 @@ def test_reproduced_metrics_match_the_registered_ones(registered):
 
     state, params, v = registered
     # the data comes back from the remote, not from the live workspace's cache
-    result = reproduce_version(state, params, v["version"])
+    result = reproduce_version(state, params, v.version)
     assert result["workspace_commit"] and set(result["diffs"]) >= {"accuracy", "business_weighted_score"}
     assert result["match"], result
     # the re-run trained in the registered run's precision (amp auto could have timed otherwise)
@@ -41,26 +41,26 @@ def test_reproduced_metrics_match_the_registered_ones(registered):
 
 
 def test_dvc_metrics_plots_and_exp_show_work_in_the_workspace(registered):
-    from ingestion.versioning import _dvc
+    from ingestion.workspace import run_dvc
 
     state, _, _ = registered
     ws = state.workspace
-    metrics = json.loads(_dvc(ws, "metrics", "show", "--json"))
+    metrics = json.loads(run_dvc(ws, "metrics", "show", "--json"))
     assert "business_weighted_score" in json.dumps(metrics)
-    _dvc(ws, "plots", "show", "-o", str(state.root / "plots"))
+    run_dvc(ws, "plots", "show", "-o", str(state.root / "plots"))
     assert (state.root / "plots" / "index.html").exists()
-    exp = _dvc(ws, "exp", "show", "--json")
+    exp = run_dvc(ws, "exp", "show", "--json")
     assert "business_weighted_score" in exp
 
 
 def test_workspace_lock_is_exclusive(registered):
     import subprocess
 
-    from ingestion.versioning import VersioningError, workspace_lock
+    from ingestion.workspace import VersioningError, workspace_lock
 
     state, _, _ = registered
     with workspace_lock(state, timeout_s=1):
-        code = ("import sys; from common.state import State; from ingestion.versioning import workspace_lock\n"
+        code = ("import sys; from common.state import State; from ingestion.workspace import workspace_lock\n"
                 f"with workspace_lock(State.from_env({str(state.root)!r}), timeout_s=1): pass")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert proc.returncode != 0 and "another run holds the DVC workspace lock" in proc.stderr

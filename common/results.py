@@ -1,0 +1,264 @@
+"""What each step of the retraining DAG returns: one small typed result per step.
+
+A step function (``ingestion.ingest.ingest_new_batches``, ``validation.staged.
+validate_staged_batches``, ``ingestion.versioning.version_data``, ``ingestion.workspace.reproduce``,
+``promotion.register.register_challenger``, ``promotion.promote.gate_challenger``, ``promote``,
+``record_review``) returns its result object. The DAG task returns :meth:`StepResult.to_xcom`, a
+dict of JSON types holding small references (batch ids, paths, revisions, run ids, counts), and
+the task of the next step rebuilds the object with :meth:`StepResult.from_xcom`, which checks
+the shape: a missing or unknown key raises ``pydantic.ValidationError`` (a ``ValueError``)
+naming it. Step functions take these objects, or the fields they read, never XCom dicts.
+
+Only pydantic and the standard library are imported here, so every step module and every task
+can import this module without importing the other steps. ``common`` imports nothing of the
+packages above it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StepResult(BaseModel):
+    """Base of the step results: frozen, no extra keys, JSON types in and out.
+
+    Attributes:
+        LOCAL: fields kept out of :meth:`to_xcom` (too big for XCom; the step's CLI prints them,
+            and the state holds them, e.g. the manifest's validation reports).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    LOCAL: ClassVar[frozenset[str]] = frozenset()
+
+    def to_xcom(self) -> dict[str, Any]:
+        """The references the next steps read, as JSON types (tuples become lists).
+
+        Returns:
+            Every field but :attr:`LOCAL`.
+        """
+        return self.model_dump(mode="json", exclude=set(self.LOCAL))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as JSON types, :attr:`LOCAL` ones included (what the step's CLI prints).
+
+        Returns:
+            A dict ``json.dumps`` writes (strings may hold the lone surrogates of a batch name
+            that was not UTF-8; ``json.dumps`` escapes them).
+        """
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_xcom(cls, value: dict[str, Any]) -> Self:
+        """Rebuilds the result from :meth:`to_xcom`'s dict (``LOCAL`` fields get their defaults).
+
+        Raises:
+            pydantic.ValidationError: when a key is missing or unknown, or a value has the
+                wrong type.
+        """
+        return cls.model_validate(value)
+
+
+class RefusedBatch(StepResult):
+    """A batch the feed source refused at ingest, quarantined with its report.
+
+    Attributes:
+        batch_id: the batch folder's name as the feed lists it (may be unsafe as a path).
+        reason: the refusal's code, e.g. ``batch_holds_link``.
+        detail: the human explanation.
+        report: path of its ``report.json`` in quarantine.
+    """
+
+    batch_id: str
+    reason: str
+    detail: str
+    report: str
+
+
+class IngestResult(StepResult):
+    """``ingest``'s result (:func:`ingestion.ingest.ingest_new_batches`).
+
+    Attributes:
+        feed: the feed's URL (folder or ``s3://``).
+        ingested: batch ids staged by this call, in the feed's order.
+        staged: batch ids waiting for validation (this call's and earlier ones'), sorted.
+        refused: the batches this call refused and quarantined.
+        taxonomy: path of the feed's taxonomy copied to staging.
+    """
+
+    feed: str
+    ingested: tuple[str, ...]
+    staged: tuple[str, ...]
+    refused: tuple[RefusedBatch, ...] = ()
+    taxonomy: str
+
+
+class ValidateResult(StepResult):
+    """``validate``'s result (:func:`validation.staged.validate_staged_batches`).
+
+    Attributes:
+        accepted: batch ids accepted whole, sorted.
+        partial: batch ids whose good rows were accepted and bad rows quarantined, sorted.
+        quarantined: batch ids quarantined whole (at validation or refused at ingest), sorted.
+        store_listings: listings in the store after validation (latest version of each id).
+        data_docs: path of the Data Docs index, or None when no batch was validated now.
+        validation_ids: ``{batch id: GX validation result id, or None}`` (lineage).
+        reports: ``{batch id: report}`` as :func:`validation.validate.validate_batch` returns
+            it; kept out of XCom (the manifest records each report).
+    """
+
+    LOCAL: ClassVar[frozenset[str]] = frozenset({"reports"})
+
+    accepted: tuple[str, ...]
+    partial: tuple[str, ...]
+    quarantined: tuple[str, ...]
+    store_listings: int
+    data_docs: str | None
+    validation_ids: dict[str, str | None]
+    reports: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @property
+    def stored_batches(self) -> tuple[str, ...]:
+        """The batches with rows in the store: accepted and partial ones, sorted."""
+        return tuple(sorted(self.accepted + self.partial))
+
+
+class DataVersionResult(StepResult):
+    """``version_data``'s result (:func:`ingestion.versioning.version_data`).
+
+    Attributes:
+        data_rev: the DVC workspace commit (40 hex digits) pinning store, golden set and code.
+        listings_md5: DVC's directory hash of ``data/listings`` (``<md5>.dir``).
+        golden_rev: DVC's hash of ``data/golden``, the golden test set both gate sides are
+            scored on (``<md5>.dir``).
+        remote: the DVC remote's URL.
+        workspace: the workspace folder.
+        added: DVC targets added by this call.
+        pushed: DVC targets pushed by this call.
+    """
+
+    data_rev: str
+    listings_md5: str
+    golden_rev: str
+    remote: str
+    workspace: str
+    added: tuple[str, ...] = ()
+    pushed: tuple[str, ...] = ()
+
+
+class ReproduceResult(StepResult):
+    """``train_evaluate``'s result (:func:`ingestion.workspace.reproduce`, ``dvc repro``).
+
+    Attributes:
+        workspace_commit: the workspace commit after ``dvc repro`` (data + code + params +
+            ``dvc.lock``), 40 hex digits.
+        metrics: the workspace's ``metrics.json`` (evaluation on the golden set).
+        workspace: the workspace folder.
+    """
+
+    workspace_commit: str
+    metrics: dict[str, Any]
+    workspace: str
+
+
+class RegisterResult(StepResult):
+    """``register``'s result (:func:`promotion.register.register_challenger`).
+
+    The UI plugin (``plugins/listing_classifier_links.py``) reads ``version``, ``run_id`` and
+    ``model_uri`` from this task's XCom.
+
+    Attributes:
+        version: the model version (a decimal string).
+        run_id: the MLflow run that logged it.
+        model_uri: ``models:/<name>/<version>``.
+    """
+
+    version: str
+    run_id: str
+    model_uri: str
+
+
+class GateResult(StepResult):
+    """``gate``'s result (:func:`promotion.promote.gate_challenger`): the decision and its figures.
+
+    The fields of :class:`promotion.gate.Decision` (figures rounded as its ``to_dict`` rounds
+    them), plus the versions compared and what they were scored on. A challenger that already
+    is the champion is ``"unchanged"``: nothing was compared (no interval, no slices).
+
+    Attributes:
+        version: the challenger's model version.
+        promote: whether ``champion`` should move to it.
+        decision: ``"promoted"``, ``"rejected"`` or ``"unchanged"``.
+        reason: why, in sentences (the approval request's body).
+        candidate_score: the challenger's business-weighted score on the golden set, in [0, 1].
+        champion_score: the champion's, None on a first run.
+        delta: ``candidate_score - champion_score``, None on a first run.
+        required_improvement: what the delta (or its lower bound) had to clear.
+        interval: ``(low, high)`` bootstrap interval of the delta, interval mode only.
+        confidence: the interval's level.
+        mode: ``"point"`` or ``"interval"``.
+        first_run: True when there was no champion.
+        slices: every slice checked (``promotion.gate.SliceResult`` as dicts).
+        failing_slices: categories of the failing slices.
+        champion_version: the champion's version when the gate ran, None on a first run.
+        candidate_accuracy: the challenger's leaf accuracy, in [0, 1].
+        champion_accuracy: the champion's, None on a first run.
+        golden_rev: the golden set's DVC hash both sides were scored on.
+        n_golden: golden listings scored.
+        serving_check: ``{"ok", "detail", "seconds"}`` of the challenger's serving check, or
+            None when it did not run (not promoted by the gate).
+        experiment_id: the challenger's MLflow experiment (links), or None.
+    """
+
+    version: str
+    promote: bool
+    decision: Literal["promoted", "rejected", "unchanged"]
+    reason: str
+    candidate_score: float
+    champion_score: float | None
+    delta: float | None
+    required_improvement: float | None = None
+    interval: tuple[float, float] | None = None
+    confidence: float | None = None
+    mode: Literal["point", "interval"]
+    first_run: bool = False
+    slices: tuple[dict[str, Any], ...] = ()
+    failing_slices: tuple[str, ...] = ()
+    champion_version: str | None
+    candidate_accuracy: float
+    champion_accuracy: float | None
+    golden_rev: str
+    n_golden: int
+    serving_check: dict[str, Any] | None = None
+    experiment_id: str | None = None
+
+
+class PromoteResult(StepResult):
+    """``promote``'s result (:func:`promotion.promote.promote`).
+
+    The UI plugin reads ``champion`` from this task's XCom.
+
+    Attributes:
+        champion: the version holding ``champion`` after the step, None when there is none.
+        moved: whether this call moved the alias.
+        decision: the gate's decision it acted on.
+    """
+
+    champion: str | None
+    moved: bool
+    decision: str
+
+
+class ReviewResult(StepResult):
+    """``review``'s result (:func:`promotion.promote.record_review`).
+
+    Attributes:
+        version: the challenger's model version.
+        approval: ``"approved"``, ``"rejected"``, ``"not required"`` (no review asked),
+            ``"not needed"`` (the gate rejected it) or ``"missing"`` (required, no response:
+            recorded as a rejection).
+    """
+
+    version: str
+    approval: Literal["approved", "rejected", "not required", "not needed", "missing"]

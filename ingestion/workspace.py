@@ -1,0 +1,337 @@
+"""The DVC workspace: where the pipeline runs, and the one way our code runs git and DVC in it.
+
+The pipeline runs in a DVC workspace, ``<state>/workspace``: its own git repository holding
+``dvc.yaml``, the effective ``params.yaml``, a snapshot of the packages the stages run
+(``common/``, ``training/``, :data:`SNAPSHOT_PACKAGES`), the ``.dvc`` pointers of
+``data/listings`` and ``data/golden`` and ``dvc.lock``. One commit of the workspace therefore
+pins data, code and params: :mod:`ingestion.versioning` commits the data (its sha is the *data
+revision* passed on through XCom and tagged on every model version) and :func:`reproduce` runs
+``dvc repro`` and commits ``dvc.lock``. Nothing is ever committed into the developer's checkout.
+
+The DVC remote is ``<state>/dvc-remote`` unless ``LCP_DVC_REMOTE_URL`` names another one: a
+folder, or ``s3://bucket/prefix`` (dvc-s3) with the same configuration shape. S3 credentials
+come only from the environment, as boto3 reads them (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``...); an endpoint (MinIO, a moto server) from
+``LCP_DVC_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL``. Nothing secret is written to the
+workspace's ``.dvc/config``.
+
+Two runs never use the workspace at once: :func:`workspace_lock` (an OS file lock on
+``<state>/workspace.lock``, released by the kernel when its holder dies, so it never goes stale)
+guards versioning and ``dvc repro``. A git or DVC command killed midway can leave lock state that
+does outlive it: git's ``.git/index.lock`` (git refuses to run while it exists) and DVC's
+``.dvc/tmp/rwlock``, a JSON file naming the paths each command holds and its pid (empty or half
+written when the kill came while DVC rewrote it; naming a pid that a later process, e.g. one in
+the next container, may be using). While the workspace lock is held no other run of ours is in
+the workspace, so :func:`clear_stale_locks` removes them, logging what they held. DVC's other lock
+files (``.dvc/tmp/lock``, ``rwlock.lock``) are OS locks (``zc.lockfile``) released by the kernel.
+
+Every git and DVC command goes through :func:`run_command` (:func:`run_git`, :func:`run_dvc`),
+which turns a failure into :class:`VersioningError` and a full disk into ``ENOSPC``.
+
+CLI: ``python -m ingestion.versioning repro`` runs :func:`reproduce`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from common.params import PROJECT_ROOT, Params, write_params
+from common.results import ReproduceResult
+from common.state import State
+from common.store import BATCHES, disk_full_errors, is_disk_full
+
+SNAPSHOT_PACKAGES = ("common", "training")
+"""Packages the DVC stages run; copied into the workspace so its commit pins them."""
+
+REMOTE_ENV = "LCP_DVC_REMOTE_URL"
+"""Environment variable naming the DVC remote (a folder or ``s3://bucket/prefix``)."""
+ENDPOINT_ENV = "LCP_DVC_S3_ENDPOINT_URL"
+"""Environment variable naming the S3 endpoint of an ``s3://`` remote (else ``AWS_ENDPOINT_URL``)."""
+LOCK_TIMEOUT_ENV = "LCP_WORKSPACE_LOCK_TIMEOUT"
+"""Environment variable: seconds :func:`workspace_lock` waits (default 3 hours, a training run)."""
+
+LISTINGS = "data/listings"
+"""The listings store, relative to the workspace: one DVC output (``data/listings.dvc``)."""
+GOLDEN = "data/golden"
+"""The frozen golden test set, relative to the workspace: one DVC output (``data/golden.dvc``)."""
+DVCIGNORE = f"/{LISTINGS}/{BATCHES}/.*"
+"""``.dvcignore`` pattern: partitions being written (hidden temporary folders) are never data."""
+DVC_RWLOCK = ".dvc/tmp/rwlock"
+"""DVC's read/write lock of workspace paths (JSON, relative to the workspace)."""
+
+log = logging.getLogger(__name__)
+
+
+class VersioningError(RuntimeError):
+    """A git or DVC command failed in the workspace, or the workspace is not usable."""
+
+
+def run_command(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
+    """Runs a git or DVC command; its output when it succeeded.
+
+    A DVC command that logged a failed object transfer failed even when it exits 0: DVC 3.67's
+    granular ``dvc add`` logs each cache transfer that fails (e.g. the disk is full), exits 0,
+    and has rewritten the pointer to data that is not in the cache.
+
+    Args:
+        cmd: the command and its arguments.
+        cwd: where it runs (a workspace, or a clone of one).
+        env: its environment; default this process's.
+
+    Returns:
+        Its standard output.
+
+    Raises:
+        OSError: ``ENOSPC`` when the output says the disk is full (turned into
+            :class:`common.store.DiskFullError` by the steps).
+        VersioningError: when the command failed otherwise; the message holds the last 4000
+            characters of its standard output and error.
+    """
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    output = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    transfer_failed = re.search(r"^ERROR: failed to transfer", output, re.MULTILINE) is not None
+    if proc.returncode == 0 and not transfer_failed:
+        return proc.stdout
+    failed = f"`{' '.join(cmd)}` failed in {cwd} (exit {proc.returncode}"
+    failed += ", but it logged a failed transfer)" if proc.returncode == 0 else ")"
+    full = [line.strip() for line in output.splitlines() if is_disk_full(VersioningError(line))]
+    if full:
+        raise OSError(errno.ENOSPC, f"{failed}: {full[-1][:500]}")
+    hint = ""
+    if "unable to acquire lock" in output.lower() or "is being blocked by" in output:
+        hint = (" -- a DVC lock is held by a live process that is not one of our runs (ours hold "
+                "the workspace lock, and stale locks are cleared under it): a dvc command started "
+                "by hand in the workspace?")
+    raise VersioningError(f"{failed}{hint}:\n{output}")
+
+
+def _stage_env(workspace: Path) -> dict:
+    """Environment for DVC and its stages: our interpreter first on PATH, the snapshot importable."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(workspace)
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    return env
+
+
+def run_dvc(workspace: Path, *args: str, env: dict | None = None) -> str:
+    """Runs ``python -m dvc <args>`` in ``workspace`` (or a clone of it) with our interpreter.
+
+    The stages ``dvc repro`` starts find our interpreter first on ``PATH`` and import the
+    workspace's snapshot of the packages (``PYTHONPATH`` is the workspace).
+
+    Args:
+        workspace: the DVC repository to run in.
+        *args: DVC's arguments, e.g. ``"pull", "data/listings.dvc"``.
+        env: variables added to that environment.
+
+    Returns:
+        DVC's standard output.
+
+    Raises:
+        OSError, VersioningError: as :func:`run_command`.
+    """
+    return run_command([sys.executable, "-m", "dvc", *args], workspace,
+                       {**_stage_env(workspace), **(env or {})})
+
+
+def run_git(workspace: Path, *args: str) -> str:
+    """Runs ``git <args>`` in ``workspace``; its standard output.
+
+    Raises:
+        OSError, VersioningError: as :func:`run_command`.
+    """
+    return run_command(["git", *args], workspace)
+
+
+def commit(ws: Path, message: str) -> str:
+    """Commits everything that changed in the workspace (nothing when nothing did).
+
+    Returns:
+        The sha of ``HEAD`` afterwards (40 hex digits).
+
+    Raises:
+        OSError, VersioningError: as :func:`run_command`.
+    """
+    run_git(ws, "add", "-A")
+    if run_git(ws, "status", "--porcelain").strip():
+        run_git(ws, "commit", "-q", "-m", message)
+    return run_git(ws, "rev-parse", "HEAD").strip()
+
+
+@contextmanager
+def workspace_lock(state: State, timeout_s: float | None = None) -> Iterator[Path]:
+    """Holds the workspace's file lock (``<state>/workspace.lock``) for one git / DVC step.
+
+    Args:
+        state: the state folder.
+        timeout_s: seconds to wait for another run to finish; default ``$LCP_WORKSPACE_LOCK_TIMEOUT``
+            or 3 hours (a training run).
+
+    Yields:
+        The lock file.
+
+    Raises:
+        VersioningError: when the lock is not free within the timeout.
+    """
+    from filelock import FileLock, Timeout
+
+    state.root.mkdir(parents=True, exist_ok=True)
+    path = state.root / "workspace.lock"
+    timeout_s = float(os.environ.get(LOCK_TIMEOUT_ENV, 3 * 3600) if timeout_s is None else timeout_s)
+    try:
+        with FileLock(str(path), timeout=timeout_s):
+            yield path
+    except Timeout as exc:
+        raise VersioningError(
+            f"another run holds the DVC workspace lock {path} (waited {timeout_s:.0f} s). It is an OS "
+            "lock: it is released when its holder exits or dies, so wait for that run to finish.") from exc
+
+
+def clear_stale_locks(ws: Path) -> list[str]:
+    """Removes the lock state that killed git and DVC commands left in the workspace.
+
+    Call it only while holding :func:`workspace_lock`: then no git or DVC command of ours runs
+    in the workspace, so every lock found is stale. Removed: ``.git/*.lock`` and
+    ``.git/refs/**/*.lock`` (git deletes its lock files when it exits, even on error, so one
+    that exists belongs to a killed git), and DVC's ``rwlock`` when it names any holder or is
+    not valid JSON (a kill while DVC rewrote it). DVC recreates the rwlock on its next command.
+
+    Args:
+        ws: the workspace.
+
+    Returns:
+        One line per file removed, with what it held (also logged as a warning).
+    """
+    cleared = []
+    rwlock = ws / DVC_RWLOCK
+    if rwlock.is_file():
+        text = rwlock.read_text(encoding="utf-8", errors="replace")
+        try:
+            held = json.loads(text)
+            stale = not isinstance(held, dict) or any(held.values())
+        except ValueError:
+            stale = True
+        if stale:
+            rwlock.unlink()
+            cleared.append(f"{rwlock} (held: {text.strip()[:500] or 'empty file'})")
+    git = ws / ".git"
+    for lock in sorted([*git.glob("*.lock"), *(git / "refs").rglob("*.lock")]):
+        lock.unlink(missing_ok=True)
+        cleared.append(f"{lock} (left by a killed git command)")
+    for line in cleared:
+        log.warning("cleared a stale lock: %s", line)
+    return cleared
+
+
+def remote_url(state: State) -> str:
+    """The DVC remote: ``$LCP_DVC_REMOTE_URL`` (a folder or ``s3://...``), else ``<state>/dvc-remote``."""
+    return os.environ.get(REMOTE_ENV) or str(state.dvc_remote)
+
+
+def configure_remote(state: State) -> str:
+    """Points the workspace's default remote ``storage`` at :func:`remote_url` (idempotent).
+
+    Only the URL and, for S3, the endpoint go to ``.dvc/config``; credentials stay in the
+    environment, where dvc-s3 (boto3) reads them.
+
+    Returns:
+        The remote URL.
+
+    Raises:
+        OSError, VersioningError: as :func:`run_command`.
+    """
+    ws = state.workspace
+    url = remote_url(state)
+    run_dvc(ws, "remote", "add", "-d", "-f", "storage", url)
+    endpoint = os.environ.get(ENDPOINT_ENV) or os.environ.get("AWS_ENDPOINT_URL")
+    if url.startswith("s3://") and endpoint:
+        run_dvc(ws, "remote", "modify", "storage", "endpointurl", endpoint)
+    return url
+
+
+def init_workspace(state: State) -> Path:
+    """Creates the workspace's git + DVC repository and its default remote, once.
+
+    An existing workspace, and the remote it has, are kept (``docker/airflow-init.sh`` may have
+    created it with an S3 remote); only the ``.dvcignore`` pattern is added when missing.
+
+    Returns:
+        The workspace folder.
+
+    Raises:
+        OSError, VersioningError: as :func:`run_command`.
+    """
+    ws = state.workspace
+    ws.mkdir(parents=True, exist_ok=True)
+    if not (ws / ".git").exists():
+        run_git(ws, "init", "-q", "-b", "main")
+        run_git(ws, "config", "user.name", "listing-classifier-platform")
+        run_git(ws, "config", "user.email", "platform@localhost")
+    if not (ws / ".dvc").exists():
+        run_dvc(ws, "init", "-q")
+        run_dvc(ws, "config", "core.analytics", "false")
+        run_dvc(ws, "remote", "add", "-d", "-f", "storage", str(state.dvc_remote))
+        _ensure_dvcignore(ws)
+        # only DVC's own files: the listings store may already be there and belongs to DVC
+        run_git(ws, "add", ".dvc", ".dvcignore")
+        run_git(ws, "commit", "-q", "-m", "init DVC workspace")
+    _ensure_dvcignore(ws)  # workspaces created before the pattern existed
+    return ws
+
+
+def _ensure_dvcignore(ws: Path) -> None:
+    path = ws / ".dvcignore"
+    text = path.read_text() if path.exists() else ""
+    if DVCIGNORE not in text.splitlines():
+        path.write_text(f"{text.rstrip()}\n# partitions being written, never data\n{DVCIGNORE}\n".lstrip())
+
+
+def sync_snapshot(state: State, params: Params) -> None:
+    """Copies dvc.yaml, the effective params and the stage packages into the workspace."""
+    ws = state.workspace
+    shutil.copyfile(PROJECT_ROOT / "dvc.yaml", ws / "dvc.yaml")
+    write_params(params, ws / "params.yaml")
+    for package in SNAPSHOT_PACKAGES:
+        target = ws / package
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(PROJECT_ROOT / package, target,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def reproduce(state: State, note: str = "") -> ReproduceResult:
+    """Runs ``dvc repro`` (prepare -> train -> evaluate), commits ``dvc.lock``, pushes outputs.
+
+    Args:
+        state: the state folder; its workspace must have been versioned once.
+        note: appended to the commit message (e.g. the start of the data revision).
+
+    Returns:
+        The workspace commit after the run, ``metrics.json`` and the workspace folder.
+
+    Raises:
+        VersioningError: when there is no workspace yet, or a stage or DVC fails (the stage's
+            output is in the message).
+        common.store.DiskFullError: when the state folder's disk is full.
+    """
+    ws = state.workspace
+    if not (ws / "dvc.yaml").exists():
+        raise VersioningError(f"no DVC workspace at {ws}: run the version_data step first")
+    with workspace_lock(state), disk_full_errors(state.root, "dvc repro"):
+        clear_stale_locks(ws)
+        out = run_dvc(ws, "repro")
+        print(out[-6000:])
+        rev = commit(ws, f"repro: prepare -> train -> evaluate {note}".strip())
+        run_dvc(ws, "push")
+    metrics = json.loads((ws / "metrics.json").read_text())
+    return ReproduceResult(workspace_commit=rev, metrics=metrics, workspace=str(ws))
