@@ -7,15 +7,33 @@ import subprocess
 import sys
 from datetime import timedelta
 
+import pytest
+
 from tests.conftest import PROJECT_ROOT
 
 DAG_ID = "listing_classifier_retraining"
+ROLLBACK_DAG_ID = "listing_classifier_rollback"
+DAGS = PROJECT_ROOT / "dags"
+DAG_FILES = ("listing_classifier_retraining.py", "listing_classifier_rollback.py")
+DEFAULT_RETRIES = 2
+"""Task retries of both DAGs when ``LCP_TASK_RETRIES`` is not set (the deployed value)."""
+PARSE_BOUND_S = 0.75
+"""Bound on the CPU time of executing one DAG file in a fresh interpreter (airflow.sdk and
+pendulum already imported). Measured 2026-12-01 on the 2-core dev box: 0.18-0.28 s CPU for either
+file (six runs); 0.75 s is ~3x that, within CONVENTIONS.md's "well under a second", and far below
+Airflow's dagbag_import_timeout of 30 s. Importing torch or pandas at top level costs seconds.
+CPU time, not wall time: on a shared machine under load 8 the wall time of the same parse
+reached 0.95 s while its CPU time stayed put."""
+PARSE_ATTEMPTS = 3
+"""Fresh processes tried per file; the best counts (a noisy neighbour slows one run, a slow
+import slows every run)."""
 
 
-def test_dagbag_has_no_import_errors_and_the_dag_is_configured(airflow_db):
+def test_dagbag_has_no_import_errors_and_the_dag_is_configured(airflow_db, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+    monkeypatch.delenv("LCP_TASK_RETRIES", raising=False)  # the deployed default, not a test's 0
+    bag = DagBag(dag_folder=str(DAGS))
     assert bag.import_errors == {}
     dag = bag.get_dag(DAG_ID)
     assert dag is not None
@@ -28,27 +46,56 @@ def test_dagbag_has_no_import_errors_and_the_dag_is_configured(airflow_db):
     assert [t.task_id for t in dag.topological_sort()] == [
         "ingest", "validate", "version_data", "train_evaluate", "register", "gate", "needs_approval", "approval",
         "promote", "review"]
+    assert set(dag.tags) == {"ml", "retraining", "listing-classifier"}
+    assert dag.default_args["retries"] == DEFAULT_RETRIES
     for t in dag.tasks:
-        assert t.retries >= 1, t.task_id
+        assert t.retries == DEFAULT_RETRIES, t.task_id
+        assert t.retry_delay >= timedelta(minutes=1)
+
+    rollback = bag.get_dag(ROLLBACK_DAG_ID)
+    assert rollback is not None
+    assert set(rollback.tags) == {"ml", "rollback", "listing-classifier"}
+    assert rollback.schedule is None and rollback.max_active_runs == 1 and rollback.catchup is False
+    assert rollback.default_args["retries"] == DEFAULT_RETRIES
+    assert rollback.tasks
+    for t in rollback.tasks:
+        assert t.retries == DEFAULT_RETRIES, t.task_id
         assert t.retry_delay >= timedelta(minutes=1)
 
 
-def test_dag_file_imports_without_heavy_libraries():
-    """Parsing the DAG file imports none of the heavy libraries (the parse time is printed, not
-    asserted: a timing depends on the machine's load)."""
+def _parse_in_a_fresh_process(dag_file: str) -> dict:
+    """Executes one DAG file in a new interpreter: ``{"seconds", "cpu_seconds", "heavy"}`` (wall and
+    CPU time of the execution, the heavy modules it imported)."""
     code = f"""
 import json, sys, time, runpy
-import airflow.sdk, pendulum  # the DAG file's own dependencies, paid once per parser
+import airflow.sdk, pendulum  # the DAG files' own dependencies, paid once per parser
 before = set(sys.modules)
-t = time.perf_counter()
-runpy.run_path({str(PROJECT_ROOT / "dags" / "listing_classifier_retraining.py")!r})
-took = time.perf_counter() - t
+t, cpu = time.perf_counter(), time.process_time()
+runpy.run_path({str(DAGS / dag_file)!r})
+took, took_cpu = time.perf_counter() - t, time.process_time() - cpu
 heavy = sorted(m for m in set(sys.modules) - before
                if m.split(".")[0] in ("torch", "torchvision", "pandas", "mlflow", "great_expectations", "dvc", "sklearn"))
-print(json.dumps({{"seconds": took, "heavy": heavy}}))
+print(json.dumps({{"seconds": took, "cpu_seconds": took_cpu, "heavy": heavy}}))
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["heavy"] == [], result
-    print(f"[dag parse] {result['seconds'] * 1000:.0f} ms")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES)
+def test_dag_file_imports_fast_without_heavy_libraries(dag_file):
+    """Executing a DAG file imports none of the heavy libraries and costs under
+    :data:`PARSE_BOUND_S` of CPU (best of :data:`PARSE_ATTEMPTS` fresh processes)."""
+    runs = []
+    for _ in range(PARSE_ATTEMPTS):
+        result = _parse_in_a_fresh_process(dag_file)
+        assert result["heavy"] == [], result
+        runs.append(result)
+        if result["cpu_seconds"] < PARSE_BOUND_S:
+            break
+    print(f"[dag parse] {dag_file}: " + ", ".join(f"{r['cpu_seconds'] * 1000:.0f} ms CPU "
+                                                   f"({r['seconds'] * 1000:.0f} ms wall)" for r in runs))
+    best = min(r["cpu_seconds"] for r in runs)
+    assert best < PARSE_BOUND_S, (f"{dag_file} took {best:.2f} s of CPU at best of {len(runs)} fresh "
+                                  f"processes (bound {PARSE_BOUND_S} s)")

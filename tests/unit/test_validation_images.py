@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import resource
+import json
 import struct
-import time
+import subprocess
+import sys
 import unicodedata
 import zlib
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from common.params import ValidateParams
+from tests.conftest import PROJECT_ROOT
 from validation.images import check_image, resolve_image
 
 PARAMS = ValidateParams()
@@ -93,18 +95,57 @@ def test_too_small_refused(batch: Path) -> None:
     assert check_image(batch, "images/thin.png", PARAMS)[0] == "image_too_small: 8x100"
 
 
+_PEAK_PROBE = """
+import json, resource, sys, time
+from pathlib import Path
+from common.params import ValidateParams
+from PIL import Image
+from validation.images import check_image
+Image.init()  # Pillow registers its format plugins once per process: not the check's time
+batch, key, params = Path(sys.argv[1]), sys.argv[2], ValidateParams.model_validate_json(sys.argv[3])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: this process's peak so far
+start = time.perf_counter()
+error, sha, _ = check_image(batch, key, params)
+seconds = time.perf_counter() - start
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps({"error": error, "sha": sha, "seconds": seconds, "grown_kib": grown}))
+"""
+BOMB_PEAK_BOUND_KIB = 100 * 1024
+"""Peak RSS growth allowed while refusing the bomb: decoding it takes >= 400 MB (one byte per
+pixel in mode "1"), reading its header a few KB."""
+
+
+def _check_image_in_a_fresh_process(batch: Path, key: str, params: ValidateParams) -> dict:
+    """check_image in a new interpreter, with the growth of that process's own peak RSS.
+
+    ``ru_maxrss`` is a process's all-time peak: in the test process, earlier tests have already
+    pushed it above what one decode adds, so the probe runs where nothing else ran.
+    """
+    proc = subprocess.run([sys.executable, "-c", _PEAK_PROBE, str(batch), key, params.model_dump_json()],
+                          capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_decompression_bomb_refused_from_the_header(batch: Path) -> None:
     """A valid 50 KB PNG that decodes to 400 MB must be refused from its header, undecoded."""
     path = batch / "images" / "bomb.png"
     path.write_bytes(_one_bit_png(20_000, 20_000))
     assert path.stat().st_size < 100_000
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    start = time.perf_counter()
-    error, sha, _ = check_image(batch, "images/bomb.png", PARAMS)
-    assert error == "image_too_large: 20000x20000" and sha is None
-    assert time.perf_counter() - start < 1.0
-    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
-    assert grown_kib < 100 * 1024, f"peak memory grew by {grown_kib} KiB: the image was decoded"
+    bomb = _check_image_in_a_fresh_process(batch, "images/bomb.png", PARAMS)
+    assert bomb["error"] == "image_too_large: 20000x20000" and bomb["sha"] is None
+    assert bomb["grown_kib"] < BOMB_PEAK_BOUND_KIB, f"peak memory grew by {bomb['grown_kib']} KiB: the image was decoded"
+    assert bomb["seconds"] < 1.0
+
+
+def test_the_peak_memory_probe_sees_a_decode(batch: Path) -> None:
+    """The probe above can fail: an 8000 x 8000 1-bit PNG under a raised limit is decoded (64 MB
+    in mode "1", 192 MB as RGB) and its growth exceeds the bomb's bound."""
+    (batch / "images" / "big.png").write_bytes(_one_bit_png(8_000, 8_000))
+    decoded = _check_image_in_a_fresh_process(batch, "images/big.png",
+                                              PARAMS.model_copy(update={"max_image_pixels": 10**8}))
+    assert decoded["error"].startswith("image_blank")  # decoded all the way to the blank check
+    assert decoded["grown_kib"] > BOMB_PEAK_BOUND_KIB, decoded
 
 
 def test_limit_comes_from_params(batch: Path) -> None:
