@@ -3,12 +3,13 @@
 Builds the model ``params.yaml`` describes (fused by default: image + text + structured
 branches) over a workspace's prepared training split and times ``--steps`` training steps
 (after ``--warmup`` untimed ones) phase by phase, the way ``training.train.train_one_epoch``
-runs them: ``BatchSource`` + ``to_device``, the forward pass under the run's autocast, the
-level loss, ``zero_grad(set_to_none=True)`` + backward, and the optimizer step. It does so
+runs them: ``training.data.ListingDataset`` (train preset) + ``to_device``, the forward pass
+under the run's autocast, the level loss, ``zero_grad(set_to_none=True)`` + backward, and the
+optimizer step. It does so
 for two optimizers, each on a freshly built model with the same seed (the data is read once),
 alternating ``--rounds`` times so that a noisy machine affects both alike:
 
-- ``fused``: ``training.train.make_optimizer`` (AdamW with PyTorch's fused kernel on CPU/CUDA);
+- ``fused``: ``training.optim.make_optimizer`` (AdamW with PyTorch's fused kernel on CPU/CUDA);
 - ``for-loop``: ``torch.optim.AdamW(..., foreach=False)``, PyTorch's default on CPU, one
   parameter tensor at a time.
 
@@ -46,8 +47,8 @@ def load_workspace(workspace: Path) -> tuple:
         ``(TrainParams, labels, LabelTree, Split)``, read once and shared by every round.
     """
     from common.params import load_params
+    from training.data import load_split
     from training.hierarchy import LabelTree
-    from training.train import load_split
 
     cfg = load_params(workspace / "params.yaml").train
     prepared = workspace / "data" / "prepared"
@@ -75,8 +76,12 @@ def time_steps(loaded: tuple, optimizer_kind: str, bf16: bool, steps: int, warmu
     Raises:
         ValueError: when the split has fewer than ``(warmup + steps) * batch_size`` listings.
     """
+    from training.data import ListingDataset, to_device
     from training.model import build_model
-    from training.train import BatchSource, _autocast, _param_groups, make_optimizer, to_device
+    from training.optim import make_optimizer, param_groups
+    from training.precision import autocast
+    from training.presets import TrainPreset
+    from training.sampler import BatchIndex
 
     cfg, labels, tree, split = loaded
     device = torch.device("cpu")
@@ -88,20 +93,20 @@ def time_steps(loaded: tuple, optimizer_kind: str, bf16: bool, steps: int, warmu
     if optimizer_kind == "fused":
         optimizer = make_optimizer(model, cfg, device)
     else:
-        optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, foreach=False)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, foreach=False)
     dtype = torch.bfloat16 if bf16 else None
     n = cfg.batch_size
     if len(split) < n * (warmup + steps):
         raise ValueError(f"{len(split)} training listings, {n * (warmup + steps)} needed")
+    dataset = ListingDataset(split, TrainPreset(0.5, cfg.crop_padding), model.image_encoder is not None,
+                             cfg.channels_last)
     totals = dict.fromkeys(PHASES, 0.0)
     for step in range(warmup + steps):
         t0 = time.perf_counter()
         index = torch.arange(step * n, (step + 1) * n)
-        *inputs, targets = to_device(
-            BatchSource(split, [index], [torch.zeros(n, dtype=torch.bool)], model.image_encoder is not None)[0],
-            device, cfg.channels_last)
+        *inputs, targets = to_device(dataset[BatchIndex(index, torch.arange(n), n, seed=step)], device)
         t1 = time.perf_counter()
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             level_logits = model(*inputs)
         loss = model.level_loss(level_logits, tree.level_targets(targets), criterion, denominator=n)
         t2 = time.perf_counter()

@@ -4,9 +4,10 @@ Both train the same model (``training.model.ListingClassifier``, image branch on
 comparison is about feeding images) with the same optimizer, batch size and image size, on the
 same listings, in one process, one after the other:
 
-- **ours**: the train stage's own batches (``training.train.batch_loader``): the prepare
-  stage's uint8 image cache (memory-mapped ``.npy``), sliced, flipped and normalised (no JPEG
-  decoding during epochs).
+- **ours**: the train stage's own loader (``training.data.make_loader`` over a
+  ``ListingDataset`` with the train preset and an ``EpochBatchSampler``): the prepare stage's
+  uint8 image cache (memory-mapped ``.npy``), sliced, flipped and normalised (no JPEG decoding
+  during epochs).
 - **reference**: a ``torchvision.datasets.ImageFolder`` over the original JPEG files (one folder
   per class, symlinks) with ``Resize`` + ``RandomHorizontalFlip`` + ``ToTensor`` + ``Normalize``,
   read by a ``DataLoader`` with ``--workers`` worker processes, as in torchvision's
@@ -17,7 +18,7 @@ process (``resource.getrusage``, KiB on Linux) after each phase; also the input 
 (no model), which is what the cache changes: at small image sizes on a CPU the model's compute
 bounds the end-to-end ratio. ``--bf16`` adds our pipeline with CPU bf16 autocast. Last,
 ``ours_as_trained`` is our pipeline as the train stage runs it: its optimizer
-(``training.train.make_optimizer``, fused AdamW) and, with ``--bf16``, bf16 autocast; the
+(``training.optim.make_optimizer``, fused AdamW) and, with ``--bf16``, bf16 autocast; the
 reference keeps the optimizer torchvision's reference script builds for ``--opt adamw``
 (``torch.optim.AdamW`` with its defaults: the for-loop implementation on CPU).
 
@@ -64,30 +65,51 @@ def _step(model: nn.Module, optimizer, criterion, images: torch.Tensor, targets:
     optimizer.step()
 
 
-def bench_ours(prepared: Path, labels: list[str], args, bf16: bool = False, fused: bool = False) -> float:
-    """Images/s of training with the train stage's own batches (``training.train.batch_loader``
-    over the prepare stage's memory-mapped uint8 cache, flips included). ``fused``: the train
-    stage's optimizer (``training.train.make_optimizer``, fused AdamW) instead of the
-    reference's ``torch.optim.AdamW`` defaults."""
+def _our_batches(loader, steps: int):
+    """The first ``steps`` batches of a train loader, over as many epochs as it takes."""
+    step, epoch = 0, 0
+    while step < steps:
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            yield batch
+            step += 1
+            if step >= steps:
+                return
+        epoch += 1
+
+
+def _our_loader(prepared: Path, labels: list[str], args, workers: int):
+    """The train stage's loader over the training split, image branch only, flips included;
+    returns ``(loader, TrainParams)``."""
     from common.params import TrainParams
-    from training.train import batch_loader, load_split, make_optimizer, to_device
+    from training.data import ListingDataset, load_split, make_loader
+    from training.presets import TrainPreset
+    from training.sampler import EpochBatchSampler
 
     cfg = TrainParams(branches="image", text_buckets=1024, lr=1e-3)
     split = load_split(prepared, "train", labels, cfg)
+    return make_loader(ListingDataset(split, TrainPreset(0.5)),
+                       EpochBatchSampler(split.targets, args.batch_size, seed=0), workers,
+                       torch.device("cpu")), cfg
+
+
+def bench_ours(prepared: Path, labels: list[str], args, bf16: bool = False, fused: bool = False) -> float:
+    """Images/s of training with the train stage's own loader (over the prepare stage's
+    memory-mapped uint8 cache, flips included). ``fused``: the train stage's optimizer
+    (``training.optim.make_optimizer``, fused AdamW) instead of the reference's
+    ``torch.optim.AdamW`` defaults."""
+    from training.data import to_device
+    from training.optim import make_optimizer
+
+    loader, cfg = _our_loader(prepared, labels, args, args.our_workers)
     torch.manual_seed(0)
     model = _model(len(labels), args.backbone)
     optimizer = (make_optimizer(model, cfg, torch.device("cpu")) if fused
                  else torch.optim.AdamW(model.parameters(), lr=1e-3))
     criterion = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(0)
-    steps = args.warmup + args.batches
-    order = torch.randperm(len(split), generator=generator).repeat(steps * args.batch_size // len(split) + 1)
-    batches = [order[i * args.batch_size:(i + 1) * args.batch_size] for i in range(steps)]
-    flips = [torch.rand(len(b), generator=generator) < 0.5 for b in batches]
     model.train()
     seen, t0 = 0, 0.0
-    loader = batch_loader(split, batches, flips, True, args.our_workers, torch.device("cpu"))
-    for step, batch in enumerate(loader):
+    for step, batch in enumerate(_our_batches(loader, args.warmup + args.batches)):
         if step == args.warmup:
             seen, t0 = 0, time.perf_counter()
         images, *_, targets = to_device(batch, torch.device("cpu"))
@@ -98,17 +120,11 @@ def bench_ours(prepared: Path, labels: list[str], args, bf16: bool = False, fuse
 
 def bench_feeding(prepared: Path, listings: Path, labels: list[str], size: int, args) -> dict:
     """Images/s of the input pipelines alone (no model): our batch assembly vs. the reference
-    DataLoader, the same number of batches."""
-    from common.params import TrainParams
-    from training.train import batch_loader, load_split
-
-    split = load_split(prepared, "train", labels, TrainParams(branches="image", text_buckets=1024))
-    n = min(len(split), args.batch_size * args.batches)
-    batches = list(torch.randperm(len(split))[:n].split(args.batch_size))
-    t0 = time.perf_counter()
-    for _batch in batch_loader(split, batches, [torch.rand(len(b)) < 0.5 for b in batches], True, 0,
-                               torch.device("cpu")):
-        pass
+    DataLoader, about the same number of images (at most one epoch of ours)."""
+    loader, _ = _our_loader(prepared, labels, args, 0)
+    t0, n = time.perf_counter(), 0
+    for batch in _our_batches(loader, min(len(loader), args.batches)):
+        n += len(batch[-1])
     ours = n / (time.perf_counter() - t0)
     loader, cleanup = _reference_loader(listings, prepared, labels, size, args)
     try:

@@ -10,7 +10,7 @@ NCHW tensors. Shape of the presets follows torchvision's ``references/classifica
 from __future__ import annotations
 
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -97,29 +97,74 @@ def pad_crop(images: torch.Tensor, offsets: torch.Tensor, padding: int) -> torch
     return out.contiguous(memory_format=torch.channels_last)
 
 
+class AugmentParams(NamedTuple):
+    """The random draws of :class:`TrainPreset` for a batch, one row per image.
+
+    Attributes:
+        flip: bool ``(N,)``, which images are flipped horizontally.
+        crop: int64 ``(N, 2)`` crop origins for :func:`pad_crop`; None: no translation.
+    """
+
+    flip: torch.Tensor
+    crop: torch.Tensor | None = None
+
+    def select(self, index: torch.Tensor) -> AugmentParams:
+        """The draws of the images at ``index`` (int64), in that order."""
+        return AugmentParams(self.flip[index], None if self.crop is None else self.crop[index])
+
+
 class EvalPreset:
     """Evaluation and serving transform: normalisation only (images are already resized)."""
 
-    def __call__(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def get_params(self, n: int, generator: torch.Generator | None = None) -> None:
+        """No random draws (the same interface as :meth:`TrainPreset.get_params`)."""
+        return None
+
+    def __call__(self, images: np.ndarray | torch.Tensor, params: None = None) -> torch.Tensor:
+        """uint8 ``(N, S, S, 3)`` -> float32 ``(N, 3, S, S)``, see :func:`to_tensor_batch`."""
         return to_tensor_batch(images)
 
 
 class TrainPreset:
-    """Training transform: random horizontal flip (p per image), then :class:`EvalPreset`.
+    """Training transform: :class:`EvalPreset`, a random horizontal flip (``hflip_prob`` per
+    image), then, with ``crop_padding``, a random translation (:func:`pad_crop`).
+
+    The draws are made by :meth:`get_params` (as torchvision's ``RandomResizedCrop.get_params``)
+    so that a caller can draw them for a whole global batch from a seeded generator and hand each
+    rank the rows of its share (see ``training.data.ListingDataset``).
 
     Args:
         hflip_prob: probability of flipping each image.
-        generator: optional torch generator, for reproducible augmentation.
+        crop_padding: pixels of :func:`pad_crop`'s padding; 0: no translation.
+        generator: torch generator of the draws when ``__call__`` is given none.
     """
 
-    def __init__(self, hflip_prob: float = 0.5, generator: torch.Generator | None = None) -> None:
+    def __init__(self, hflip_prob: float = 0.5, crop_padding: int = 0,
+                 generator: torch.Generator | None = None) -> None:
         self.hflip_prob = hflip_prob
+        self.crop_padding = crop_padding
         self.generator = generator
 
-    def __call__(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def get_params(self, n: int, generator: torch.Generator | None = None) -> AugmentParams:
+        """Draws the flips, then the crop origins (in ``[0, 2 * crop_padding]``), of ``n`` images."""
+        flip = torch.rand(n, generator=generator) < self.hflip_prob
+        crop = (torch.randint(0, 2 * self.crop_padding + 1, (n, 2), generator=generator)
+                if self.crop_padding > 0 else None)
+        return AugmentParams(flip, crop)
+
+    def __call__(self, images: np.ndarray | torch.Tensor,
+                 params: AugmentParams | None = None) -> torch.Tensor:
+        """uint8 ``(N, S, S, 3)`` -> float32 ``(N, 3, S, S)`` channels_last, augmented.
+
+        Args:
+            images: the batch.
+            params: the draws for these images; None: drawn now from ``self.generator``.
+        """
         x = to_tensor_batch(images)
-        if self.hflip_prob > 0:
-            flip = torch.rand(x.shape[0], generator=self.generator) < self.hflip_prob
-            if flip.any():
-                x[flip] = x[flip].flip(-1)
+        if params is None:
+            params = self.get_params(len(x), self.generator)
+        if params.flip.any():
+            x[params.flip] = x[params.flip].flip(-1)
+        if params.crop is not None:
+            x = pad_crop(x, params.crop, self.crop_padding)
         return x

@@ -28,6 +28,7 @@ from common.catalog import split_path
 from common.params import TrainParams
 from training.model import ListingClassifier, build_model
 from training.presets import EvalPreset, load_image
+from training.text import encode_listings
 
 IMAGE_ROOT_ENV = "LCP_SERVING_IMAGE_ROOT"
 """Environment variable: when set, the served model reads ``image_path`` only inside this folder
@@ -128,8 +129,6 @@ def predict_paths(
             missing for a model with an image branch, or an image cannot be read (missing file,
             not an image, corrupt, decompression bomb); the message names the row (0-based).
     """
-    from training.train import encode_listings
-
     loaded = checkpoint if isinstance(checkpoint, LoadedClassifier) else load_checkpoint(checkpoint)
     if not isinstance(listings, pd.DataFrame):
         listings = pd.DataFrame({"title": list(listings)})

@@ -18,8 +18,14 @@ import math
 import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from common.params import TrainParams
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 
@@ -160,6 +166,28 @@ def encode_fields(rows: Sequence[Mapping[str, object]], fields: Sequence[str], b
     """
     ids, offsets = _bags((field_tokens(r, fields) for r in rows), buckets)
     return ids, offsets, price_features([r.get("price") for r in rows])
+
+
+def encode_listings(frame: pd.DataFrame, cfg: TrainParams
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Text and structured inputs of listings, as the model reads them in training and serving.
+
+    Args:
+        frame: N listings with ``title`` and optionally ``description``, ``price`` and the
+            categorical fields ``cfg.fields`` (columns or keys of an ``attributes`` JSON column).
+        cfg: the ``train`` params group (``text_buckets``, ``description_words``,
+            ``char_ngrams``, ``fields``, ``field_buckets``).
+
+    Returns:
+        ``(ids, offsets, field_ids, field_offsets, numeric)``: int64 text bags of
+        :func:`encode_texts`, then int64 field bags and float32 ``(N, 2)`` of :func:`encode_fields`.
+    """
+    descriptions = frame["description"].tolist() if "description" in frame.columns else None
+    ids, offsets = encode_texts(frame["title"].tolist(), descriptions, cfg.text_buckets,
+                                cfg.description_words, cfg.char_ngrams)
+    field_ids, field_offsets, numeric = encode_fields(frame.to_dict("records"), cfg.fields,
+                                                      cfg.field_buckets)
+    return ids, offsets, field_ids, field_offsets, numeric
 
 
 def encode_titles(titles: Iterable[str], buckets: int) -> tuple[torch.Tensor, torch.Tensor]:

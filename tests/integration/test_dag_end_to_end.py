@@ -143,7 +143,7 @@ def test_lineage_tags_on_every_version(pipeline):
         import torch
         from mlflow.artifacts import load_dict
 
-        from training.train import BF16_MIN_SPEEDUP, cpu_has_native_bf16
+        from training.precision import BF16_MIN_SPEEDUP, cpu_has_native_bf16
         # amp: auto. On a CPU with native bf16 the run measured both precisions and kept bf16
         # only when clearly faster; the figures travel with the run (training/train_log.json).
         probe = load_dict(f"{run.info.artifact_uri}/training/train_log.json")["precision_probe"]

@@ -124,7 +124,7 @@ def test_train_resumes_finished_run_without_retraining(workspace):
     ws, params, _ = workspace
     before = (ws / "models" / "model.pt").stat().st_mtime_ns
     log = train(ws, params)
-    assert len(log["epochs"]) == 2
+    assert len(log["epochs"]) == 2 and log["epochs_run"] == []
     assert (ws / "models" / "model.pt").stat().st_mtime_ns == before
 
 
@@ -319,7 +319,9 @@ def test_min_steps_and_no_early_stop_while_the_learning_rate_rises(workspace, tm
 
 def test_killed_training_resumes_from_its_last_checkpoint(workspace, tmp_path):
     """The train CLI is killed (SIGKILL) once an epoch's checkpoint is on disk; the retry
-    continues from the next epoch and ends where an uninterrupted run ends."""
+    continues from the next epoch and ends where an uninterrupted run ends. It trains only the
+    epochs the killed run had not finished: a retry that retrained from scratch would end at the
+    same losses (the run is deterministic), so the epochs it ran are checked too."""
     import os
     import signal
     import subprocess
@@ -344,10 +346,14 @@ def test_killed_training_resumes_from_its_last_checkpoint(workspace, tmp_path):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"]
+    at_kill = torch.load(ckpt, map_location="cpu", weights_only=True)
+    done = at_kill["epoch"]
     assert done < 3, "the run finished before it could be killed"
     log = train(killed, params)
     assert [h["epoch"] for h in log["epochs"]] == [0, 1, 2, 3]
+    assert log["epochs_run"] == list(range(done + 1, 4))  # the finished epochs were not run again
+    # their entries are the killed run's own (a re-run would have timed them anew)
+    assert log["epochs"][:done + 1] == at_kill["history"] and len(at_kill["history"]) == done + 1
     reference = train(whole, params)
     for a, b in zip(log["epochs"], reference["epochs"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
@@ -381,28 +387,82 @@ def test_weight_ema_is_what_is_evaluated_and_kept(workspace, tmp_path):
         log["epochs"][-1]["val_business_weighted_score"], abs=1e-9)
 
 
+# Runs the train CLI with a spy that writes, per rank, the epochs set on the training sampler
+# and the rows of every training batch the dataset assembled (argv[1]: the spy's folder).
+_ROW_SPY = """
+import json, os, sys
+import training.data, training.sampler
+out = open(os.path.join(sys.argv.pop(1), f"rows_rank{os.environ.get('RANK', '0')}.jsonl"), "a")
+set_epoch, getitem = training.sampler.EpochBatchSampler.set_epoch, training.data.ListingDataset.__getitem__
+def spy_set_epoch(self, epoch):
+    out.write(json.dumps({"epoch": epoch}) + "\\n")
+    out.flush()
+    set_epoch(self, epoch)
+def spy_getitem(self, batch):
+    if self.split.name == "train":
+        out.write(json.dumps({"rows": batch.rows.tolist()}) + "\\n")
+        out.flush()
+    return getitem(self, batch)
+training.sampler.EpochBatchSampler.set_epoch = spy_set_epoch
+training.data.ListingDataset.__getitem__ = spy_getitem
+from training.train import main
+main()
+"""
+
+
+def _rows_per_epoch(path: Path) -> dict[int, list[int]]:
+    """The spy's record of one rank: epoch -> the training rows it read, in order."""
+    epochs: dict[int, list[int]] = {}
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        if "epoch" in entry:
+            epoch = epochs.setdefault(entry["epoch"], [])
+        else:
+            epoch.extend(entry["rows"])
+    return epochs
+
+
 def test_ddp_with_two_gloo_processes_matches_one_process(workspace, tmp_path):
     """``torchrun --nproc_per_node 2`` (gloo, CPU) trains the same model as one process: each
     rank takes half of every global batch and DDP averages the gradients. The text model (no
     BatchNorm, no dropout, fp32 even on a CPU with bf16) makes the two runs equal up to float
-    summation order."""
+    summation order. Equal weights alone would not show the split (ranks that each trained on
+    whole batches would average the same gradients), so a spy records the rows each rank read:
+    every epoch, the two ranks' rows are disjoint, cover the training split, and are each half."""
     import subprocess
     import sys
 
     import torch
+
+    from training.sampler import EpochBatchSampler
 
     ws, params, _ = workspace
     params = params.with_overrides({"train": {"branches": "text", "epochs": 2, "dropout": 0.0,
                                               "num_threads": 1, "deterministic": True, "amp": False}})
     ddp = _copy_prepared(ws, tmp_path / "ddp", params)
     single = _copy_prepared(ws, tmp_path / "single", params)
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    (tmp_path / "spy.py").write_text(_ROW_SPY)
+    root = Path(__file__).resolve().parents[2]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node", "2", "-m", "training.train",
+                          "--nproc_per_node", "2", str(tmp_path / "spy.py"), str(tmp_path),
                           "--params", str(ddp / "params.yaml"), "--workspace", str(ddp)],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "world 2" in out.stdout
+    n = len(pd.read_parquet(ddp / "data" / "prepared" / "train.parquet"))
+    steps = -(-n // params.train.batch_size)
+    seen = [_rows_per_epoch(tmp_path / f"rows_rank{r}.jsonl") for r in (0, 1)]
+    assert list(seen[0]) == list(seen[1]) == [0, 1]
+    for epoch in (0, 1):
+        rows = [seen[r][epoch] for r in (0, 1)]
+        assert sorted(rows[0] + rows[1]) == list(range(n)), f"epoch {epoch}: not one share each"
+        assert all(abs(len(r) - n / 2) <= steps for r in rows)  # half, within one row per batch
+        for rank in (0, 1):  # each rank's share is the one its sampler gives it
+            expected = EpochBatchSampler(torch.zeros(n, dtype=torch.long), params.train.batch_size,
+                                         seed=params.train.seed, rank=rank, world_size=2)
+            expected.set_epoch(epoch)
+            assert rows[rank] == torch.cat([b.rows for b in expected]).tolist()
     subprocess.run([sys.executable, "-m", "training.train", "--params", str(single / "params.yaml"),
                     "--workspace", str(single)], check=True, capture_output=True, env=env, timeout=600)
     a = torch.load(ddp / "models" / "model.pt", map_location="cpu", weights_only=True)

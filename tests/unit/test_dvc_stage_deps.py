@@ -43,3 +43,14 @@ def test_every_module_a_stage_imports_is_one_of_its_deps(stage):
     files = {f"{m.replace('.', '/')}.py" for m in _closure(module)}
     missing = sorted(files - set(STAGES[stage]["deps"]))
     assert not missing, f"dvc.yaml stage {stage!r} imports {missing} but does not list them as deps"
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_no_stage_lists_a_project_module_it_does_not_import(stage):
+    """The other way round: a stale dep (evaluate once listed training/train.py, which it does
+    not import) re-runs the stage, and invalidates its cached outputs, for nothing."""
+    module = STAGES[stage]["cmd"].split("-m ", 1)[1].split()[0]
+    files = {f"{m.replace('.', '/')}.py" for m in _closure(module)}
+    listed = {d for d in STAGES[stage]["deps"] if d.endswith(".py") and d.split("/")[0] in LOCAL}
+    extra = sorted(listed - files)
+    assert not extra, f"dvc.yaml stage {stage!r} lists {extra} as deps but does not import them"

@@ -77,20 +77,42 @@ def test_pad_crop_translates_each_image_by_its_own_offset():
         pad_crop(images, torch.tensor([[0, 5], [0, 0]]), 2)
 
 
+def _split(images: np.ndarray, targets: torch.Tensor | None = None):
+    from training.data import Split
+
+    n = len(images)
+    zeros = torch.zeros(n, dtype=torch.long)
+    return Split(images, None, zeros, torch.arange(n), zeros, torch.arange(n), torch.zeros(n, 2),
+                 zeros if targets is None else targets, pd.DataFrame())
+
+
 def test_training_batches_flip_then_translate_each_listing_by_its_own_draw():
-    from training.train import BatchSource, Split
+    """The train preset draws flips, then crops, for the whole global batch from the batch's
+    seed; each listing gets the draw of its place in the global batch, whichever rank reads it."""
+    from training.data import ListingDataset
+    from training.presets import AugmentParams, EvalPreset, TrainPreset
+    from training.sampler import BatchIndex
 
     images = np.random.default_rng(1).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
-    zeros = torch.zeros(5, dtype=torch.long)
-    split = Split(images, None, zeros, torch.arange(5), zeros, torch.arange(5), torch.zeros(5, 2), zeros,
-                  pd.DataFrame())
-    index, flips = torch.tensor([3, 0, 4]), torch.tensor([True, False, False])
-    crops = torch.tensor([[0, 4], [2, 2], [4, 0]])
-    got = BatchSource(split, [index], [flips], True, [crops], 2)[0][0]
-    x = to_tensor_batch(images[[0, 3, 4]])  # the source reads rows in sorted order: 0, 3, 4
-    x[1] = x[1].flip(-1)  # row 3 is flipped
-    assert torch.allclose(got, pad_crop(x, crops[[1, 0, 2]], 2))
-    assert torch.allclose(BatchSource(split, [index], None, True)[0][0], to_tensor_batch(images[[0, 3, 4]]))
+    preset = TrainPreset(0.5, crop_padding=2)
+    dataset = ListingDataset(_split(images), preset, True)
+    # this rank reads places 1, 3, 4 of a global batch of 5 (rows 3, 0, 4 there)
+    batch = BatchIndex(torch.tensor([3, 0, 4]), torch.tensor([1, 3, 4]), 5, seed=7)
+    drawn = preset.get_params(5, torch.Generator().manual_seed(7))
+    got = dataset[batch][0]
+    mine = drawn.select(torch.tensor([3, 1, 4]))  # the source reads rows in sorted order: 0, 3, 4
+    assert torch.allclose(got, preset(images[[0, 3, 4]], mine))
+    x = to_tensor_batch(images[[0, 3, 4]])
+    for i in range(3):
+        if mine.flip[i]:
+            x[i] = x[i].flip(-1)
+    assert torch.allclose(got, pad_crop(x, mine.crop, 2))
+    fixed = AugmentParams(torch.tensor([False, True, False]), torch.tensor([[0, 4], [2, 2], [4, 0]]))
+    x = to_tensor_batch(images[[0, 3, 4]])
+    x[1] = x[1].flip(-1)
+    assert torch.allclose(preset(images[[0, 3, 4]], fixed), pad_crop(x, fixed.crop, 2))
+    plain = ListingDataset(_split(images), EvalPreset(), True)[BatchIndex.of(torch.tensor([3, 0, 4]))][0]
+    assert torch.allclose(plain, to_tensor_batch(images[[0, 3, 4]]))
 
 
 def _write_train_split(folder, images: np.ndarray) -> None:
@@ -105,27 +127,37 @@ def _write_train_split(folder, images: np.ndarray) -> None:
 
 
 def test_worker_processes_assemble_the_same_batches_as_the_training_process(tmp_path):
-    """``train.workers > 0`` (the CUDA setting) ships the batch source to DataLoader worker
-    processes, which re-open the memory-mapped image cache: they must yield what the training
-    process assembles itself, in the same order (flips and translations included)."""
-    from training.train import batch_loader, load_split
+    """``train.workers > 0`` (the CUDA setting) ships the dataset to persistent DataLoader worker
+    processes, which re-open the memory-mapped image cache: over epochs set on the sampler they
+    must yield what the training process assembles itself, in the same order (flips and
+    translations included), and leave the global RNG (dropout's) alone."""
+    from training.data import ListingDataset, load_split, make_loader
+    from training.presets import TrainPreset
+    from training.sampler import EpochBatchSampler
 
     n = 40
     _write_train_split(tmp_path, np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8))
     split = load_split(tmp_path, "train", LEAVES, TrainParams(text_buckets=1024))
     assert isinstance(split.images, np.memmap)
-    g = torch.Generator().manual_seed(0)
-    batches = list(torch.randperm(n, generator=g).split(16))
-    flips = [torch.rand(len(b), generator=g) < 0.5 for b in batches]
-    crops = [torch.randint(0, 5, (len(b), 2), generator=g) for b in batches]
     cpu = torch.device("cpu")
-    here = list(batch_loader(split, batches, flips, True, 0, cpu, crops, 2))
-    there = list(batch_loader(split, batches, flips, True, 2, cpu, crops, 2))
-    assert len(here) == len(there) == 3
-    for a, b in zip(here, there, strict=True):
-        assert [tuple(t.shape) for t in a] == [tuple(t.shape) for t in b]
-        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    assert not torch.equal(here[0][0], here[1][0][:16])
+    torch.manual_seed(0)
+    untouched = torch.rand(3)
+    epochs = {}
+    for workers in (0, 2):
+        loader = make_loader(ListingDataset(split, TrainPreset(0.5, crop_padding=2)),
+                             EpochBatchSampler(split.targets, 16, seed=3), workers, cpu)
+        torch.manual_seed(0)
+        epochs[workers] = []
+        for epoch in (0, 1):
+            loader.sampler.set_epoch(epoch)
+            epochs[workers].append(list(loader))
+        assert torch.equal(torch.rand(3), untouched)
+    for here, there in zip(epochs[0], epochs[2], strict=True):
+        assert len(here) == len(there) == 3
+        for a, b in zip(here, there, strict=True):
+            assert [tuple(t.shape) for t in a] == [tuple(t.shape) for t in b]
+            assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(epochs[0][0][0][0], epochs[0][1][0][0])  # another epoch, other rows
 
 
 def test_the_batch_source_pickles_without_its_images_for_spawned_workers(tmp_path):
@@ -135,29 +167,31 @@ def test_the_batch_source_pickles_without_its_images_for_spawned_workers(tmp_pat
     and re-open it in the worker, yielding the same batches."""
     import pickle
 
-    from training.train import BatchSource, load_split
+    from training.data import ListingDataset, load_split
+    from training.sampler import EpochBatchSampler
 
     n = 40
     images = np.random.default_rng(0).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
     _write_train_split(tmp_path, images)
     split = load_split(tmp_path, "train", LEAVES, TrainParams(text_buckets=1024))
-    batches = list(torch.randperm(n, generator=torch.Generator().manual_seed(0)).split(16))
-    source = BatchSource(split, batches, None, True)
-    expected = [source[i] for i in range(len(source))]
-    blob = pickle.dumps(source)
+    sampler = EpochBatchSampler(split.targets, 16, seed=0)
+    dataset = ListingDataset(split)
+    expected = [dataset[b] for b in sampler]
+    blob = pickle.dumps(dataset)
     assert len(blob) < images.nbytes / 4  # the 491,520 image bytes stay out of the pickle
     assert split.images is not None  # the training process keeps its own memmap
-    loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=1,
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=1,
                                          multiprocessing_context="spawn")
     for a, b in zip(expected, loader, strict=True):
         assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    assert all(torch.equal(x, y) for x, y in zip(expected[0], pickle.loads(blob)[0], strict=True))
+    first = next(iter(sampler))
+    assert all(torch.equal(x, y) for x, y in zip(expected[0], pickle.loads(blob)[first], strict=True))
 
 
 def test_bf16_autocast_on_cpu_only_with_native_bf16_instructions():
     from pathlib import Path
 
-    from training.train import _autocast, autocast_dtype, cpu_has_native_bf16
+    from training.precision import autocast, autocast_dtype, cpu_has_native_bf16
 
     cpu = torch.device("cpu")
     cpuinfo = Path("/proc/cpuinfo")
@@ -169,7 +203,7 @@ def test_bf16_autocast_on_cpu_only_with_native_bf16_instructions():
     assert autocast_dtype(cpu, False) is None
     assert autocast_dtype(torch.device("cuda"), True) == torch.bfloat16
     model, _ = build_model(LEAVES, TrainParams(backbone="resnet18", branches="image", weights="none"))
-    with torch.no_grad(), _autocast(cpu, autocast_dtype(cpu, True)):
+    with torch.no_grad(), autocast(cpu, autocast_dtype(cpu, True)):
         logits = model.eval()(torch.zeros(2, 3, 32, 32), None, None)[-1]
     assert logits.dtype == (torch.bfloat16 if native else torch.float32)
 
@@ -179,7 +213,7 @@ def _never() -> dict:
 
 
 def test_amp_auto_keeps_bf16_on_a_cpu_only_when_measured_clearly_faster():
-    from training.train import BF16_MIN_SPEEDUP, cpu_has_native_bf16, resolve_precision
+    from training.precision import BF16_MIN_SPEEDUP, cpu_has_native_bf16, resolve_precision
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     native = cpu_has_native_bf16()
@@ -200,13 +234,11 @@ def test_amp_auto_keeps_bf16_on_a_cpu_only_when_measured_clearly_faster():
 
 def test_precision_probe_times_both_precisions_and_leaves_the_model_and_rng_alone():
     from training.hierarchy import LabelTree
-    from training.train import Split, measure_precisions
+    from training.precision import measure_precisions
 
     n = 6
     images = np.random.default_rng(2).integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
-    zeros = torch.zeros(n, dtype=torch.long)
-    split = Split(images, None, zeros, torch.arange(n), zeros, torch.arange(n), torch.zeros(n, 2),
-                  torch.arange(n) % len(LEAVES), pd.DataFrame())
+    split = _split(images, torch.arange(n) % len(LEAVES))
     cfg = TrainParams(backbone="resnet18", branches="image", weights="none", batch_size=4)
     model, _ = build_model(LEAVES, cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -224,7 +256,7 @@ def test_precision_probe_times_both_precisions_and_leaves_the_model_and_rng_alon
 def test_optimizer_is_fused_adamw_and_steps_like_the_for_loop_adamw():
     """The fused kernel is a speed choice only: a step moves every parameter as the default
     AdamW does, with no weight decay on biases, norms and embeddings."""
-    from training.train import _param_groups, make_optimizer
+    from training.optim import make_optimizer, param_groups
 
     cfg = TrainParams(backbone="resnet18", branches="fused", weights="none", lr=0.01, weight_decay=0.1,
                       text_buckets=1024, field_buckets=64)
@@ -232,7 +264,7 @@ def test_optimizer_is_fused_adamw_and_steps_like_the_for_loop_adamw():
     plain_model, initial = copy.deepcopy(fused_model), copy.deepcopy(fused_model)
     optimizer = make_optimizer(fused_model, cfg, torch.device("cpu"))
     assert optimizer.defaults["fused"]
-    reference = torch.optim.AdamW(_param_groups(plain_model, cfg.weight_decay), lr=cfg.lr, foreach=False)
+    reference = torch.optim.AdamW(param_groups(plain_model, cfg.weight_decay), lr=cfg.lr, foreach=False)
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
         for p, q in zip(fused_model.parameters(), plain_model.parameters(), strict=True):
@@ -269,7 +301,7 @@ def _listings(n: int = 3) -> pd.DataFrame:
 
 @pytest.mark.parametrize("branches", ["fused", "image", "text"])
 def test_model_forward_shapes_one_head_per_level(branches):
-    from training.train import encode_listings
+    from training.text import encode_listings
 
     torch.manual_seed(0)
     params = TrainParams(branches=branches, text_buckets=1024, text_dim=16, weights="none",
@@ -292,7 +324,7 @@ def test_flat_model_has_one_head_trained_on_the_leaf_targets():
     """``hierarchical: false``: the one head learns leaves, whatever the depth of the taxonomy
     whose level targets the training loop passes."""
     from training.hierarchy import LabelTree
-    from training.train import encode_listings
+    from training.text import encode_listings
 
     params = TrainParams(branches="text", hierarchical=False, text_buckets=1024)
     model, _ = build_model(LEAVES, params)
@@ -437,20 +469,75 @@ def test_structured_and_description_features():
 
 
 def test_class_balanced_sampling_lifts_the_long_tail():
-    from training.train import Split, epoch_order
+    from training.sampler import epoch_order
 
     targets = torch.tensor([0] * 900 + [1] * 100)
-    split = Split(np.zeros((1000, 1, 1, 3), np.uint8), None, torch.zeros(1000, dtype=torch.long),
-                  torch.arange(1000), torch.zeros(1000, dtype=torch.long), torch.arange(1000),
-                  torch.zeros(1000, 2), targets, pd.DataFrame())
-    uniform = epoch_order(split, 0, 1)
+    uniform = epoch_order(targets, 0, 1)
     assert sorted(uniform.tolist()) == list(range(1000))
-    balanced = epoch_order(split, 0, 1, "class_balanced", 1.0)
+    balanced = epoch_order(targets, 0, 1, "class_balanced", 1.0)
     share = float((targets[balanced] == 1).float().mean())
     assert 0.4 < share < 0.6  # power 1: each class ~half of the draws
-    sqrt = float((targets[epoch_order(split, 0, 1, "class_balanced", 0.5)] == 1).float().mean())
+    sqrt = float((targets[epoch_order(targets, 0, 1, "class_balanced", 0.5)] == 1).float().mean())
     assert 0.2 < sqrt < 0.35  # sqrt(100) / (sqrt(900) + sqrt(100)) = 0.25
-    assert torch.equal(balanced, epoch_order(split, 0, 1, "class_balanced", 1.0))
+    assert torch.equal(balanced, epoch_order(targets, 0, 1, "class_balanced", 1.0))
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "class_balanced"])
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_each_rank_samples_its_own_share_of_every_global_batch(world_size, sampling):
+    """Under DDP the ranks' samplers split each epoch's global batches between them: disjoint
+    shares (by place in the batch) that together are exactly the one-process epoch, in its
+    order and batch by batch, each rank with its 1/N share (within one row per batch)."""
+    from training.sampler import EpochBatchSampler
+
+    n, batch_size = 103, 16
+    targets = torch.tensor([0] * 80 + [1] * 20 + [2] * 3)
+    kw = {"seed": 5, "sampling": sampling, "balance_power": 0.5}
+    single = EpochBatchSampler(targets, batch_size, **kw)
+    ranks = [EpochBatchSampler(targets, batch_size, rank=r, world_size=world_size, **kw)
+             for r in range(world_size)]
+    orders = []
+    for epoch in (0, 1):
+        for sampler in (single, *ranks):
+            sampler.set_epoch(epoch)
+        whole = list(single)
+        shares = [list(s) for s in ranks]
+        assert len(whole) == len(single) == 7 and all(len(s) == len(whole) for s in shares)
+        for step, batch in enumerate(whole):
+            parts = [share[step] for share in shares]
+            places = torch.cat([p.positions for p in parts])
+            assert sorted(places.tolist()) == list(range(batch.global_size))  # disjoint, covering
+            assert all(p.global_size == batch.global_size == single.global_batch_size(step) for p in parts)
+            assert max(len(p.rows) for p in parts) - min(len(p.rows) for p in parts) <= 1
+            rebuilt = torch.empty_like(batch.rows)
+            for p in parts:
+                rebuilt[p.positions] = p.rows
+            assert torch.equal(rebuilt, batch.rows)  # the same rows, in the same places
+            assert len({p.seed for p in parts} | {batch.seed}) == 1  # one augmentation draw per batch
+        rows = torch.cat([b.rows for b in whole])
+        orders.append(rows)
+        per_rank = [torch.cat([b.rows for b in share]) for share in shares]
+        assert sum(len(r) for r in per_rank) == n
+        if sampling == "uniform":  # each listing once per epoch, on exactly one rank
+            assert sorted(torch.cat(per_rank).tolist()) == list(range(n))
+            assert all(not set(a.tolist()) & set(b.tolist())
+                       for i, a in enumerate(per_rank) for b in per_rank[i + 1:])
+    assert not torch.equal(orders[0], orders[1])  # set_epoch reshuffles
+
+
+def test_early_stopping_keeps_the_best_and_ignores_the_warm_up():
+    from training.utils import EarlyStopping
+
+    stopper = EarlyStopping(patience=2, warmup=3 * 10, steps_per_epoch=10)
+    kept = [stopper.update(e, s) for e, s in enumerate([0.5, 0.4, 0.3, 0.6, 0.5, 0.55])]
+    # epochs 1 and 2 end inside the warm-up (steps 20, 30): not counted; 4 and 5 are
+    assert kept == [True, False, False, True, False, False] and stopper.stopped
+    assert stopper.state_dict() == {"score": 0.6, "epoch": 3, "bad_epochs": 2, "stopped": True}
+    again = EarlyStopping(2, 30, 10)
+    again.load_state_dict(stopper.state_dict())
+    assert again.state_dict() == stopper.state_dict()
+    off = EarlyStopping(0, 0, 10)
+    assert all(off.update(e, s) for e, s in enumerate([0.5, 0.1, 0.2])) and not off.stopped
 
 
 def test_stratified_split_is_deterministic_and_keeps_singletons_in_train():
@@ -469,7 +556,7 @@ def test_stratified_split_is_deterministic_and_keeps_singletons_in_train():
 @pytest.mark.parametrize("total_steps", [1, 3, 4, 5, 8, 200])
 def test_lr_schedule_is_valid_for_tiny_and_long_runs(total_steps, schedule):
     """A week with a few hundred listings gives a handful of steps: the schedule must still run."""
-    from training.train import make_lr_scheduler
+    from training.optim import make_lr_scheduler
 
     layer = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
@@ -486,7 +573,7 @@ def test_lr_schedule_is_valid_for_tiny_and_long_runs(total_steps, schedule):
 
 
 def test_min_steps_raise_the_epochs_of_a_small_catalog():
-    from training.train import planned_epochs, warmup_steps
+    from training.optim import planned_epochs, warmup_steps
 
     assert planned_epochs(TrainParams(epochs=8), 7) == 8
     assert planned_epochs(TrainParams(epochs=8, min_steps=400), 7) == 58  # ceil(400 / 7)
@@ -506,7 +593,7 @@ def test_level_accuracies_count_shared_leading_levels():
 
 def test_branch_heads_train_only_and_add_to_the_loss():
     from training.hierarchy import LabelTree
-    from training.train import encode_listings
+    from training.text import encode_listings
 
     params = TrainParams(branches="fused", text_buckets=1024, text_dim=16, weights="none",
                          branch_loss_weight=0.5)

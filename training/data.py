@@ -1,0 +1,181 @@
+"""The prepared splits as a torch ``Dataset``, and the ``DataLoader`` the train stage reads them with.
+
+Batches are read from the uint8 image arrays written by the prepare stage (no JPEG decoding
+during training) and assembled whole: the sampler (:class:`training.sampler.EpochBatchSampler`)
+yields one :class:`~training.sampler.BatchIndex` per step, and :class:`ListingDataset` reads its
+rows from the memmap in one sorted slice, applies the split's transform preset
+(:class:`training.presets.TrainPreset` for training, ``EvalPreset`` for validation) and selects
+the pre-encoded text and structured bags. Texts and structured fields are encoded once per split
+(:func:`training.text.encode_listings`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from common.params import TrainParams
+from training.presets import EvalPreset, TrainPreset
+from training.sampler import BatchIndex
+from training.text import encode_listings, select_bags
+
+
+@dataclass
+class Split:
+    """One split of the prepared data, ready for batching.
+
+    Attributes:
+        images: uint8 (N, S, S, 3) array (usually a read-only memmap).
+        image_file: the ``.npy`` file ``images`` was read from (workers re-open it).
+        ids, offsets: int64 hashed title(+description) bags (see ``training.text``).
+        field_ids, field_offsets: int64 hashed structured-field bags; numeric: float32 (N, 2).
+        targets: int64 (N,) leaf class index, -1 for a category unknown to the model.
+        frame: the rows (canonical columns).
+        name: the split's name (``"train"``, ``"val"``).
+    """
+
+    images: np.ndarray
+    image_file: Path
+    ids: torch.Tensor
+    offsets: torch.Tensor
+    field_ids: torch.Tensor
+    field_offsets: torch.Tensor
+    numeric: torch.Tensor
+    targets: torch.Tensor
+    frame: pd.DataFrame
+    name: str = ""
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def read_labels(prepared: Path) -> list[str]:
+    """The sorted leaf category paths of the prepared training split (the model's classes)."""
+    frame = pd.read_parquet(prepared / "train.parquet", columns=["category_path"])
+    return sorted(frame["category_path"].unique().tolist())
+
+
+def load_split(prepared: Path, name: str, labels: list[str], cfg: TrainParams) -> Split:
+    """Reads ``<name>.parquet`` and ``<name>_images.npy`` of the prepared folder.
+
+    Args:
+        prepared: the prepare stage's output folder.
+        name: the split (``"train"``, ``"val"``, ``"golden"``).
+        labels: the model's leaf classes; a row of another category gets target -1.
+        cfg: the ``train`` params group (text and field encoding).
+
+    Raises:
+        ValueError: when the image cache and the rows differ in length.
+    """
+    frame = pd.read_parquet(prepared / f"{name}.parquet")
+    image_file = prepared / f"{name}_images.npy"
+    images = np.load(image_file, mmap_mode="r")
+    if len(images) != len(frame):
+        raise ValueError(f"{name}: {len(frame)} rows but {len(images)} images")
+    index = {label: i for i, label in enumerate(labels)}
+    targets = torch.tensor([index.get(p, -1) for p in frame["category_path"]], dtype=torch.long)
+    return Split(images, image_file, *encode_listings(frame, cfg), targets, frame, name)
+
+
+def data_fingerprint(frame: pd.DataFrame) -> str:
+    """SHA-256 (12 hex) of the ordered (listing_id, image_sha256, category_path) of a split."""
+    blob = "\n".join(
+        f"{a}\t{b}\t{c}" for a, b, c in
+        zip(frame["listing_id"], frame["image_sha256"], frame["category_path"], strict=True))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+class ListingDataset(torch.utils.data.Dataset):
+    """Item ``BatchIndex`` is that batch of a split, assembled on the CPU.
+
+    Workers of a ``DataLoader`` each open the image memmap themselves (a memmap must not be
+    pickled into them: that would copy the whole array).
+
+    Args:
+        split: the split.
+        transform: :class:`~training.presets.TrainPreset` or ``EvalPreset``; a batch with an
+            augmentation seed draws the preset's parameters for its whole global batch from it
+            and takes the rows of its positions (the same draws on any number of ranks).
+        with_images: False for a model without an image branch (no pixels are read).
+        channels_last: images in channels_last memory format (else contiguous NCHW).
+    """
+
+    def __init__(self, split: Split, transform: TrainPreset | EvalPreset | None = None,
+                 with_images: bool = True, channels_last: bool = True) -> None:
+        self.split = split
+        self.transform = transform if transform is not None else EvalPreset()
+        self.with_images = with_images
+        self.channels_last = channels_last
+        self._images: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_images"] = None
+        state["split"] = copy.copy(self.split)
+        state["split"].images = None
+        return state
+
+    def _pixels(self) -> np.ndarray:
+        if self.split.images is not None:
+            return self.split.images
+        if self._images is None:
+            self._images = np.load(self.split.image_file, mmap_mode="r")
+        return self._images
+
+    def __getitem__(self, batch: BatchIndex) -> tuple:
+        """The batch's model inputs and targets.
+
+        Returns:
+            ``(images, ids, offsets, field_ids, field_offsets, numeric, targets)``: images
+            float32 ``(b, 3, S, S)`` (None without images), int64 bags (see ``training.text``),
+            float32 ``(b, 2)``, int64 ``(b,)``; rows in ascending index order (sorted reads are
+            sequential in the memmap).
+        """
+        index, order = torch.sort(batch.rows)
+        s = self.split
+        images = None
+        if self.with_images:
+            params = None
+            if batch.seed is not None:
+                drawn = self.transform.get_params(batch.global_size, torch.Generator().manual_seed(batch.seed))
+                params = None if drawn is None else drawn.select(batch.positions[order])
+            images = self.transform(np.ascontiguousarray(self._pixels()[index.numpy()]), params)
+            if not self.channels_last:
+                images = images.contiguous()
+        ids, offsets = select_bags(s.ids, s.offsets, index)
+        fids, foffsets = select_bags(s.field_ids, s.field_offsets, index)
+        return images, ids, offsets, fids, foffsets, s.numeric[index], s.targets[index]
+
+
+def make_loader(dataset: ListingDataset, sampler: torch.utils.data.Sampler, workers: int,
+                device: torch.device, seed: int = 0) -> torch.utils.data.DataLoader:
+    """The ``DataLoader`` of a dataset and its batch sampler, built once per run.
+
+    Args:
+        dataset: the split's dataset.
+        sampler: yields one :class:`~training.sampler.BatchIndex` per step (``set_epoch`` on it
+            changes the next iteration's epoch).
+        workers: worker processes assembling batches (0: in this process); they persist
+            between epochs.
+        device: pinned memory on CUDA.
+        seed: seed of the loader's own generator, which draws the workers' base seed (so
+            iterating leaves the global torch RNG, which dropout draws from, untouched).
+    """
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, sampler=sampler, num_workers=workers,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
+
+
+def to_device(batch: tuple | list, device: torch.device) -> tuple:
+    """Moves an assembled batch to ``device`` (memory formats kept)."""
+    return tuple(None if t is None else t.to(device, non_blocking=True) for t in batch)
