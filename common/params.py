@@ -36,88 +36,154 @@ class _Frozen(BaseModel):
 
 
 class IngestParams(_Frozen):
-    max_batches: int = Field(10, ge=1, description="New batches ingested per run, at most.")
+    """``ingest``: which new feed batches one DAG run copies to staging."""
+
+    max_batches: int = Field(10, ge=1, description="New batches ingested per DAG run, at most.")
 
 
 class ValidateParams(_Frozen):
-    max_bad_row_fraction: float = Field(0.2, ge=0.0, le=1.0)
-    title_min_length: int = Field(3, ge=0)
-    title_max_length: int = Field(400, ge=1)
-    max_image_pixels: int = Field(40_000_000, ge=1)
-    min_image_side: int = Field(16, ge=1)
-    min_image_stddev: float = Field(2.0, ge=0.0, description="Grey-level std dev; below: blank.")
-    max_price: float = Field(10_000_000.0, gt=0.0, description="Plausible price ceiling.")
-    currencies: tuple[str, ...] = ("INR", "USD", "EUR", "GBP")
-    drift_label_js_max: float = Field(0.3, ge=0.0, le=1.0)
-    drift_price_ks_max: float = Field(0.3, ge=0.0, le=1.0)
-    drift_min_rows: int = Field(50, ge=1)
-    drift_blocks: bool = False
+    """``validate``: the GX expectations of a batch and the drift checks against the store."""
+
+    max_bad_row_fraction: float = Field(
+        0.2, ge=0.0, le=1.0, description="A batch with a larger share of bad rows is quarantined whole.")
+    title_min_length: int = Field(3, ge=0, description="Shortest valid title, in characters.")
+    title_max_length: int = Field(400, ge=1, description="Longest valid title, in characters.")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Width * height; larger images are refused before decoding.")
+    min_image_side: int = Field(16, ge=1, description="Shortest valid image side, in pixels.")
+    min_image_stddev: float = Field(
+        2.0, ge=0.0, description="Grey-level standard deviation (0-255); below it an image is blank.")
+    max_price: float = Field(
+        10_000_000.0, gt=0.0,
+        description="Plausible price ceiling, in the listing's currency; a price must be >= 0 too.")
+    currencies: tuple[str, ...] = Field(
+        ("INR", "USD", "EUR", "GBP"), description="Known currency codes (ISO 4217).")
+    drift_label_js_max: float = Field(
+        0.3, ge=0.0, le=1.0,
+        description="Jensen-Shannon distance (base 2, 0..1) of the batch's label distribution to the store's.")
+    drift_price_ks_max: float = Field(
+        0.3, ge=0.0, le=1.0,
+        description="Two-sample Kolmogorov-Smirnov statistic of the batch's prices against the store's.")
+    drift_min_rows: int = Field(
+        50, ge=1, description="Drift is measured only when batch and store both have this many rows.")
+    drift_blocks: bool = Field(
+        False, description="true: drift over a threshold quarantines the batch; false: a warning only.")
 
 
 class PrepareParams(_Frozen):
-    golden_fraction: float = Field(0.15, gt=0.0, lt=1.0)
-    golden_min_listings: int = Field(3, ge=1)
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    seed: int = 42
-    image_size: int = Field(64, ge=16, le=512)
+    """``prepare``: the splits, the golden test set and the image cache."""
+
+    golden_fraction: float = Field(
+        0.15, gt=0.0, lt=1.0, description="Share of each leaf category frozen into the golden test set.")
+    golden_min_listings: int = Field(
+        3, ge=1, description="Leaves with fewer listings get no golden listing.")
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of the remaining listings held out for validation.")
+    seed: int = Field(42, description="Seed of the split.")
+    image_size: int = Field(
+        64, ge=16, le=512, description="Side of the cached square images, in pixels; small keeps CPU training fast.")
 
 
 class TrainParams(_Frozen):
-    backbone: str = "resnet18"
-    weights: str = "auto"
-    branches: Literal["fused", "image", "text"] = "fused"
-    epochs: int = Field(4, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.003, gt=0.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
-    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
-    text_buckets: int = Field(32_768, ge=1024)
-    text_dim: int = Field(128, ge=8)
-    char_ngrams: tuple[int, ...] = Field((3,), description="Character n-gram lengths of title words.")
-    description_words: int = Field(64, ge=0, description="Description words the text branch reads.")
-    structured: bool = Field(True, description="Fused model: add the structured branch.")
+    """``train``: the model (``training.model.build_model``) and its training loop.
+
+    The single source of the model's settings: ``training.model`` has no defaults of its own.
+    """
+
+    backbone: str = Field(
+        "resnet18", description="Any torchvision classification model name (resnet50, efficientnet_b0, "
+                                "mobilenet_v3_large, convnext_tiny, ...).")
+    weights: str = Field(
+        "auto", description="auto: pretrained weights if cached locally, else from scratch; none; "
+                            "or the path of a state dict.")
+    branches: Literal["fused", "image", "text"] = Field(
+        "fused", description="fused (image + text [+ structured]), image or text.")
+    structured: bool = Field(
+        True, description="Fused model: add the structured branch (log-price + categorical fields).")
     fields: tuple[str, ...] = Field(
-        ("brand", "currency"),
+        ("brand", "currency", "gender", "usage", "baseColour", "season"),
         description="Categorical fields of the structured branch: canonical columns or keys of "
                     "the listing's catalog-declared attributes; a field a listing lacks adds no token.")
-    field_buckets: int = Field(4096, ge=64)
-    field_dim: int = Field(32, ge=4)
-    hierarchical: bool = Field(True, description="One head per taxonomy level (else leaf only).")
-    level_weights: tuple[float, ...] = Field((0.25, 0.5, 1.0), description="Loss weight per level, top first.")
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    branch_loss_weight: float = Field(0.0, ge=0.0, description="Fused: auxiliary leaf head per branch.")
-    schedule: Literal["onecycle", "cosine"] = "onecycle"
-    sampling: Literal["uniform", "class_balanced"] = "uniform"
+    hierarchical: bool = Field(True, description="One head per taxonomy level; false: leaf head only.")
+    level_weights: tuple[float, ...] = Field(
+        (0.25, 0.5, 1.0), description="Loss weight per taxonomy level, top level first.")
+    epochs: int = Field(8, ge=1, description="Training epochs (see min_steps, early_stopping_patience).")
+    batch_size: int = Field(128, ge=1, description="Listings per optimizer step (global, all processes).")
+    lr: float = Field(0.005, gt=0.0, description="Peak learning rate of the schedule (AdamW).")
+    weight_decay: float = Field(
+        1e-4, ge=0.0, description="AdamW weight decay (not on biases, norms and embeddings).")
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="Cross-entropy label smoothing.")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on the fused features.")
+    branch_loss_weight: float = Field(
+        0.5, ge=0.0, description="Fused: weight of an auxiliary leaf head per branch (0: off).")
+    schedule: Literal["onecycle", "cosine"] = Field("onecycle", description="Learning-rate schedule.")
+    sampling: Literal["uniform", "class_balanced"] = Field(
+        "uniform", description="uniform, or class_balanced (draw weight n_c ** -balance_power).")
     balance_power: float = Field(0.5, ge=0.0, le=1.0,
                                  description="class_balanced: draw weight of a class ~ n_c ** -power.")
-    early_stopping_patience: int = Field(0, ge=0, description="Epochs without a better val score; 0: off.")
+    early_stopping_patience: int = Field(
+        3, ge=0, description="Epochs without a better val business-weighted score; 0: off "
+                             "(epochs ending inside the warm-up do not count).")
+    min_steps: int = Field(
+        0, ge=0, description="Train at least this many optimizer steps: epochs are raised to "
+                             "ceil(min_steps / steps per epoch) when train.epochs is fewer "
+                             "(small catalogs). 0: off.")
+    crop_padding: int = Field(
+        0, ge=0, description="Random-translation augmentation: pad each image side by this many "
+                             "pixels and crop back to size (He et al. 2016). 0: off.")
     ema_decay: float = Field(
         0.0, ge=0.0, lt=1.0,
         description="Exponential moving average of the weights and BatchNorm buffers, updated every "
                     "optimizer step (torchvision reference's --model-ema); the average is what is "
                     "evaluated and kept. 0: off.")
-    min_steps: int = Field(
-        0, ge=0, description="Train at least this many optimizer steps: epochs are raised to "
-                             "ceil(min_steps / steps per epoch) when train.epochs is fewer. 0: off.")
-    crop_padding: int = Field(
-        0, ge=0, description="Random-translation augmentation: pad each image side by this many "
-                             "pixels and crop back to size (He et al. 2016). 0: off.")
-    seed: int = 42
-    deterministic: bool = False
-    num_threads: int = Field(0, ge=0)
-    workers: int = Field(0, ge=0, description="DataLoader worker processes assembling batches.")
+    text_buckets: int = Field(
+        131_072, ge=1024, description="Hashed word + character n-gram buckets of the text encoder.")
+    char_ngrams: tuple[int, ...] = Field(
+        (2, 3, 4, 5), description="Character n-gram lengths of title words (fastText subwords).")
+    text_dim: int = Field(128, ge=8, description="Embedding and output width of the text branch.")
+    description_words: int = Field(
+        64, ge=0, description="First words of the description the text branch reads.")
+    field_buckets: int = Field(4096, ge=64, description="Hash buckets of the structured branch's tokens.")
+    field_dim: int = Field(32, ge=4, description="Output width of the structured branch.")
+    seed: int = Field(42, description="Seed of initialisation, sampling and augmentation.")
+    deterministic: bool = Field(False, description="Deterministic torch kernels (slower on CUDA).")
+    num_threads: int = Field(0, ge=0, description="torch intra-op threads; 0: torch's default.")
+    workers: int = Field(
+        0, ge=0, description="DataLoader worker processes assembling batches (CUDA: 4-8).")
     amp: bool | Literal["auto"] = Field(
         "auto", description="bf16 autocast. true: on CUDA and on a CPU with native bf16 (AVX512-BF16 "
                             "or AMX); auto: the same, but on such a CPU only when a measured "
-                            "training step is clearly faster in bf16; false: fp32.")
-    channels_last: bool = True
+                            "training step is >= 1.15x faster in bf16; false: fp32.")
+    channels_last: bool = Field(True, description="Images and model in channels-last memory format.")
     compile: bool = Field(False, description="torch.compile the model (CUDA).")
 
 
+_EXAMPLE_VALUE_TABLE = {
+    "Accessories > Watches": 3.0,
+    "Accessories > Bags": 2.0,
+    "Accessories > Jewellery": 2.0,
+    "Footwear": 1.5,
+    "Apparel > Topwear > Tshirts": 0.8,
+    "Free Items": 0.1,
+}
+
+
 class ScoreParams(_Frozen):
-    default_value: float = Field(1.0, ge=0.0)
-    level_credit: tuple[float, ...] = (0.0, 0.25, 0.5)
-    value_table: dict[str, float] = Field(default_factory=dict)
+    """``score``: the business-weighted score (``common.scoring.business_weighted_score``).
+
+    ``score = sum_i v(y_i) * credit(yhat_i, y_i) / sum_i v(y_i)``, where ``v(c)`` is the value
+    of the true category (the most specific path prefix in ``value_table`` wins, else
+    ``default_value``) and ``credit`` is 1 for the exact leaf, ``level_credit[k]`` when only the
+    first ``k`` levels match.
+    """
+
+    default_value: float = Field(1.0, ge=0.0, description="Value of a category value_table does not name.")
+    level_credit: tuple[float, ...] = Field(
+        (0.0, 0.25, 0.5), description="Credit of a wrong leaf whose first k levels match, by k.")
+    value_table: dict[str, float] = Field(
+        default_factory=lambda: dict(_EXAMPLE_VALUE_TABLE),
+        description="Value per category path prefix (any level). The project's table is an "
+                    "example configuration, not a measured fact.")
 
     @field_validator("level_credit")
     @classmethod
@@ -128,33 +194,43 @@ class ScoreParams(_Frozen):
 
 
 class GateParams(_Frozen):
-    """The promotion gate's thresholds (see ``promotion.gate.decide``)."""
+    """``gate``: the promotion gate's thresholds (see ``promotion.gate.decide``)."""
 
-    min_improvement: float = Field(0.002, ge=0.0, description="Absolute score gain required.")
+    min_improvement: float = Field(
+        0.002, ge=0.0, description="Absolute score gain over the champion required.")
     min_relative_improvement: float = Field(
-        0.0, ge=0.0, description="Gain required as a fraction of the champion's score.")
-    floor_score: float = Field(0.8, ge=0.0, le=1.0)
-    floor_accuracy: float = Field(0.8, ge=0.0, le=1.0)
+        0.0, ge=0.0, description="Gain required as a fraction of the champion's score, too.")
+    floor_score: float = Field(
+        0.8, ge=0.0, le=1.0, description="Absolute floor of the business-weighted score (first model too).")
+    floor_accuracy: float = Field(0.8, ge=0.0, le=1.0, description="Absolute floor of leaf accuracy.")
     mode: Literal["point", "interval"] = Field(
         "interval", description="point: the score delta itself; interval: the lower bound of its "
                                 "paired bootstrap interval must clear the required improvement.")
     confidence: float = Field(0.95, gt=0.0, lt=1.0, description="Two-sided bootstrap interval level.")
-    n_bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples.")
-    bootstrap_seed: int = 0
-    slice_top_n: int = Field(5, ge=0, description="Slices: top-N categories by business value.")
+    n_bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples of the golden listings.")
+    bootstrap_seed: int = Field(0, description="Seed of the bootstrap resamples.")
+    slice_top_n: int = Field(5, ge=0, description="Slices: the N categories carrying the most business value.")
     max_slice_recall_drop: float = Field(
         0.05, ge=0.0, le=1.0, description="A slice may lose at most this much leaf recall (0.05 = 5 points).")
 
 
 class RegistryParams(_Frozen):
-    model_name: str = "listing-classifier"
-    experiment: str = "listing-classifier"
+    """``registry``: the MLflow registered model and experiment."""
+
+    model_name: str = Field("listing-classifier", description="MLflow registered model name.")
+    experiment: str = Field("listing-classifier", description="MLflow experiment name.")
 
 
 class Params(_Frozen):
-    """All of ``params.yaml``; each field is one stage's group."""
+    """All of ``params.yaml``; each field is one stage's group.
 
-    catalog: str = "catalogs/fashion.yaml"
+    The defaults are the values the project runs with: ``Params()`` equals
+    ``load_params("params.yaml")`` (``tests/unit/test_params.py`` checks it), and
+    ``params.yaml`` spells every value out for DVC.
+    """
+
+    catalog: str = Field("catalogs/fashion.yaml",
+                         description="Catalog adapter: source columns -> canonical listing.")
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     prepare: PrepareParams = PrepareParams()

@@ -76,13 +76,14 @@ def _cached_weights(name: str):
     return weights if cached.is_file() else None
 
 
-def build_backbone(name: str, weights: str = "auto") -> tuple[nn.Module, int, str | None]:
+def build_backbone(name: str, weights: str) -> tuple[nn.Module, int, str | None]:
     """A torchvision classification model with its head removed.
 
     Args:
         name: any name of ``torchvision.models.list_models(module=torchvision.models)``.
         weights: ``"auto"`` (pretrained when cached locally, else random init), ``"none"``, or
-            the path of a state dict (of the full torchvision model, or of the model without head).
+            the path of a state dict (of the full torchvision model, or of the model without head):
+            ``train.weights``, whose default lives in ``common.params.TrainParams``.
 
     Returns:
         ``(backbone, feature_dim, weights_source)``: the backbone maps float ``(N, 3, S, S)``
@@ -175,13 +176,18 @@ class ListingClassifier(nn.Module):
     One linear head per taxonomy level reads the fused features; :meth:`leaf_log_probs`
     combines the heads into a distribution over leaves that is consistent with the tree.
 
+    The settings that the ``train`` params also hold are keyword-only and required: their
+    defaults live in one place, ``common.params.TrainParams``, from which :func:`build_model`
+    passes them (``tests/unit/test_params.py`` checks that this signature has none of its own).
+
     Args:
         level_sizes: labels per taxonomy level, top first; the last is the leaf level
             (see ``training.hierarchy.LabelTree``). An int means a flat classifier.
         ancestors: int64 ``(depth, n_leaves)`` level-k ancestor index of each leaf
             (``LabelTree.ancestors``); None for a flat classifier.
         level_weights: weight of each level, in the loss and in the combination (see
-            :meth:`leaf_log_probs`); default 1.0 each.
+            :meth:`leaf_log_probs`), resolved to the tree's depth
+            (``training.hierarchy.level_weights``); None: 1.0 each.
         backbone: torchvision model name (image branch), unused without an image branch.
         branches: ``"fused"`` (image + text [+ structured]), ``"image"`` or ``"text"``.
         structured: add the structured branch to a fused model.
@@ -195,11 +201,10 @@ class ListingClassifier(nn.Module):
             Multi-modal Classification Networks Hard?"). 0: none. Unused at inference.
     """
 
-    def __init__(self, level_sizes: list[int] | int, ancestors: torch.Tensor | None = None,
-                 level_weights: list[float] | None = None, backbone: str = "resnet18",
-                 branches: str = "fused", structured: bool = False, text_buckets: int = 262_144,
-                 text_dim: int = 128, field_buckets: int = 4096, field_dim: int = 32,
-                 weights: str = "none", dropout: float = 0.2, branch_loss_weight: float = 0.0) -> None:
+    def __init__(self, level_sizes: list[int] | int, ancestors: torch.Tensor | None = None, *,
+                 level_weights: list[float] | None, backbone: str, branches: str, structured: bool,
+                 text_buckets: int, text_dim: int, field_buckets: int, field_dim: int, weights: str,
+                 dropout: float, branch_loss_weight: float) -> None:
         super().__init__()
         if branches not in ("fused", "image", "text"):
             raise ValueError(f"branches must be fused, image or text, got {branches!r}")
@@ -361,7 +366,8 @@ def build_model(labels: list[str], train_params: TrainParams) -> tuple[ListingCl
         sizes, ancestors = tree.sizes, tree.ancestors
         weights = level_weights(train_params.level_weights, tree.depth)
     model = ListingClassifier(
-        sizes, ancestors, weights,
+        sizes, ancestors,
+        level_weights=weights,
         backbone=train_params.backbone,
         branches=train_params.branches,
         structured=train_params.structured,

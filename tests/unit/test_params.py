@@ -1,11 +1,18 @@
-"""params.yaml loads into the typed config, and the trigger form overrides it."""
+"""params.yaml loads into the typed config, the trigger form overrides it, and the defaults
+have one source: ``common.params`` equals ``params.yaml``, and ``training.model`` has none of
+its own."""
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import pydantic
 import pytest
+import yaml
+from pydantic import BaseModel
 
-from common.params import load_params, run_params
+from common.params import PROJECT_ROOT, Params, TrainParams, load_params, run_params
 
 
 def test_project_params_load_and_hash_is_stable():
@@ -46,3 +53,113 @@ def test_every_param_is_a_valid_mlflow_param_key():
     assert "score.value_table.Accessories/Watches" in flat
     for key, value in flat.items():
         _validate_param(key, str(value))
+
+
+# --- One source per default: params.yaml, the typed config and training.model agree ----------
+
+def _yaml_file() -> dict:
+    with open(PROJECT_ROOT / "params.yaml", encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _groups() -> dict[str, type[BaseModel]]:
+    """``params.yaml`` group name -> its pydantic model (``validate`` is ``validate_``'s alias)."""
+    return {field.alias or name: field.annotation for name, field in Params.model_fields.items()
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
+
+
+def test_typed_defaults_equal_the_values_params_yaml_runs_with():
+    """``Params()`` is what ``params.yaml`` says: a default changed in one place only fails here."""
+    defaults, project = Params().to_dict(), load_params(PROJECT_ROOT / "params.yaml").to_dict()
+    drift = []
+    for group in sorted(set(defaults) | set(project)):
+        d, p = defaults.get(group), project.get(group)
+        if isinstance(d, dict) and isinstance(p, dict):
+            drift += [f"{group}.{key}: common/params.py default {d.get(key)!r} != params.yaml {p.get(key)!r}"
+                      for key in sorted(set(d) | set(p)) if d.get(key) != p.get(key)]
+        elif d != p:
+            drift.append(f"{group}: common/params.py default {d!r} != params.yaml {p!r}")
+    assert not drift, "defaults drifted from params.yaml:\n" + "\n".join(drift)
+    assert Params().digest() == load_params(PROJECT_ROOT / "params.yaml").digest()
+
+
+def test_params_yaml_spells_out_every_config_field_and_no_other_key():
+    """DVC reads params.yaml alone, so it lists every field; a key the config lacks is a typo."""
+    data, groups = _yaml_file(), _groups()
+    top_level = {field.alias or name for name, field in Params.model_fields.items()}
+    assert set(data) == top_level, (f"params.yaml unknown groups {sorted(set(data) - top_level)}, "
+                                    f"missing {sorted(top_level - set(data))}")
+    problems = []
+    for group, model in groups.items():
+        fields, keys = set(model.model_fields), set(data[group])
+        problems += [f"{group}.{k}: not a field of {model.__name__}" for k in sorted(keys - fields)]
+        problems += [f"{group}.{k}: missing from params.yaml" for k in sorted(fields - keys)]
+    assert not problems, "\n".join(problems)
+
+
+def test_descriptions_live_once_in_the_typed_config():
+    """Each field says what it means in ``Field(description=...)``; params.yaml keeps section
+    headers only, so that no second, differing text grows beside a value."""
+    undescribed = [f"{group}.{name}" for group, model in _groups().items()
+                   for name, field in model.model_fields.items() if not field.description]
+    assert not undescribed, f"fields without a description: {undescribed}"
+    text = (PROJECT_ROOT / "params.yaml").read_text(encoding="utf-8")
+    trailing = [line for line in text.splitlines()
+                if re.match(r"^\s*[^\s#].*\s#", line)]
+    assert not trailing, "params.yaml: describe keys in common/params.py, not here:\n" + "\n".join(trailing)
+
+
+def _model_signatures() -> dict[str, inspect.Signature]:
+    from training import model
+
+    found = {}
+    for name, obj in vars(model).items():
+        if getattr(obj, "__module__", None) != model.__name__:
+            continue
+        if inspect.isclass(obj):
+            found[f"{name}.__init__"] = inspect.signature(obj.__init__)
+        elif inspect.isfunction(obj):
+            found[name] = inspect.signature(obj)
+    return found
+
+
+def test_training_model_has_no_default_of_its_own_for_a_train_param():
+    """A constructor argument named like a ``train`` field has no default in training.model
+    (the config's is the one), or, for a helper, exactly the config's."""
+    config, signatures = TrainParams(), _model_signatures()
+    assert "ListingClassifier.__init__" in signatures and "build_backbone" in signatures
+    disagree = []
+    for where, sig in signatures.items():
+        for name, parameter in sig.parameters.items():
+            if name not in TrainParams.model_fields or parameter.default is inspect.Parameter.empty:
+                continue
+            if where == "ListingClassifier.__init__" or parameter.default != getattr(config, name):
+                disagree.append(f"training/model.py {where}({name}={parameter.default!r}); "
+                                f"TrainParams().{name} is {getattr(config, name)!r}")
+    assert not disagree, "\n".join(disagree)
+
+
+def test_build_model_passes_every_train_param_the_classifier_takes(monkeypatch):
+    """Each classifier argument that is a ``train`` field comes from the params given (values
+    unlike the defaults, so that an argument left out or taken from elsewhere shows)."""
+    from training import model
+
+    config_args = set(inspect.signature(model.ListingClassifier.__init__).parameters) & set(TrainParams.model_fields)
+    assert {"text_buckets", "structured", "weights"} <= config_args
+    taken: dict = {}
+
+    class Recorder:
+        pretrained = False
+
+        def __init__(self, *args, **kwargs):
+            taken.update(kwargs)
+
+    cfg = TrainParams(backbone="resnet50", weights="none", branches="text", structured=False,
+                      text_buckets=2048, text_dim=16, field_buckets=128, field_dim=8,
+                      dropout=0.3, branch_loss_weight=0.25, level_weights=(1.0, 2.0, 3.0))
+    monkeypatch.setattr(model, "ListingClassifier", Recorder)
+    model.build_model(["A > B > C", "A > B > D", "E > F > G"], cfg)
+    assert config_args <= set(taken), f"not passed by name: {sorted(config_args - set(taken))}"
+    for name in config_args - {"level_weights"}:  # level_weights: resolved to the tree's depth
+        assert taken[name] == getattr(cfg, name), name
+    assert list(taken["level_weights"]) == [1.0, 2.0, 3.0]
