@@ -109,7 +109,7 @@ def gate_challenger(state: State, params: Params, version: str, golden_rev: str)
     champion_version = alias_version(client, name, ALIAS_CHAMPION)
     cand, cand_listings = score_version(state, params, version, golden, golden_rev)
     if champion_version is not None and str(champion_version) == str(version):
-        score, accuracy = (round(cand[k], XCOM_DECIMALS) for k in ("business_weighted_score", "accuracy"))
+        score = round(cand["business_weighted_score"], XCOM_DECIMALS)  # as Decision.to_dict rounds
         result = GateResult(
             version=str(version), promote=False, decision="unchanged",
             reason="this version is already the champion", candidate_score=score, champion_score=score,
