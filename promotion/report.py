@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from promotion.gate import PerListing
+from promotion.registry import DESCRIPTION_CHARS
 
 
 def airflow_ui_url() -> str:
@@ -100,7 +101,7 @@ REVISIONS = {
     "workspace_commit": "data + code + params + dvc.lock: the workspace commit after `dvc repro` "
                         "(`make reproduce` restores it)",
     "listings_md5": "the listings store's DVC directory hash",
-    "golden_md5": "the golden test set's DVC hash",
+    "golden_rev": "the golden test set's DVC hash",
     "git_commit": "the platform's code (this repository)",
     "params_hash": "the effective params.yaml (SHA-256)",
     "dag_id": "the Airflow DAG",
@@ -194,7 +195,7 @@ def markdown_report(result: dict, per_class: pd.DataFrame, lineage: dict, top_n:
     for key, what in REVISIONS.items():
         if lineage.get(key):
             lines.append(f"| {what} | `{lineage[key]}` |")
-    return "\n".join(lines)[:4900]  # stays well inside the registry's description limit
+    return "\n".join(lines)[:DESCRIPTION_CHARS]
 
 
 def log_comparison(client, run_id: str, golden_rev: str, result: dict, per_class: pd.DataFrame,

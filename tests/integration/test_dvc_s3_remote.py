@@ -190,15 +190,15 @@ def test_version_data_pushes_to_s3_in_dvc_layout(s3, versioned):
     """Every file of the store and the golden set, and both directory manifests, are objects in
     the bucket at ``<prefix>/files/md5/<2 hex>/<30 hex>`` (DVC 3's content-addressed layout)."""
     result, state = versioned["result"], versioned["state"]
-    assert result["remote"] == f"s3://{BUCKET}/{PREFIX}"
-    assert result["listings_md5"].endswith(".dir") and result["golden_md5"].endswith(".dir")
+    assert result.remote == f"s3://{BUCKET}/{PREFIX}"
+    assert result.listings_md5.endswith(".dir") and result.golden_rev.endswith(".dir")
     pages = s3["admin"].get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{PREFIX}/")
     keys = {o["Key"] for page in pages for o in page.get("Contents", [])}
 
     def key(md5: str) -> str:
         return f"{PREFIX}/files/md5/{md5[:2]}/{md5[2:]}"
 
-    expected = {key(result["listings_md5"]), key(result["golden_md5"])}
+    expected = {key(result.listings_md5), key(result.golden_rev)}
     for folder in (state.listings_store, state.golden_dir):
         for path in (p for p in folder.rglob("*") if p.is_file()):
             expected.add(key(hashlib.md5(path.read_bytes()).hexdigest()))
@@ -243,7 +243,7 @@ def test_data_comes_back_from_s3_after_the_cache_is_gone(s3, versioned, monkeypa
     # a fresh clone (another machine): only the committed .dvc/config and the env credentials
     clone = tmp / "clone"
     subprocess.run(["git", "clone", "-q", str(ws), str(clone)], check=True)
-    subprocess.run(["git", "checkout", "-q", versioned["result"]["data_rev"]], cwd=clone, check=True)
+    subprocess.run(["git", "checkout", "-q", versioned["result"].data_rev], cwd=clone, check=True)
     pulled = dvc(clone, "pull", "data/listings.dvc", "data/golden.dvc")
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     assert tree_digest(clone / "data" / "listings") == versioned["listings"]

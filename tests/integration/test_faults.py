@@ -170,7 +170,7 @@ def _die() -> None:
 
 def _arm(kill: tuple, state: State) -> None:
     """Makes this worker kill itself at ``kill``, by wrapping the real call that reaches it."""
-    from ingestion import versioning
+    from ingestion import workspace
 
     what, *args = kill
     if what == "copy":  # the n-th image copied into the batch's temporary partition folder
@@ -199,7 +199,7 @@ def _arm(kill: tuple, state: State) -> None:
 
         os.replace = replace
     elif what.startswith("dvc-"):
-        real_run = versioning._run
+        real_run = workspace.run_command
 
         def run(cmd, cwd, env=None):
             if cmd[1:4] == ["-m", "dvc", "add"]:
@@ -207,7 +207,7 @@ def _arm(kill: tuple, state: State) -> None:
                 env = {**(env or os.environ), KILL_ENV: ":".join(map(str, kill))}
             return real_run(cmd, cwd, env)
 
-        versioning._run = run
+        workspace.run_command = run
     elif what == "git-add":  # a clean filter runs while `git add` holds .git/index.lock
         (state.workspace / ".git" / "info" / "attributes").write_text("* filter=lcp-kill\n")
         _git(state.workspace, "config", "filter.lcp-kill.clean", "kill -KILL 0")
@@ -245,7 +245,7 @@ def _work(step: str, root: Path, kill: tuple | None, out: Path) -> None:
         from ingestion.versioning import version_data
 
         result = version_data(state, load_params(), "retry")
-    out.write_text(json.dumps(result, default=str))
+    out.write_text(json.dumps(result.to_dict()))
 
 
 def _worker(step: str, state: State, kill: tuple | None, folder: Path) -> tuple[int, str, dict | None]:
@@ -387,7 +387,7 @@ def test_validate_killed_at_four_points_then_retried(snapshots, tmp_path):
     assert set(outcome["reports"]) == {b2, b3} and outcome["store_listings"] == len(read_store(store))
     _assert_store_matches_manifest(state)
 
-    result = version_data(state, load_params(), "b2 b3")
+    result = version_data(state, load_params(), "b2 b3").to_dict()
     assert result["added"] == [f"data/listings/{BATCHES}/{b}" for b in (b2, b3)]
     _assert_versioned(state, result)
     assert {b: e["data_rev"] for b, e in read_manifest(state.manifest).items() if b != week1} == \
@@ -419,7 +419,7 @@ def test_validate_on_a_full_disk_fails_clearly_and_the_retry_succeeds(snapshots,
     assert state.manifest.read_bytes() == manifest and not list(state.root.glob(".manifest.*"))
 
     filler.unlink()
-    outcome = validate_staged_batches(state, params)
+    outcome = validate_staged_batches(state, params).to_dict()
     assert sorted(outcome["accepted"] + outcome["partial"]) == [b2, b3]
     _assert_store_matches_manifest(state)
 
@@ -517,6 +517,6 @@ def test_version_on_a_full_disk_fails_clearly_and_the_retry_succeeds(snapshots, 
     assert store_changes(ws) == new
 
     filler.unlink()
-    result = version_data(state, params, "weeks 2-3")
+    result = version_data(state, params, "weeks 2-3").to_dict()
     assert result["added"] == new and result["pushed"] == new
     _assert_versioned(state, result)

@@ -43,15 +43,15 @@ def test_publish_ingest_validate_flipkart(tmp_path: Path, flipkart_dir: Path, mo
     monkeypatch.setenv("LCP_PARAMS", str(params_file))
     state = State(tmp_path / "state")
     staged = ingest_new_batches(state, load_params(), datetime(2026, 11, 9, tzinfo=UTC), str(feed))
-    assert staged["staged"] == batches
+    assert list(staged.staged) == batches
 
     from validation.staged import validate_staged_batches
 
     outcome = validate_staged_batches(state, load_params())
     out = capsys.readouterr().out
     assert "data_docs=" in out and str(state.gx_dir) in out  # Data Docs location in the task log
-    assert Path(outcome["data_docs"]).is_file()
-    assert outcome["store_listings"] >= 35  # 40 published; the odd missing image is held back
+    assert Path(outcome.data_docs).is_file()
+    assert outcome.store_listings >= 35  # 40 published; the odd missing image is held back
 
     store = read_store(state.listings_store)
     source = pd.read_csv(flipkart_dir / FLIPKART.listings_file, dtype=str,

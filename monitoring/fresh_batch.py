@@ -1,0 +1,195 @@
+"""The champion on every fresh batch: its out-of-sample performance on this week's labelled listings.
+
+Before a challenger is trained, the current ``champion`` predicts every listing of the newly
+accepted batches that it has never seen: not in an earlier batch (so not in its training data,
+nor an update of a listing it trained on) and not golden. Those listings are labelled, so they
+are the out-of-sample test a catalogue team cares about ("how is the champion doing on this
+week's listings?"). Recorded:
+
+* leaf accuracy, business-weighted score (:func:`common.scoring.business_weighted_score`) and
+  per-category leaf recall, as MLflow metrics with ``step`` = the week's index on one
+  monitoring run per registered model (run name ``monitoring/<model>``), so the MLflow UI charts
+  the champion's weekly performance; the champion version is a metric too
+  (``fresh_champion_version``);
+* label issues of the fresh listings by confident learning (:mod:`monitoring.label_issues`), a
+  CSV artifact ``label_issues/<batch>.csv`` of the monitoring run, and the count as a metric.
+
+A retry repeats nothing: a batch already recorded (tag ``monitored.<batch>``) is read back.
+
+CLI::
+
+    python -m monitoring.fresh_batch --batches fashion-2026-11-09 [--params params.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+
+from common.params import Params, load_params
+from common.results import StepResult
+from common.state import State
+
+MONITORING_TAG = "lcp.monitoring_model"
+"""Run tag naming the registered model a monitoring run watches (one run per model)."""
+
+
+class FreshBatchResult(StepResult):
+    """The champion's figures on one week's fresh listings.
+
+    Attributes:
+        batches: the batch ids scored, in order.
+        step: the week's index (the metric step): the position of the newest batch among the
+            manifest's accepted and partial batches, 0 first.
+        champion_version: the version scored, None when there is no champion yet.
+        listings: fresh listings scored.
+        accuracy: leaf accuracy in [0, 1], None when nothing was scored.
+        business_weighted_score: the gate's score on these listings, None when nothing was scored.
+        label_issues: listings flagged as likely mislabelled.
+        monitoring_run_id: the MLflow run holding the history, None when nothing was scored.
+        skipped: why nothing was scored (no champion, no fresh listings), else None.
+        recall: leaf recall per category path (local: it stays in MLflow, not in XCom).
+    """
+
+    LOCAL: ClassVar[frozenset[str]] = frozenset({"recall"})
+    batches: tuple[str, ...]
+    step: int
+    champion_version: str | None = None
+    listings: int = 0
+    accuracy: float | None = None
+    business_weighted_score: float | None = None
+    label_issues: int = 0
+    monitoring_run_id: str | None = None
+    skipped: str | None = None
+    recall: dict[str, float] = Field(default_factory=dict)
+
+
+def _metric_key(category: str) -> str:
+    """An MLflow metric name for a category path (``A > B`` -> ``fresh_recall/A/B``)."""
+    return "fresh_recall/" + re.sub(r"[^\w\-. /]", "_", category.replace(" > ", "/"))
+
+
+def _week_index(state: State, batch_id: str) -> int:
+    from ingestion.manifest import read_manifest
+
+    manifest = read_manifest(state.manifest)
+    kept = sorted(b for b, e in manifest.items() if e.get("status") in ("accepted", "partial"))
+    return kept.index(batch_id) if batch_id in kept else len(kept)
+
+
+def monitoring_run(client, experiment_id: str, model_name: str) -> str:
+    """The id of the model's monitoring run, created on first use."""
+    runs = client.search_runs([experiment_id], f"tags.`{MONITORING_TAG}` = '{model_name}'", max_results=1)
+    if runs:
+        return runs[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"monitoring/{model_name}",
+                            tags={MONITORING_TAG: model_name,
+                                  "mlflow.note.content": "The champion's weekly performance on each fresh "
+                                  "batch (step = week index): fresh_* metrics, label_issues/ artifacts."})
+    return run.info.run_id
+
+
+def score_champion_on_fresh(state: State, params: Params, batch_ids: list[str]) -> FreshBatchResult:
+    """Scores the champion on the fresh listings of ``batch_ids`` and records the figures.
+
+    Args:
+        state: the state folder (its store holds the validated batches).
+        params: the effective params (``registry``, ``score``).
+        batch_ids: the batches accepted this run (accepted or partial); empty: nothing to do.
+
+    Returns:
+        :class:`FreshBatchResult`.
+
+    Raises:
+        mlflow.exceptions.MlflowException: when the tracking server cannot be reached.
+        RuntimeError: when the champion's model cannot be loaded.
+    """
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from common.scoring import business_weighted_score
+    from common.store import image_path, read_store
+    from monitoring.label_issues import find_label_issues
+    from promotion.registry import ALIAS_CHAMPION, alias_version, ensure_experiment, mlflow_client
+
+    batches = sorted(batch_ids)
+    if not batches:
+        return FreshBatchResult(batches=(), step=0, skipped="no fresh batch")
+    step = _week_index(state, batches[-1])
+    client = mlflow_client(state)
+    name = params.registry.model_name
+    champion = alias_version(client, name, ALIAS_CHAMPION)
+    if champion is None:
+        return FreshBatchResult(batches=batches, step=step, skipped="no champion yet")
+    run_id = monitoring_run(client, ensure_experiment(state, params), name)
+    done_tag = f"monitored.{batches[-1]}"
+    tags = client.get_run(run_id).data.tags
+    if done_tag in tags:  # a retried task: read back what was recorded
+        return FreshBatchResult.from_xcom(json.loads(tags[done_tag]))
+
+    store = read_store(state.listings_store)
+    golden_file = state.golden_dir / "golden.parquet"
+    golden_ids = set(pd.read_parquet(golden_file, columns=["listing_id"])["listing_id"]) if golden_file.exists() else set()
+    seen = set(read_store(state.listings_store, columns=["listing_id"], exclude_batches=batches)["listing_id"])
+    fresh = store[store["batch_id"].isin(batches) & ~store["listing_id"].isin(seen | golden_ids)]
+    fresh = fresh.reset_index(drop=True)
+    if fresh.empty:
+        return FreshBatchResult(batches=batches, step=step, champion_version=champion,
+                                skipped="no fresh listings")
+
+    from training.serving import load_checkpoint, predict_paths
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{champion}"))
+        loaded = load_checkpoint(next(local.rglob("model.pt")))
+    except Exception as exc:  # any failure to fetch or load the champion
+        raise RuntimeError(f"the champion (version {champion}) cannot be loaded: {exc}") from exc
+    images = [str(image_path(state.listings_store, k)) for k in fresh["image_key"]]
+    predicted, probs = predict_paths(loaded, fresh, images)
+    truth = fresh["category_path"].astype(str).tolist()
+    s = params.score
+    accuracy = float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
+    score = business_weighted_score(truth, predicted, s.value_table, s.level_credit, s.default_value)
+    frame = pd.DataFrame({"truth": truth, "hit": [p == t for p, t in zip(predicted, truth, strict=True)]})
+    recall = {c: float(g["hit"].mean()) for c, g in frame.groupby("truth")}
+    issues = find_label_issues(fresh["listing_id"].astype(str).tolist(), fresh["title"].astype(str).tolist(),
+                               truth, probs, loaded.labels)
+    result = FreshBatchResult(batches=batches, step=step, champion_version=str(champion), listings=len(fresh),
+                              accuracy=round(accuracy, 6), business_weighted_score=round(float(score), 6),
+                              label_issues=len(issues.issues), monitoring_run_id=run_id, recall=recall)
+    metrics = {"fresh_accuracy": accuracy, "fresh_business_weighted_score": float(score),
+               "fresh_listings": float(len(fresh)), "fresh_label_issues": float(len(issues.issues)),
+               "fresh_champion_version": float(champion)}
+    metrics.update({_metric_key(c): r for c, r in recall.items()})
+    from mlflow.entities import Metric
+
+    now_ms = int(pd.Timestamp.now("UTC").timestamp() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now_ms, step) for k, v in metrics.items()])
+    client.log_text(run_id, issues.issues.to_csv(index=False), f"label_issues/{batches[-1]}.csv")
+    client.set_tag(run_id, done_tag, json.dumps(result.to_xcom()))
+    print(f"[monitor] champion v{champion} on {len(fresh)} fresh listings of {', '.join(batches)} "
+          f"(week {step}): leaf accuracy {accuracy:.4f}, business-weighted score {score:.4f}, "
+          f"{len(issues.issues)} label issue(s) (monitoring run {run_id})")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m monitoring.fresh_batch", description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", nargs="+", required=True)
+    parser.add_argument("--params", default=None)
+    args = parser.parse_args(argv)
+    state = State.from_env()
+    result = score_champion_on_fresh(state, load_params(args.params), args.batches)
+    print(json.dumps(result.to_xcom()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
