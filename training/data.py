@@ -22,7 +22,7 @@ import torch
 
 from common.params import TrainParams
 from training.presets import EvalPreset, TrainPreset
-from training.sampler import BatchIndex
+from training.sampler import BatchIndex, EpochBatchSampler
 from training.text import encode_listings, select_bags
 
 
@@ -174,6 +174,14 @@ def make_loader(dataset: ListingDataset, sampler: torch.utils.data.Sampler, work
         dataset, batch_size=None, sampler=sampler, num_workers=workers,
         pin_memory=device.type == "cuda", prefetch_factor=4 if workers > 0 else None,
         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
+
+
+def eval_loader(split: Split, cfg: TrainParams, device: torch.device,
+                with_images: bool) -> torch.utils.data.DataLoader:
+    """Rows in order, batches of ``2 * train.batch_size``, eval preset, in this process."""
+    sampler = EpochBatchSampler(split.targets, cfg.batch_size * 2, shuffle=False)
+    return make_loader(ListingDataset(split, EvalPreset(), with_images, cfg.channels_last),
+                       sampler, 0, device)
 
 
 def to_device(batch: tuple | list, device: torch.device) -> tuple:

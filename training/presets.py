@@ -4,7 +4,9 @@ One decode function (:func:`load_image`) turns any image file into a fixed-size 
 reads pixels with the loader validation checked them with (:func:`common.images.open_rgb`). The
 prepare stage applies it once per listing and caches the arrays, and serving applies the very same
 function to an incoming image path. The presets then turn uint8 NHWC batches into normalised float
-NCHW tensors. Shape of the presets follows torchvision's ``references/classification/presets.py``.
+NCHW tensors: :class:`TrainPreset` (random flip and translation) in training, :class:`EvalPreset`
+in validation, evaluation and serving. Shape of the presets follows torchvision's
+``references/classification/presets.py``.
 """
 
 from __future__ import annotations

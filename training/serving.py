@@ -51,10 +51,6 @@ class LoadedClassifier:
     device: torch.device
     pretrained: bool = False
 
-    @property
-    def text_buckets(self) -> int:
-        return self.train_params.text_buckets
-
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedClassifier:
     """Loads ``models/model.pt`` (see ``training.train``) for inference.

@@ -93,7 +93,9 @@ def encode_texts(titles: Sequence[str | None], descriptions: Sequence[str | None
         char_ngrams: character n-gram lengths of the title words.
 
     Returns:
-        ``(ids, offsets)`` as :func:`encode_titles`.
+        ``(ids, offsets)``: int64 tensor of all bucket ids concatenated, and int64 tensor of shape
+        ``(N,)`` with the start of each listing's ids. A listing without any feature (an empty
+        title, no description) gets the single id 0.
     """
     descriptions = descriptions if descriptions is not None else [None] * len(titles)
     if len(descriptions) != len(titles):
@@ -188,29 +190,6 @@ def encode_listings(frame: pd.DataFrame, cfg: TrainParams
     field_ids, field_offsets, numeric = encode_fields(frame.to_dict("records"), cfg.fields,
                                                       cfg.field_buckets)
     return ids, offsets, field_ids, field_offsets, numeric
-
-
-def encode_titles(titles: Iterable[str], buckets: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encodes titles for ``nn.EmbeddingBag(buckets, dim, mode="mean")``.
-
-    Args:
-        titles: N title strings (None or empty allowed).
-        buckets: number of hash buckets (the EmbeddingBag's ``num_embeddings``).
-
-    Returns:
-        ``(ids, offsets)``: int64 tensor of all bucket ids concatenated, and int64 tensor of shape
-        ``(N,)`` with the start of each title's ids. An empty title gets the single id 0.
-    """
-    ids: list[int] = []
-    offsets: list[int] = []
-    for title in titles:
-        offsets.append(len(ids))
-        feats = title_features(title if isinstance(title, str) else "")
-        if feats:
-            ids.extend(hash_feature(f, buckets) for f in feats)
-        else:
-            ids.append(0)
-    return torch.tensor(ids, dtype=torch.long), torch.tensor(offsets, dtype=torch.long)
 
 
 def select_bags(ids: torch.Tensor, offsets: torch.Tensor, index: Sequence[int] | torch.Tensor

@@ -10,7 +10,7 @@ Data: ``training.data`` (the prepared splits as a ``Dataset`` of whole batches, 
 ``DataLoader`` per split built once per run, ``train.workers`` processes), ``training.sampler``
 (the epoch's row order and each rank's share), ``training.presets`` (the train and eval
 transforms). Optimizer and schedules: ``training.optim``; the rest of the run (distributed set-up,
-checkpoint, early stopping, EMA, train log): ``training.utils``.
+checkpoint and resume, early stopping, EMA, train log): ``training.utils``.
 
 Training: one-cycle or cosine schedule, label smoothing, a loss per taxonomy level, optional
 class-balanced sampling (``train.sampling``), and early stopping on the validation
@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -54,6 +53,7 @@ from training.data import (
     ListingDataset,
     Split,
     data_fingerprint,
+    eval_loader,
     load_split,
     make_loader,
     read_labels,
@@ -63,7 +63,7 @@ from training.hierarchy import LabelTree
 from training.model import build_model
 from training.optim import make_lr_scheduler, make_optimizer, planned_epochs, warmup_steps
 from training.precision import autocast, choose_precision, measure_precisions, precision_dtype
-from training.presets import EvalPreset, TrainPreset
+from training.presets import TrainPreset
 from training.sampler import EpochBatchSampler
 
 CHECKPOINT = Path("models") / "model.pt"
@@ -178,14 +178,6 @@ class Data(NamedTuple):
     val_loader: torch.utils.data.DataLoader
 
 
-def eval_loader(split: Split, cfg: TrainParams, device: torch.device,
-                with_images: bool) -> torch.utils.data.DataLoader:
-    """Rows in order, batches of ``2 * train.batch_size``, eval preset, in this process."""
-    sampler = EpochBatchSampler(split.targets, cfg.batch_size * 2, shuffle=False)
-    return make_loader(ListingDataset(split, EvalPreset(), with_images, cfg.channels_last),
-                       sampler, 0, device)
-
-
 def load_data(prepared: Path, labels: list[str], cfg: TrainParams, device: torch.device,
               with_images: bool, rank: int = 0, world_size: int = 1) -> Data:
     """The train and val splits and their loaders, built once per run.
@@ -193,6 +185,14 @@ def load_data(prepared: Path, labels: list[str], cfg: TrainParams, device: torch
     The train loader reads this rank's share of each global batch (:class:`EpochBatchSampler`,
     ``set_epoch`` before each epoch) through the train preset (flips, ``train.crop_padding``);
     the val loader reads every row in order through the eval preset.
+
+    Args:
+        prepared: the prepare stage's folder (``train`` and ``val`` splits).
+        labels: the model's sorted leaf classes (``training.data.read_labels``).
+        cfg: the ``train`` params group.
+        device: the training device (pinned memory on CUDA).
+        with_images: whether the model reads images (False: no pixels are read).
+        rank, world_size: this process's rank and the number of processes.
     """
     train_split = load_split(prepared, "train", labels, cfg)
     val_split = load_split(prepared, "val", labels, cfg)
@@ -204,41 +204,6 @@ def load_data(prepared: Path, labels: list[str], cfg: TrainParams, device: torch
     return Data(LabelTree(labels), train_split, val_split,
                 make_loader(dataset, sampler, cfg.workers, device, cfg.seed),
                 eval_loader(val_split, cfg, device, with_images))
-
-
-@dataclass
-class Progress:
-    """What a run has done so far: restored from the checkpoint it resumes, else empty."""
-
-    start_epoch: int = 0
-    history: list[dict] = field(default_factory=list)
-    kept_state: dict | None = None  # the weights of the best epoch so far
-    precision: tuple[str, dict | None] | None = None  # (name, probe) a resumed run keeps
-    epochs_run: list[int] = field(default_factory=list)  # the epochs this process trained
-
-
-def _resume(path: Path, ckpt: dict | None, meta: dict, model: nn.Module, optimizer, lr_scheduler,
-            ema: AveragedModel | None, stopper: utils.EarlyStopping, epochs: int, rank: int) -> Progress:
-    """Restores the training state of a checkpoint that continues this run (see
-    ``training.utils.resumable``); a finished or early-stopped run starts at ``epochs``."""
-    if not utils.resumable(ckpt, meta):
-        if ckpt is not None and rank == 0:
-            print(f"ignoring {path}: written with other params or data", flush=True)
-        return Progress()
-    state = ckpt["train_state"]
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    lr_scheduler.load_state_dict(state["lr_scheduler"])
-    if ema is not None:
-        ema.load_state_dict(state["ema"])
-    if "rng_state" in state:
-        torch.set_rng_state(state["rng_state"])
-    stopper.load_state_dict(ckpt.get("best", {}))
-    if rank == 0:
-        print(f"resuming from {path} after epoch {ckpt['epoch']}", flush=True)
-    precision = (ckpt["precision"], ckpt.get("precision_probe")) if "precision" in ckpt else None
-    start = epochs if stopper.stopped else int(ckpt["epoch"]) + 1
-    return Progress(start, list(ckpt.get("history", [])), ckpt["model"], precision)
 
 
 def _validate(kept: nn.Module, criterion: nn.Module, data: Data, device: torch.device,
@@ -276,7 +241,7 @@ def make_criterion(cfg: TrainParams) -> nn.Module:
 
 
 def _end_epoch(epoch: int, stats: dict, kept: nn.Module, stopper: utils.EarlyStopping,
-               progress: Progress) -> None:
+               progress: utils.Progress) -> None:
     """Rank 0 after an epoch's validation: early stopping's bookkeeping, the history, a line."""
     if stopper.update(epoch, stats.get("val_business_weighted_score")):
         progress.kept_state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
@@ -344,7 +309,7 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     meta = {"params": params.to_dict(), "labels": labels, "pretrained": pretrained,
             "image_size": int(data.train.images.shape[1]),
             "data_fingerprint": data_fingerprint(data.train.frame), "world_size": world_size}
-    progress = _resume(workspace / CHECKPOINT, ckpt, meta, model, optimizer, lr_scheduler, ema, stopper,
+    progress = utils.resume(workspace / CHECKPOINT, ckpt, meta, model, optimizer, lr_scheduler, ema, stopper,
                        epochs, rank)
     net = utils.wrap_model(model, device, world_size, cfg.compile)
     meta["precision"], meta["precision_probe"] = choose_precision(
@@ -379,7 +344,7 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     return log
 
 
-def _finish(workspace: Path, data: Data, meta: dict, stopper: utils.EarlyStopping, progress: Progress,
+def _finish(workspace: Path, data: Data, meta: dict, stopper: utils.EarlyStopping, progress: utils.Progress,
             device: torch.device, weights_source: str | None) -> dict:
     """Writes the train log of a finished run (see :func:`train`'s Returns)."""
     best = next((h for h in reversed(progress.history) if h["epoch"] == stopper.epoch), {})

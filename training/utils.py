@@ -1,6 +1,6 @@
 """Run utilities of the train stage (as torchvision's ``references/classification/utils.py``):
-distributed set-up, seeding, the checkpoint dict and its resume check, early stopping, the weight
-EMA, and the train log.
+distributed set-up, seeding, the checkpoint dict, its resume check and the resume itself, early
+stopping, the weight EMA, and the train log.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) every process joins one process group (NCCL on CUDA,
 gloo on CPU); rank 0 evaluates, decides early stopping and writes the checkpoint.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -236,3 +237,49 @@ def write_train_log(path: Path, history: list[dict], extra: dict) -> dict:
     }
     path.write_text(json.dumps(log, indent=2), encoding="utf-8")
     return log
+
+
+@dataclass
+class Progress:
+    """What a run has done so far: restored from the checkpoint it resumes, else empty."""
+
+    start_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    kept_state: dict | None = None  # the weights of the best epoch so far
+    precision: tuple[str, dict | None] | None = None  # (name, probe) a resumed run keeps
+    epochs_run: list[int] = field(default_factory=list)  # the epochs this process trained
+
+
+def resume(path: Path, ckpt: dict | None, meta: dict, model: nn.Module, optimizer, lr_scheduler,
+           ema: AveragedModel | None, stopper: EarlyStopping, epochs: int, rank: int) -> Progress:
+    """Restores the training state of a checkpoint that continues this run.
+
+    Args:
+        path: the checkpoint's file (named in the messages).
+        ckpt: the checkpoint (:func:`read_checkpoint`), or None.
+        meta: this run's checkpoint fields (see :func:`resumable`).
+        model, optimizer, lr_scheduler, ema, stopper: loaded in place from the checkpoint.
+        epochs: the run's planned epochs; a finished or early-stopped run starts there.
+        rank: this process's rank (rank 0 prints).
+
+    Returns:
+        The run's :class:`Progress`; empty when the checkpoint does not continue this run.
+    """
+    if not resumable(ckpt, meta):
+        if ckpt is not None and rank == 0:
+            print(f"ignoring {path}: written with other params or data", flush=True)
+        return Progress()
+    state = ckpt["train_state"]
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    if "rng_state" in state:
+        torch.set_rng_state(state["rng_state"])
+    stopper.load_state_dict(ckpt.get("best", {}))
+    if rank == 0:
+        print(f"resuming from {path} after epoch {ckpt['epoch']}", flush=True)
+    precision = (ckpt["precision"], ckpt.get("precision_probe")) if "precision" in ckpt else None
+    start = epochs if stopper.stopped else int(ckpt["epoch"]) + 1
+    return Progress(start, list(ckpt.get("history", [])), ckpt["model"], precision)

@@ -15,7 +15,7 @@ from common.params import TrainParams
 from training.model import build_model
 from training.prepare import stratified_split
 from training.presets import TrainPreset, pad_crop, to_tensor_batch
-from training.text import encode_titles, hash_feature, select_bags, title_features
+from training.text import encode_texts, hash_feature, select_bags, title_features
 
 
 def test_title_features_lowercase_words_bigrams_trigrams():
@@ -36,8 +36,8 @@ def test_hash_is_stable_across_processes():
     assert all(1 <= h < 1 << 18 for h in here)
 
 
-def test_encode_titles_offsets_and_empty_title():
-    ids, offsets = encode_titles(["red shirt", "", None], 1024)
+def test_encode_texts_offsets_and_empty_title():
+    ids, offsets = encode_texts(["red shirt", "", None], None, 1024)
     assert ids.dtype == torch.long and offsets.dtype == torch.long
     assert offsets.tolist()[0] == 0 and offsets.shape == (3,)
     n_first = len(title_features("red shirt"))
@@ -48,9 +48,9 @@ def test_encode_titles_offsets_and_empty_title():
 
 def test_select_bags_matches_reencoding():
     titles = ["red shirt", "blue jeans men", "", "watch"]
-    ids, offsets = encode_titles(titles, 4096)
+    ids, offsets = encode_texts(titles, None, 4096)
     sub_ids, sub_offsets = select_bags(ids, offsets, [3, 1])
-    ref_ids, ref_offsets = encode_titles([titles[3], titles[1]], 4096)
+    ref_ids, ref_offsets = encode_texts([titles[3], titles[1]], None, 4096)
     assert torch.equal(sub_ids, ref_ids) and torch.equal(sub_offsets, ref_offsets)
 
 
