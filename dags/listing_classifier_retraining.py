@@ -8,7 +8,8 @@ model in MLflow as `challenger`, and moves the `champion` alias only when the ch
 business-weighted score beats the champion's on the same golden test set by at least
 `min_improvement`.
 
-Tasks: `ingest` -> `validate` -> `version_data` (DVC) -> `train_evaluate` (`dvc repro`) ->
+Tasks: `ingest` -> `validate` -> `monitor` (the champion on the fresh listings) ->
+`version_data` (DVC) -> `train_evaluate` (`dvc repro`) ->
 `register` -> `gate` -> `needs_approval` -> (`approval`) -> `promote` -> `review`.
 
 Each task calls one function of the platform's packages and passes its typed result
@@ -111,6 +112,16 @@ def listing_classifier_retraining():
         note = " ".join(ValidateResult.from_xcom(validated).stored_batches)
         return versioning.version_data(State.from_env(), run_params(params), note=note).to_xcom()
 
+    @task
+    def monitor(validated: dict, params=None) -> dict:
+        from common.params import run_params
+        from common.results import ValidateResult
+        from common.state import State
+        from monitoring.fresh_batch import score_champion_on_fresh
+
+        return score_champion_on_fresh(State.from_env(), run_params(params),
+                                       ValidateResult.from_xcom(validated).stored_batches).to_xcom()
+
     @task(execution_timeout=timedelta(hours=3))
     def train_evaluate(data: dict) -> dict:
         from common.results import DataVersionResult
@@ -170,6 +181,8 @@ def listing_classifier_retraining():
 
     validated = validate(ingest())
     data = version_data(validated)
+    # the champion on this week's fresh listings, before anything is retrained on them
+    monitor(validated) >> data
     trained = train_evaluate(data)
     registered = register(data, trained, validated)
     registered.operator.operator_extra_links = REGISTER_LINKS

@@ -147,7 +147,6 @@ class BagEncoder(nn.Module):
         return self.mlp(self.embedding(ids, offsets))
 
 
-TextEncoder = BagEncoder  # the text branch's historical name
 
 
 class FieldEncoder(nn.Module):
