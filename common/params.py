@@ -74,9 +74,13 @@ class PrepareParams(_Frozen):
     """``prepare``: the splits, the golden test set and the image cache."""
 
     golden_fraction: float = Field(
-        0.15, gt=0.0, lt=1.0, description="Share of each leaf category frozen into the golden test set.")
+        0.15, gt=0.0, lt=1.0, description="Share of each leaf category's listings taken into the golden test set.")
     golden_min_listings: int = Field(
-        3, ge=1, description="Leaves with fewer listings get no golden listing.")
+        3, ge=1, description="Leaves with fewer listings (in the first data, or in a week's new "
+                             "listings) get no golden listing from them.")
+    golden_policy: Literal["growing", "frozen"] = Field(
+        "growing", description="growing: each week the same share of the new listings joins the golden "
+                               "set (a new golden revision); frozen: the first week's set, never changed.")
     val_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of the remaining listings held out for validation.")
     seed: int = Field(42, description="Seed of the split.")

@@ -208,6 +208,8 @@ class GateResult(StepResult):
         n_golden: golden listings scored.
         serving_check: ``{"ok", "detail", "seconds"}`` of the challenger's serving check, or
             None when it did not run (not promoted by the gate).
+        leaves_without_golden: leaf categories of the store with no golden listing (the gate
+            is blind to them; named in the report).
         experiment_id: the challenger's MLflow experiment (links), or None.
     """
 
@@ -231,6 +233,7 @@ class GateResult(StepResult):
     golden_rev: str
     n_golden: int
     serving_check: dict[str, Any] | None = None
+    leaves_without_golden: tuple[str, ...] = ()
     experiment_id: str | None = None
 
 

@@ -47,7 +47,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from common.files import atomic_write
+from common.files import atomic_write, write_json
 from common.params import Params, load_params
 from common.results import DataVersionResult
 from common.state import State
@@ -130,35 +130,67 @@ def _golden_rank(listing_id: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha1(f"{seed}:{listing_id}".encode()).digest()[:8], "big")
 
 
-def freeze_golden(state: State, params: Params) -> Path | None:
-    """Carves the golden test set out of the store the first time there is data; never again.
+GOLDEN_BATCHES_FILE = "batches.json"
+"""Beside ``golden.parquet``: the batches already sampled for the golden set (growing policy)."""
 
-    Per leaf category with at least ``prepare.golden_min_listings`` listings, the
-    ``round(golden_fraction * n)`` (at least 1) listings of smallest seeded hash of their id
-    are frozen, whole rows included, in ``data/golden/golden.parquet``. Later weeks never
-    change it, and ``prepare`` keeps its ids out of training.
 
-    Returns:
-        The golden file, or None when the store is still empty.
-    """
-    path = state.golden_dir / "golden.parquet"
-    if path.exists():
-        return path
-    store = read_store(state.listings_store)
-    if store.empty:
-        return None
+def _stratified_pick(frame: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """Per leaf category with at least ``prepare.golden_min_listings`` listings, the
+    ``round(golden_fraction * n)`` (at least 1) listings of smallest seeded hash of their id."""
     p = params.prepare
     picks = []
-    for _, group in store.groupby("category_path", sort=True):
+    for _, group in frame.groupby("category_path", sort=True):
         if len(group) < p.golden_min_listings:
             continue
         k = max(1, round(p.golden_fraction * len(group)))
         ranked = group.assign(_rank=group["listing_id"].map(lambda i: _golden_rank(i, p.seed)))
         ranked = ranked.sort_values(["_rank", "listing_id"], kind="stable")
         picks.append(ranked.head(k).drop(columns="_rank"))
-    golden = pd.concat(picks).sort_values("listing_id").reset_index(drop=True)
-    atomic_write(path, lambda tmp: golden.to_parquet(tmp, index=False))
-    return path
+    return pd.concat(picks) if picks else frame.iloc[0:0]
+
+
+def update_golden(state: State, params: Params) -> tuple[Path | None, bool]:
+    """Creates the golden test set from the first data, then (``prepare.golden_policy: growing``,
+    the default) lets it follow the catalog.
+
+    The first time there is data, :func:`_stratified_pick` of the store is the golden set.
+    Growing: each later call takes the same seeded, stratified share of the listings of the
+    batches not sampled yet that no earlier batch holds (so never a listing any model trained
+    on), and adds them; a golden listing that a later batch updates (e.g. relabels) stays golden,
+    with its latest row. Frozen: the set never changes after the first time. ``prepare`` keeps
+    every golden id out of training at every revision.
+
+    Returns:
+        ``(path of golden.parquet or None when the store is still empty, whether it changed)``.
+    """
+    path = state.golden_dir / "golden.parquet"
+    record = state.golden_dir / GOLDEN_BATCHES_FILE
+    if path.exists() and params.prepare.golden_policy == "frozen":
+        return path, False
+    store = read_store(state.listings_store)
+    if store.empty:
+        return (path if path.exists() else None), False
+    if not path.exists():
+        golden, sampled = _stratified_pick(store, params), set(store["batch_id"])
+    else:
+        golden = pd.read_parquet(path)
+        sampled = set(json.loads(record.read_text())["batches"]) if record.exists() else set(golden["batch_id"])
+        new_batches = set(store["batch_id"]) - sampled
+        earlier = set(read_store(state.listings_store, columns=["listing_id"],
+                                 exclude_batches=new_batches)["listing_id"])
+        candidates = store[store["batch_id"].isin(new_batches) & ~store["listing_id"].isin(earlier)
+                           & ~store["listing_id"].isin(set(golden["listing_id"]))]
+        latest = store[store["listing_id"].isin(set(golden["listing_id"]))]  # updates stay golden
+        kept = golden[~golden["listing_id"].isin(set(latest["listing_id"]))]
+        golden = pd.concat([kept, latest, _stratified_pick(candidates, params)])
+        sampled |= new_batches
+    golden = golden.sort_values("listing_id").reset_index(drop=True)
+    old = pd.read_parquet(path) if path.exists() else None
+    changed = old is None or not old.reset_index(drop=True).equals(golden[list(old.columns)]) or len(old) != len(golden)
+    if changed:
+        atomic_write(path, lambda tmp: golden.to_parquet(tmp, index=False))
+    write_json(record, {"policy": params.prepare.golden_policy, "batches": sorted(sampled)})
+    return path, changed
 
 
 def _out_md5(dvc_file: Path) -> str | None:
@@ -292,11 +324,14 @@ def version_data(state: State, params: Params, note: str = "") -> DataVersionRes
         restore_pointers(ws)
         remote = configure_remote(state)
         sync_snapshot(state, params)
-        if freeze_golden(state, params) is None:
+        golden, _ = update_golden(state, params)
+        if golden is None:
             raise VersioningError("the listings store is empty: nothing to version")
         changes = store_changes(ws)
         targets = [LISTINGS] if changes is None else changes
-        if not (ws / f"{GOLDEN}.dvc").exists():
+        # a growing golden set is re-added every time (cheap: two small files), so that a run
+        # killed between writing it and `dvc add` leaves nothing unversioned
+        if params.prepare.golden_policy == "growing" or not (ws / f"{GOLDEN}.dvc").exists():
             targets.append(GOLDEN)
         # recorded before `dvc add`: once added, a partition no longer shows as changed, so a
         # run killed between add and push must still find it here

@@ -70,6 +70,23 @@ def _decision_tags(result: GateResult) -> dict[str, str]:
     }
 
 
+def leaves_without_golden(state: State, golden) -> tuple[str, ...]:
+    """The leaf categories of the listings store that have no golden listing: the gate cannot
+    see how a model does on them (named in the gate report).
+
+    Args:
+        state: the state folder (its listings store).
+        golden: :func:`promotion.registry.golden_frame`.
+
+    Returns:
+        Sorted category paths.
+    """
+    from common.store import read_store
+
+    stored = set(read_store(state.listings_store, columns=["category_path"])["category_path"].dropna())
+    return tuple(sorted(stored - set(golden["category_path"])))
+
+
 def gate_challenger(state: State, params: Params, version: str, golden_rev: str) -> GateResult:
     """Re-scores champion and challenger on the golden set, decides, and records the review.
 
@@ -149,6 +166,7 @@ def gate_challenger(state: State, params: Params, version: str, golden_rev: str)
         **verdict, version=str(version), champion_version=champion_version,
         candidate_accuracy=cand["accuracy"], champion_accuracy=champ["accuracy"] if champ else None,
         golden_rev=golden_rev, n_golden=cand["n"], serving_check=serving_check,
+        leaves_without_golden=leaves_without_golden(state, golden),
         experiment_id=client.get_run(mv.run_id).info.experiment_id if mv.run_id else None)
     per_class = report.per_class_delta(cand_listings, champ_listings)
     from promotion.lineage import load_batches

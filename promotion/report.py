@@ -108,6 +108,8 @@ REVISIONS = {
     "airflow_run_id": "the Airflow run that trained it",
 }
 """Lineage tags and, in one line each, what they pin (the description's lineage table)."""
+BLIND_LEAVES_SHOWN = 15
+"""Leaves without golden listings named in the description (all are in ``decision.json``)."""
 BATCH_ROWS = 20
 """Batches listed in the description; all are in the run's ``lineage/batches.json``."""
 
@@ -177,6 +179,11 @@ def markdown_report(result: dict, per_class: pd.DataFrame, lineage: dict, top_n:
         mark = " ❌" if r.category_path in failing else ""
         lines.append(f"| {r.category_path}{mark} | {r.support} | {r.value:.1f} | {_fmt(r.recall_candidate, '.3f')} "
                      f"| {_fmt(r.recall_champion, '.3f')} | {_fmt(r.delta, '+.3f')} |")
+    blind = result.get("leaves_without_golden") or ()
+    if blind:
+        shown = ", ".join(blind[:BLIND_LEAVES_SHOWN]) + (f" and {len(blind) - BLIND_LEAVES_SHOWN} more"
+                                                         if len(blind) > BLIND_LEAVES_SHOWN else "")
+        lines += ["", f"**Leaves with no golden listing** ({len(blind)}; the gate cannot see them): {shown}"]
     serving = result.get("serving_check")
     if serving:
         lines += ["", f"**Serving check** (`models:/…@challenger` in a fresh process): "

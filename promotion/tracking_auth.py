@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import argparse
 import configparser
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 PERMISSION_TASKS = "MANAGE"
 """What the Airflow tasks' account holds on the registered model and the experiment: MLflow's
@@ -76,19 +75,11 @@ def write_server_config(path: Path, database_uri: str, default_permission: str =
     return path
 
 
-@contextlib.contextmanager
-def _as_admin(username: str, password: str) -> Iterator[None]:
-    """MLflow clients read their credentials from the environment: the admin's, for a moment."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = username, password
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def as_account(username: str, password: str):
+    """A context in which MLflow clients of this process use this account: MLflow reads its
+    credentials from ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, restored after."""
+    return mock.patch.dict(os.environ, {"MLFLOW_TRACKING_USERNAME": username,
+                                        "MLFLOW_TRACKING_PASSWORD": password})
 
 
 def _grant(auth, username: str, resource_type: str, resource_id: str) -> None:
@@ -137,7 +128,7 @@ def ensure_task_account(tracking_uri: str, username: str, password: str, model_n
                                 "(MLFLOW_TRACKING_USERNAME/PASSWORD, MLFLOW_AUTH_ADMIN_USERNAME/PASSWORD)")
     auth = AuthServiceClient(tracking_uri)
     granted = []
-    with _as_admin(admin_username, admin_password):
+    with as_account(admin_username, admin_password):
         try:
             try:
                 auth.get_user(username)

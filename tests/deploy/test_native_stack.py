@@ -51,21 +51,19 @@ def stack(tmp_path_factory, fashion_dir):
     # floors at 0: the subject is the topology, and a 4-epoch first model on ~150 listings can
     # score under small_params' 5% accuracy floor (4.9% in one CI run), which the gate rejects
     running = start_stack(root, small_params(root / "params.yaml", floor=0.0), feed)
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
     try:
         # this test reads the registry as a reviewer would: an account of its own, READ only
         from mlflow.server.auth.client import AuthServiceClient
 
-        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = running.mlflow_admin
-        AuthServiceClient(running.mlflow_url).create_user(*REVIEWER)
-        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = REVIEWER
-        yield running
+        from promotion.tracking_auth import as_account
+
+        with as_account(*running.mlflow_admin):
+            AuthServiceClient(running.mlflow_url).create_user(*REVIEWER)
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("MLFLOW_TRACKING_USERNAME", REVIEWER[0])
+            env.setenv("MLFLOW_TRACKING_PASSWORD", REVIEWER[1])
+            yield running
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         running.stop()
 
 

@@ -295,7 +295,7 @@ def styles(fashion_dir: Path) -> pd.DataFrame:
 def _versioning_params():
     from common.params import Params
 
-    return Params().with_overrides({"prepare": {"golden_min_listings": 2}})
+    return Params().with_overrides({"prepare": {"golden_min_listings": 2, "golden_policy": "frozen"}})
 
 
 def test_versioning_adds_and_pushes_only_the_changed_batches(tmp_path, fashion_dir, styles):
@@ -393,3 +393,45 @@ def test_a_partition_written_before_a_column_existed_reads_back_with_none(tmp_pa
     assert by_batch["b1"] == [None] * 4
     assert by_batch["b2"] == ['{"gender": "Men"}'] * 4
     assert read_store(store, columns=["listing_id", "attributes"]).shape == (8, 2)
+
+
+def test_the_golden_set_grows_with_each_batch_and_never_takes_a_listing_trained_on(tmp_path, fashion_dir,
+                                                                                   styles):
+    """Growing policy (the default): each version adds a seeded, stratified share of the new
+    batch's new listings (a new golden revision); updates of listings an earlier batch held never
+    become golden; a golden listing updated later stays golden with its latest row."""
+    from common.params import Params
+    from ingestion.versioning import version_data
+
+    state = State(tmp_path / "state").ensure()
+    params = Params().with_overrides({"prepare": {"golden_min_listings": 2, "golden_fraction": 0.2}})
+    assert params.prepare.golden_policy == "growing"
+    store = state.listings_store
+    _partition(store, "b1", styles.iloc[:60], fashion_dir)
+    first = version_data(state, params, "b1")
+    g1 = pd.read_parquet(state.golden_dir / "golden.parquet")
+    assert len(g1) and set(g1["batch_id"]) == {"b1"}
+
+    # b2: 60 new listings, 10 updates of b1 listings that are not golden (trained on), and one
+    # golden listing relabelled
+    trained_on = styles.iloc[:60][~styles.iloc[:60]["id"].isin(g1["listing_id"])].head(10)
+    relabelled = styles[styles["id"] == g1["listing_id"].iloc[0]].assign(articleType="Relabelled")
+    _partition(store, "b2", pd.concat([styles.iloc[60:120], trained_on, relabelled]), fashion_dir)
+    second = version_data(state, params, "b2")
+    g2 = pd.read_parquet(state.golden_dir / "golden.parquet")
+    assert second.golden_rev != first.golden_rev and "data/golden" in second.added
+    assert set(g1["listing_id"]) <= set(g2["listing_id"])  # golden listings stay golden
+    added = set(g2["listing_id"]) - set(g1["listing_id"])
+    assert added and added <= set(styles.iloc[60:120]["id"])  # only new listings of the new batch
+    assert not added & set(trained_on["id"])
+    row = g2[g2["listing_id"] == relabelled["id"].iloc[0]].iloc[0]
+    assert row["category_path"].endswith("> Relabelled") and row["batch_id"] == "b2"
+    # stratified: every leaf of the new listings with >= golden_min_listings of them got one
+    new = styles.iloc[60:120]
+    counts = new.groupby("articleType").size()
+    leaves = {t for t in g2[g2["listing_id"].isin(added)]["category_path"].str.rsplit(" > ", n=1).str[-1]}
+    assert set(counts[counts >= 2].index) <= leaves
+
+    # a retry (nothing new) changes nothing
+    again = version_data(state, params, "nothing new")
+    assert again.golden_rev == second.golden_rev and again.data_rev == second.data_rev

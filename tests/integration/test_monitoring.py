@@ -107,3 +107,19 @@ def test_label_issues_of_the_fresh_batch_are_an_artifact(monitored):
     assert list(issues.columns) == list(ISSUE_COLUMNS)
     assert len(issues) == first.label_issues
     assert issues["self_confidence"].astype(float).between(0, 1).all()
+
+
+def test_the_gate_names_the_leaves_it_cannot_see(monitored):
+    """The fresh batch brings categories the golden set (frozen from the tiny store) lacks."""
+    from common.store import read_store
+    from promotion.promote import leaves_without_golden
+    from promotion.registry import golden_frame
+
+    state = monitored["state"]
+    golden = golden_frame(state)
+    blind = leaves_without_golden(state, golden)
+    fresh = read_store(state.listings_store)
+    fresh = set(fresh[fresh["batch_id"].isin(monitored["batches"])]["category_path"])
+    assert blind and set(blind) <= fresh | set(read_store(state.listings_store)["category_path"])
+    assert not set(blind) & set(golden["category_path"])
+    assert fresh - set(golden["category_path"]) <= set(blind)
