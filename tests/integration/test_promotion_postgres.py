@@ -9,6 +9,7 @@ and leave every alias as it was.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -106,25 +107,27 @@ def test_register_gate_promote_through_a_postgres_tracking_server(pg_server, tin
 
     state, params, data = tiny_trained["state"], tiny_trained["params"], tiny_trained["data"]
     assert state.tracking_uri == pg_server["url"]
-    v1 = register_challenger(state, params, data, tiny_trained["trained"]["workspace_commit"], "pg_dag", "run-1")
-    first = gate_challenger(state, params, v1["version"], data["golden_md5"])
-    assert first["decision"] == "promoted", first["reason"]
-    assert promote(state, params, first)["moved"]
+    v1 = register_challenger(state, params, data, tiny_trained["trained"].workspace_commit, "pg_dag", "run-1")
+    first = gate_challenger(state, params, v1.version, data.golden_rev)
+    assert first.decision == "promoted", first.reason
+    assert promote(state, params, first).moved
     client = mlflow_client(state)
-    assert alias_version(client, NAME, "champion") == v1["version"]
-    assert client.get_model_version(NAME, v1["version"]).tags["decision"] == "promoted"
+    assert alias_version(client, NAME, "champion") == v1.version
+    assert client.get_model_version(NAME, v1.version).tags["decision"] == "promoted"
 
     # the registry really lives in PostgreSQL
     conn = _pg_connect(pg_server["db"])
     cur = conn.cursor()
     cur.execute("SELECT version FROM model_versions WHERE name = %s", (NAME,))
-    assert [str(r[0]) for r in cur.fetchall()] == [v1["version"]]
+    assert [str(r[0]) for r in cur.fetchall()] == [v1.version]
     cur.execute("SELECT version FROM registered_model_aliases WHERE name = %s AND alias = 'champion'", (NAME,))
-    assert str(cur.fetchone()[0]) == v1["version"]
+    assert str(cur.fetchone()[0]) == v1.version
     conn.close()
 
 
 def test_server_down_during_the_gate_fails_and_moves_no_alias(pg_server, tiny_trained):
+    from mlflow.exceptions import MlflowException
+
     from promotion.promote import gate_challenger
     from promotion.register import register_challenger
     from promotion.registry import alias_version, mlflow_client
@@ -133,14 +136,20 @@ def test_server_down_during_the_gate_fails_and_moves_no_alias(pg_server, tiny_tr
     v2 = register_challenger(state, params, data, "pg-second-registration", "pg_dag", "run-2")
     client = mlflow_client(state)
     before = {a: alias_version(client, NAME, a) for a in ("champion", "challenger", "previous-champion")}
-    assert before["challenger"] == v2["version"]
+    assert before["challenger"] == v2.version
 
     stop_server(pg_server["proc"])
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
     try:
-        with pytest.raises(Exception):  # noqa: B017 -- any MLflow/connection error; what matters is it raises
-            gate_challenger(state, params, v2["version"], data["golden_md5"])
+        # the first registry call (the champion alias) finds nothing listening: MLflow's REST
+        # client gives up at once (no retries) and raises its own exception, not a lookalike
+        # "no champion" (None) and not an error of ours
+        with pytest.raises(MlflowException, match=rf"^API request to {re.escape(pg_server['url'])}/api/2\.0/"
+                                                  r"mlflow/registered-models/alias failed with exception .*"
+                                                  r"Connection refused") as raised:
+            gate_challenger(state, params, v2.version, data.golden_rev)
+        assert type(raised.value) is MlflowException and raised.value.error_code == "INTERNAL_ERROR"
     finally:
         os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
         os.environ.pop("MLFLOW_HTTP_REQUEST_TIMEOUT", None)
@@ -150,4 +159,4 @@ def test_server_down_during_the_gate_fails_and_moves_no_alias(pg_server, tiny_tr
     client = mlflow_client(state)
     after = {a: alias_version(client, NAME, a) for a in before}
     assert after == before
-    assert "decision" not in client.get_model_version(NAME, v2["version"]).tags
+    assert "decision" not in client.get_model_version(NAME, v2.version).tags

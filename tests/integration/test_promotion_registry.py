@@ -76,11 +76,11 @@ def registry(tiny_trained):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     state, params = tiny_trained["state"], tiny_trained["params"]
     data, trained = tiny_trained["data"], tiny_trained["trained"]
-    v1 = register_challenger(state, params, data, trained["workspace_commit"], "test_dag", "run-1")
-    first = gate_challenger(state, params, v1["version"], data["golden_md5"])
+    v1 = register_challenger(state, params, data, trained.workspace_commit, "test_dag", "run-1")
+    first = gate_challenger(state, params, v1.version, data.golden_rev)
     moved1 = promote(state, params, first)
     v2 = register_challenger(state, params, data, "same-checkpoint-again", "test_dag", "run-2")
-    second = gate_challenger(state, params, v2["version"], data["golden_md5"])
+    second = gate_challenger(state, params, v2.version, data.golden_rev)
     moved2 = promote(state, params, second)
     return {"state": state, "params": params, "data": data, "trained": trained, "v1": v1, "v2": v2,
             "first": first, "second": second, "moved1": moved1, "moved2": moved2}
@@ -88,58 +88,62 @@ def registry(tiny_trained):
 
 def test_first_run_promotes_on_value_thresholds_only(registry):
     first, client = registry["first"], client_for(registry["state"])
-    assert first["decision"] == "promoted" and first["first_run"] and registry["moved1"]["moved"]
-    assert "only the value thresholds" in first["reason"]
-    assert first["serving_check"]["ok"], first["serving_check"]
-    assert alias(client, "champion") == registry["v1"]["version"]
-    tags = client.get_model_version(NAME, registry["v1"]["version"]).tags
+    assert first.decision == "promoted" and first.first_run and registry["moved1"].moved
+    assert "only the value thresholds" in first.reason
+    assert first.serving_check["ok"], first.serving_check
+    assert alias(client, "champion") == registry["v1"].version
+    tags = client.get_model_version(NAME, registry["v1"].version).tags
     assert tags["decision"] == "promoted" and tags["champion_score"] == "none"
     decision = json.loads(mlflow.artifacts.load_text(
-        f"runs:/{registry['v1']['run_id']}/comparison/{tags['golden_rev']}/decision.json"))
+        f"runs:/{registry['v1'].run_id}/comparison/{tags['golden_rev']}/decision.json"))
     assert decision["first_run"] is True and decision["serving_check"]["ok"] is True
 
 
 def test_a_tie_is_rejected_and_no_alias_moves(registry):
     second, client = registry["second"], client_for(registry["state"])
-    assert second["decision"] == "rejected" and not registry["moved2"]["moved"]
-    assert second["delta"] == 0.0 and second["candidate_score"] == second["champion_score"]
-    lo, hi = second["interval"]
+    assert second.decision == "rejected" and not registry["moved2"].moved
+    assert second.delta == 0.0 and second.candidate_score == second.champion_score
+    lo, hi = second.interval
     assert lo == hi == 0.0  # identical predictions: the paired bootstrap has no spread
-    assert alias(client, "champion") == registry["v1"]["version"]
-    assert alias(client, "challenger") == registry["v2"]["version"]
+    assert alias(client, "champion") == registry["v1"].version
+    assert alias(client, "challenger") == registry["v2"].version
     assert alias(client, "previous-champion") is None
 
 
 def test_review_material_in_mlflow(registry):
     client = client_for(registry["state"])
-    v2 = client.get_model_version(NAME, registry["v2"]["version"])
+    v2 = client.get_model_version(NAME, registry["v2"].version)
     t = v2.tags
     from promotion.registry import VERSION_TAGS
 
     # the version row: exactly the tags a reviewer filters by (decision, scores, delta, revisions, run ids)
     assert set(t) == set(VERSION_TAGS), sorted(set(t) ^ set(VERSION_TAGS))
     assert all(t[key] not in (None, "") for key in VERSION_TAGS)
-    assert t["champion_version"] == registry["v1"]["version"]
-    assert t["golden_rev"] == registry["data"]["golden_md5"]
+    assert t["champion_version"] == registry["v1"].version
+    assert t["golden_rev"] == registry["data"].golden_rev
     assert t["mlflow_run_id"] == v2.run_id
     # the rest of the lineage on the run, the rest of the decision in its artifact
     run_tags = client.get_run(v2.run_id).data.tags
-    for key in ("git_commit", "listings_md5", "golden_md5", "params_hash", "dag_id", "data_rev"):
+    for key in ("git_commit", "listings_md5", "golden_rev", "params_hash", "dag_id", "data_rev"):
         assert run_tags.get(key) not in (None, ""), key
-    assert run_tags["golden_md5"] == registry["data"]["golden_md5"]
+    assert run_tags["golden_rev"] == registry["data"].golden_rev
     decision = json.loads(mlflow.artifacts.load_text(
-        f"runs:/{v2.run_id}/comparison/{registry['data']['golden_md5']}/decision.json"))
+        f"runs:/{v2.run_id}/comparison/{registry['data'].golden_rev}/decision.json"))
     assert decision["mode"] == "interval" and decision["decision"] == t["decision"]
     slices = decision["slices"]
     assert len(slices) == 3 and all(s["passed"] for s in slices)
     md = v2.description
     assert "REJECTED" in md and "| business-weighted score |" in md and "training run" in md
     assert slices[0]["category"] in md
-    files = {Path(f.path).name for f in client.list_artifacts(v2.run_id, f"comparison/{registry['data']['golden_md5']}")}
+    files = {Path(f.path).name for f in client.list_artifacts(v2.run_id, f"comparison/{registry['data'].golden_rev}")}
     assert {"per_class_delta.csv", "confusion_challenger.png", "confusion_champion.png", "decision.json",
             "report.md"} <= files
+    from promotion.registry import golden_frame
+
+    assert_comparison_artifacts(client, registry["v2"].version, registry["second"],
+                                golden_frame(registry["state"]), registry["params"])
     cached = client.list_artifacts(v2.run_id, "golden_predictions")
-    assert [Path(f.path).name for f in cached] == [f"{registry['data']['golden_md5']}.csv"]
+    assert [Path(f.path).name for f in cached] == [f"{registry['data'].golden_rev}.csv"]
 
 
 def test_champion_scores_are_cached_per_golden_revision(registry):
@@ -147,13 +151,13 @@ def test_champion_scores_are_cached_per_golden_revision(registry):
 
     state, params = registry["state"], registry["params"]
     golden = golden_frame(state)
-    rev = registry["data"]["golden_md5"]
-    summary, listings = score_version(state, params, registry["v1"]["version"], golden, rev)
+    rev = registry["data"].golden_rev
+    summary, listings = score_version(state, params, registry["v1"].version, golden, rev)
     assert summary["golden_rev"] == rev and len(listings.predicted_paths) == len(golden)
     # another golden revision is never answered from this cache: scored again, its own tag
-    other, _ = score_version(state, params, registry["v1"]["version"], golden, "another-revision")
+    other, _ = score_version(state, params, registry["v1"].version, golden, "another-revision")
     assert other["business_weighted_score"] == summary["business_weighted_score"]
-    run_id = client_for(state).get_model_version(NAME, registry["v1"]["version"]).run_id
+    run_id = client_for(state).get_model_version(NAME, registry["v1"].version).run_id
     cached = {Path(f.path).name for f in client_for(state).list_artifacts(run_id, "golden_predictions")}
     assert {f"{rev}.csv", "another-revision.csv"} <= cached
 
@@ -169,7 +173,7 @@ def test_an_unloadable_champion_fails_the_gate_and_moves_nothing(registry, tmp_p
     client.set_registered_model_alias(NAME, "champion", gone.version)
     try:
         with pytest.raises(RuntimeError, match=r"champion \(version \d+\) cannot be re-scored"):
-            gate_challenger(state, params, registry["v2"]["version"], registry["data"]["golden_md5"])
+            gate_challenger(state, params, registry["v2"].version, registry["data"].golden_rev)
         assert alias(client, "champion") == str(gone.version)
         assert alias(client, "challenger") == before["challenger"]
         assert "decision" not in client.get_model_version(NAME, gone.version).tags
@@ -197,8 +201,8 @@ def test_unreachable_tracking_server_fails_gate_and_promote(registry, monkeypatc
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
     with pytest.raises(MlflowException):
-        gate_challenger(state, params, registry["v2"]["version"], registry["data"]["golden_md5"])
-    forced = {**registry["second"], "promote": True, "decision": "promoted"}
+        gate_challenger(state, params, registry["v2"].version, registry["data"].golden_rev)
+    forced = registry["second"].model_copy(update={"promote": True, "decision": "promoted"})
     with pytest.raises(MlflowException):
         promote(state, params, forced)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
@@ -212,28 +216,28 @@ def test_record_review_rejection_keeps_aliases_and_is_recorded(registry):
     state, params = registry["state"], registry["params"]
     client = client_for(state)
     before = {a: alias(client, a) for a in ("champion", "challenger", "previous-champion")}
-    would_promote = {**registry["second"], "promote": True, "decision": "promoted"}
+    would_promote = registry["second"].model_copy(update={"promote": True, "decision": "promoted"})
     out = record_review(state, params, would_promote,
                         {"chosen_options": ["Reject"], "responded_by_user": {"id": "7", "name": "ana"}}, True)
-    assert out["approval"] == "rejected"
-    tags = client.get_model_version(NAME, registry["v2"]["version"]).tags
+    assert out.approval == "rejected"
+    tags = client.get_model_version(NAME, registry["v2"].version).tags
     assert tags["approval"] == "rejected" and tags["approval_by"] == "ana"
     assert tags["decision"] == "rejected" and "reviewer ana rejected" in tags["reason"]
-    description = client.get_model_version(NAME, registry["v2"]["version"]).description
+    description = client.get_model_version(NAME, registry["v2"].version).description
     assert description.startswith("## Human review: **REJECTED** by ana") and "## Gate:" in description
     # a retried review replaces its heading instead of stacking another
     record_review(state, params, would_promote,
                   {"chosen_options": ["Reject"], "responded_by_user": {"id": "7", "name": "ana"}}, True)
-    again = client.get_model_version(NAME, registry["v2"]["version"]).description
+    again = client.get_model_version(NAME, registry["v2"].version).description
     assert again == description and again.count("## Human review") == 1
     assert {a: alias(client, a) for a in before} == before
-    assert record_review(state, params, registry["first"], None, False)["approval"] == "not required"
+    assert record_review(state, params, registry["first"], None, False).approval == "not required"
 
 
 def test_rollback_cli_moves_champion_and_back(registry):
     state = registry["state"]
     client = client_for(state)
-    v1, v2 = registry["v1"]["version"], registry["v2"]["version"]
+    v1, v2 = registry["v1"].version, registry["v2"].version
     env = {**os.environ, "LCP_STATE_DIR": str(state.root), "LCP_PARAMS": str(state.root / "params.yaml")}
     env.pop("MLFLOW_TRACKING_URI", None)
 
@@ -261,7 +265,7 @@ def test_lineage_a_reviewer_reads_in_the_ui(registry):
     """The run lists its datasets (with DVC sources and row counts), charts one point per epoch,
     lasts as long as training did; the description names the batches and links relatively."""
     client = client_for(registry["state"])
-    v1 = client.get_model_version(NAME, registry["v1"]["version"])
+    v1 = client.get_model_version(NAME, registry["v1"].version)
     run = client.get_run(v1.run_id)
     ws = registry["state"].workspace
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
@@ -270,7 +274,7 @@ def test_lineage_a_reviewer_reads_in_the_ui(registry):
         rows = len(pd.read_parquet(ws / "data" / "prepared" / f"{name}.parquet"))
         assert json.loads(d.dataset.profile)["num_rows"] == rows
         source = json.loads(d.dataset.source)
-        assert d.dataset.source_type == "dvc" and source["rev"] == registry["trained"]["workspace_commit"]
+        assert d.dataset.source_type == "dvc" and source["rev"] == registry["trained"].workspace_commit
         assert source["path"] == f"data/prepared/{name}.parquet" and d.dataset.digest
         assert {t.key: t.value for t in d.tags}["mlflow.data.context"] in {"training", "validation", "golden"}
     log = json.loads((ws / "models" / "train_log.json").read_text())
@@ -295,3 +299,107 @@ def mlflow_text(client, run_id: str, path: str) -> str:
 
     with tempfile.TemporaryDirectory() as tmp:
         return Path(client.download_artifacts(run_id, path, tmp)).read_text()
+
+
+def mlflow_bytes(client, run_id: str, path: str) -> bytes:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(client.download_artifacts(run_id, path, tmp)).read_bytes()
+
+
+PER_CLASS_COLUMNS = ["category_path", "support", "value", "recall_candidate", "recall_champion", "delta"]
+
+
+def assert_comparison_artifacts(client, version: str, result, golden: pd.DataFrame, params: Params) -> None:
+    """The gate's comparison artifacts of ``version`` (``comparison/<golden_rev>/`` on its run)
+    hold what the two models predicted on the golden set, and the gate's own decision.
+
+    The expected figures are computed here from the golden truth and each version's cached golden
+    predictions (``golden_predictions/<golden_rev>.csv``, what the gate scored: their accuracy
+    must be the gate's), not read back from the code that wrote the artifacts.
+
+    Args:
+        client: an MLflow client on the registry.
+        version: the challenger the gate ran on.
+        result: the gate's :class:`common.results.GateResult` for it.
+        golden: :func:`promotion.registry.golden_frame`.
+        params: the params the gate ran with (``score``).
+    """
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from common.scoring import category_value
+    from promotion.promote import REVIEW_HEADING
+
+    rev = result.golden_rev
+    folder = f"comparison/{rev}"
+    mv = client.get_model_version(NAME, version)
+    truth = golden["category_path"].tolist()
+
+    def predictions(v: str) -> list[str]:
+        run_id = client.get_model_version(NAME, v).run_id
+        frame = pd.read_csv(io.StringIO(mlflow_text(client, run_id, f"golden_predictions/{rev}.csv")),
+                            dtype=str, keep_default_na=False)
+        assert frame["listing_id"].tolist() == [str(i) for i in golden["listing_id"]]
+        return frame["predicted_path"].tolist()
+
+    def recall(pred: list[str], category: str) -> float:
+        hits = [p == t for p, t in zip(pred, truth, strict=True) if t == category]
+        return sum(hits) / len(hits)
+
+    cand = predictions(version)
+    champ = predictions(result.champion_version) if result.champion_version else None
+    assert np.mean(np.equal(cand, truth)) == pytest.approx(result.candidate_accuracy)
+    if champ is not None:
+        assert np.mean(np.equal(champ, truth)) == pytest.approx(result.champion_accuracy)
+
+    # decision.json: the decision the gate returned, whole
+    assert json.loads(mlflow_text(client, mv.run_id, f"{folder}/decision.json")) == result.to_dict()
+
+    # per_class_delta.csv: one row per golden category, most valuable first, both models' recalls
+    per_class = pd.read_csv(io.StringIO(mlflow_text(client, mv.run_id, f"{folder}/per_class_delta.csv")))
+    assert list(per_class.columns) == PER_CLASS_COLUMNS
+    assert sorted(per_class["category_path"]) == sorted(set(truth))
+    s = params.score
+    expected_value = {c: truth.count(c) * category_value(c, s.value_table, s.default_value) for c in set(truth)}
+    assert per_class["category_path"].tolist() == sorted(expected_value, key=lambda c: (-expected_value[c], c))
+    for row in per_class.itertuples():
+        c = row.category_path
+        assert row.support == truth.count(c), c
+        assert row.value == pytest.approx(expected_value[c]), c
+        assert row.recall_candidate == pytest.approx(recall(cand, c)), c
+        if champ is None:
+            assert np.isnan(row.recall_champion) and np.isnan(row.delta), c
+        else:
+            assert row.recall_champion == pytest.approx(recall(champ, c)), c
+            assert row.delta == pytest.approx(recall(cand, c) - recall(champ, c)), c
+
+    # the confusion matrices: a real PNG of a sane size, and its counts beside it
+    sides = [("challenger", cand)] + ([("champion", champ)] if champ is not None else [])
+    names = {Path(f.path).name for f in client.list_artifacts(mv.run_id, folder)}
+    assert ("confusion_champion.png" in names) == (champ is not None)
+    for side, pred in sides:
+        with Image.open(io.BytesIO(mlflow_bytes(client, mv.run_id, f"{folder}/confusion_{side}.png"))) as img:
+            assert img.format == "PNG"
+            width, height = img.size
+            assert width == height and 600 <= width <= 2000, img.size  # 6 in+ at 110 dpi, square
+            low, high = img.convert("L").getextrema()
+            assert high - low > 100, (side, low, high)  # drawn on, not a blank canvas
+        counts = pd.read_csv(io.StringIO(mlflow_text(client, mv.run_id, f"{folder}/confusion_{side}.csv")),
+                             index_col=0)
+        labels = sorted(set(truth) | set(pred))
+        assert counts.index.tolist() == labels and counts.columns.tolist() == labels
+        assert int(np.trace(counts.to_numpy())) == sum(p == t for p, t in zip(pred, truth, strict=True))
+        assert counts.sum(axis=1).to_dict() == {c: truth.count(c) for c in labels}
+        assert counts.sum(axis=0).to_dict() == {c: pred.count(c) for c in labels}
+
+    # report.md: the version description's gate part (a human review heading may sit above it)
+    report = mlflow_text(client, mv.run_id, f"{folder}/report.md")
+    description = mv.description
+    if description.startswith(REVIEW_HEADING):
+        description = description.split("\n\n", 1)[1]
+    assert report == description
+    assert report.startswith(f"## Gate: **{result.decision.upper()}**")
