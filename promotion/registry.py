@@ -63,6 +63,10 @@ def alias_version(client, name: str, alias: str) -> str | None:
     """
     from mlflow.exceptions import MlflowException
 
+    # a tracking server with MLflow's basic-auth answers a model that does not exist yet with
+    # 403 (no permission on it), not 404: ask the search, which lists only what exists
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        return None
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException as exc:
