@@ -95,7 +95,9 @@ def find_label_issues(listing_ids: Sequence[str], titles: Sequence[str], given_l
     sub_labels = np.array([remap[c] for c in labels])
     if len(used) < 2:
         return LabelIssues(empty, len(rows), int((~known).sum()))
-    flagged = cleanlab_find(sub_labels, sub, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab forks a multiprocessing pool otherwise, which deadlocks in a process that
+    # already runs threads (torch, an Airflow task runner)
+    flagged = cleanlab_find(sub_labels, sub, return_indices_ranked_by="self_confidence", n_jobs=1)
     out = []
     for k in flagged:
         i = rows[k]
