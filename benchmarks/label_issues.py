@@ -17,6 +17,8 @@ Command::
 
     .venv/bin/python benchmarks/label_issues.py [--data ../shared/datasets/fashion-product-images]
         [--epochs N] [--seeds 5] [--share 0.05] [--out label_issues_benchmark.csv]
+    # or on make demo's state: v1 (trained on week 1) on week 2's fresh listings, no training
+    .venv/bin/python benchmarks/label_issues.py --state .state --version 1 --batch fashion-2026-11-09
 """
 
 from __future__ import annotations
@@ -117,6 +119,35 @@ def champion_on_fresh_batch(data: Path, root: Path, epochs: int | None) -> tuple
     return fresh, probs, loaded.labels, timings
 
 
+def version_on_batch(state_dir: Path, version: str, batch_id: str) -> tuple[pd.DataFrame, np.ndarray, list[str], dict]:
+    """A registered version of an existing state (e.g. ``make demo``'s v1, trained on week 1)
+    predicting a later batch's listings it never saw (not in an earlier batch, not golden).
+
+    Returns:
+        ``(fresh listings, probabilities (N, C), classes, timings in seconds)``.
+    """
+    import mlflow
+
+    from common.params import load_params
+    from common.state import State
+    from common.store import image_path, read_store
+    from training.serving import load_checkpoint, predict_paths
+
+    state = State(state_dir)
+    mlflow.set_tracking_uri(state.tracking_uri)
+    name = load_params(state.workspace / "params.yaml").registry.model_name
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}"))
+    store = read_store(state.listings_store)
+    earlier = set(read_store(state.listings_store, exclude_batches=[batch_id])["listing_id"])
+    golden = set(pd.read_parquet(state.golden_dir / "golden.parquet")["listing_id"])
+    fresh = store[(store["batch_id"] == batch_id) & ~store["listing_id"].isin(earlier | golden)]
+    fresh = fresh.reset_index(drop=True)
+    t0 = time.perf_counter()
+    loaded = load_checkpoint(next(local.rglob("model.pt")))
+    _, probs = predict_paths(loaded, fresh, [str(image_path(state.listings_store, k)) for k in fresh["image_key"]])
+    return fresh, probs, loaded.labels, {"predict_s": time.perf_counter() - t0}
+
+
 def main(argv: list[str] | None = None) -> int:
     from monitoring.label_issues import find_label_issues
 
@@ -126,9 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--share", type=float, default=0.05)
     parser.add_argument("--out", type=Path, default=None, help="CSV of one row per seed")
+    parser.add_argument("--state", type=Path, default=None,
+                        help="reuse an existing state (e.g. make demo's) instead of training: with --version, --batch")
+    parser.add_argument("--version", default="1")
+    parser.add_argument("--batch", default=None, help="the later batch the version never saw")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="lcp-label-issues-") as tmp:
-        fresh, probs, classes, timings = champion_on_fresh_batch(args.data, Path(tmp), args.epochs)
+    if args.state:
+        fresh, probs, classes, timings = version_on_batch(args.state, args.version, args.batch)
+    else:
+        with tempfile.TemporaryDirectory(prefix="lcp-label-issues-") as tmp:
+            fresh, probs, classes, timings = champion_on_fresh_batch(args.data, Path(tmp), args.epochs)
     truth = fresh["category_path"].astype(str).tolist()
     known = [t in set(classes) for t in truth]
     ids, titles = fresh["listing_id"].astype(str).tolist(), fresh["title"].astype(str).tolist()
