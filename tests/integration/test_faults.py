@@ -99,6 +99,13 @@ sys.exit(main(sys.argv[1:]))
 # --- state folders -----------------------------------------------------------------------------
 
 
+def _params():
+    """The project's params with the golden set frozen: these tests are about the kill points of
+    the store's partitions, so each step's DVC targets are the partitions alone (the growing
+    golden set has its own test in test_ingestion.py)."""
+    return load_params().with_overrides({"prepare": {"golden_policy": "frozen"}})
+
+
 def _copy(src: Path, dst: Path) -> State:
     shutil.copytree(src, dst, symlinks=True)
     return State(dst)
@@ -117,7 +124,7 @@ def snapshots(tmp_path_factory, fashion_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("faults")
     feed = root / "feed"
     publish(fashion_dir, feed, weeks=3, catalog=load_catalog("catalogs/fashion.yaml"), limit=240)
-    params = load_params()
+    params = _params()
     staged = State(root / "staged")
     ingest_new_batches(staged, params, WEEK1, str(feed))
     validate_staged_batches(staged, params)
@@ -240,11 +247,11 @@ def _work(step: str, root: Path, kill: tuple | None, out: Path) -> None:
     if step == "validate":
         from validation.staged import validate_staged_batches
 
-        result = validate_staged_batches(state, load_params())
+        result = validate_staged_batches(state, _params())
     else:
         from ingestion.versioning import version_data
 
-        result = version_data(state, load_params(), "retry")
+        result = version_data(state, _params(), "retry")
     out.write_text(json.dumps(result.to_dict()))
 
 
@@ -387,7 +394,7 @@ def test_validate_killed_at_four_points_then_retried(snapshots, tmp_path):
     assert set(outcome["reports"]) == {b2, b3} and outcome["store_listings"] == len(read_store(store))
     _assert_store_matches_manifest(state)
 
-    result = version_data(state, load_params(), "b2 b3").to_dict()
+    result = version_data(state, _params(), "b2 b3").to_dict()
     assert result["added"] == [f"data/listings/{BATCHES}/{b}" for b in (b2, b3)]
     _assert_versioned(state, result)
     assert {b: e["data_rev"] for b, e in read_manifest(state.manifest).items() if b != week1} == \
@@ -402,7 +409,7 @@ def test_validate_on_a_full_disk_fails_clearly_and_the_retry_succeeds(snapshots,
     from validation.staged import validate_staged_batches
 
     state = _copy(snapshots["staged"], small_disk / "state")
-    store, params = state.listings_store, load_params()
+    store, params = state.listings_store, _params()
     b2, b3 = sorted(b for b, s in _statuses(state).items() if s == "staged")
     before, manifest = read_store(store), state.manifest.read_bytes()
     images = sum(p.stat().st_size for p in (state.staging / b2 / "images").iterdir())
@@ -500,7 +507,7 @@ def test_version_on_a_full_disk_fails_clearly_and_the_retry_succeeds(snapshots, 
     from ingestion.versioning import store_changes, version_data
 
     state = _copy(snapshots["validated"], small_disk / "state")
-    ws, params = state.workspace, load_params()
+    ws, params = state.workspace, _params()
     pointer = ws / "data" / "listings.dvc"
     head, committed = _git(ws, "rev-parse", "HEAD").strip(), pointer.read_text()
     new = store_changes(ws)

@@ -139,11 +139,12 @@ def test_decompression_bomb_refused_from_the_header(batch: Path) -> None:
 
 
 def test_the_peak_memory_probe_sees_a_decode(batch: Path) -> None:
-    """The probe above can fail: an 8000 x 8000 1-bit PNG under a raised limit is decoded (64 MB
-    in mode "1", 192 MB as RGB) and its growth exceeds the bomb's bound."""
-    (batch / "images" / "big.png").write_bytes(_one_bit_png(8_000, 8_000))
+    """The probe above can fail: a 12000 x 12000 1-bit PNG under a raised limit is decoded (144 MB
+    in mode "1", 432 MB as RGB: well above what importing the checker peaks at) and its growth
+    exceeds the bomb's bound."""
+    (batch / "images" / "big.png").write_bytes(_one_bit_png(12_000, 12_000))
     decoded = _check_image_in_a_fresh_process(batch, "images/big.png",
-                                              PARAMS.model_copy(update={"max_image_pixels": 10**8}))
+                                              PARAMS.model_copy(update={"max_image_pixels": 2 * 10**8}))
     assert decoded["error"].startswith("image_blank")  # decoded all the way to the blank check
     assert decoded["grown_kib"] > BOMB_PEAK_BOUND_KIB, decoded
 
