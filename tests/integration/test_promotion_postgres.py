@@ -146,7 +146,7 @@ def test_server_down_during_the_gate_fails_and_moves_no_alias(pg_server, tiny_tr
         # client gives up at once (no retries) and raises its own exception, not a lookalike
         # "no champion" (None) and not an error of ours
         with pytest.raises(MlflowException, match=rf"^API request to {re.escape(pg_server['url'])}/api/2\.0/"
-                                                  r"mlflow/registered-models/alias failed with exception .*"
+                                                  r"mlflow/registered-models/(alias|search) failed with exception .*"
                                                   r"Connection refused") as raised:
             gate_challenger(state, params, v2.version, data.golden_rev)
         assert type(raised.value) is MlflowException and raised.value.error_code == "INTERNAL_ERROR"
