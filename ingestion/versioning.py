@@ -185,8 +185,7 @@ def update_golden(state: State, params: Params) -> tuple[Path | None, bool]:
         golden = pd.concat([kept, latest, _stratified_pick(candidates, params)])
         sampled |= new_batches
     golden = golden.sort_values("listing_id").reset_index(drop=True)
-    old = pd.read_parquet(path) if path.exists() else None
-    changed = old is None or not old.reset_index(drop=True).equals(golden[list(old.columns)]) or len(old) != len(golden)
+    changed = not path.exists() or not pd.read_parquet(path).equals(golden)
     if changed:
         atomic_write(path, lambda tmp: golden.to_parquet(tmp, index=False))
     write_json(record, {"policy": params.prepare.golden_policy, "batches": sorted(sampled)})
