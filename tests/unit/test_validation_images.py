@@ -96,18 +96,20 @@ def test_too_small_refused(batch: Path) -> None:
 
 
 _PEAK_PROBE = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 from common.params import ValidateParams
 from PIL import Image
 from validation.images import check_image
 Image.init()  # Pillow registers its format plugins once per process: not the check's time
 batch, key, params = Path(sys.argv[1]), sys.argv[2], ValidateParams.model_validate_json(sys.argv[3])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: this process's peak so far
+def peak_kib():  # VmHWM: this address space's peak RSS, new at exec (ru_maxrss is not: it keeps the parent's)
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+before = peak_kib()
 start = time.perf_counter()
 error, sha, _ = check_image(batch, key, params)
 seconds = time.perf_counter() - start
-grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+grown = peak_kib() - before
 print(json.dumps({"error": error, "sha": sha, "seconds": seconds, "grown_kib": grown}))
 """
 BOMB_PEAK_BOUND_KIB = 100 * 1024
@@ -118,8 +120,10 @@ pixel in mode "1"), reading its header a few KB."""
 def _check_image_in_a_fresh_process(batch: Path, key: str, params: ValidateParams) -> dict:
     """check_image in a new interpreter, with the growth of that process's own peak RSS.
 
-    ``ru_maxrss`` is a process's all-time peak: in the test process, earlier tests have already
-    pushed it above what one decode adds, so the probe runs where nothing else ran.
+    The peak is ``VmHWM`` of ``/proc/self/status``, which belongs to the address space and starts
+    anew at ``exec``. ``ru_maxrss`` does not: Linux carries it across ``exec`` from the forked
+    parent, so under a pytest process that had grown past 432 MB the decode read 0 KiB grown
+    (CI, stop 22). In the test process itself earlier tests have pushed the peak up too.
     """
     proc = subprocess.run([sys.executable, "-c", _PEAK_PROBE, str(batch), key, params.model_dump_json()],
                           capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
