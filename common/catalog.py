@@ -112,6 +112,11 @@ class Catalog(BaseModel):
                     "``attributes`` JSON object, keyed by column name); the classifier's "
                     "structured branch reads those named in ``train.fields``.")
     taxonomy: TaxonomySpec = TaxonomySpec()
+    order_by: str | None = Field(
+        default=None,
+        description="Source column that orders the catalog in time (e.g. a year or a date), "
+                    "for publishing it as a season of weeks in its own order "
+                    "(``ingestion.feed.publish(order='time')``); ties are broken by listing id.")
 
     @field_validator("taxonomy", mode="before")
     @classmethod

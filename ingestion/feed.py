@@ -1,6 +1,10 @@
 """Publishes a source catalog into a feed as weekly batches (what a marketplace would drop).
 
-The cut is deterministic: listing ``i`` goes to week ``sha1(id) mod weeks``, so the same
+The cut is deterministic. ``order="hash"`` (the default): listing ``i`` goes to week
+``sha1(id) mod weeks``, so every week is a sample of the whole catalog. ``order="time"``: the
+listings are sorted by the catalog's ordering column (``order_by`` of the adapter, e.g. the
+fashion catalog's ``year``; ties by listing id) and cut into ``weeks`` consecutive, near-equal
+runs, so the weeks meet the catalog as it changed (new categories, a shifting mix). The same
 source and arguments always give the same batches. Batch ids are ``<catalog>-<YYYY-MM-DD>``,
 the date of the week's Monday; ingest takes the batches dated on or before a run's
 data interval end.
@@ -9,7 +13,7 @@ CLI::
 
     python -m ingestion.feed publish --source ../shared/datasets/fashion-product-images \\
         --weeks 2 [--feed DIR] [--start 2026-11-02] [--limit 400] [--catalog catalogs/fashion.yaml] \\
-        [--format csv|jsonl|parquet]
+        [--format csv|jsonl|parquet] [--order hash|time]
     python -m ingestion.feed publish --source ../shared/datasets/flipkart-1050 \\
         --catalog catalogs/flipkart.yaml --weeks 2
 
@@ -28,6 +32,7 @@ import sys
 from datetime import date, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from common.catalog import PATH_SEP, Catalog, google_taxonomy_paths, load_catalog
@@ -47,6 +52,36 @@ def _order(listing_id: str) -> str:
 
 FORMATS = ("csv", "jsonl", "parquet")
 """Listings file formats publish can write (validation reads all three)."""
+
+ORDERS = ("hash", "time")
+"""How publish cuts a catalog into weeks: a hash sample per week, or the catalog's time order."""
+
+
+def _natural(values: pd.Series) -> pd.Series:
+    """Sort key of a text column: numbers by value when every non-blank cell is one (so that
+    ids "9" < "10"), else the text; blanks last."""
+    numbers = pd.to_numeric(values.where(values.str.strip() != ""), errors="coerce")
+    if numbers.notna().sum() == (values.str.strip() != "").sum():
+        return numbers.fillna(float("inf"))
+    return values.where(values.str.strip() != "", "\uffff")
+
+
+def time_order(frame: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
+    """The listings sorted by the catalog's ordering column, ties by listing id (both compared
+    as numbers when they are numbers).
+
+    Raises:
+        ValueError: when the catalog declares no ``order_by`` column or the source lacks it.
+    """
+    column, id_col = catalog.order_by, catalog.columns.listing_id
+    if not column:
+        raise ValueError(f"catalog {catalog.name!r} declares no ordering column (order_by): "
+                         "it cannot be published in time order")
+    if column not in frame.columns:
+        raise ValueError(f"the source has no column {column!r} (order_by of catalog {catalog.name!r})")
+    keys = pd.DataFrame({"t": _natural(frame[column].astype(str)), "i": _natural(frame[id_col].astype(str))},
+                        index=frame.index)
+    return frame.loc[keys.sort_values(["t", "i"], kind="stable").index]
 
 
 def catalog_taxonomy(frame: pd.DataFrame, catalog: Catalog) -> list[str]:
@@ -87,6 +122,7 @@ def publish(
     start: date = DEFAULT_START,
     limit: int | None = None,
     fmt: str = "csv",
+    order: str = "hash",
 ) -> list[str]:
     """Cuts a source catalog into ``weeks`` weekly batches in a local feed folder.
 
@@ -99,18 +135,23 @@ def publish(
         limit: publish only this many listings (a deterministic sample), e.g. for tests.
         fmt: listings file format, one of :data:`FORMATS`; the file is named
             ``<stem of catalog.listings_file>.<fmt>``.
+        order: ``"hash"`` (each week a hash sample of the catalog) or ``"time"`` (consecutive
+            runs of the catalog's time order, :func:`time_order`).
 
     Returns:
         The batch ids written, in date order.
 
     Raises:
         FileNotFoundError: when the source has no listings file.
-        ValueError: when ``weeks`` < 1 or ``fmt`` is unknown.
+        ValueError: when ``weeks`` < 1, ``fmt`` or ``order`` is unknown, or ``order="time"``
+            for a catalog without an ordering column.
     """
     if weeks < 1:
         raise ValueError("weeks must be >= 1")
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     listings_name = f"{Path(catalog.listings_file).stem}.{fmt}"
     frame = pd.read_csv(source / catalog.listings_file, dtype=str, keep_default_na=False,
                         on_bad_lines="skip")
@@ -120,11 +161,17 @@ def publish(
     (feed / catalog.taxonomy.file).write_text(json.dumps(taxonomy, indent=0), encoding="utf-8")
     if limit:
         frame = frame.iloc[frame[id_col].map(_order).argsort()].head(limit)
-    week_of = frame[id_col].map(lambda i: _bucket(i, weeks))
+    if order == "time":
+        frame = time_order(frame, catalog)
+        week_of = pd.Series(np.arange(len(frame)) * weeks // max(len(frame), 1), index=frame.index)
+    else:
+        week_of = frame[id_col].map(lambda i: _bucket(i, weeks))
     batch_ids = []
     for week in range(weeks):
         batch_id = f"{catalog.name}-{(start + timedelta(weeks=week)).isoformat()}"
-        rows = frame[week_of == week].sort_values(id_col, key=lambda s: s.map(_order))
+        rows = frame[week_of == week]
+        if order == "hash":
+            rows = rows.sort_values(id_col, key=lambda s: s.map(_order))
         tmp = feed / f".{batch_id}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "images").mkdir(parents=True)
@@ -153,11 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("--limit", type=int, default=None)
     pub.add_argument("--catalog", default=None, help="catalog adapter (default: params.yaml's)")
     pub.add_argument("--format", choices=FORMATS, default="csv", help="listings file format")
+    pub.add_argument("--order", choices=ORDERS, default="hash",
+                     help="hash: each week a sample of the catalog; time: the catalog's own time order")
     pub.add_argument("--params", default=None)
     args = parser.parse_args(argv)
     catalog = load_catalog(args.catalog or load_params(args.params).catalog)
     feed = args.feed or Path(State.from_env().feed_url)
-    ids = publish(args.source, feed, args.weeks, catalog, args.start, args.limit, args.format)
+    ids = publish(args.source, feed, args.weeks, catalog, args.start, args.limit, args.format, args.order)
     print(json.dumps({"feed": str(feed), "batches": ids}))
     return 0
 
