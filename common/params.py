@@ -160,6 +160,12 @@ class TrainParams(_Frozen):
                             "training step is >= 1.15x faster in bf16; false: fp32.")
     channels_last: bool = Field(True, description="Images and model in channels-last memory format.")
     compile: bool = Field(False, description="torch.compile the model (CUDA).")
+    init: Literal["scratch", "champion"] = Field(
+        "scratch", description="scratch: a new model each run; champion: start from the current "
+                               "champion's weights where they fit (heads grow rows for new categories; "
+                               "another architecture falls back to scratch), for warm_epochs epochs.")
+    warm_epochs: int = Field(
+        3, ge=1, description="Training epochs of a run that starts from the champion (train.init).")
 
 
 _EXAMPLE_VALUE_TABLE = {

@@ -21,6 +21,13 @@ the epochs of a small catalog, whose epoch is only a few optimizer steps. With
 updated after every optimizer step (``torch.optim.swa_utils.AveragedModel``, as torchvision's
 reference ``--model-ema``); the average is what is evaluated, early-stopped on and kept.
 
+Warm start (``train.init: champion``): the new model starts from the champion's checkpoint,
+which ``ingestion.workspace.fetch_init`` puts into ``models/init/`` (a DVC dep of this stage, so a
+new champion re-runs it), and trains ``train.warm_epochs`` epochs instead of ``train.epochs``.
+Parameters whose name and shape match are copied, the level heads row by label (new categories
+get fresh rows, vanished ones are dropped); a champion of another architecture, or none, means
+a run from scratch, and the train log's ``init`` / ``init_reason`` say which and why.
+
 Multi-GPU / multi-process (DDP)::
 
     torchrun --nproc_per_node 4 -m training.train --params params.yaml
@@ -60,7 +67,7 @@ from training.data import (
     to_device,
 )
 from training.hierarchy import LabelTree
-from training.model import build_model
+from training.model import architecture_difference, build_model, warm_start
 from training.optim import make_lr_scheduler, make_optimizer, planned_epochs, warmup_steps
 from training.precision import autocast, choose_precision, measure_precisions, precision_dtype
 from training.presets import TrainPreset
@@ -69,6 +76,9 @@ from training.sampler import EpochBatchSampler
 CHECKPOINT = Path("models") / "model.pt"
 TRAIN_LOG = Path("models") / "train_log.json"
 PREPARED = Path("data") / "prepared"
+INIT_DIR = Path("models") / "init"
+"""Where ``ingestion.workspace`` puts the model a run may start from (a DVC-tracked dep of the
+train stage): ``init.json`` always, ``model.pt`` (the champion's checkpoint) when there is one."""
 
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
@@ -256,6 +266,60 @@ def _end_epoch(epoch: int, stats: dict, kept: nn.Module, stopper: utils.EarlySto
               f"keeping epoch {stopper.epoch}", flush=True)
 
 
+def init_model(workspace: Path, model: nn.Module, labels: list[str], cfg: TrainParams) -> dict:
+    """Starts ``model`` from the champion's weights when ``train.init`` is ``champion`` and it fits.
+
+    ``<workspace>/models/init/init.json`` (written by ``ingestion.workspace.fetch_init`` before
+    ``dvc repro``) says whether there is a champion: ``{"init": "champion", "version": "3", ...}``
+    with its checkpoint in ``models/init/model.pt``, or ``{"init": "scratch", "reason": ...}``.
+    The weights are copied by :func:`training.model.warm_start` (heads row by label); a champion
+    of another architecture (:func:`training.model.architecture_difference`), a missing or
+    unreadable checkpoint, or ``train.init: scratch`` leave the fresh model as built.
+
+    Args:
+        workspace: the workspace folder.
+        model: the freshly built classifier for ``labels`` (unwrapped, on the CPU), changed in place.
+        labels: the run's leaf paths, in class order.
+        cfg: the ``train`` params group.
+
+    Returns:
+        ``{"init": "scratch" | "champion:v<N>", "init_reason": str, "init_report": dict | None}``
+        (the report of :func:`training.model.warm_start`, None from scratch).
+    """
+    def scratch(reason: str) -> dict:
+        print(f"init: scratch ({reason})", flush=True)
+        return {"init": "scratch", "init_reason": reason, "init_report": None}
+
+    if cfg.init == "scratch":
+        return scratch("train.init is scratch")
+    spec_file, ckpt_file = workspace / INIT_DIR / "init.json", workspace / INIT_DIR / "model.pt"
+    if not spec_file.is_file():
+        return scratch(f"train.init is champion but {INIT_DIR / 'init.json'} is missing "
+                       "(ingestion.workspace.fetch_init writes it before dvc repro)")
+    spec = json.loads(spec_file.read_text(encoding="utf-8"))
+    if spec.get("init") != "champion":
+        return scratch(spec.get("reason") or "no champion")
+    version = str(spec.get("version"))
+    if not ckpt_file.is_file():
+        return scratch(f"champion v{version}: no checkpoint at {INIT_DIR / 'model.pt'}")
+    try:
+        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=True)
+        old_train, old_labels, state = ckpt["params"]["train"], list(ckpt["labels"]), ckpt["model"]
+    except Exception as exc:  # noqa: BLE001 -- any unreadable checkpoint: a new model is still a model
+        return scratch(f"champion v{version}: checkpoint unreadable ({type(exc).__name__}: {exc})")
+    diff = architecture_difference(old_train, cfg)
+    if diff:
+        return scratch(f"champion v{version} has another architecture ({diff})")
+    report = warm_start(model, labels, state, old_labels)
+    leaf = report["heads"].get(f"heads.{len(model.heads) - 1}", {})
+    reason = (f"champion v{version}: {len(report['copied'])} tensors copied, "
+              f"{len(report['not_copied'])} of other shape, {len(report['fresh'])} new; leaf head "
+              f"{leaf.get('copied', 0)}/{leaf.get('rows', 0)} rows copied, {len(leaf.get('new', []))} new "
+              f"leaves, {len(leaf.get('dropped', []))} dropped")
+    print(f"init: {reason}", flush=True)
+    return {"init": f"champion:v{version}", "init_reason": reason, "init_report": report}
+
+
 def train(workspace: Path, params: Params, resume: bool = True, test_only: bool = False,
           deterministic: bool = False, print_every: int = 0) -> dict:
     """Runs the train stage in a workspace.
@@ -275,7 +339,8 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
         The train log (also written to ``models/train_log.json``): final ``train_loss``,
         ``val_accuracy``, ``val_business_weighted_score``, ``best_epoch``, ``stopped_early``,
         ``img_per_s``, ``epoch_seconds``, ``total_seconds``, ``pretrained``, ``weights_source``
-        (see ``training.model.build_backbone``), ``num_classes``, ``world_size``, the
+        (see ``training.model.build_backbone``), ``init`` (``"scratch"`` or ``"champion:v<N>"``),
+        ``init_reason`` and ``init_heads`` (see :func:`init_model`), ``num_classes``, ``world_size``, the
         per-epoch ``epochs`` list, and ``epochs_run`` (the epochs this call trained: fewer than
         ``epochs`` when it resumed). Empty on ranks other than 0.
 
@@ -295,12 +360,15 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
 
     labels = read_labels(workspace / PREPARED)
     model, pretrained = build_model(labels, cfg)
+    init = init_model(workspace, model, labels, cfg)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     data = load_data(workspace / PREPARED, labels, cfg, device, model.image_encoder is not None,
                      rank, world_size)
     criterion, optimizer = make_criterion(cfg), make_optimizer(model, cfg, device)
     steps_per_epoch = len(data.train_loader)
-    epochs = planned_epochs(cfg, steps_per_epoch)
+    warm = init["init"] != "scratch"  # a warm start trains train.warm_epochs
+    epochs = planned_epochs(cfg.model_copy(update={"epochs": cfg.warm_epochs}) if warm else cfg,
+                            steps_per_epoch)
     lr_scheduler = make_lr_scheduler(optimizer, cfg.lr, epochs * steps_per_epoch, cfg.schedule)
     ema = utils.make_ema(model, cfg.ema_decay) if rank == 0 else None  # only rank 0 evaluates
     kept = ema.module if ema is not None else model  # the weights evaluated and kept
@@ -308,7 +376,8 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
                                   warmup_steps(epochs * steps_per_epoch, cfg.schedule), steps_per_epoch)
     meta = {"params": params.to_dict(), "labels": labels, "pretrained": pretrained,
             "image_size": int(data.train.images.shape[1]),
-            "data_fingerprint": data_fingerprint(data.train.frame), "world_size": world_size}
+            "data_fingerprint": data_fingerprint(data.train.frame), "world_size": world_size,
+            "init": init["init"]}
     progress = utils.resume(workspace / CHECKPOINT, ckpt, meta, model, optimizer, lr_scheduler, ema, stopper,
                        epochs, rank)
     net = utils.wrap_model(model, device, world_size, cfg.compile)
@@ -339,13 +408,13 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
 
     log = {}
     if rank == 0:
-        log = _finish(workspace, data, meta, stopper, progress, device, model.weights_source)
+        log = _finish(workspace, data, meta, stopper, progress, device, model.weights_source, init)
     utils.close_distributed(world_size)
     return log
 
 
 def _finish(workspace: Path, data: Data, meta: dict, stopper: utils.EarlyStopping, progress: utils.Progress,
-            device: torch.device, weights_source: str | None) -> dict:
+            device: torch.device, weights_source: str | None, init: dict) -> dict:
     """Writes the train log of a finished run (see :func:`train`'s Returns)."""
     best = next((h for h in reversed(progress.history) if h["epoch"] == stopper.epoch), {})
     return utils.write_train_log(workspace / TRAIN_LOG, progress.history, {
@@ -358,6 +427,8 @@ def _finish(workspace: Path, data: Data, meta: dict, stopper: utils.EarlyStoppin
         "val_business_weighted_score": best.get("val_business_weighted_score"),
         "best_val_accuracy": best.get("val_accuracy"),
         "epochs_run": progress.epochs_run,
+        "init": init["init"], "init_reason": init["init_reason"],
+        "init_heads": (init["init_report"] or {}).get("heads"),
     })
 
 

@@ -166,7 +166,8 @@ def read_checkpoint(path: Path) -> dict | None:
 
 def resumable(ckpt: dict | None, meta: dict) -> bool:
     """Whether a checkpoint continues this run: written with the same ``train`` params, labels,
-    training data (fingerprint) and image size, and holding the training state.
+    training data (fingerprint), image size and start (``init``: scratch or the same champion),
+    and holding the training state.
 
     Args:
         ckpt: the checkpoint, or None.
@@ -175,6 +176,7 @@ def resumable(ckpt: dict | None, meta: dict) -> bool:
     return (ckpt is not None
             and ckpt.get("params", {}).get("train") == meta["params"]["train"]
             and all(ckpt.get(key) == meta[key] for key in ("labels", "data_fingerprint", "image_size"))
+            and ckpt.get("init", "scratch") == meta.get("init", "scratch")
             and "train_state" in ckpt)
 
 
@@ -190,7 +192,7 @@ def checkpoint_dict(model: nn.Module, optimizer: torch.optim.Optimizer, lr_sched
         best: :meth:`EarlyStopping.state_dict`.
         history: the per-epoch stats so far.
         meta: ``params``, ``labels``, ``pretrained``, ``image_size``, ``data_fingerprint``,
-            ``world_size``, ``precision``, ``precision_probe`` of the run.
+            ``world_size``, ``init``, ``precision``, ``precision_probe`` of the run.
     """
     return {
         "model": kept_state,
