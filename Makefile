@@ -21,7 +21,9 @@ export PYTHONUNBUFFERED := 1
 export LCP_MLFLOW_UI_URL ?= http://localhost:$(MLFLOW_PORT)
 
 
-.PHONY: venv demo test test-fast test-stack lint status ui clean-state reproduce
+_SEASON_WEEKS = $(if $(filter command line environment,$(origin WEEKS)),$(WEEKS),10)
+
+.PHONY: venv demo season test test-fast test-stack lint status ui clean-state reproduce
 
 # Virtual environment with the pinned dependencies (requirements/dev.lock, resolved by uv).
 $(VENV)/.installed: requirements/dev.lock pyproject.toml
@@ -37,6 +39,11 @@ venv: $(VENV)/.installed
 ## make demo: publish the catalog as WEEKS weekly batches and run the DAG once per week.
 demo: venv
 	$(PY) scripts/demo.py --data "$(DATA)" --weeks $(WEEKS) --start $(START)
+
+## make season: publish the catalog in its time order as WEEKS (default 10) weekly batches, run the DAG
+## once per week with the quick profile (profiles/season.yaml), print the season table (<state>/season/).
+season: venv
+	$(PY) scripts/season.py --data "$(DATA)" --weeks $(_SEASON_WEEKS) --start $(START)
 
 ## make test: the whole test suite (what .ci/run calls), native-stack and browser tests included.
 test: venv

@@ -136,13 +136,17 @@ def stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="source catalog folder")
-    parser.add_argument("--weeks", type=int, default=2)
-    parser.add_argument("--start", type=date.fromisoformat, default=date(2026, 11, 2))
-    args = parser.parse_args()
-    started = time.time()
+def run_weeks(data: Path, weeks: int, start: date, order: str = "hash", limit: int | None = None) -> int:
+    """Publishes ``data`` as ``weeks`` weekly batches and runs the DAG once per week through
+    ``airflow standalone`` + ``airflow backfill create``; returns 0 when every run succeeded.
+
+    Args:
+        data: the source catalog folder.
+        weeks: weekly batches to publish and DAG runs to wait for.
+        start: the first week's Monday (the backfill's first logical date).
+        order: ``"hash"`` or ``"time"`` (:func:`ingestion.feed.publish`).
+        limit: publish only this many listings (a deterministic sample), e.g. for a quick try.
+    """
     state = State.from_env().ensure()
     params = load_params()
     logs = state.root / "logs"
@@ -150,8 +154,9 @@ def main() -> int:
 
     from ingestion.feed import publish
 
-    print(f"== publishing {args.data} as {args.weeks} weekly batches into {state.feed_url}")
-    batches = publish(args.data, Path(state.feed_url), args.weeks, load_catalog(params.catalog), args.start)
+    print(f"== publishing {data} as {weeks} weekly batches ({order} order) into {state.feed_url}")
+    batches = publish(data, Path(state.feed_url), weeks, load_catalog(params.catalog), start, limit=limit,
+                      order=order)
     print("   batches:", ", ".join(batches))
 
     print(f"== airflow db migrate (AIRFLOW_HOME={os.environ.get('AIRFLOW_HOME')})")
@@ -172,14 +177,14 @@ def main() -> int:
         for dag_id in (DAG_ID, ROLLBACK_DAG_ID):
             airflow("dags", "unpause", dag_id, log=logs / "airflow-unpause.log")
         # one weekly data interval per batch: the scheduler's logical dates, not ours
-        end = args.start + timedelta(weeks=args.weeks) - timedelta(days=1)
-        print(f"== airflow backfill create {DAG_ID} {args.start} .. {end}")
-        if airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", args.start.isoformat(),
+        end = start + timedelta(weeks=weeks) - timedelta(days=1)
+        print(f"== airflow backfill create {DAG_ID} {start} .. {end}")
+        if airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", start.isoformat(),
                    "--to-date", end.isoformat(), "--max-active-runs", "1",
                    log=logs / "airflow-backfill.log") != 0:
             print(f"airflow backfill create failed: see {logs / 'airflow-backfill.log'}")
             return 1
-        runs = weekly_runs(args.weeks, RUN_TIMEOUT_S * args.weeks)
+        runs = weekly_runs(weeks, RUN_TIMEOUT_S * weeks)
     finally:
         stop(proc)
     failed = [r["run_id"] for r in runs if r["state"] != "success"]
@@ -187,7 +192,19 @@ def main() -> int:
         print(f"DAG run(s) failed: {', '.join(failed)}: see the task logs in "
               f"{state.airflow_home}/logs (or make ui)")
         return 1
-    print_summary(state, params, time.time() - started)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="source catalog folder")
+    parser.add_argument("--weeks", type=int, default=2)
+    parser.add_argument("--start", type=date.fromisoformat, default=date(2026, 11, 2))
+    args = parser.parse_args()
+    started = time.time()
+    if run_weeks(args.data, args.weeks, args.start) != 0:
+        return 1
+    print_summary(State.from_env(), load_params(), time.time() - started)
     return 0
 
 

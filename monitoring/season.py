@@ -1,0 +1,296 @@
+"""The season table: one row per weekly run of the retraining DAG, from what the runs recorded.
+
+Each row is built from the run's typed task results in Airflow's metadata database (the XCom of
+``validate``, ``monitor``, ``version_data``, ``register``, ``gate``, ``promote``:
+:mod:`common.results`), its task instances' start and end times, the listings store (new
+categories) and the MLflow run of the week's model version (golden set size). Nothing is
+recomputed: the table reads what the platform recorded while the weeks ran.
+
+Columns (:data:`COLUMNS`): ``week`` (1 first), ``run_id``, ``logical_date``, ``state``,
+``batches``; ``accepted`` / ``quarantined`` / ``held_back`` rows (held back: rejected only
+because the category is not in the taxonomy); ``new_categories`` (leaves first seen in the
+store that week) and ``new_category_names``; ``golden_size`` and ``golden_rev``; the champion's
+figures on the week's fresh batch (``fresh_champion``, ``fresh_listings``, ``fresh_accuracy``,
+``fresh_score``, ``label_issues``); the gate's ``version``, ``challenger_score``,
+``champion_score``, ``delta``, ``delta_low``/``delta_high`` (bootstrap interval), ``decision``
+(``promoted`` only when the alias moved); and ``seconds_<task>`` for every task that ran, plus
+``seconds_run``.
+
+Written to ``<state>/season/season.csv`` and ``season.png`` (matplotlib: the champion's
+fresh-batch score, both gate scores with the interval and each week's decision, rows per week
+and the golden set's size), and logged as artifacts of one MLflow run per registered model
+(run name ``season/<model>``).
+
+CLI::
+
+    python -m monitoring.season [--dag-id listing_classifier_retraining] [--params params.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from common.params import Params, load_params
+from common.results import StepResult
+from common.state import State
+
+DAG_ID = "listing_classifier_retraining"
+SEASON_TAG = "lcp.season_model"
+"""Run tag naming the registered model a season run reports on (one run per model)."""
+TASKS = ("ingest", "validate", "monitor", "version_data", "train_evaluate", "register", "gate",
+         "promote", "review")
+COLUMNS = ("week", "run_id", "logical_date", "state", "batches", "accepted", "quarantined",
+           "held_back", "new_categories", "new_category_names", "golden_size", "golden_rev",
+           "fresh_champion", "fresh_listings", "fresh_accuracy", "fresh_score", "label_issues",
+           "version", "challenger_score", "champion_score", "delta", "delta_low", "delta_high",
+           "decision", *(f"seconds_{t}" for t in TASKS), "seconds_run")
+SHOWN = ("week", "batches", "accepted", "quarantined", "held_back", "new_categories", "golden_size",
+         "fresh_score", "challenger_score", "champion_score", "delta_low", "delta_high", "decision",
+         "seconds_train_evaluate", "seconds_run")
+"""The columns :func:`format_table` prints (the CSV has them all)."""
+HELD_BACK = "unknown_category"
+
+
+class SeasonResult(StepResult):
+    """Where the season report went.
+
+    Attributes:
+        weeks: rows of the table (DAG runs).
+        csv: path of ``season.csv``.
+        png: path of ``season.png``.
+        mlflow_run_id: the ``season/<model>`` run holding both as artifacts.
+    """
+
+    weeks: int
+    csv: str
+    png: str
+    mlflow_run_id: str
+
+
+def dag_runs(dag_id: str = DAG_ID) -> list[dict]:
+    """The DAG's runs from Airflow's metadata database, oldest logical date first.
+
+    Returns:
+        One dict per run: ``run_id``, ``logical_date`` (ISO 8601), ``state``, ``start``/``end``
+        (ISO 8601 or None), ``xcom`` (task id -> its return value, JSON data) and ``seconds``
+        (task id -> wall seconds of its last try, for the tasks that ran).
+    """
+    from airflow.models.dagrun import DagRun
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    out = []
+    with create_session() as session:
+        runs = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id)).all()
+        for run in sorted(runs, key=lambda r: (r.logical_date or r.run_after, r.run_id)):
+            xcom = {}
+            for row in session.scalars(XComModel.get_many(run_id=run.run_id, dag_ids=dag_id,
+                                                          key="return_value")):
+                value = XComModel.deserialize_value(row)
+                xcom[row.task_id] = json.loads(value) if isinstance(value, str) else value
+            seconds = {ti.task_id: (ti.end_date - ti.start_date).total_seconds()
+                       for ti in run.task_instances if ti.start_date and ti.end_date}
+            out.append({"run_id": run.run_id, "state": str(run.state),
+                        "logical_date": (run.logical_date or run.run_after).isoformat(),
+                        "start": run.start_date.isoformat() if run.start_date else None,
+                        "end": run.end_date.isoformat() if run.end_date else None,
+                        "xcom": xcom, "seconds": seconds,
+                        "run_seconds": (run.end_date - run.start_date).total_seconds()
+                        if run.start_date and run.end_date else None})
+    return out
+
+
+def _partition_categories(state: State, batch_id: str) -> set[str]:
+    import pandas as pd
+
+    from common.store import batch_file
+
+    path = batch_file(state.listings_store, batch_id)
+    if not path.exists():
+        return set()
+    return set(pd.read_parquet(path, columns=["category_path"])["category_path"].dropna())
+
+
+def _golden_size(client, run_id: str | None) -> int | None:
+    if not run_id:
+        return None
+    value = client.get_run(run_id).data.metrics.get("n_golden")
+    return int(value) if value is not None else None
+
+
+def season_table(state: State, params: Params, runs: list[dict]):
+    """The season table from :func:`dag_runs`' records.
+
+    Args:
+        state: the state folder (listings store, MLflow tracking store).
+        params: the params (``registry.model_name``).
+        runs: :func:`dag_runs`, oldest first.
+
+    Returns:
+        A ``pandas.DataFrame`` with :data:`COLUMNS`, one row per run (figures None where the
+        task did not run or had nothing to measure, e.g. no champion yet in week 1).
+    """
+    import pandas as pd
+
+    from promotion.registry import mlflow_client
+
+    client = mlflow_client(state)
+    seen: set[str] = set()
+    rows = []
+    for week, run in enumerate(runs, start=1):
+        x = run["xcom"]
+        validated, monitored, data = x.get("validate") or {}, x.get("monitor") or {}, x.get("version_data") or {}
+        registered, gate, promoted = x.get("register") or {}, x.get("gate") or {}, x.get("promote") or {}
+        reports = validated.get("reports") or {}
+        stored = sorted({*validated.get("accepted", ()), *validated.get("partial", ())})
+        held = sum(int((r.get("reasons") or {}).get(HELD_BACK, 0)) for r in reports.values())
+        new = set().union(*(_partition_categories(state, b) for b in stored)) - seen if stored else set()
+        seen |= new
+        interval = gate.get("interval") or (None, None)
+        decision = promoted.get("decision") or gate.get("decision")
+        row = {
+            "week": week, "run_id": run["run_id"], "logical_date": run["logical_date"], "state": run["state"],
+            "batches": " ".join(sorted(reports)),
+            "accepted": sum(int(r.get("accepted_rows", 0)) for r in reports.values()),
+            "quarantined": sum(int(r.get("rejected_rows", 0)) for r in reports.values()) - held,
+            "held_back": held, "new_categories": len(new),
+            "new_category_names": "; ".join(sorted(new)) if week > 1 else f"({len(new)} at start)",
+            "golden_size": _golden_size(client, registered.get("run_id")),
+            "golden_rev": data.get("golden_rev"),
+            "fresh_champion": monitored.get("champion_version"), "fresh_listings": monitored.get("listings"),
+            "fresh_accuracy": monitored.get("accuracy"), "fresh_score": monitored.get("business_weighted_score"),
+            "label_issues": monitored.get("label_issues"),
+            "version": gate.get("version") or registered.get("version"),
+            "challenger_score": gate.get("candidate_score"), "champion_score": gate.get("champion_score"),
+            "delta": gate.get("delta"), "delta_low": interval[0], "delta_high": interval[1],
+            "decision": decision,
+            **{f"seconds_{t}": run["seconds"].get(t) for t in TASKS},
+            "seconds_run": run["run_seconds"],
+        }
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def format_table(table) -> str:
+    """The table as fixed-width text, :data:`SHOWN` columns, figures rounded."""
+    shown = table[list(SHOWN)].copy()
+    for col in ("fresh_score", "challenger_score", "champion_score", "delta_low", "delta_high"):
+        shown[col] = shown[col].map(lambda v: "" if v is None or v != v else f"{v:.4f}")
+    for col in ("seconds_train_evaluate", "seconds_run"):
+        shown[col] = shown[col].map(lambda v: "" if v is None or v != v else f"{v:.0f}")
+    shown = shown.rename(columns={"seconds_train_evaluate": "train_s", "seconds_run": "run_s",
+                                  "challenger_score": "challenger", "champion_score": "champion",
+                                  "new_categories": "new_cats", "golden_size": "golden"})
+    return shown.to_string(index=False)
+
+
+def plot_season(table, path: Path) -> Path:
+    """Writes the season's timeline as a PNG (matplotlib, Agg backend).
+
+    Top: the champion's business-weighted score on each week's fresh batch, the challenger's and
+    the champion's on the golden set (the champion's with the delta's bootstrap interval as an
+    error bar on the challenger), each week's decision as the challenger marker (filled:
+    promoted, open: rejected). Bottom: rows accepted / quarantined / held back per week (bars)
+    and the golden set's size (line, right axis).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    weeks = table["week"].to_numpy()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+
+    def col(name):
+        return table[name].astype(float).to_numpy()
+
+    top.plot(weeks, col("fresh_score"), "o-", color="tab:blue", label="champion on the fresh batch")
+    top.plot(weeks, col("champion_score"), "s--", color="tab:gray", label="champion on the golden set")
+    challenger, low, high = col("challenger_score"), col("delta_low"), col("delta_high")
+    promoted = (table["decision"] == "promoted").to_numpy()
+    base = challenger - col("delta")
+    err = np.vstack([challenger - (base + low), (base + high) - challenger])
+    err = np.where(np.isnan(err), 0.0, err)
+    top.errorbar(weeks, challenger, yerr=err, fmt="none", ecolor="tab:orange", capsize=3)
+    top.plot(weeks[promoted], challenger[promoted], "D", color="tab:orange", label="challenger: promoted")
+    top.plot(weeks[~promoted], challenger[~promoted], "D", mfc="white", color="tab:orange",
+             label="challenger: not promoted")
+    top.set_ylabel("business-weighted score")
+    top.set_title("Season: the champion each week, and each week's challenger")
+    top.grid(alpha=0.3)
+    top.legend(loc="lower right", fontsize=8)
+    acc, quar, held = col("accepted"), col("quarantined"), col("held_back")
+    bottom.bar(weeks, acc, color="tab:green", label="accepted")
+    bottom.bar(weeks, quar, bottom=acc, color="tab:red", label="quarantined")
+    bottom.bar(weeks, held, bottom=acc + quar, color="tab:purple", label="held back (unknown category)")
+    bottom.set_ylabel("rows")
+    bottom.set_xlabel("week")
+    bottom.legend(loc="upper left", fontsize=8)
+    right = bottom.twinx()
+    right.plot(weeks, col("golden_size"), "k.-", label="golden set size")
+    right.set_ylabel("golden listings")
+    right.legend(loc="upper right", fontsize=8)
+    bottom.set_xticks(weeks)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def season_run(client, experiment_id: str, model_name: str) -> str:
+    """The id of the model's season run, created on first use."""
+    runs = client.search_runs([experiment_id], f"tags.`{SEASON_TAG}` = '{model_name}'", max_results=1)
+    if runs:
+        return runs[0].info.run_id
+    return client.create_run(experiment_id, run_name=f"season/{model_name}", tags={
+        SEASON_TAG: model_name,
+        "mlflow.note.content": "One row per weekly run of the retraining DAG: season/season.csv, "
+                               "and the timeline season/season.png."}).info.run_id
+
+
+def write_season(state: State, params: Params, dag_id: str = DAG_ID) -> tuple[SeasonResult, str]:
+    """Builds the season table from the DAG's runs, writes CSV and PNG, logs both to MLflow.
+
+    Returns:
+        ``(SeasonResult, the table as text)``.
+
+    Raises:
+        ValueError: when the DAG has no run yet.
+    """
+    from promotion.registry import ensure_experiment, mlflow_client
+
+    runs = dag_runs(dag_id)
+    if not runs:
+        raise ValueError(f"the DAG {dag_id} has no run in Airflow's metadata database yet")
+    table = season_table(state, params, runs)
+    out = state.root / "season"
+    out.mkdir(parents=True, exist_ok=True)
+    csv = out / "season.csv"
+    table.to_csv(csv, index=False)
+    png = plot_season(table, out / "season.png")
+    client = mlflow_client(state)
+    run_id = season_run(client, ensure_experiment(state, params), params.registry.model_name)
+    for path in (csv, png):
+        client.log_artifact(run_id, str(path), "season")
+    return SeasonResult(weeks=len(table), csv=str(csv), png=str(png), mlflow_run_id=run_id), format_table(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m monitoring.season", description=__doc__.split("\n")[0])
+    parser.add_argument("--dag-id", default=DAG_ID)
+    parser.add_argument("--params", default=None)
+    args = parser.parse_args(argv)
+    result, text = write_season(State.from_env(), load_params(args.params), args.dag_id)
+    print(text)
+    print(json.dumps(result.to_xcom()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
