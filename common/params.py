@@ -58,6 +58,9 @@ class ValidateParams(_Frozen):
         description="Plausible price ceiling, in the listing's currency; a price must be >= 0 too.")
     currencies: tuple[str, ...] = Field(
         ("INR", "USD", "EUR", "GBP"), description="Known currency codes (ISO 4217).")
+    candidate_min_group_size: int = Field(
+        3, ge=2, description="Held-back listings (unknown category) are grouped by the champion's "
+                             "embeddings (HDBSCAN); the smallest group shown (min_cluster_size).")
     drift_label_js_max: float = Field(
         0.3, ge=0.0, le=1.0,
         description="Jensen-Shannon distance (base 2, 0..1) of the batch's label distribution to the store's.")

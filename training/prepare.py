@@ -33,6 +33,17 @@ from training.presets import load_image
 SPLITS = ("train", "val", "golden")
 
 
+RETIRED_FILE = Path("data") / "retired_categories.json"
+"""In the workspace: ``{"retired": [category paths]}``, written by the validate step
+(``validation.taxonomy.write_retired``); absent: nothing retired."""
+
+
+def retired_categories(workspace: Path) -> frozenset[str]:
+    """The retired category paths of a workspace (:data:`RETIRED_FILE`; none when absent)."""
+    path = Path(workspace) / RETIRED_FILE
+    return frozenset(json.loads(path.read_text(encoding="utf-8"))["retired"]) if path.is_file() else frozenset()
+
+
 def split_key(listing_id: str, seed: int) -> str:
     """Seeded, stable sort key of a listing (SHA-256 of ``"<seed>:<listing_id>"``)."""
     return hashlib.sha256(f"{seed}:{listing_id}".encode()).hexdigest()
@@ -131,6 +142,11 @@ def prepare(workspace: Path, params: Params, workers: int | None = None) -> dict
     pool = listings.loc[~in_golden].reset_index(drop=True)
     if pool.empty:
         raise ValueError("no listing left for training once the golden set is removed")
+    # retired categories (python -m validation.taxonomy retire) stay in the store, untrained
+    in_retired = pool["category_path"].isin(retired_categories(workspace))
+    pool = pool.loc[~in_retired].reset_index(drop=True)
+    if pool.empty:
+        raise ValueError("no listing left for training once the retired categories are removed")
 
     side = stratified_split(pool, cfg.val_fraction, cfg.seed)
     frames = {
@@ -150,6 +166,7 @@ def prepare(workspace: Path, params: Params, workers: int | None = None) -> dict
     summary.update(
         classes=int(frames["train"]["category_path"].nunique()),
         dropped_golden=int(in_golden.sum()),
+        dropped_retired=int(in_retired.sum()),
         image_size=cfg.image_size,
         seconds=round(time.perf_counter() - t0, 2),
         out_dir=str(out_dir),

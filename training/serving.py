@@ -161,6 +161,41 @@ def predict_paths(
     return [loaded.labels[i] for i in top], probs
 
 
+def embed_paths(
+    checkpoint: str | Path | LoadedClassifier,
+    listings: pd.DataFrame | Sequence[str],
+    images: np.ndarray | Sequence[str | Path | bytes] | None,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """The model's penultimate features of listings: what its level heads read.
+
+    The fused image, text and structured features (after dropout, the identity in eval mode),
+    captured at the input of the first level head during :func:`predict_paths`, so the
+    listings go through exactly the prediction path. Listings the model never saw a category
+    of land near the listings they resemble, which is what grouping them needs.
+
+    Args:
+        checkpoint, listings, images, batch_size: as :func:`predict_paths`.
+
+    Returns:
+        float32 ``(N, D)``, D the fused width (e.g. 512 + text_dim for resnet18, fused).
+
+    Raises:
+        ValueError: as :func:`predict_paths`.
+    """
+    loaded = checkpoint if isinstance(checkpoint, LoadedClassifier) else load_checkpoint(checkpoint)
+    head = loaded.model.heads[0]
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _module, args: captured.append(args[0].float().cpu()))
+    try:
+        predict_paths(loaded, listings, images, batch_size)
+    finally:
+        hook.remove()
+    if not captured:
+        return np.zeros((0, head.in_features), dtype=np.float32)
+    return torch.cat(captured).numpy().astype(np.float32, copy=False)
+
+
 def model_signature():
     """The served model's MLflow signature: listings in, category path + probability out.
 

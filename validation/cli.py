@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             parser.error(f"--ingested-at {args.ingested_at!r} is not an ISO 8601 time")
     state = State.from_env(args.state)
+    from validation.taxonomy import effective_taxonomy
+
+    try:  # the state's recorded taxonomy changes apply on top of the feed's file
+        effective = effective_taxonomy(state, catalog, declared=taxonomy)
+    except ValueError as exc:
+        parser.error(f"cannot load taxonomy changes: {exc}")
 
     from validation.validate import validate_batch
 
@@ -81,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         reports.append(validate_batch(
             batch_dir, batch_dir.name,
             args.ingested_at or _ingested_at(batch_dir, catalog.listings_file),
-            catalog, taxonomy, params.validate_, state.listings_store, state.quarantine,
-            state.gx_dir))
+            catalog, effective.paths, params.validate_, state.listings_store, state.quarantine,
+            state.gx_dir, retired=effective.retired))
     if args.json:
         json.dump(reports, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -139,7 +139,8 @@ def _remove_stale(*paths: Path) -> None:
 
 def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Catalog,
                    taxonomy: frozenset[str], params: ValidateParams, store: Path,
-                   quarantine_dir: Path, gx_dir: Path) -> dict:
+                   quarantine_dir: Path, gx_dir: Path,
+                   retired: frozenset[str] = frozenset()) -> dict:
     """Validates one batch and routes its rows to the store or to quarantine.
 
     Steps: read the listings file (:func:`~validation.adapt.read_listings_file`), map it to
@@ -173,6 +174,8 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
         store: the listings store (``data/listings``).
         quarantine_dir: the quarantine root.
         gx_dir: the GX project root.
+        retired: retired category paths (:func:`validation.taxonomy.effective_taxonomy`): their
+            rows are accepted but flagged (a ``retired_category`` warning, ``retired_rows``).
 
     Returns:
         A JSON-serialisable report: ``batch_id``, ``status``, ``rows``, ``accepted_rows``,
@@ -182,7 +185,8 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
         ``drift`` (:func:`validation.drift.drift_summary`, the figures GX measured and the Data
         Docs page shows), ``warnings`` (unknown categories, drift over a threshold),
         ``validation_id``, ``data_docs`` (index.html path), ``data_docs_page``, ``store_file``,
-        ``rejected_file`` and ``report`` (paths or ``None``).
+        ``rejected_file`` and ``report`` (paths or ``None``), ``retired_rows`` (accepted rows of
+        a retired category).
     """
     batch_dir, store, gx_dir = Path(batch_dir), Path(store), Path(gx_dir)
     qdir = Path(quarantine_dir) / batch_id
@@ -191,7 +195,7 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
         "rejected_rows": 0, "bad_row_fraction": None, "reasons": {}, "batch_reasons": [],
         "failed_expectations": [], "validation_id": None, "data_docs": None,
         "data_docs_page": None, "store_file": None, "rejected_file": None, "report": None,
-        "warnings": [], "drift": None, "relabels": [],
+        "warnings": [], "drift": None, "relabels": [], "retired_rows": 0,
     }
     partition = batch_file(store, batch_id)
     try:
@@ -241,6 +245,8 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
     fraction = len(bad) / rows
     report["relabels"] = _relabels(frame, row_reasons, stored)
     report["warnings"] = _unknown_category_warnings(frame, row_reasons) + _relabel_warnings(report["relabels"])
+    retired_warnings, report["retired_rows"] = _retired_category_warnings(frame, row_reasons, retired)
+    report["warnings"] += retired_warnings
     report["drift"] = _drift(drift_results, params)
     report["warnings"] += report["drift"]["warnings"]
     report["bad_row_fraction"] = round(fraction, 6)
@@ -303,6 +309,26 @@ def _unknown_category_warnings(frame: pd.DataFrame, row_reasons: dict[int, list[
     more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
     return [f"unknown_category: {sum(unknown.values())} row(s) held back, categories not in the "
             f"declared taxonomy: {names}{more}"]
+
+
+def _retired_category_warnings(frame: pd.DataFrame, row_reasons: dict[int, list[str]],
+                               retired: frozenset[str]) -> tuple[list[str], int]:
+    """One warning naming the retired categories of accepted rows, and their row count.
+
+    A retired category stays valid (its listings are accepted and kept in the store) but is
+    no longer trained on (``training.prepare`` leaves it out), so a new listing of it is
+    flagged rather than rejected.
+    """
+    if not retired:
+        return [], 0
+    found = Counter(path for i, path in enumerate(frame["category_path"])
+                    if i not in row_reasons and path in retired)
+    if not found:
+        return [], 0
+    names = ", ".join(f"{shorten(path, 120)!r} ({n})" for path, n in found.most_common(10))
+    rows = sum(found.values())
+    return [f"retired_category: {rows} accepted row(s) of retired categories, kept in the store "
+            f"but not trained on: {names}"], rows
 
 
 def _relabels(frame: pd.DataFrame, row_reasons: dict[int, list[str]],
