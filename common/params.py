@@ -71,6 +71,10 @@ class ValidateParams(_Frozen):
         50, ge=1, description="Drift is measured only when batch and store both have this many rows.")
     drift_blocks: bool = Field(
         False, description="true: drift over a threshold quarantines the batch; false: a warning only.")
+    label_issues: Literal["flag", "exclude_from_training"] = Field(
+        "flag", description="Listings the champion's confident learning flags as likely mislabelled "
+                            "(monitor task): flag lists them only; exclude_from_training also keeps them "
+                            "out of train/val (prepare) until a relabel changes their category.")
 
 
 class PrepareParams(_Frozen):

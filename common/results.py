@@ -219,6 +219,9 @@ class GateResult(StepResult):
     reason: str
     candidate_score: float
     champion_score: float | None
+        golden_label_issues: golden listings flagged as likely mislabelled, for relabelling
+            (``monitoring.label_issues.golden_suspects``: ``flagged``, ``checked``,
+            ``scored_by``, ``artifact``; or ``error``), None when not computed.
     delta: float | None
     required_improvement: float | None = None
     interval: tuple[float, float] | None = None
@@ -243,6 +246,7 @@ class PromoteResult(StepResult):
     The UI plugin reads ``champion`` from this task's XCom.
 
     Attributes:
+    golden_label_issues: dict[str, Any] | None = None
         champion: the version holding ``champion`` after the step, None when there is none.
         moved: whether this call moved the alias.
         decision: the gate's decision it acted on.

@@ -69,6 +69,11 @@ from ingestion.workspace import (
     workspace_lock,
 )
 
+LABEL_ISSUES = "data/label_issues"
+"""The monitor task's label-issue flags, one ``<batch_id>.csv`` each (``monitoring.fresh_batch``),
+relative to the workspace: one DVC output (``data/label_issues.dvc``), added when its files differ
+from what the pointer tracks (:func:`label_issues_changed`; empty before the first champion, a
+valid DVC output). ``training.prepare.LABEL_ISSUES_DIR`` reads it."""
 PENDING_PUSH = "dvc-push-pending.json"
 """In the state root: DVC targets added and committed but not yet pushed (a push that failed)."""
 
@@ -101,7 +106,7 @@ def restore_pointers(ws: Path, uncommitted: bool = False) -> list[str]:
         One line per pointer restored or removed (also logged as a warning).
     """
     done = []
-    for name in (LISTINGS, GOLDEN):
+    for name in (LISTINGS, GOLDEN, LABEL_ISSUES):
         path = ws / f"{name}.dvc"
         if not path.exists() or (_pointer_ok(path) and not uncommitted):
             continue
@@ -260,6 +265,37 @@ def store_changes(ws: Path) -> list[str] | None:
     return sorted(f"{LISTINGS}/{BATCHES}/{name}" for name in changed)
 
 
+def label_issues_changed(ws: Path) -> bool:
+    """Whether the files of :data:`LABEL_ISSUES` differ from what ``data/label_issues.dvc`` tracks.
+
+    Compares each file's MD5 with the one in the pointer's directory manifest (read through
+    :class:`dvc.api.DVCFileSystem` from the local cache).
+
+    Args:
+        ws: the workspace.
+
+    Returns:
+        True when there is no pointer yet, its manifest is not in the local cache, or a file was
+        added, removed or rewritten; False when the folder is what the pointer tracks.
+    """
+    from dvc.api import DVCFileSystem
+
+    folder = ws / LABEL_ISSUES
+    if not (ws / f"{LABEL_ISSUES}.dvc").exists():
+        return True
+    on_disk = ({p.relative_to(folder).as_posix(): _md5(p) for p in folder.rglob("*")
+                if p.is_file() and not p.name.startswith(".")} if folder.is_dir() else {})
+    fs = DVCFileSystem(str(ws))
+    try:
+        tracked = {e["name"].split(f"{LABEL_ISSUES}/", 1)[1]: (e.get("dvc_info") or {}).get("md5")
+                   for e in fs.find(LABEL_ISSUES, detail=True).values() if e.get("type") == "file"}
+    except FileNotFoundError:
+        return True
+    finally:
+        fs.close()
+    return tracked != on_disk
+
+
 def _read_pending(state: State) -> list[str]:
     path = state.root / PENDING_PUSH
     return json.loads(path.read_text()) if path.exists() else []
@@ -294,7 +330,8 @@ def version_data(state: State, params: Params, note: str = "") -> DataVersionRes
 
     The first version adds ``data/listings`` whole; later versions add and push only the
     partition folders that changed (:func:`store_changes`), so the cost grows with the new
-    batch, not with the store. The golden set is added once, when it is frozen.
+    batch, not with the store. The golden set is added once, when it is frozen. The label-issue
+    flags (:data:`LABEL_ISSUES`) are added when they changed (a retry adds nothing twice).
 
     Args:
         state: the state folder.
@@ -332,6 +369,10 @@ def version_data(state: State, params: Params, note: str = "") -> DataVersionRes
         # killed between writing it and `dvc add` leaves nothing unversioned
         if params.prepare.golden_policy == "growing" or not (ws / f"{GOLDEN}.dvc").exists():
             targets.append(GOLDEN)
+        # the label-issue flags (the prepare stage's dependency, so it exists even when empty)
+        (ws / LABEL_ISSUES).mkdir(parents=True, exist_ok=True)
+        if label_issues_changed(ws):
+            targets.append(LABEL_ISSUES)
         # recorded before `dvc add`: once added, a partition no longer shows as changed, so a
         # run killed between add and push must still find it here
         pending = sorted({*_read_pending(state), *_push_targets(ws, targets)})

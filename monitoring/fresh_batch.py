@@ -12,7 +12,11 @@ week's listings?"). Recorded:
   the champion's weekly performance; the champion version is a metric too
   (``fresh_champion_version``);
 * label issues of the fresh listings by confident learning (:mod:`monitoring.label_issues`), a
-  CSV artifact ``label_issues/<batch>.csv`` of the monitoring run, and the count as a metric.
+  CSV artifact ``label_issues/<batch>.csv`` of the monitoring run per batch, and the count as a
+  metric. The same CSV is written into the DVC workspace (``data/label_issues/<batch>.csv``,
+  versioned by the ``version_data`` step that follows; the ``prepare`` stage excludes them from
+  training with ``validate.label_issues: exclude_from_training``), and the batch's manifest
+  entry records the count and both paths (``label_issues``).
 
 A retry repeats nothing: a batch already recorded (tag ``monitored.<batch>``) is read back.
 
@@ -27,7 +31,6 @@ import argparse
 import json
 import re
 import sys
-from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field
@@ -52,6 +55,8 @@ class FreshBatchResult(StepResult):
         accuracy: leaf accuracy in [0, 1], None when nothing was scored.
         business_weighted_score: the gate's score on these listings, None when nothing was scored.
         label_issues: listings flagged as likely mislabelled.
+        label_issue_files: per batch scored, its flags' CSV in the DVC workspace (relative to it,
+            ``data/label_issues/<batch>.csv``), written even when nothing was flagged.
         monitoring_run_id: the MLflow run holding the history, None when nothing was scored.
         skipped: why nothing was scored (no champion, no fresh listings), else None.
         recall: leaf recall per category path (local: it stays in MLflow, not in XCom).
@@ -65,6 +70,7 @@ class FreshBatchResult(StepResult):
     accuracy: float | None = None
     business_weighted_score: float | None = None
     label_issues: int = 0
+    label_issue_files: tuple[str, ...] = ()
     monitoring_run_id: str | None = None
     skipped: str | None = None
     recall: dict[str, float] = Field(default_factory=dict)
@@ -81,6 +87,13 @@ def _week_index(state: State, batch_id: str) -> int:
     manifest = read_manifest(state.manifest)
     kept = sorted(b for b, e in manifest.items() if e.get("status") in ("accepted", "partial"))
     return kept.index(batch_id) if batch_id in kept else len(kept)
+
+
+def _issues_by_batch(issues, fresh, batches: list[str]) -> dict:
+    """The flags split by the batch each flagged listing came in (every batch, maybe empty)."""
+    batch_of = dict(zip(fresh["listing_id"].astype(str), fresh["batch_id"].astype(str), strict=True))
+    owner = issues["listing_id"].astype(str).map(batch_of)
+    return {b: issues[owner == b].reset_index(drop=True) for b in batches}
 
 
 def monitoring_run(client, experiment_id: str, model_name: str) -> str:
@@ -110,13 +123,13 @@ def score_champion_on_fresh(state: State, params: Params, batch_ids: list[str]) 
         mlflow.exceptions.MlflowException: when the tracking server cannot be reached.
         RuntimeError: when the champion's model cannot be loaded.
     """
-    import mlflow
     import numpy as np
     import pandas as pd
 
     from common.scoring import business_weighted_score
     from common.store import image_path, read_store
-    from monitoring.label_issues import find_label_issues
+    from ingestion.versioning import LABEL_ISSUES
+    from monitoring.label_issues import find_label_issues, version_probabilities
     from promotion.registry import ALIAS_CHAMPION, alias_version, ensure_experiment, mlflow_client
 
     batches = sorted(batch_ids)
@@ -144,15 +157,11 @@ def score_champion_on_fresh(state: State, params: Params, batch_ids: list[str]) 
         return FreshBatchResult(batches=batches, step=step, champion_version=champion,
                                 skipped="no fresh listings")
 
-    from training.serving import load_checkpoint, predict_paths
-
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{champion}"))
-        loaded = load_checkpoint(next(local.rglob("model.pt")))
-    except Exception as exc:  # any failure to fetch or load the champion
-        raise RuntimeError(f"the champion (version {champion}) cannot be loaded: {exc}") from exc
     images = [str(image_path(state.listings_store, k)) for k in fresh["image_key"]]
-    predicted, probs = predict_paths(loaded, fresh, images)
+    try:
+        predicted, probs, classes = version_probabilities(name, champion, fresh, images)
+    except RuntimeError as exc:
+        raise RuntimeError(f"the champion (version {champion}) cannot be loaded: {exc.__cause__ or exc}") from exc
     truth = fresh["category_path"].astype(str).tolist()
     s = params.score
     accuracy = float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
@@ -160,10 +169,13 @@ def score_champion_on_fresh(state: State, params: Params, batch_ids: list[str]) 
     frame = pd.DataFrame({"truth": truth, "hit": [p == t for p, t in zip(predicted, truth, strict=True)]})
     recall = {c: float(g["hit"].mean()) for c, g in frame.groupby("truth")}
     issues = find_label_issues(fresh["listing_id"].astype(str).tolist(), fresh["title"].astype(str).tolist(),
-                               truth, probs, loaded.labels)
+                               truth, probs, classes)
+    per_batch = _issues_by_batch(issues.issues, fresh, batches)
+    files = tuple(f"{LABEL_ISSUES}/{b}.csv" for b in batches)
     result = FreshBatchResult(batches=batches, step=step, champion_version=str(champion), listings=len(fresh),
                               accuracy=round(accuracy, 6), business_weighted_score=round(float(score), 6),
-                              label_issues=len(issues.issues), monitoring_run_id=run_id, recall=recall)
+                              label_issues=len(issues.issues), label_issue_files=files,
+                              monitoring_run_id=run_id, recall=recall)
     metrics = {"fresh_accuracy": accuracy, "fresh_business_weighted_score": float(score),
                "fresh_listings": float(len(fresh)), "fresh_label_issues": float(len(issues.issues)),
                "fresh_champion_version": float(champion)}
@@ -172,7 +184,16 @@ def score_champion_on_fresh(state: State, params: Params, batch_ids: list[str]) 
 
     now_ms = int(pd.Timestamp.now("UTC").timestamp() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now_ms, step) for k, v in metrics.items()])
-    client.log_text(run_id, issues.issues.to_csv(index=False), f"label_issues/{batches[-1]}.csv")
+    from common.files import atomic_write
+    from ingestion.manifest import update_entries
+
+    for batch, file in zip(batches, files, strict=True):
+        text = per_batch[batch].to_csv(index=False)
+        client.log_text(run_id, text, f"label_issues/{batch}.csv")
+        atomic_write(state.workspace / file, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
+    update_entries(state.manifest, {b: {"label_issues": {
+        "flagged": len(per_batch[b]), "csv": f, "artifact": f"runs:/{run_id}/label_issues/{b}.csv",
+        "champion_version": str(champion)}} for b, f in zip(batches, files, strict=True)})
     client.set_tag(run_id, done_tag, json.dumps(result.to_xcom()))
     print(f"[monitor] champion v{champion} on {len(fresh)} fresh listings of {', '.join(batches)} "
           f"(week {step}): leaf accuracy {accuracy:.4f}, business-weighted score {score:.4f}, "

@@ -8,6 +8,16 @@ Uncertainty in Dataset Labels", JAIR 70, 2021). Flags are suggestions for a pers
 listing is listed for relabelling and never dropped (cleanlab's maintainers advise against
 cleaning a test set automatically); a relabel is an update of the listing in the feed.
 
+Where the flags go:
+
+* fresh batches (the ``monitor`` task, :mod:`monitoring.fresh_batch`): ``label_issues/<batch>.csv``
+  on the monitoring run, and the same CSV in the DVC workspace
+  (``data/label_issues/<batch>.csv``, versioned by ``version_data``); with
+  ``validate.label_issues: exclude_from_training`` the ``prepare`` stage leaves them out of
+  train/val (``training.prepare.label_issue_exclusions``);
+* the golden set (the ``gate`` task, :func:`golden_suspects`): ``label_issues/golden-<golden_rev>.csv``
+  on the challenger's run, listed for relabelling, never dropped.
+
 CLI (a CSV of flags from a predictions file that holds the probabilities)::
 
     python -m monitoring.label_issues --probs probs.npy --labels labels.json --listings batch.parquet
@@ -107,6 +117,89 @@ def find_label_issues(listing_ids: Sequence[str], titles: Sequence[str], given_l
                     "self_confidence": float(pred_probs[i, index[given_labels[i]]])})
     issues = pd.DataFrame(out, columns=list(ISSUE_COLUMNS)) if out else empty
     return LabelIssues(issues, len(rows), int((~known).sum()))
+
+
+def version_probabilities(model_name: str, version: str, listings: pd.DataFrame,
+                          images: Sequence[str]) -> tuple[list[str], np.ndarray, list[str]]:
+    """A registered version's predictions and class probabilities on listings.
+
+    The pyfunc serves only the top class's probability; confident learning needs them all, so
+    the version's checkpoint (``model.pt`` in its model artifacts) is loaded as the pyfunc loads
+    it (:func:`training.serving.load_checkpoint`) and predicts through the same code.
+
+    Args:
+        model_name: the registered model.
+        version: its version.
+        listings: N listings (``title`` and the model's other inputs).
+        images: N image file paths.
+
+    Returns:
+        ``(predicted, probs, classes)``: N top-1 category paths, float32 ``(N, C)`` probabilities,
+        the C category paths (columns of ``probs``).
+
+    Raises:
+        RuntimeError: when the version cannot be fetched or loaded.
+        ValueError: when an image cannot be read (the row is named).
+    """
+    import mlflow
+
+    from training.serving import load_checkpoint, predict_paths
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}"))
+        loaded = load_checkpoint(next(local.rglob("model.pt")))
+    except Exception as exc:  # any failure to fetch or load the version
+        raise RuntimeError(f"version {version} of {model_name} cannot be loaded: {exc}") from exc
+    predicted, probs = predict_paths(loaded, listings, list(images))
+    return predicted, probs, list(loaded.labels)
+
+
+GOLDEN_ARTIFACT = "label_issues/golden-{golden_rev}.csv"
+"""The golden suspects of a golden revision, on the challenger's run (:func:`golden_suspects`)."""
+
+
+def golden_suspects(client, model_name: str, version: str, golden: pd.DataFrame, golden_rev: str,
+                    run_id: str) -> dict:
+    """Golden listings whose label is likely wrong, listed for relabelling (never dropped).
+
+    Golden listings never enter training at any revision, so any registered version's
+    probabilities on them are out of sample; the gate passes the champion (the challenger on a
+    first run). The flags are written to :data:`GOLDEN_ARTIFACT` on ``run_id``; a retry that
+    finds the artifact reads it back instead of predicting again.
+
+    Args:
+        client: an ``mlflow.MlflowClient`` on the registry.
+        model_name: the registered model.
+        version: the version whose probabilities are used.
+        golden: ``promotion.registry.golden_frame`` (``listing_id``, ``title``, ``category_path``,
+            ``image_path`` and the model's other inputs).
+        golden_rev: the golden set's DVC hash (names the artifact).
+        run_id: the run the CSV is logged to (the challenger's).
+
+    Returns:
+        ``{"flagged": n, "checked": n, "unknown_label": n, "scored_by": version, "artifact": path}``
+        (``checked``/``unknown_label`` are None when read back from an earlier call).
+
+    Raises:
+        RuntimeError, ValueError: as :func:`version_probabilities`.
+    """
+    import io
+
+    import mlflow
+
+    artifact = GOLDEN_ARTIFACT.format(golden_rev=golden_rev)
+    try:
+        done = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact}")), dtype=str)
+        return {"flagged": len(done), "checked": None, "unknown_label": None, "scored_by": str(version),
+                "artifact": artifact}
+    except Exception:  # not written yet: predict
+        pass
+    _, probs, classes = version_probabilities(model_name, version, golden, golden["image_path"].tolist())
+    found = find_label_issues(golden["listing_id"].astype(str).tolist(), golden["title"].astype(str).tolist(),
+                              golden["category_path"].astype(str).tolist(), probs, classes)
+    client.log_text(run_id, found.issues.to_csv(index=False), artifact)
+    return {"flagged": int(len(found.issues)), "checked": found.checked, "unknown_label": found.unknown_label,
+            "scored_by": str(version), "artifact": artifact}
 
 
 def main(argv: list[str] | None = None) -> int:

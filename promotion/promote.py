@@ -87,6 +87,21 @@ def leaves_without_golden(state: State, golden) -> tuple[str, ...]:
     return tuple(sorted(stored - set(golden["category_path"])))
 
 
+def _golden_suspects(client, name: str, version: str, golden, golden_rev: str,
+                     run_id: str | None) -> dict | None:
+    """:func:`monitoring.label_issues.golden_suspects` by ``version`` (the champion; the challenger
+    on a first run), on the challenger's run. A failure is reported, never decides the gate."""
+    from monitoring.label_issues import golden_suspects
+
+    if not run_id:
+        return None
+    try:
+        return golden_suspects(client, name, str(version), golden, golden_rev, run_id)
+    except Exception as exc:  # label issues are advice to a person: they never block a promotion
+        print(f"[gate] golden label issues not computed: {exc}")
+        return {"error": str(exc)[:500], "scored_by": str(version)}
+
+
 def gate_challenger(state: State, params: Params, version: str, golden_rev: str) -> GateResult:
     """Re-scores champion and challenger on the golden set, decides, and records the review.
 
@@ -162,11 +177,12 @@ def gate_challenger(state: State, params: Params, version: str, golden_rev: str)
                                   f"{decision.reason})")
 
     mv = client.get_model_version(name, version)
+    suspects = _golden_suspects(client, name, champion_version or str(version), golden, golden_rev, mv.run_id)
     result = GateResult(
         **verdict, version=str(version), champion_version=champion_version,
         candidate_accuracy=cand["accuracy"], champion_accuracy=champ["accuracy"] if champ else None,
         golden_rev=golden_rev, n_golden=cand["n"], serving_check=serving_check,
-        leaves_without_golden=leaves_without_golden(state, golden),
+        leaves_without_golden=leaves_without_golden(state, golden), golden_label_issues=suspects,
         experiment_id=client.get_run(mv.run_id).info.experiment_id if mv.run_id else None)
     per_class = report.per_class_delta(cand_listings, champ_listings)
     from promotion.lineage import load_batches

@@ -133,6 +133,12 @@ def register_challenger(state: State, params: Params, data: DataVersionResult, w
     with mlflow.start_run(run_id=created.info.run_id) as run:
         mlflow.log_params(_flat("", params.to_dict(), {}))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+        excluded = ws / "data" / "prepared" / "excluded.json"  # training.prepare's label-issue record
+        if excluded.exists():
+            record = json.loads(excluded.read_text())
+            mlflow.log_metrics({"label_issues_flagged": float(record["flagged"]),
+                                "label_issues_excluded": float(record["excluded"])})
+            mlflow.set_tag("label_issues_policy", record["policy"])
         lineage.log_epoch_metrics(client, run.info.run_id, log, started_ms)
         splits = lineage.read_splits(ws)
         lineage.log_datasets(splits, ws, workspace_commit)

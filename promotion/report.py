@@ -184,6 +184,11 @@ def markdown_report(result: dict, per_class: pd.DataFrame, lineage: dict, top_n:
         shown = ", ".join(blind[:BLIND_LEAVES_SHOWN]) + (f" and {len(blind) - BLIND_LEAVES_SHOWN} more"
                                                          if len(blind) > BLIND_LEAVES_SHOWN else "")
         lines += ["", f"**Leaves with no golden listing** ({len(blind)}; the gate cannot see them): {shown}"]
+    suspects = result.get("golden_label_issues")
+    if suspects and "flagged" in suspects:
+        lines += ["", f"**Golden listings to relabel:** {suspects['flagged']} flagged by confident learning on "
+                      f"v{suspects.get('scored_by')}'s out-of-sample probabilities (`{suspects.get('artifact')}` "
+                      "on the training run; never dropped from the golden set)"]
     serving = result.get("serving_check")
     if serving:
         lines += ["", f"**Serving check** (`models:/…@challenger` in a fresh process): "

@@ -65,7 +65,13 @@ def reproduce_version(state: State, params: Params, version: str, workdir: Path 
     except VersioningError as exc:
         raise VersioningError(f"version {version}'s workspace commit {commit!r} is not in {state.workspace}") from exc
     # no -q: it would silence DVC's ERROR line (e.g. S3 refusing the credentials)
-    run_dvc(target, "pull", "data/listings.dvc", "data/golden.dvc")
+    # data/label_issues.dvc (the monitor's flags, a prepare dependency) exists in commits made
+    # since label issues are versioned; older commits' dvc.yaml does not name it
+    pointers = [p for p in ("data/listings.dvc", "data/golden.dvc", "data/label_issues.dvc")
+                if (target / p).exists()]
+    run_dvc(target, "pull", *pointers)
+    if (target / "models" / "init.dvc").exists():  # the model its training started from (train.init)
+        run_dvc(target, "pull", "models/init.dvc")
     # train in the precision the registered run trained in: with amp auto a CPU picks it by a
     # timing, which can go the other way on a re-run
     log = target / "models" / "train_log.json"

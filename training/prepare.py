@@ -7,6 +7,11 @@ into a uint8 array ``(N, S, S, 3)`` so that training never decodes a JPEG again.
 Outputs under ``data/prepared/``: ``{train,val,golden}.parquet`` (the rows, canonical columns) and
 ``{train,val,golden}_images.npy`` (same row order).
 
+Label issues (``validate.label_issues``): the monitor task's flags, ``data/label_issues/<batch>.csv``
+(:func:`label_issue_exclusions`), are listed in ``data/prepared/excluded.json``; with
+``exclude_from_training`` the flagged listings are also left out of train and val (they stay in
+the store).
+
 CLI::
 
     python -m training.prepare --params params.yaml [--workspace .]
@@ -31,6 +36,10 @@ from common.store import image_path, read_store
 from training.presets import load_image
 
 SPLITS = ("train", "val", "golden")
+LABEL_ISSUES_DIR = Path("data") / "label_issues"
+"""In the workspace: the monitor task's flags, one CSV per batch (``monitoring.fresh_batch``)."""
+EXCLUDED_FILE = "excluded.json"
+"""In ``data/prepared/``: the label-issue policy, the flags in force and the ids left out."""
 
 
 RETIRED_FILE = Path("data") / "retired_categories.json"
@@ -72,6 +81,47 @@ def stratified_split(frame: pd.DataFrame, val_fraction: float, seed: int) -> pd.
         ordered = keys.loc[idx].sort_values(kind="stable").index
         side.loc[ordered[:n_val]] = "val"
     return side
+
+
+def label_issue_exclusions(listings: pd.DataFrame, issues_dir: Path) -> pd.DataFrame:
+    """The monitor's label-issue flags, and whether each still holds for the listing's current row.
+
+    Rule: a flag ``(listing_id, given_label)`` holds while the listing's current row (the store's
+    latest version, as :func:`common.store.read_store` returns it) still carries the flagged
+    category: a later update that relabels the listing to another category clears it; an
+    update that keeps the flagged category keeps it (the label judged wrong is still there).
+    Flags of listings not in ``listings`` (golden, or gone) are dropped.
+
+    Args:
+        listings: the current rows, with ``listing_id`` and ``category_path``.
+        issues_dir: folder of ``<batch_id>.csv`` files with at least ``listing_id`` and
+            ``given_label`` (:data:`monitoring.label_issues.ISSUE_COLUMNS`); missing: no flag.
+
+    Returns:
+        One row per flag of a listing in ``listings``: ``listing_id``, ``given_label``,
+        ``flagged_in`` (the CSV's stem, a batch id), ``current_label`` and ``active`` (bool,
+        the rule above), sorted by ``listing_id`` then ``flagged_in``.
+
+    Raises:
+        ValueError: when a CSV lacks ``listing_id`` or ``given_label``.
+    """
+    columns = ["listing_id", "given_label", "flagged_in", "current_label", "active"]
+    files = sorted(Path(issues_dir).glob("*.csv")) if Path(issues_dir).is_dir() else []
+    frames = []
+    for path in files:
+        flags = pd.read_csv(path, dtype=str, keep_default_na=False)
+        missing = {"listing_id", "given_label"} - set(flags.columns)
+        if missing:
+            raise ValueError(f"label-issue file {path} lacks the column(s) {sorted(missing)}")
+        frames.append(flags[["listing_id", "given_label"]].assign(flagged_in=path.stem))
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=bool if c == "active" else object) for c in columns})
+    current = dict(zip(listings["listing_id"].astype(str), listings["category_path"].astype(str), strict=True))
+    flags = pd.concat(frames, ignore_index=True)
+    flags = flags[flags["listing_id"].isin(current)].copy()
+    flags["current_label"] = flags["listing_id"].map(current)
+    flags["active"] = flags["current_label"] == flags["given_label"]
+    return flags.sort_values(["listing_id", "flagged_in"], kind="stable").reset_index(drop=True)[columns]
 
 
 def _decode_chunk(args: tuple[list[str], int]) -> np.ndarray:
@@ -122,11 +172,13 @@ def prepare(workspace: Path, params: Params, workers: int | None = None) -> dict
 
     Returns:
         ``{"train": n, "val": n, "golden": n, "classes": n, "dropped_golden": n,
-        "image_size": S, "seconds": s, "out_dir": str}``.
+        "excluded_label_issues": n, "image_size": S, "seconds": s, "out_dir": str}``; the
+        label-issue record is ``data/prepared/excluded.json`` (``policy``, ``flagged``,
+        ``excluded``, ``cleared_by_relabel``, ``excluded_ids``).
 
     Raises:
         FileNotFoundError: when the golden set is missing.
-        ValueError: when no listing is left for training.
+        ValueError: when no listing is left for training, or a label-issue CSV is malformed.
     """
     t0 = time.perf_counter()
     workspace = Path(workspace)
@@ -148,6 +200,20 @@ def prepare(workspace: Path, params: Params, workers: int | None = None) -> dict
     if pool.empty:
         raise ValueError("no listing left for training once the retired categories are removed")
 
+    # label issues (validate.label_issues): flagged listings stay in the store, and with
+    # exclude_from_training out of train/val while their flagged label is their current one
+    flags = label_issue_exclusions(pool, workspace / LABEL_ISSUES_DIR)
+    flagged = sorted(set(flags.loc[flags["active"], "listing_id"]))
+    policy = params.validate_.label_issues
+    excluded = flagged if policy == "exclude_from_training" else []
+    if excluded:
+        pool = pool.loc[~pool["listing_id"].astype(str).isin(excluded)].reset_index(drop=True)
+        if pool.empty:
+            raise ValueError("no listing left for training once the flagged label issues are excluded")
+    label_record = {"policy": policy, "flagged": len(flagged), "excluded": len(excluded),
+                    "cleared_by_relabel": int(flags.loc[~flags["active"], "listing_id"].nunique()),
+                    "excluded_ids": excluded}
+
     side = stratified_split(pool, cfg.val_fraction, cfg.seed)
     frames = {
         "train": pool.loc[side == "train"].reset_index(drop=True),
@@ -155,6 +221,7 @@ def prepare(workspace: Path, params: Params, workers: int | None = None) -> dict
         "golden": golden,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / EXCLUDED_FILE).write_text(json.dumps(label_record, indent=1))
     workers = workers or min(2, os.cpu_count() or 1)
     summary: dict = {}
     for name in SPLITS:
@@ -167,6 +234,7 @@ def prepare(workspace: Path, params: Params, workers: int | None = None) -> dict
         classes=int(frames["train"]["category_path"].nunique()),
         dropped_golden=int(in_golden.sum()),
         dropped_retired=int(in_retired.sum()),
+        excluded_label_issues=len(excluded),
         image_size=cfg.image_size,
         seconds=round(time.perf_counter() - t0, 2),
         out_dir=str(out_dir),

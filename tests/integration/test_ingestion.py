@@ -309,7 +309,8 @@ def test_versioning_adds_and_pushes_only_the_changed_batches(tmp_path, fashion_d
     _partition(store, "b1", styles.iloc[:40], fashion_dir)
     _partition(store, "b2", styles.iloc[40:80], fashion_dir)
     first = version_data(state, params, "b1 b2")
-    assert first.added == ("data/listings", "data/golden")  # the first version: whole
+    # the first version: whole, and the (empty) label-issue folder the prepare stage depends on
+    assert first.added == ("data/listings", "data/golden", "data/label_issues")
     assert first.listings_md5.endswith(".dir") and first.golden_rev.endswith(".dir")
     assert _md5s(store) | _md5s(state.golden_dir) <= _remote_objects(state.dvc_remote)
 
