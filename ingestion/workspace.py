@@ -45,7 +45,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from common.params import PROJECT_ROOT, Params, write_params
+from common.params import PROJECT_ROOT, Params, load_params, write_params
 from common.results import ReproduceResult
 from common.state import State
 from common.store import BATCHES, disk_full_errors, is_disk_full
@@ -68,6 +68,11 @@ DVCIGNORE = f"/{LISTINGS}/{BATCHES}/.*"
 """``.dvcignore`` pattern: partitions being written (hidden temporary folders) are never data."""
 DVC_RWLOCK = ".dvc/tmp/rwlock"
 """DVC's read/write lock of workspace paths (JSON, relative to the workspace)."""
+INIT = "models/init"
+"""The model a run may start from (``train.init``), relative to the workspace: one DVC output
+(``models/init.dvc``) and a dependency of the train stage, so a new champion re-runs training and
+a workspace commit pins the start too (``promotion.reproduce`` pulls it). It holds ``init.json``
+always and the champion's ``model.pt`` when a run starts from it (:func:`fetch_init`)."""
 
 log = logging.getLogger(__name__)
 
@@ -309,8 +314,70 @@ def sync_snapshot(state: State, params: Params) -> None:
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
+def fetch_init(state: State, params: Params) -> dict:
+    """Puts the model the train stage starts from into ``<workspace>/models/init`` (:data:`INIT`).
+
+    With ``train.init: champion`` and a registered version holding the alias ``champion``, its
+    checkpoint (the ``model.pt`` of its MLflow model) is downloaded there and ``init.json`` says
+    ``{"init": "champion", "model": name, "version": "N", "run_id": ...}``; otherwise ``init.json``
+    says ``{"init": "scratch", "reason": ...}`` and no checkpoint is left there. The file holds no
+    time stamp: the same champion gives the same bytes, so ``dvc repro`` re-runs train only when
+    the champion (or the choice) changed. Whether the champion's architecture fits is the train
+    stage's decision (``training.train.init_model``), made with the params it trains with.
+
+    Args:
+        state: the state folder (its workspace and tracking store).
+        params: the effective params (``train.init``, ``registry.model_name``).
+
+    Returns:
+        The ``init.json`` content written.
+
+    Raises:
+        RuntimeError: when the champion exists but its checkpoint cannot be downloaded (an
+            unreachable store must not silently turn a warm start into a cold one).
+        mlflow.exceptions.MlflowException: when the registry cannot be asked (see
+            ``promotion.registry.alias_version``).
+    """
+    folder = state.workspace / INIT
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint = folder / "model.pt"
+    spec: dict = {"init": "scratch", "reason": "train.init is scratch"}
+    if params.train.init == "champion":
+        import tempfile
+
+        import mlflow
+
+        # promotion owns the registry helpers; imported here, where the workspace needs them
+        from promotion.registry import ALIAS_CHAMPION, alias_version, mlflow_client
+
+        name = params.registry.model_name
+        client = mlflow_client(state)
+        version = alias_version(client, name, ALIAS_CHAMPION)
+        if version is None:
+            spec = {"init": "scratch", "reason": f"no {ALIAS_CHAMPION} of {name} yet"}
+        else:
+            with tempfile.TemporaryDirectory(dir=state.root) as tmp:
+                try:
+                    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp))
+                    found = next(local.rglob("model.pt"))
+                except Exception as exc:  # any failure to fetch the champion's checkpoint
+                    raise RuntimeError(f"the {ALIAS_CHAMPION} (version {version}) checkpoint cannot be "
+                                       f"downloaded for train.init champion: {exc}") from exc
+                os.replace(found, checkpoint)
+            spec = {"init": "champion", "model": name, "version": version,
+                    "run_id": client.get_model_version(name, version).run_id}
+    if spec["init"] == "scratch":
+        checkpoint.unlink(missing_ok=True)
+    (folder / "init.json").write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    log.info("train init: %s", spec)
+    return spec
+
+
 def reproduce(state: State, note: str = "") -> ReproduceResult:
     """Runs ``dvc repro`` (prepare -> train -> evaluate), commits ``dvc.lock``, pushes outputs.
+
+    Before the run, :func:`fetch_init` puts the model training starts from (``train.init`` of
+    the workspace's params) into ``models/init``, which is added to DVC (``models/init.dvc``).
 
     Args:
         state: the state folder; its workspace must have been versioned once.
@@ -329,6 +396,8 @@ def reproduce(state: State, note: str = "") -> ReproduceResult:
         raise VersioningError(f"no DVC workspace at {ws}: run the version_data step first")
     with workspace_lock(state), disk_full_errors(state.root, "dvc repro"):
         clear_stale_locks(ws)
+        fetch_init(state, load_params(ws / "params.yaml"))
+        run_dvc(ws, "add", "-q", INIT)
         out = run_dvc(ws, "repro")
         print(out[-6000:])
         rev = commit(ws, f"repro: prepare -> train -> evaluate {note}".strip())

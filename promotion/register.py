@@ -144,9 +144,10 @@ def register_challenger(state: State, params: Params, data: DataVersionResult, w
         lineage.log_datasets(splits, ws, workspace_commit)
         lineage.log_batches(client, run.info.run_id,
                             lineage.training_batches(splits, read_manifest(state.manifest)))
-        pretrained, source, precision = "unknown", "unknown", "unknown"
+        pretrained, source, precision, init = "unknown", "unknown", "unknown", "unknown"
         if train_log.exists():
             pretrained = str(log.get("pretrained", "unknown"))
+            init = str(log.get("init", "scratch"))  # train logs before warm start: from scratch
             source = str(log.get("weights_source") or ("none: no image branch" if params.train.branches == "text"
                                                         else "none: trained from scratch"))
             precision = f"{log.get('device', 'unknown')} {log.get('precision', 'unknown')}"
@@ -156,7 +157,7 @@ def register_challenger(state: State, params: Params, data: DataVersionResult, w
                 mlflow.log_artifact(str(ws / report), "evaluation")
         run_tags = {**tags, "pretrained_weights": pretrained, "pretrained_weights_source": source,
                     "backbone": params.train.backbone,
-                    "training_precision": precision}
+                    "training_precision": precision, "lcp.init": init}
         if validation is not None:
             run_tags["gx_data_docs"] = str(validation.data_docs)
             run_tags["gx_validation_ids"] = json.dumps(validation.validation_ids)[:TAG_VALUE_CHARS]
