@@ -106,6 +106,12 @@ class ValidateResult(StepResult):
         validation_ids: ``{batch id: GX validation result id, or None}`` (lineage).
         reports: ``{batch id: report}`` as :func:`validation.validate.validate_batch` returns
             it; kept out of XCom (the manifest records each report).
+        released: release batches of this run (``<origin batch>.release-<k>``): held-back
+            listings whose category the taxonomy now has, validated again into their own store
+            partition (:func:`validation.staged.release_held_back`), sorted. Their reports and
+            GX ids are in ``reports`` and ``validation_ids``; not in :attr:`stored_batches`
+            (that is the week's new batches, which the monitor task scores).
+        released_listings: listings those release batches put into the store.
     """
 
     LOCAL: ClassVar[frozenset[str]] = frozenset({"reports"})
@@ -117,6 +123,8 @@ class ValidateResult(StepResult):
     data_docs: str | None
     validation_ids: dict[str, str | None]
     reports: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    released: tuple[str, ...] = ()
+    released_listings: int = 0
 
     @property
     def stored_batches(self) -> tuple[str, ...]:

@@ -117,10 +117,13 @@ def listing_classifier_retraining():
         from common.params import run_params
         from common.results import ValidateResult
         from common.state import State
+        from monitoring.candidates import candidate_groups
         from monitoring.fresh_batch import score_champion_on_fresh
 
-        return score_champion_on_fresh(State.from_env(), run_params(params),
-                                       ValidateResult.from_xcom(validated).stored_batches).to_xcom()
+        state, run, batches = State.from_env(), run_params(params), ValidateResult.from_xcom(validated).stored_batches
+        result = score_champion_on_fresh(state, run, batches).to_xcom()
+        candidate_groups(state, run, batches)  # held-back listings grouped for a taxonomy decision
+        return result
 
     @task(execution_timeout=timedelta(hours=3))
     def train_evaluate(data: dict) -> dict:

@@ -15,6 +15,14 @@ are not validated again, but the retry still reports them (their manifest entry'
 is null until the version_data step records the revision holding them), so the version_data
 step and the model's lineage get every batch of the run exactly once.
 
+Taxonomy changes (:mod:`validation.taxonomy`) apply here: the taxonomy is the feed's file plus the
+recorded changes. Before the staged batches, :func:`release_held_back` validates again the rows
+held back as ``unknown_category`` whose category is now in it, as a release batch
+``<origin>.release-<k>`` with its own store partition and manifest entry (status ``released``);
+the rows leave the origin's held-back list, so nothing is released twice. Rows of a retired
+category are accepted with a warning, and the retired paths are written to the workspace for
+prepare (:func:`validation.taxonomy.write_retired`).
+
 CLI: ``python -m validation.staged [--batch ID ...]`` (default: every batch the manifest lists
 as staged, i.e. what ``python -m ingestion.ingest`` staged); prints the result, reports
 included, as JSON.
@@ -24,19 +32,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import shutil
+import stat
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 
-from common.catalog import load_catalog
+import pandas as pd
+
+from common.catalog import Catalog, load_catalog
+from common.files import atomic_write, write_json
 from common.params import Params, load_params
 from common.results import RefusedBatch, ValidateResult
 from common.state import State
-from common.store import disk_full_errors, read_store, recover_partitions
+from common.store import batch_ids as store_batch_ids
+from common.store import disk_full_errors, read_store, recover_partitions, remove_partition
 from ingestion.manifest import read_manifest, update_entry
-from validation.taxonomy import load_taxonomy
+from validation.taxonomy import Taxonomy, effective_taxonomy, write_retired
 from validation.validate import validate_batch
 
 OUTCOMES = ("accepted", "partial", "quarantined")
+RELEASED = "released"
+"""Manifest status of a release batch (held-back listings validated again after a taxonomy change)."""
+UNKNOWN_CATEGORY = "unknown_category"
+HELD_BACK_FROM = ("partial",)
+"""Origins whose held-back rows are released: a batch quarantined whole is not released row by
+row (its other rows were refused with it); it is validated again when re-published."""
+_RELEASE_ID = re.compile(r"^(?P<origin>.+)\.release-(?P<k>[0-9]+)$")
 
 
 class NothingToTrainError(RuntimeError):
@@ -61,7 +86,8 @@ def validate_staged_batches(state: State, params: Params, batch_ids: Sequence[st
         The batch ids by outcome, the listings in the store, the last Data Docs index, each
         batch's GX validation id and report (:func:`validation.validate.validate_batch`).
         Batches validated by an earlier attempt that did not reach the version_data step (a
-        killed worker) are listed too, with the report the manifest recorded for them.
+        killed worker) are listed too, with the report the manifest recorded for them. Release
+        batches (:func:`release_held_back`) are in ``released`` (and their reports and GX ids).
 
     Raises:
         KeyError: when a batch id is not in the manifest (ingest never staged it).
@@ -70,23 +96,30 @@ def validate_staged_batches(state: State, params: Params, batch_ids: Sequence[st
             validated stays ``staged`` and nothing of it is left half written.
     """
     catalog = load_catalog(params.catalog)
-    taxonomy = load_taxonomy(state.staging / f"_{catalog.taxonomy.file}")
+    taxonomy = effective_taxonomy(state, catalog)
     recover_partitions(state.listings_store)
+    write_retired(state.workspace, taxonomy.retired)
     manifest = read_manifest(state.manifest)
     if batch_ids is None:
         batch_ids = [b for b, e in manifest.items() if e.get("status") == "staged"]
     unknown = sorted(set(batch_ids) - set(manifest))
     if unknown:
         raise KeyError(f"batch(es) {unknown} are not in the manifest {state.manifest}: ingest never staged them")
-    outcome: dict[str, list[str]] = {status: [] for status in OUTCOMES}
+    outcome: dict[str, list[str]] = {status: [] for status in (*OUTCOMES, RELEASED)}
     reports: dict[str, dict] = {}
     data_docs = None
     for batch_id, entry in sorted(manifest.items()):  # finished by an attempt that was killed
-        if entry.get("status") in OUTCOMES and "data_rev" in entry and entry["data_rev"] is None:
+        if (entry.get("status") in (*OUTCOMES, RELEASED) and "data_rev" in entry
+                and entry["data_rev"] is None):
             outcome[entry["status"]].append(batch_id)
             reports[batch_id] = entry.get("report") or {}
             print(f"[validate] {batch_id}: {entry['status']} (validated by an earlier attempt, "
                   "not versioned yet)")
+    with disk_full_errors(state.root, "release held-back listings"):
+        for release, report in release_held_back(state, params, catalog, taxonomy):
+            outcome[RELEASED].append(release)
+            reports[release] = report
+            data_docs = report.get("data_docs") or data_docs
     for item in refused:
         outcome["quarantined"].append(item.batch_id)
         reports[item.batch_id] = (manifest.get(item.batch_id) or {}).get("report") or item.to_dict()
@@ -105,11 +138,12 @@ def validate_staged_batches(state: State, params: Params, batch_ids: Sequence[st
                 batch_id=batch_id,
                 ingested_at=entry["ingested_at"],
                 catalog=catalog,
-                taxonomy=taxonomy,
+                taxonomy=taxonomy.paths,
                 params=params.validate_,
                 store=state.listings_store,
                 quarantine_dir=state.quarantine,
                 gx_dir=state.gx_dir,
+                retired=taxonomy.retired,
             )
             # after the partition: a kill before this line leaves the batch staged, retried whole
             update_entry(state.manifest, batch_id, status=report["status"], report=report,
@@ -125,13 +159,231 @@ def validate_staged_batches(state: State, params: Params, batch_ids: Sequence[st
         raise NothingToTrainError(
             "no valid listing to train on: every batch so far was quarantined "
             f"(see {state.quarantine})")
+    released = sorted(set(outcome.pop(RELEASED)))
     return ValidateResult(
         **{status: sorted(ids) for status, ids in outcome.items()},
         store_listings=store_listings,
         data_docs=data_docs,
         validation_ids={b: r.get("validation_id") for b, r in reports.items()},
         reports=reports,
+        released=released,
+        released_listings=sum(int(reports[b].get("accepted_rows") or 0) for b in released),
     )
+
+
+def release_id(origin: str, k: int) -> str:
+    """The id of the ``k``-th release batch of an origin batch: ``<origin>.release-<k>``.
+
+    It names the store partition, the staged folder, the quarantine folder and the manifest
+    entry, like any batch id (letters, digits, ``.``, ``_``, ``-``).
+    """
+    return f"{origin}.release-{k}"
+
+
+def read_rejected(path: Path) -> pd.DataFrame:
+    """A quarantine's ``rejected.csv`` as text (empty cells ``""``), row order kept."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def held_back(state: State, statuses: Sequence[str] = HELD_BACK_FROM) -> pd.DataFrame:
+    """The listings held back because their category is not in the taxonomy.
+
+    A held-back row is a row of a quarantine's ``rejected.csv`` whose only reason is
+    ``unknown_category`` (its images and every other check passed).
+
+    Args:
+        state: the state folder (manifest, quarantine).
+        statuses: manifest statuses of the batches to read (default: partially accepted ones;
+            the candidate groups also read batches quarantined whole).
+
+    Returns:
+        The canonical columns of ``rejected.csv`` (text; ``image_key`` relative to the batch
+        folder ``<state>/staging/<batch_id>``), one row per held-back listing, with
+        ``batch_id`` the batch that holds it; sorted by batch id, in file order.
+    """
+    frames = []
+    for batch_id, entry in sorted(read_manifest(state.manifest).items()):
+        path = state.quarantine / batch_id / "rejected.csv"
+        if entry.get("status") not in statuses or not path.is_file():
+            continue
+        rows = read_rejected(path)
+        frames.append(rows[rows["reasons"] == UNKNOWN_CATEGORY].assign(batch_id=batch_id))
+    if not frames:
+        return pd.DataFrame(columns=["listing_id", "title", "category_path", "image_key",
+                                     "ingested_at", "reasons", "batch_id"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _utc(values: pd.Series) -> pd.Series:
+    """ISO 8601 strings or timestamps (partitions written by other tools) as UTC times; NaT
+    where there is none."""
+    return pd.to_datetime(values.map(lambda v: None if v is None or v != v else str(v)),
+                          utc=True, format="ISO8601", errors="coerce")
+
+
+def _freeze(folder: Path) -> None:
+    read_only = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+    for root, _, files in os.walk(folder):
+        for name in files:
+            os.chmod(os.path.join(root, name), read_only)
+
+
+def _build_release_batch(state: State, catalog: Catalog, origin: str, ingested_at: str,
+                         release: str, ids: set[str]) -> Path:
+    """Stages a release batch: the origin's raw rows of ``ids`` and their images.
+
+    The rows are taken from the origin's raw listings file (so validation reads them as it read
+    them the first time: same adapter, same checks) and written as JSON Lines under the
+    catalog's listings file stem; their images are copied under the same batch-relative keys.
+    Built in ``staging/.<release>.partial`` and renamed into place, files read-only, like an
+    ingested batch.
+
+    Returns:
+        ``<state>/staging/<release>``.
+    """
+    from validation.adapt import find_listings_file, read_listings_file, to_canonical
+    from validation.images import resolve_image
+
+    source = state.staging / origin
+    raw = read_listings_file(find_listings_file(source, catalog.listings_file))
+    canon = to_canonical(raw, catalog, origin, ingested_at)
+    mask = canon["listing_id"].isin(ids).to_numpy()
+    final, tmp = state.staging / release, state.staging / f".{release}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    lines = [json.dumps(record) for record in raw[mask].to_dict(orient="records")]
+    (tmp / f"{Path(catalog.listings_file).stem}.jsonl").write_text("\n".join(lines) + "\n",
+                                                                   encoding="utf-8")
+    for key in canon.loc[mask, "image_key"]:
+        image = resolve_image(source, key) if isinstance(key, str) else None
+        if image is not None and image.is_file():  # a missing one is the release's image_missing
+            (tmp / key).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(image, tmp / key)
+    _freeze(tmp)
+    if final.exists():  # left by an attempt killed before its manifest entry
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final
+
+
+def _drop_held(state: State, origin: str, ids: set[str], release: str | None) -> None:
+    """Removes listings from an origin's held-back list (``rejected.csv``) and records where
+    they went in its ``report.json`` and manifest entry; idempotent."""
+    qdir = state.quarantine / origin
+    path = qdir / "rejected.csv"
+    if path.is_file():
+        rows = read_rejected(path)
+        keep = rows[~rows["listing_id"].isin(ids)]
+        if len(keep) < len(rows):
+            if keep.empty:
+                path.unlink()
+            else:
+                atomic_write(path, lambda tmp: keep.to_csv(tmp, index=False, lineterminator="\r\n"))
+    if release is None:
+        return
+    report_file = qdir / "report.json"
+    if report_file.is_file():
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+        if release not in report.setdefault("released_to", []):
+            report["released_to"].append(release)
+            write_json(report_file, report)
+    entry = read_manifest(state.manifest).get(origin) or {}
+    if release not in entry.get("released_to", []):
+        update_entry(state.manifest, origin, released_to=[*entry.get("released_to", []), release])
+
+
+def _finish_killed_releases(state: State, manifest: dict[str, dict]) -> None:
+    """Completes what a killed release left: rows already released still in their origin's
+    held-back list are removed; a release partition with no manifest entry (killed before it
+    was recorded) is removed, and the rows are released again."""
+    for release, entry in manifest.items():
+        if entry.get("status") == RELEASED and entry.get("released_from"):
+            tried = set(entry.get("listing_ids") or []) | set(entry.get("superseded") or [])
+            _drop_held(state, entry["released_from"], tried, release)
+    for name in store_batch_ids(state.listings_store):
+        if _RELEASE_ID.match(name) and name not in manifest:
+            remove_partition(state.listings_store, name)
+
+
+def release_held_back(state: State, params: Params, catalog: Catalog,
+                      taxonomy: Taxonomy) -> list[tuple[str, dict]]:
+    """Releases the held-back listings whose category the taxonomy now has.
+
+    For each partially accepted batch whose quarantine holds rows rejected only as
+    ``unknown_category`` with a category now in ``taxonomy.paths`` (added with
+    ``python -m validation.taxonomy add``, or declared by the feed's taxonomy file since):
+
+    1. rows whose listing the store already holds in a later version are *superseded*: they
+       only leave the held-back list (the later version wins anyway);
+    2. the others are staged as a release batch ``<origin>.release-<k>`` (their raw rows and
+       images, :func:`_build_release_batch`) and validated whole by
+       :func:`validation.validate.validate_batch`: images, the GX suite, duplicates against
+       the store, with the origin's ``ingested_at`` (a later update of a listing still wins).
+       The bad-row share does not quarantine a release (``max_bad_row_fraction`` 1: each row
+       was already judged on its own) and drift never blocks it (a release is one category by
+       construction). Accepted rows become the release's own store partition, so versioning,
+       the golden set (a new batch's rows: ``ingestion.versioning.update_golden``) and training
+       take them like any batch; a row failing now is quarantined under the release id with
+       its reason;
+    3. the manifest records the release (``status: released``, ``released_from``,
+       ``listing_ids``, ``superseded``, ``report``, ``data_rev: null``), then the rows leave
+       the origin's ``rejected.csv`` (its ``report.json`` and manifest entry list
+       ``released_to``).
+
+    A killed attempt is finished by the next call (:func:`_finish_killed_releases`): a
+    recorded release is never redone, an unrecorded one is redone under the same id.
+
+    Args:
+        state: the state folder.
+        params: the params (``validate``).
+        catalog: the catalog adapter.
+        taxonomy: the effective taxonomy (:func:`validation.taxonomy.effective_taxonomy`).
+
+    Returns:
+        ``[(release id, validation report)]`` of the releases made now, in batch order.
+    """
+    manifest = read_manifest(state.manifest)
+    _finish_killed_releases(state, manifest)
+    manifest = read_manifest(state.manifest)
+    ready = held_back(state)
+    ready = ready[ready["category_path"].isin(taxonomy.paths)]
+    if ready.empty:
+        return []
+    latest = read_store(state.listings_store, ["listing_id", "ingested_at"]).set_index("listing_id")["ingested_at"]
+    release_params = params.validate_.model_copy(update={"max_bad_row_fraction": 1.0, "drift_blocks": False})
+    out = []
+    for origin, rows in ready.groupby("batch_id", sort=True):
+        entry = manifest[origin]
+        stored_at = _utc(rows["listing_id"].map(latest))
+        newer = (stored_at.notna() & (stored_at > _utc(rows["ingested_at"]))).to_numpy()
+        superseded = sorted(rows.loc[newer, "listing_id"])
+        ids = sorted(rows.loc[~newer, "listing_id"])
+        if not ids:
+            _drop_held(state, origin, set(superseded), None)
+            print(f"[validate] {origin}: {len(superseded)} held-back listing(s) already stored in "
+                  "a later version: no longer held back")
+            continue
+        k = 1 + sum(1 for e in manifest.values() if e.get("released_from") == origin)
+        release = release_id(origin, k)
+        folder = _build_release_batch(state, catalog, origin, entry["ingested_at"], release, set(ids))
+        report = validate_batch(batch_dir=folder, batch_id=release, ingested_at=entry["ingested_at"],
+                                catalog=catalog, taxonomy=taxonomy.paths, params=release_params,
+                                store=state.listings_store, quarantine_dir=state.quarantine,
+                                gx_dir=state.gx_dir, retired=taxonomy.retired)
+        report["released_from"] = origin
+        categories = rows.loc[~newer, "category_path"].value_counts().to_dict()
+        update_entry(state.manifest, release, status=RELEASED, released_from=origin,
+                     listing_ids=ids, superseded=superseded, categories=categories,
+                     ingested_at=entry["ingested_at"], report=report, data_rev=None,
+                     released_at=datetime.now(UTC).isoformat(timespec="seconds"))
+        _drop_held(state, origin, set(ids) | set(superseded), release)
+        manifest = read_manifest(state.manifest)
+        print(f"[validate] {release}: released {report['accepted_rows']} of {len(ids)} held-back "
+              f"listing(s) of {origin} ({', '.join(f'{c!r}: {n}' for c, n in categories.items())}); "
+              f"{report['rejected_rows']} rejected now, reasons={report['reasons']}"
+              + (f", {len(superseded)} superseded by a later version" if superseded else ""))
+        out.append((release, report))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
