@@ -219,6 +219,9 @@ class GateResult(StepResult):
         leaves_without_golden: leaf categories of the store with no golden listing (the gate
             is blind to them; named in the report).
         experiment_id: the challenger's MLflow experiment (links), or None.
+        golden_label_issues: golden listings flagged as likely mislabelled, for relabelling
+            (``monitoring.label_issues.golden_suspects``: ``flagged``, ``checked``,
+            ``scored_by``, ``artifact``; or ``error``), None when not computed.
     """
 
     version: str
@@ -227,9 +230,6 @@ class GateResult(StepResult):
     reason: str
     candidate_score: float
     champion_score: float | None
-        golden_label_issues: golden listings flagged as likely mislabelled, for relabelling
-            (``monitoring.label_issues.golden_suspects``: ``flagged``, ``checked``,
-            ``scored_by``, ``artifact``; or ``error``), None when not computed.
     delta: float | None
     required_improvement: float | None = None
     interval: tuple[float, float] | None = None
@@ -246,6 +246,7 @@ class GateResult(StepResult):
     serving_check: dict[str, Any] | None = None
     leaves_without_golden: tuple[str, ...] = ()
     experiment_id: str | None = None
+    golden_label_issues: dict[str, Any] | None = None
 
 
 class PromoteResult(StepResult):
@@ -254,7 +255,6 @@ class PromoteResult(StepResult):
     The UI plugin reads ``champion`` from this task's XCom.
 
     Attributes:
-    golden_label_issues: dict[str, Any] | None = None
         champion: the version holding ``champion`` after the step, None when there is none.
         moved: whether this call moved the alias.
         decision: the gate's decision it acted on.
