@@ -2,8 +2,8 @@
 
 Each row is built from the run's typed task results in Airflow's metadata database (the XCom of
 ``validate``, ``monitor``, ``version_data``, ``register``, ``gate``, ``promote``:
-:mod:`common.results`), its task instances' start and end times, the listings store (new
-categories) and the MLflow run of the week's model version (golden set size). Nothing is
+:mod:`common.results`), its task instances' start and end times, the manifest (each batch's validation report), the
+listings store (new categories) and the MLflow run of the week's model version (golden set size). Nothing is
 recomputed: the table reads what the platform recorded while the weeks ran.
 
 Columns (:data:`COLUMNS`): ``week`` (1 first), ``run_id``, ``logical_date``, ``state``,
@@ -136,16 +136,20 @@ def season_table(state: State, params: Params, runs: list[dict]):
     """
     import pandas as pd
 
+    from ingestion.manifest import read_manifest
     from promotion.registry import mlflow_client
 
     client = mlflow_client(state)
+    manifest = read_manifest(state.manifest)
     seen: set[str] = set()
     rows = []
     for week, run in enumerate(runs, start=1):
         x = run["xcom"]
         validated, monitored, data = x.get("validate") or {}, x.get("monitor") or {}, x.get("version_data") or {}
         registered, gate, promoted = x.get("register") or {}, x.get("gate") or {}, x.get("promote") or {}
-        reports = validated.get("reports") or {}
+        # the batches' reports stay out of XCom (too big): the manifest holds each batch's
+        ids = [*validated.get("accepted", ()), *validated.get("partial", ()), *validated.get("quarantined", ())]
+        reports = {b: (manifest.get(b) or {}).get("report") or {} for b in ids}
         stored = sorted({*validated.get("accepted", ()), *validated.get("partial", ())})
         held = sum(int((r.get("reasons") or {}).get(HELD_BACK, 0)) for r in reports.values())
         new = set().union(*(_partition_categories(state, b) for b in stored)) - seen if stored else set()
@@ -223,7 +227,7 @@ def plot_season(table, path: Path) -> Path:
     top.set_ylabel("business-weighted score")
     top.set_title("Season: the champion each week, and each week's challenger")
     top.grid(alpha=0.3)
-    top.legend(loc="lower right", fontsize=8)
+    top.legend(loc="best", fontsize=8, framealpha=0.6)
     acc, quar, held = col("accepted"), col("quarantined"), col("held_back")
     bottom.bar(weeks, acc, color="tab:green", label="accepted")
     bottom.bar(weeks, quar, bottom=acc, color="tab:red", label="quarantined")
