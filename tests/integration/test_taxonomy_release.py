@@ -88,6 +88,7 @@ def grown(tiny_trained, fashion_dir, tmp_path_factory):
     ingested = ingest_new_batches(state, params, datetime(2026, 11, 3, tzinfo=UTC))
     out["first"] = validate_staged_batches(state, params, ingested.staged)
     out["rejected_before"] = pd.read_csv(state.quarantine / WEEK1 / "rejected.csv", dtype=str)
+    rejected_bytes = (state.quarantine / WEEK1 / "rejected.csv").read_bytes()
     out["groups_without_champion"] = candidate_groups(state, params, [WEEK1])
     version = register_challenger(state, params, tiny_trained["data"],
                                   tiny_trained["trained"].workspace_commit, "test_dag", "run-1")
@@ -109,6 +110,19 @@ def grown(tiny_trained, fashion_dir, tmp_path_factory):
     out["data"] = version_data(state, params, note="release")
     out["again"] = validate_staged_batches(state, params, ingested.staged)  # the next run
     out["manifest_after"] = read_manifest(state.manifest)
+
+    # killed attempts: after the manifest entry, before the held-back list was updated; and
+    # after a release partition was written, before its manifest entry
+    import shutil
+
+    from common.store import partition_dir
+
+    (state.quarantine / WEEK1 / "rejected.csv").write_bytes(rejected_bytes)
+    shutil.copytree(partition_dir(state.listings_store, RELEASE), partition_dir(state.listings_store, f"{WEEK1}.release-2"))
+    out["after_kill"] = validate_staged_batches(state, params, ingested.staged)
+    left = state.quarantine / WEEK1 / "rejected.csv"
+    out["rejected_after_kill"] = (pd.read_csv(left, dtype=str) if left.exists()
+                                  else pd.DataFrame(columns=["listing_id", "reasons"]))
 
     # a store category retired; week 2 brings listings of it
     week2_ids, week2_paths = _paths(feed / WEEK2)
@@ -211,6 +225,17 @@ def test_nothing_is_released_twice(grown):
     assert [b for b in batch_ids(state.listings_store) if ".release-" in b] == [RELEASE]
     assert not [b for b in grown["manifest_after"] if b.startswith(f"{WEEK1}.release-") and b != RELEASE]
     assert grown["manifest_after"][RELEASE]["data_rev"] == grown["data"].data_rev
+
+
+def test_a_killed_release_is_finished_not_redone(grown):
+    from common.store import batch_ids
+
+    after, state = grown["after_kill"], grown["state"]
+    assert after.released == () and after.released_listings == 0
+    assert [b for b in batch_ids(state.listings_store) if ".release-" in b] == [RELEASE]  # orphan gone
+    left = grown["rejected_after_kill"]
+    assert not set(left["listing_id"]) & grown["held_ids"]
+    assert set(left["listing_id"]) == set(grown["rejected_before"]["listing_id"]) - grown["held_ids"]
 
 
 def test_released_rows_join_the_growing_golden_set_like_a_new_batch(grown):
