@@ -201,6 +201,10 @@ class ScoreParams(_Frozen):
         default_factory=lambda: dict(_EXAMPLE_VALUE_TABLE),
         description="Value per category path prefix (any level). The project's table is an "
                     "example configuration, not a measured fact.")
+    target_precision: float = Field(
+        0.99, ge=0.0, le=1.0,
+        description="Precision (leaf accuracy) the auto-categorised listings must reach on "
+                    "validation; sets the stored probability threshold (training.calibration).")
 
     @field_validator("level_credit")
     @classmethod
@@ -229,6 +233,10 @@ class GateParams(_Frozen):
     slice_top_n: int = Field(5, ge=0, description="Slices: the N categories carrying the most business value.")
     max_slice_recall_drop: float = Field(
         0.05, ge=0.0, le=1.0, description="A slice may lose at most this much leaf recall (0.05 = 5 points).")
+    max_coverage_drop: float = Field(
+        0.02, ge=0.0, le=1.0,
+        description="A challenger's golden coverage (share auto-categorised at its own threshold) may "
+                    "be at most this much below the champion's (absolute; 0.02 = 2 points).")
 
 
 class RegistryParams(_Frozen):

@@ -222,6 +222,10 @@ class GateResult(StepResult):
         golden_label_issues: golden listings flagged as likely mislabelled, for relabelling
             (``monitoring.label_issues.golden_suspects``: ``flagged``, ``checked``,
             ``scored_by``, ``artifact``; or ``error``), None when not computed.
+        coverage: the coverage guardrail (``promotion.gate.Decision.coverage``: both sides'
+            golden ``coverage`` / ``auto_precision`` / ``value_coverage`` at their own stored
+            thresholds, ``drop``, ``max_drop``, ``checked``, ``passed``, ``note``), None when
+            not compared (``"unchanged"``).
     """
 
     version: str
@@ -247,6 +251,7 @@ class GateResult(StepResult):
     leaves_without_golden: tuple[str, ...] = ()
     experiment_id: str | None = None
     golden_label_issues: dict[str, Any] | None = None
+    coverage: dict[str, Any] | None = None
 
 
 class PromoteResult(StepResult):

@@ -10,6 +10,11 @@ Modelled on TFX Evaluator's "blessing":
   lie above it, in ``point`` mode the delta itself must reach it (a tie never promotes);
 * **slices**: none of the ``slice_top_n`` categories carrying the most business value may lose
   more than ``max_slice_recall_drop`` of leaf recall; every failing slice is reported;
+* **coverage guardrail**: the challenger's golden *coverage* (share of listings it
+  auto-categorises at its own stored threshold, ``training.calibration``) may be at most
+  ``max_coverage_drop`` (absolute) below the champion's, whatever its score; a champion that
+  stores no threshold (registered before calibration) has no coverage, and the guardrail is
+  skipped with the reason saying so;
 * **first run**: with no champion, only the value thresholds apply, and the reason says so.
 
 Moving an alias is a separate, tiny step (:mod:`promotion.promote`). Nothing here touches MLflow.
@@ -55,12 +60,19 @@ class Scores:
         accuracy: leaf accuracy in [0, 1].
         version: the registry version the scores belong to, if registered.
         listings: per-listing results; required by the interval mode and by slice checks.
+        coverage: share of the golden listings auto-categorised at the version's own stored
+            threshold, in [0, 1]; None when the version stores no threshold.
+        auto_precision: leaf accuracy of those listings (None when none or no threshold).
+        value_coverage: their share of the golden set's business value (None: no threshold).
     """
 
     business_weighted_score: float
     accuracy: float
     version: str | None = None
     listings: PerListing | None = field(default=None, repr=False, compare=False)
+    coverage: float | None = None
+    auto_precision: float | None = None
+    value_coverage: float | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,10 @@ class Decision:
         first_run: True when there was no champion (only value thresholds applied).
         slices: every checked slice, as dicts of :class:`SliceResult`.
         failing_slices: the categories of the failing slices.
+        coverage: the coverage guardrail: ``candidate`` and ``champion`` (each ``coverage``,
+            ``auto_precision``, ``value_coverage``), ``drop`` (champion - candidate coverage),
+            ``max_drop``, ``checked`` (False when skipped), ``passed`` (None when not checked)
+            and ``note`` (why it was skipped, or its outcome).
     """
 
     promote: bool
@@ -109,6 +125,7 @@ class Decision:
     first_run: bool = False
     slices: list[dict] = field(default_factory=list)
     failing_slices: list[str] = field(default_factory=list)
+    coverage: dict | None = None
 
     def to_dict(self) -> dict:
         """The decision as JSON types, figures rounded to :data:`XCOM_DECIMALS` decimals (what
@@ -219,6 +236,39 @@ def _check_pairing(candidate: PerListing, champion: PerListing) -> None:
         raise ValueError("candidate and champion were not scored on the same golden listings in the same order")
 
 
+def _figures(s: Scores) -> dict:
+    return {"coverage": s.coverage, "auto_precision": s.auto_precision, "value_coverage": s.value_coverage}
+
+
+def coverage_check(candidate: Scores, champion: Scores | None, max_drop: float) -> dict:
+    """The coverage guardrail: ``champion.coverage - candidate.coverage <= max_drop``.
+
+    Skipped (``checked`` False) on a first run, and when either side stores no threshold
+    (``coverage`` None: a version registered before calibration). The boundary passes.
+
+    Returns:
+        :attr:`Decision.coverage`.
+    """
+    out = {"candidate": _figures(candidate), "champion": _figures(champion) if champion else None,
+           "drop": None, "max_drop": max_drop, "checked": False, "passed": None}
+    if champion is None:
+        out["note"] = "first model: no champion coverage to compare"
+    elif champion.coverage is None:
+        out["note"] = (f"coverage guardrail skipped: the champion v{champion.version} stores no "
+                       "auto-categorisation threshold (registered before calibration)")
+    elif candidate.coverage is None:
+        out["note"] = (f"coverage guardrail skipped: the challenger v{candidate.version} stores no "
+                       "auto-categorisation threshold")
+    else:
+        drop = champion.coverage - candidate.coverage
+        passed = drop <= max_drop + 1e-12
+        out.update(drop=drop, checked=True, passed=passed)
+        out["note"] = (f"golden coverage {champion.coverage:.4f} -> {candidate.coverage:.4f} "
+                       f"(drop {drop:+.4f}; " + ("within" if passed else "more than")
+                       + f" the allowed {max_drop:.4f})")
+    return out
+
+
 def decide(candidate: Scores, champion: Scores | None, thresholds: GateParams) -> Decision:
     """Decides on a challenger (module docstring for the rules).
 
@@ -249,7 +299,8 @@ def decide(candidate: Scores, champion: Scores | None, thresholds: GateParams) -
                   + (f"passes the floors (score {score:.4f}, accuracy {candidate.accuracy:.4f})" if ok
                      else "; ".join(failures)))
         return Decision(ok, "promoted" if ok else "rejected", reason, score, None, None,
-                        mode=t.mode, first_run=True)
+                        mode=t.mode, first_run=True,
+                        coverage=coverage_check(candidate, None, t.max_coverage_drop))
 
     champ = champion.business_weighted_score
     delta = score - champ
@@ -284,6 +335,10 @@ def decide(candidate: Scores, champion: Scores | None, thresholds: GateParams) -
                                 f"({s.recall_champion:.3f} -> {s.recall_candidate:.3f}, n={s.n}; "
                                 f"max {t.max_slice_recall_drop:.1%})")
 
+    coverage = coverage_check(candidate, champion, t.max_coverage_drop)
+    if coverage["passed"] is False:
+        failures.append(f"coverage at the target precision drops: {coverage['note']}, whatever the score")
+
     ok = not failures
     if ok:
         evidence = (f": the {t.confidence:.0%} interval [{interval[0]:+.4f}, {interval[1]:+.4f}] of "
@@ -294,9 +349,12 @@ def decide(candidate: Scores, champion: Scores | None, thresholds: GateParams) -
                      if slices else ""))
     else:
         reason = "; ".join(failures)
+    if ok or not coverage["checked"]:  # a failed check is already among the failures
+        reason += f"; {coverage['note']}"
     return Decision(ok, "promoted" if ok else "rejected", reason, score, champ, delta, required, interval,
                     t.confidence if interval else None, t.mode, False,
-                    [_slice_dict(s) for s in slices], [s.category for s in slices if not s.passed])
+                    [_slice_dict(s) for s in slices], [s.category for s in slices if not s.passed],
+                    coverage)
 
 
 def _slice_dict(s: SliceResult) -> dict:

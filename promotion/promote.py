@@ -157,9 +157,12 @@ def gate_challenger(state: State, params: Params, version: str, golden_rev: str)
         except RuntimeError as exc:
             raise RuntimeError(f"the champion (version {champion_version}) cannot be re-scored on golden set "
                                f"{golden_rev}; nothing was decided and no alias moved: {exc}") from exc
+    auto = ("coverage", "auto_precision", "value_coverage")  # each at the version's own threshold
     decision = decide(
-        Scores(cand["business_weighted_score"], cand["accuracy"], str(version), cand_listings),
-        Scores(champ["business_weighted_score"], champ["accuracy"], str(champion_version), champ_listings)
+        Scores(cand["business_weighted_score"], cand["accuracy"], str(version), cand_listings,
+               *(cand[k] for k in auto)),
+        Scores(champ["business_weighted_score"], champ["accuracy"], str(champion_version), champ_listings,
+               *(champ[k] for k in auto))
         if champ else None,
         params.gate,
     )

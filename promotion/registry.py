@@ -91,9 +91,14 @@ def score_version(state: State, params: Params, version: str, golden: pd.DataFra
     so the gate compares like with like; a champion's stored metrics are never trusted across
     golden revisions. The predictions are cached on the version's run, keyed by the golden
     revision: the artifact ``golden_predictions/<golden_rev>.csv`` (``listing_id,
-    predicted_path``), from which the summary, the paired bootstrap and the slice checks are
-    computed. A cache that is missing, unreadable or whose listing ids differ from the golden
-    frame's is ignored and the version re-scored.
+    predicted_path, probability, auto``), from which the summary, the paired bootstrap, the slice
+    checks and the coverage are computed. A cache that is missing, unreadable, of the format
+    before ``auto`` (no such column) or whose listing ids differ from the golden frame's is
+    ignored and the version re-scored.
+
+    Coverage comes from the served ``auto`` column, i.e. the version's *own* stored calibration
+    and threshold (``training.calibration``); a version whose served output has no ``auto``
+    column (registered before calibration) has coverage None (an empty ``auto`` in the cache).
 
     Args:
         state: the state folder.
@@ -104,7 +109,9 @@ def score_version(state: State, params: Params, version: str, golden: pd.DataFra
 
     Returns:
         ``(summary, per_listing)``: ``{"business_weighted_score", "accuracy", "n", "version",
-        "golden_rev"}`` and the per-listing results in golden order.
+        "golden_rev", "coverage", "auto_precision", "value_coverage"}`` (the last three None
+        without a stored threshold; ``auto_precision`` None when nothing is auto-categorised)
+        and the per-listing results in golden order.
 
     Raises:
         RuntimeError: when the version cannot be loaded or fails to predict.
@@ -118,13 +125,15 @@ def score_version(state: State, params: Params, version: str, golden: pd.DataFra
     mv = client.get_model_version(name, version)
     ids = [str(i) for i in golden["listing_id"]]
     true_paths = list(golden["category_path"])
-    pred_paths = None
+    pred_paths, probability, auto = None, None, None
     if mv.run_id:
         try:
             cached = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{mv.run_id}/{artifact}")),
                                  dtype=str, keep_default_na=False)
-            if cached["listing_id"].tolist() == ids:
+            if cached["listing_id"].tolist() == ids and "auto" in cached.columns:
                 pred_paths = cached["predicted_path"].tolist()
+                probability = cached["probability"].astype(float).tolist()
+                auto = None if (cached["auto"] == "").all() else (cached["auto"] == "True").tolist()
         except Exception:  # a missing or unreadable cache only costs a re-score
             pred_paths = None
     fresh = pred_paths is None
@@ -134,6 +143,8 @@ def score_version(state: State, params: Params, version: str, golden: pd.DataFra
             from training.serving import model_input
             predicted = model.predict(model_input(golden))
             pred_paths = [str(p) for p in predicted["category_path"]]
+            probability = [float(p) for p in predicted["probability"]]
+            auto = [bool(a) for a in predicted["auto"]] if "auto" in predicted.columns else None
         except Exception as exc:  # any failure to load or predict must stop the gate
             raise RuntimeError(f"model version {name}/{version} cannot be loaded or scored: {exc}") from exc
         if len(pred_paths) != len(ids):
@@ -149,11 +160,27 @@ def score_version(state: State, params: Params, version: str, golden: pd.DataFra
         "n": len(true_paths),
         "version": str(version),
         "golden_rev": golden_rev,
+        **_coverage(auto, pred_paths, true_paths, values),
     }
     if fresh and mv.run_id:
-        frame = pd.DataFrame({"listing_id": ids, "predicted_path": pred_paths})
+        frame = pd.DataFrame({"listing_id": ids, "predicted_path": pred_paths, "probability": probability,
+                              "auto": auto if auto is not None else [""] * len(ids)})
         client.log_text(mv.run_id, frame.to_csv(index=False), artifact)
     return result, listings
+
+
+def _coverage(auto: list[bool] | None, pred_paths: list[str], true_paths: list[str], values) -> dict:
+    """Golden ``coverage``, ``auto_precision`` and ``value_coverage`` of the served ``auto`` flags
+    (as ``training.calibration.coverage_figures``; ``values`` are ``v(y_i)``); all None without."""
+    if auto is None:
+        return {"coverage": None, "auto_precision": None, "value_coverage": None}
+    flags = [bool(a) for a in auto]
+    hits = [p == t for p, t, a in zip(pred_paths, true_paths, flags, strict=True) if a]
+    total = float(sum(values))
+    return {"coverage": sum(flags) / len(flags) if flags else 0.0,
+            "auto_precision": sum(hits) / len(hits) if hits else None,
+            "value_coverage": float(sum(v for v, a in zip(values, flags, strict=True) if a)) / total
+            if total > 0 else 0.0}
 
 
 def artifact_file(path: Path) -> str | None:

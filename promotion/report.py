@@ -167,6 +167,14 @@ def markdown_report(result: dict, per_class: pd.DataFrame, lineage: dict, top_n:
         + (_fmt(result['candidate_accuracy'] - result['champion_accuracy'], '+.4f')
            if result.get("champion_accuracy") is not None else "–") + " |",
     ]
+    coverage = result.get("coverage") or {}
+    cand_auto, champ_auto = coverage.get("candidate") or {}, coverage.get("champion") or {}
+    for key, what in (("coverage", "coverage (auto-categorised share)"), ("auto_precision", "precision auto-categorised"),
+                      ("value_coverage", "value-weighted coverage")):
+        if cand_auto or champ_auto:
+            c, h = cand_auto.get(key), champ_auto.get(key)
+            lines.append(f"| {what} | {_fmt(c)} | {_fmt(h)} | "
+                         f"{_fmt(c - h, '+.4f') if c is not None and h is not None else '–'} |")
     if interval:
         lines.append(f"| delta {result.get('confidence', 0.95):.0%} bootstrap interval | | | "
                      f"[{interval[0]:+.4f}, {interval[1]:+.4f}] |")
@@ -179,6 +187,9 @@ def markdown_report(result: dict, per_class: pd.DataFrame, lineage: dict, top_n:
         mark = " ❌" if r.category_path in failing else ""
         lines.append(f"| {r.category_path}{mark} | {r.support} | {r.value:.1f} | {_fmt(r.recall_candidate, '.3f')} "
                      f"| {_fmt(r.recall_champion, '.3f')} | {_fmt(r.delta, '+.3f')} |")
+    if coverage.get("note"):
+        lines += ["", f"**Auto-categorisation** (each model at its own stored threshold; "
+                      f"max coverage drop {_fmt(coverage.get('max_drop'))}): {coverage['note']}"]
     blind = result.get("leaves_without_golden") or ()
     if blind:
         shown = ", ".join(blind[:BLIND_LEAVES_SHOWN]) + (f" and {len(blind) - BLIND_LEAVES_SHOWN} more"

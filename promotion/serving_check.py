@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 EXPECTED_COLUMNS = ["category_path", "leaf", "probability"]
+OPTIONAL_COLUMNS = ["auto"]
+"""Served after the expected ones by a version that stores an auto-categorisation threshold
+(``training.serving.ListingClassifierModel``); versions registered before it have none."""
 
 
 def check_serving(tracking_uri: str, model_uri: str, rows: list[dict], timeout_s: float = 300.0) -> dict:
@@ -62,8 +65,8 @@ def check_serving(tracking_uri: str, model_uri: str, rows: list[dict], timeout_s
                 "predictions": None, "seconds": seconds}
     answer = json.loads(lines[-1])
     problems = []
-    if answer.get("columns") != EXPECTED_COLUMNS:
-        problems.append(f"columns {answer.get('columns')} != {EXPECTED_COLUMNS}")
+    if answer.get("columns") not in (EXPECTED_COLUMNS, EXPECTED_COLUMNS + OPTIONAL_COLUMNS):
+        problems.append(f"columns {answer.get('columns')} != {EXPECTED_COLUMNS} (+ {OPTIONAL_COLUMNS})")
     if len(answer.get("predictions", [])) != len(rows):
         problems.append(f"{len(answer.get('predictions', []))} predictions for {len(rows)} rows")
     ok = not problems

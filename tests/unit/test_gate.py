@@ -271,7 +271,73 @@ def test_a_promotion_reason_reads_as_a_sentence_and_xcom_figures_are_rounded():
     assert "beats the champion's" in d.reason and f"by {d.delta:+.4f}: the 95% interval [" in d.reason
     assert "of the delta lies above the required 0.0100" in d.reason
     point = decide(Scores(0.80, 0.9), Scores(0.70000000000000001, 0.8), T)
-    assert point.reason.endswith("by +0.1000 (required: 0.0100)")
+    assert point.reason.endswith("by +0.1000 (required: 0.0100); coverage guardrail skipped: the champion "
+                                 "vNone stores no auto-categorisation threshold (registered before calibration)")
     xcom = point.to_dict()
     assert xcom["delta"] == 0.1 and xcom["candidate_score"] == 0.8  # not 0.10000000000000009
     assert all(len(repr(x).split(".")[-1]) <= 6 for x in d.to_dict()["interval"])
+
+
+# ---- coverage guardrail ------------------------------------------------------------------------
+
+def covered(scores: Scores, coverage: float | None, precision: float | None = 0.99,
+            value: float | None = None) -> Scores:
+    """``scores`` with golden coverage figures at the version's own threshold (None: none stored)."""
+    from dataclasses import replace
+
+    return replace(scores, coverage=coverage, auto_precision=precision if coverage is not None else None,
+                   value_coverage=(coverage if value is None else value) if coverage is not None else None)
+
+
+COVER = GateParams(min_improvement=0.01, floor_score=0.5, floor_accuracy=0.6, mode="point", slice_top_n=0,
+                   max_coverage_drop=0.02)
+
+
+def test_a_winner_losing_more_coverage_than_allowed_is_rejected_whatever_its_score():
+    d = decide(covered(Scores(0.99, 0.99, "2"), 0.50), covered(Scores(0.60, 0.7, "1"), 0.60), COVER)
+    assert not d.promote and d.decision == "rejected"
+    assert "coverage at the target precision drops" in d.reason and "0.6000 -> 0.5000" in d.reason
+    assert "whatever the score" in d.reason and "beats" not in d.reason  # the score check itself passed
+    assert d.coverage["checked"] and d.coverage["passed"] is False
+    assert d.coverage["drop"] == pytest.approx(0.1) and d.coverage["max_drop"] == 0.02
+    assert d.coverage["candidate"]["coverage"] == 0.5 and d.coverage["champion"]["coverage"] == 0.6
+
+
+def test_coverage_drop_within_the_allowance_and_a_coverage_gain_promote():
+    for cand_cov in (0.59, 0.90):
+        d = decide(covered(Scores(0.90, 0.9, "2"), cand_cov), covered(Scores(0.80, 0.8, "1"), 0.60), COVER)
+        assert d.promote, d.reason
+        assert d.coverage["passed"] is True and "within the allowed 0.0200" in d.reason
+
+
+@pytest.mark.parametrize("champ_cov,cand_cov,passed", [
+    (0.50, 0.48, True),          # the allowed drop passes: 0.50 - 0.48 = 0.020000000000000018 in floats
+    (0.30, 0.28, True),          # 0.019999999999999962
+    (0.50, 0.4799, False),       # just over it
+])
+def test_the_coverage_boundary(champ_cov, cand_cov, passed):
+    d = decide(covered(Scores(0.90, 0.9, "2"), cand_cov), covered(Scores(0.80, 0.8, "1"), champ_cov), COVER)
+    assert d.coverage["passed"] is passed and d.promote is passed
+
+
+def test_a_score_loser_gaining_coverage_is_still_rejected_for_its_score():
+    d = decide(covered(Scores(0.70, 0.9, "2"), 0.95), covered(Scores(0.80, 0.8, "1"), 0.10), COVER)
+    assert not d.promote and "does not beat" in d.reason and "coverage at the target" not in d.reason
+
+
+def test_a_champion_without_a_stored_threshold_skips_the_guardrail_and_says_why():
+    d = decide(covered(Scores(0.90, 0.9, "2"), 0.0), Scores(0.80, 0.8, "1"), COVER)
+    assert d.promote
+    assert "coverage guardrail skipped: the champion v1 stores no auto-categorisation threshold" in d.reason
+    assert d.coverage["checked"] is False and d.coverage["passed"] is None and d.coverage["drop"] is None
+    rejected = decide(covered(Scores(0.70, 0.9, "2"), 0.0), Scores(0.80, 0.8, "1"), COVER)
+    assert not rejected.promote and "guardrail skipped" in rejected.reason
+    no_cand = decide(Scores(0.90, 0.9, "2"), covered(Scores(0.80, 0.8, "1"), 0.9), COVER)
+    assert no_cand.promote and "the challenger v2 stores no auto-categorisation threshold" in no_cand.reason
+
+
+def test_first_model_records_its_coverage_without_a_comparison():
+    d = decide(covered(Scores(0.90, 0.9, "1"), 0.4, 0.99, 0.5), None, COVER)
+    assert d.promote and d.coverage["checked"] is False and d.coverage["champion"] is None
+    assert d.coverage["candidate"] == {"coverage": 0.4, "auto_precision": 0.99, "value_coverage": 0.5}
+    assert d.to_dict()["coverage"]["candidate"]["coverage"] == 0.4
