@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -262,7 +263,8 @@ def calibrate_checkpoint(checkpoint: Path, prepared: Path, score: ScoreParams,
     The validation listings go through :func:`training.serving.leaf_log_probs` (the served
     prediction path, on the val images cached by prepare), uncalibrated; the result of
     :func:`calibrate` is written to the checkpoint's ``"calibration"`` entry (atomically; the
-    rest of the checkpoint is unchanged, so a resumed run still resumes).
+    rest of the checkpoint is unchanged, so a resumed run still resumes; an equal entry already
+    there is not written again).
 
     Args:
         checkpoint: ``models/model.pt``.
@@ -279,7 +281,6 @@ def calibrate_checkpoint(checkpoint: Path, prepared: Path, score: ScoreParams,
     import pandas as pd
 
     from training.serving import leaf_log_probs, load_checkpoint
-    from training.utils import atomic_save
 
     loaded = load_checkpoint(checkpoint)
     val = pd.read_parquet(Path(prepared) / "val.parquet")
@@ -290,8 +291,11 @@ def calibrate_checkpoint(checkpoint: Path, prepared: Path, score: ScoreParams,
     targets = np.array([index.get(p, -1) for p in val["category_path"]], dtype=np.int64)
     entry = calibrate(log_probs, targets, score.target_precision)
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    ckpt[CALIBRATION_KEY] = entry
-    atomic_save(ckpt, Path(checkpoint))
+    if ckpt.get(CALIBRATION_KEY) != entry:  # a retried, finished run leaves the file as it was
+        ckpt[CALIBRATION_KEY] = entry
+        tmp = Path(checkpoint).with_suffix(".calibrating.tmp")  # never a half-written checkpoint
+        torch.save(ckpt, tmp)
+        os.replace(tmp, checkpoint)
     reached = (f"threshold {entry['threshold']:.4f} auto-categorises {entry['coverage']:.1%} of val at "
                f"precision {entry['precision']:.4f}" if entry["threshold"] is not None else
                "no threshold reaches the target on val: nothing is auto-categorised")

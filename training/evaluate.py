@@ -1,13 +1,21 @@
 """Evaluate stage: scores ``models/model.pt`` on the frozen golden set.
 
-Predictions come from :func:`training.serving.predict_paths`, the function the served model
-uses, on the golden images cached by the prepare stage with the same ``load_image``.
+Predictions come from :func:`training.serving.leaf_log_probs`, the prediction path the served
+model uses (:func:`training.serving.predict_paths`), on the golden images cached by the prepare
+stage with the same ``load_image``, calibrated by the checkpoint's temperature as served.
 
 Outputs: ``metrics.json`` (``accuracy``, ``macro_f1``, ``business_weighted_score``,
 ``top5_accuracy``, ``level_<k>_accuracy`` per taxonomy level, ``n_golden``, and the same
 figures of the reference baseline as ``baseline_*``), ``reports/predictions.csv`` (listing_id,
-true_path, predicted_path, probability), ``reports/per_class.csv`` (precision / recall / F1 /
+true_path, predicted_path, probability, auto), ``reports/per_class.csv`` (precision / recall / F1 /
 support per leaf category), ``reports/baseline.json`` and ``reports/confusion_matrix.png``.
+
+Confidence (``training.calibration``): ``ece_uncalibrated`` and ``ece`` (15-bin expected
+calibration error of the top-1 probability before and after the checkpoint's temperature),
+``temperature``, and at the checkpoint's stored threshold (``auto_threshold``; None: no threshold
+reached ``score.target_precision`` on validation, nothing is auto-categorised) ``coverage``
+(share of golden listings auto-categorised), ``auto_precision`` (their leaf accuracy; None when
+none is) and ``value_coverage`` (their share of the golden set's business value).
 
 The reference baseline is a TF-IDF (word 1-2 grams + char 2-5 grams) + logistic-regression
 model on titles alone, fitted on the same training split and scored on the same golden set
@@ -31,7 +39,13 @@ from sklearn.metrics import f1_score, precision_recall_fscore_support
 from common.catalog import split_path
 from common.params import Params, ScoreParams, load_params
 from common.scoring import business_weighted_score, category_value
-from training.serving import load_checkpoint, predict_paths
+from training.calibration import (
+    apply_temperature,
+    auto_mask,
+    coverage_figures,
+    expected_calibration_error,
+)
+from training.serving import leaf_log_probs, load_checkpoint
 
 METRICS = Path("metrics.json")
 PREDICTIONS = Path("reports") / "predictions.csv"
@@ -190,14 +204,27 @@ def evaluate(workspace: Path, params: Params, batch_size: int = 256) -> dict:
         raise ValueError("the golden set is empty")
     images = np.load(prepared / "golden_images.npy", mmap_mode="r")
     loaded = load_checkpoint(workspace / "models" / "model.pt")
-    predicted, probs = predict_paths(loaded, golden, images, batch_size)
+    # one forward pass: the uncalibrated leaf log-probabilities, then the served (calibrated) ones
+    raw = leaf_log_probs(loaded, golden, images, batch_size, temperature=1.0)
+    probs = np.exp(apply_temperature(raw, loaded.temperature))
+    top = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
+    predicted = [loaded.labels[i] for i in top]
     true_paths = golden["category_path"].tolist()
+    correct = np.array([p == t for p, t in zip(predicted, true_paths, strict=True)])
+    confidence = probs.max(axis=1)
+    auto = auto_mask(confidence, loaded.threshold)
 
     score = params.score
     metrics = {
         **classification_metrics(true_paths, predicted, score),
         "top5_accuracy": top_k_accuracy(probs, loaded.labels, true_paths, 5),
         "n_golden": len(golden),
+        "ece_uncalibrated": expected_calibration_error(np.exp(raw.max(axis=1)), correct),
+        "ece": expected_calibration_error(confidence, correct),
+        "temperature": loaded.temperature,
+        "target_precision": (loaded.calibration or {}).get("target_precision"),
+        "auto_threshold": loaded.threshold,
+        **coverage_figures(auto, correct, true_paths, score),
     }
     baseline = title_baseline(pd.read_parquet(prepared / "train.parquet", columns=["title", "category_path"]),
                               golden, score)
@@ -220,7 +247,8 @@ def evaluate(workspace: Path, params: Params, batch_size: int = 256) -> dict:
         "listing_id": golden["listing_id"].astype(str),
         "true_path": true_paths,
         "predicted_path": predicted,
-        "probability": probs.max(axis=1),
+        "probability": confidence,
+        "auto": auto,
     }).to_csv(workspace / PREDICTIONS, index=False)
     plot_confusion(true_paths, predicted, score, workspace / CONFUSION)
     return metrics

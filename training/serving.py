@@ -9,6 +9,11 @@ Example:
     >>> loaded = load_checkpoint("models/model.pt")                       # doctest: +SKIP
     >>> listings = pd.DataFrame({"title": ["Nike Men Blue T-shirt"], "price": [799.0]})  # doctest: +SKIP
     >>> paths, probs = predict_paths(loaded, listings, ["shirt.jpg"])  # doctest: +SKIP
+
+Probabilities are calibrated: the checkpoint's temperature (``training.calibration``, fitted on
+the validation split after training) divides the combined leaf scores, and the served output's
+``auto`` says whether the top probability clears the version's stored auto-categorisation
+threshold.
 """
 
 from __future__ import annotations
@@ -50,6 +55,21 @@ class LoadedClassifier:
     train_params: TrainParams
     device: torch.device
     pretrained: bool = False
+    calibration: dict | None = None
+    """The checkpoint's ``"calibration"`` entry (``training.calibration.calibrate``), None for a
+    checkpoint written before calibration existed (then ``T = 1`` and no threshold)."""
+
+    @property
+    def temperature(self) -> float:
+        """The temperature dividing the leaf scores (1.0 without calibration)."""
+        return float((self.calibration or {}).get("temperature") or 1.0)
+
+    @property
+    def threshold(self) -> float | None:
+        """The auto-categorisation threshold on the calibrated top probability; None when none
+        is stored or none reached the target precision (see :attr:`calibration`)."""
+        t = (self.calibration or {}).get("threshold")
+        return None if t is None else float(t)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedClassifier:
@@ -68,7 +88,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     device = torch.device(device)
     model.to(device, memory_format=torch.channels_last).eval()
     return LoadedClassifier(model, list(ckpt["labels"]), int(ckpt["image_size"]), train_params,
-                            device, bool(ckpt.get("pretrained", False)))
+                            device, bool(ckpt.get("pretrained", False)), ckpt.get("calibration"))
 
 
 def decode_image(image: str | Path | bytes, size: int, row: int | None = None) -> np.ndarray:
@@ -104,7 +124,34 @@ def predict_paths(
     images: np.ndarray | Sequence[str | Path | bytes] | None,
     batch_size: int = 256,
 ) -> tuple[list[str], np.ndarray]:
-    """Predicts the category path of listings.
+    """Predicts the category path of listings, with calibrated probabilities.
+
+    Args:
+        checkpoint, listings, images, batch_size: as :func:`leaf_log_probs`.
+
+    Returns:
+        ``(paths, probs)``: the N top-1 leaf category paths (each with its own ancestors), and
+        float32 ``(N, C)`` leaf probabilities over ``loaded.labels``, combined from the level
+        heads (``ListingClassifier.leaf_log_probs``) and calibrated by the checkpoint's
+        temperature (the top leaf does not depend on it).
+
+    Raises:
+        ValueError: as :func:`leaf_log_probs`.
+    """
+    loaded = checkpoint if isinstance(checkpoint, LoadedClassifier) else load_checkpoint(checkpoint)
+    probs = np.exp(leaf_log_probs(loaded, listings, images, batch_size))
+    top = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
+    return [loaded.labels[i] for i in top], probs
+
+
+def leaf_log_probs(
+    checkpoint: str | Path | LoadedClassifier,
+    listings: pd.DataFrame | Sequence[str],
+    images: np.ndarray | Sequence[str | Path | bytes] | None,
+    batch_size: int = 256,
+    temperature: float | None = None,
+) -> np.ndarray:
+    """Leaf log-probabilities of listings: the prediction path :func:`predict_paths` serves.
 
     Args:
         checkpoint: a checkpoint file or a :class:`LoadedClassifier`.
@@ -114,11 +161,12 @@ def predict_paths(
             checkpoint's image size, or N image file paths or encoded image bytes (decoded here
             the same way); may be None for a text-only model.
         batch_size: rows per forward pass.
+        temperature: ``T`` dividing the combined leaf scores (``training.calibration``); None:
+            the checkpoint's (1.0 without calibration); 1.0: uncalibrated.
 
     Returns:
-        ``(paths, probs)``: the N top-1 leaf category paths (each with its own ancestors), and
-        float32 ``(N, C)`` leaf probabilities over ``loaded.labels``, combined from the level
-        heads (``ListingClassifier.leaf_log_probs``).
+        float32 ``(N, C)`` leaf log-probabilities over ``loaded.labels``: the level heads
+        combined by ``ListingClassifier.leaf_log_probs``, then ``log_softmax(. / T)``.
 
     Raises:
         ValueError: when the lengths differ, an array has another image size, images are
@@ -142,7 +190,8 @@ def predict_paths(
                          f"({loaded.image_size}, {loaded.image_size}, 3)")
     preset = EvalPreset()
     n = len(listings)
-    probs = np.zeros((n, len(loaded.labels)), dtype=np.float32)
+    t = loaded.temperature if temperature is None else float(temperature)
+    log_probs = np.zeros((n, len(loaded.labels)), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
@@ -156,9 +205,11 @@ def predict_paths(
                 x = preset(batch).to(loaded.device)
             inputs = encode_listings(listings.iloc[start:stop], loaded.train_params)
             level_logits = model(x, *(t.to(loaded.device) for t in inputs))
-            probs[start:stop] = model.leaf_log_probs(level_logits).exp().cpu().numpy()
-    top = probs.argmax(axis=1) if n else np.zeros(0, dtype=int)
-    return [loaded.labels[i] for i in top], probs
+            leaf = model.leaf_log_probs(level_logits)
+            if t != 1.0:  # softmax(log p / T) == softmax(score / T): the leaf scores, scaled
+                leaf = torch.log_softmax(leaf / t, dim=1)
+            log_probs[start:stop] = leaf.cpu().numpy()
+    return log_probs
 
 
 def embed_paths(
@@ -200,7 +251,9 @@ def model_signature():
     """The served model's MLflow signature: listings in, category path + probability out.
 
     ``title`` is required; the other listing fields are optional columns, and an image comes as
-    ``image_path`` (a file the server can read) or ``image_bytes`` (the encoded file).
+    ``image_path`` (a file the server can read) or ``image_bytes`` (the encoded file). Out:
+    ``category_path``, ``leaf``, the calibrated ``probability`` and ``auto`` (optional: a
+    version without a stored threshold has no such column).
     """
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
@@ -215,7 +268,8 @@ def model_signature():
     return ModelSignature(
         inputs=Schema([ColSpec("string", "title"), *optional]),
         outputs=Schema([ColSpec("string", "category_path"), ColSpec("string", "leaf"),
-                        ColSpec("double", "probability")]),
+                        ColSpec("double", "probability"),
+                        ColSpec("boolean", "auto", required=False)]),
     )
 
 
@@ -226,8 +280,12 @@ class ListingClassifierModel(mlflow.pyfunc.PythonModel):
     file; with ``$LCP_SERVING_IMAGE_ROOT`` set, relative to that folder and never outside it) or
     ``image_bytes`` (bytes, the encoded JPEG/PNG/WebP); optional ``description``,
     ``brand``, ``price`` (float), ``currency``, ``attributes`` (JSON object as str).
-    Output: a DataFrame with ``category_path`` (str), ``leaf`` (str, the last level) and
-    ``probability`` (float, of the predicted path).
+    Output: a DataFrame with ``category_path`` (str), ``leaf`` (str, the last level),
+    ``probability`` (float, of the predicted path, calibrated by the checkpoint's temperature) and
+    ``auto`` (bool: ``probability`` >= the version's stored threshold, so the listing may be
+    categorised without a person; all False when no threshold reached the target precision).
+    A checkpoint written before calibration (no ``"calibration"`` entry) serves uncalibrated
+    probabilities and no ``auto`` column, as versions registered before it did.
     """
 
     def __init__(self) -> None:
@@ -246,11 +304,17 @@ class ListingClassifierModel(mlflow.pyfunc.PythonModel):
             images = image_column(model_input, os.environ.get(IMAGE_ROOT_ENV) or None)
         batch_size = int((params or {}).get("batch_size", 256))
         paths, probs = predict_paths(self.loaded, model_input, images, batch_size)
-        return pd.DataFrame({
+        probability = probs.max(axis=1) if len(paths) else np.zeros(0, dtype=np.float32)
+        out = pd.DataFrame({
             "category_path": paths,
             "leaf": [split_path(p)[-1] for p in paths],
-            "probability": probs.max(axis=1).astype(float) if len(paths) else np.zeros(0),
+            "probability": probability.astype(float),
         })
+        if self.loaded.calibration is not None:
+            threshold = self.loaded.threshold  # compared in float32, as it was chosen
+            out["auto"] = (np.zeros(len(paths), dtype=bool) if threshold is None
+                           else probability >= np.float32(threshold))
+        return out
 
 
 def model_input(listings: pd.DataFrame) -> pd.DataFrame:

@@ -409,6 +409,7 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     log = {}
     if rank == 0:
         log = _finish(workspace, data, meta, stopper, progress, device, model.weights_source, init)
+        log = _calibrate(workspace, params, log)
     utils.close_distributed(world_size)
     return log
 
@@ -430,6 +431,18 @@ def _finish(workspace: Path, data: Data, meta: dict, stopper: utils.EarlyStoppin
         "init": init["init"], "init_reason": init["init_reason"],
         "init_heads": (init["init_report"] or {}).get("heads"),
     })
+
+
+def _calibrate(workspace: Path, params: Params, log: dict) -> dict:
+    """Fits the temperature and the auto-categorisation threshold of the kept weights on the val
+    split (``training.calibration``), stores them in the checkpoint, and adds them to the train
+    log as ``calibration``."""
+    from training.calibration import calibrate_checkpoint
+
+    calibration = calibrate_checkpoint(workspace / CHECKPOINT, workspace / PREPARED, params.score)
+    return utils.write_train_log(workspace / TRAIN_LOG, log["epochs"],
+                                 {**{k: v for k, v in log.items() if k != "epochs"},
+                                  "calibration": calibration})
 
 
 def main(argv: list[str] | None = None) -> dict:

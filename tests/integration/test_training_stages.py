@@ -116,6 +116,15 @@ def test_train_outputs_checkpoint_and_log(workspace):
     assert 0.0 <= log["val_business_weighted_score"] <= 1.0
     assert log["levels"][-1] == N_CLASSES and len(log["levels"]) == 3
     assert log["pretrained"] is False and log["weights_source"] is None
+    # temperature and threshold fitted on the val split after training, stored with the weights
+    cal = ckpt["calibration"]
+    assert log["calibration"] == cal and cal["target_precision"] == params.score.target_precision
+    assert cal["temperature"] > 0 and cal["n"] == len(pd.read_parquet(ws / "data" / "prepared" / "val.parquet"))
+    assert cal["nll"] <= cal["nll_uncalibrated"] + 1e-6  # T minimises the val NLL; T = 1 was a candidate
+    if cal["threshold"] is None:
+        assert cal["coverage"] == 0.0 and cal["precision"] is None
+    else:
+        assert 0.0 < cal["threshold"] <= 1.0 and cal["precision"] >= cal["target_precision"]
 
 
 def test_train_resumes_finished_run_without_retraining(workspace):
@@ -176,7 +185,7 @@ def test_evaluate_outputs(workspace):
     assert metrics["top5_accuracy"] >= metrics["accuracy"]
     assert metrics["accuracy"] > 1.0 / N_CLASSES  # titles make even 2 tiny epochs beat chance
     predictions = pd.read_csv(ws / "reports" / "predictions.csv", dtype={"listing_id": str})
-    assert list(predictions.columns) == ["listing_id", "true_path", "predicted_path", "probability"]
+    assert list(predictions.columns) == ["listing_id", "true_path", "predicted_path", "probability", "auto"]
     assert predictions["listing_id"].tolist() == golden["listing_id"].tolist()
     assert (ws / "reports" / "confusion_matrix.png").stat().st_size > 10_000
     # per-level accuracy: coarser levels are never harder than the leaf
@@ -188,6 +197,44 @@ def test_evaluate_outputs(workspace):
     per_class = pd.read_csv(ws / "reports" / "per_class.csv")
     assert set(per_class["category_path"]) >= set(golden["category_path"])
     assert per_class["support"].sum() == len(golden)
+
+
+def test_evaluate_reports_calibration_and_coverage_at_the_stored_threshold(workspace):
+    """metrics.json's confidence figures agree with predictions.csv and the checkpoint: ECE of
+    the served (calibrated) probabilities, ECE of the uncalibrated ones recomputed from the
+    checkpoint, coverage / precision / value coverage at the stored threshold."""
+    import torch
+
+    from training.calibration import expected_calibration_error
+    from training.serving import leaf_log_probs, load_checkpoint
+
+    ws, params, golden = workspace
+    metrics = json.loads((ws / "metrics.json").read_text())
+    cal = torch.load(ws / "models" / "model.pt", map_location="cpu", weights_only=True)["calibration"]
+    predictions = pd.read_csv(ws / "reports" / "predictions.csv", dtype={"listing_id": str})
+    correct = (predictions["predicted_path"] == predictions["true_path"]).to_numpy()
+    for key in ("ece", "ece_uncalibrated", "coverage", "value_coverage"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["temperature"] == pytest.approx(cal["temperature"])
+    assert metrics["auto_threshold"] == cal["threshold"]
+    assert metrics["ece"] == pytest.approx(expected_calibration_error(predictions["probability"], correct), abs=1e-6)
+    loaded = load_checkpoint(ws / "models" / "model.pt")
+    images = np.load(ws / "data" / "prepared" / "golden_images.npy")
+    raw = np.exp(leaf_log_probs(loaded, golden, images, temperature=1.0)).max(axis=1)
+    assert metrics["ece_uncalibrated"] == pytest.approx(expected_calibration_error(raw, correct), abs=1e-6)
+    if cal["temperature"] != pytest.approx(1.0, abs=1e-3):
+        assert not np.allclose(raw, predictions["probability"], atol=1e-4)  # T changed the served probability
+    auto = predictions["auto"].to_numpy(dtype=bool)
+    threshold = cal["threshold"]
+    served = predictions["probability"].to_numpy(dtype=np.float32)  # the CSV holds float32 values
+    assert auto.tolist() == ([False] * len(auto) if threshold is None else (served >= threshold).tolist())
+    assert metrics["coverage"] == pytest.approx(auto.mean())
+    assert metrics["auto_precision"] == (pytest.approx(correct[auto].mean()) if auto.any() else None)
+    from common.scoring import category_value
+
+    values = np.array([category_value(p, params.score.value_table, params.score.default_value)
+                       for p in predictions["true_path"]])
+    assert metrics["value_coverage"] == pytest.approx(values[auto].sum() / values.sum())
 
 
 def test_pyfunc_matches_evaluate_predictions(workspace, tmp_path, monkeypatch):
@@ -236,11 +283,59 @@ def test_pyfunc_matches_evaluate_predictions(workspace, tmp_path, monkeypatch):
     # (0.99990-1.0), where np.allclose's tolerance hides the fields' effect (~1e-6)
     assert not np.array_equal(served.predict(request[["title", "image_path"]])["probability"].to_numpy(),
                               out["probability"].to_numpy())
-    assert list(out.columns) == ["category_path", "leaf", "probability"]
+    assert list(out.columns) == ["category_path", "leaf", "probability", "auto"]
     expected = pd.read_csv(ws / "reports" / "predictions.csv", dtype={"listing_id": str}).head(8)
     assert out["category_path"].tolist() == expected["predicted_path"].tolist()
     assert np.allclose(out["probability"], expected["probability"], atol=1e-4)
+    # the calibrated probability, and auto exactly where evaluate's stored threshold said so
+    assert out["auto"].dtype == bool and out["auto"].tolist() == expected["auto"].tolist()
     assert out["leaf"].tolist() == [p.split(" > ")[-1] for p in out["category_path"]]
+
+
+def test_pyfunc_serves_the_calibrated_probability_and_auto_at_the_stored_threshold(workspace, tmp_path):
+    """The served probability is ``softmax(log p / T)`` of the checkpoint's temperature, ``auto``
+    compares it with the stored threshold; a checkpoint from before calibration (no entry)
+    serves the uncalibrated probability and no ``auto`` column, like the versions registered
+    before it. Another stored threshold changes ``auto`` and nothing else."""
+    import torch
+
+    from training.serving import (
+        ListingClassifierModel,
+        leaf_log_probs,
+        load_checkpoint,
+        model_input,
+    )
+
+    ws, _, golden = workspace
+    ckpt = torch.load(ws / "models" / "model.pt", map_location="cpu", weights_only=True)
+    paths = [str(image_path(ws / "data" / "listings", k)) for k in golden["image_key"]]
+    request = model_input(golden.assign(image_path=paths))
+
+    def serve(checkpoint: dict) -> pd.DataFrame:
+        path = tmp_path / f"model-{len(list(tmp_path.iterdir()))}.pt"
+        torch.save(checkpoint, path)
+        wrapper = ListingClassifierModel()
+        wrapper.loaded = load_checkpoint(path)
+        return wrapper.predict(None, request)
+
+    out = serve(ckpt)
+    raw = leaf_log_probs(load_checkpoint(ws / "models" / "model.pt"), request, paths, temperature=1.0)
+    t = ckpt["calibration"]["temperature"]
+    calibrated = torch.softmax(torch.from_numpy(raw) / t, dim=1).numpy().max(axis=1)
+    assert np.allclose(out["probability"], calibrated, atol=1e-5)
+    # a threshold in the middle of the served probabilities: auto splits the listings there
+    levels = np.unique(out["probability"].to_numpy(dtype=np.float32))
+    middle = float(levels[len(levels) // 2])
+    split = serve({**ckpt, "calibration": {**ckpt["calibration"], "threshold": middle}})
+    assert split["auto"].tolist() == (out["probability"] >= np.float32(middle)).tolist()
+    assert 0 < split["auto"].sum() < len(split)
+    pd.testing.assert_frame_equal(split.drop(columns="auto"), out.drop(columns="auto"))
+    none = serve({**ckpt, "calibration": {**ckpt["calibration"], "threshold": None}})
+    assert not none["auto"].any()  # no threshold reached the target: nothing auto-categorised
+    legacy = serve({k: v for k, v in ckpt.items() if k != "calibration"})
+    assert list(legacy.columns) == ["category_path", "leaf", "probability"]
+    assert np.allclose(legacy["probability"], np.exp(raw).max(axis=1), atol=1e-5)
+    assert legacy["category_path"].tolist() == out["category_path"].tolist()  # T never moves the top leaf
 
 
 def _copy_prepared(ws: Path, dst: Path, params: Params) -> Path:
