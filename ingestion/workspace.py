@@ -340,6 +340,12 @@ def fetch_init(state: State, params: Params) -> dict:
     """
     folder = state.workspace / INIT
     folder.mkdir(parents=True, exist_ok=True)
+    # the line `dvc add` writes, written first: a commit between this and the add (a failed add,
+    # then the next run's version_data) must not put a checkpoint into git
+    ignore = folder.parent / ".gitignore"
+    lines = ignore.read_text().splitlines() if ignore.exists() else []
+    if f"/{folder.name}" not in lines:
+        ignore.write_text("".join(f"{line}\n" for line in [*lines, f"/{folder.name}"]))
     checkpoint = folder / "model.pt"
     spec: dict = {"init": "scratch", "reason": "train.init is scratch"}
     if params.train.init == "champion":

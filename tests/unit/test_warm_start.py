@@ -194,3 +194,21 @@ def test_a_checkpoint_resumes_only_a_run_with_the_same_start(ckpt_init, run_init
     ckpt = {**meta, "train_state": {}}
     ckpt.pop("init") if ckpt_init is None else ckpt.update(init=ckpt_init)
     assert resumable(ckpt, meta) is resumes
+
+
+def test_fetch_init_from_scratch_writes_a_stable_spec_and_keeps_checkpoints_out_of_git(tmp_path):
+    from common.params import Params
+    from common.state import State
+    from ingestion.workspace import fetch_init
+
+    state = State(tmp_path / "state").ensure()
+    stale = state.workspace / "models" / "init" / "model.pt"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an earlier champion")
+    (state.workspace / "models" / ".gitignore").write_text("/model.pt\n")
+    spec = fetch_init(state, Params())
+    first = (state.workspace / "models" / "init" / "init.json").read_bytes()
+    assert spec == {"init": "scratch", "reason": "train.init is scratch"} and not stale.exists()
+    fetch_init(state, Params())  # the same choice: the same bytes, so DVC sees no change
+    assert (state.workspace / "models" / "init" / "init.json").read_bytes() == first
+    assert (state.workspace / "models" / ".gitignore").read_text().splitlines() == ["/model.pt", "/init"]
