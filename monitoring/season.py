@@ -8,7 +8,8 @@ recomputed: the table reads what the platform recorded while the weeks ran.
 
 Columns (:data:`COLUMNS`): ``week`` (1 first), ``run_id``, ``logical_date``, ``state``,
 ``batches``; ``accepted`` / ``quarantined`` / ``held_back`` rows (held back: rejected only
-because the category is not in the taxonomy); ``new_categories`` (leaves first seen in the
+because the category is not in the taxonomy); ``released`` (held-back rows of earlier weeks
+released into the store this week, after a taxonomy addition); ``new_categories`` (leaves first seen in the
 store that week) and ``new_category_names``; ``golden_size`` and ``golden_rev``; the champion's
 figures on the week's fresh batch (``fresh_champion``, ``fresh_listings``, ``fresh_accuracy``,
 ``fresh_score``, ``label_issues``); the gate's ``version``, ``challenger_score``,
@@ -43,11 +44,11 @@ SEASON_TAG = "lcp.season_model"
 TASKS = ("ingest", "validate", "monitor", "version_data", "train_evaluate", "register", "gate",
          "promote", "review")
 COLUMNS = ("week", "run_id", "logical_date", "state", "batches", "accepted", "quarantined",
-           "held_back", "new_categories", "new_category_names", "golden_size", "golden_rev",
+           "held_back", "released", "new_categories", "new_category_names", "golden_size", "golden_rev",
            "fresh_champion", "fresh_listings", "fresh_accuracy", "fresh_score", "label_issues",
            "version", "challenger_score", "champion_score", "delta", "delta_low", "delta_high",
            "decision", *(f"seconds_{t}" for t in TASKS), "seconds_run")
-SHOWN = ("week", "batches", "accepted", "quarantined", "held_back", "new_categories", "golden_size",
+SHOWN = ("week", "batches", "accepted", "quarantined", "held_back", "released", "new_categories", "golden_size",
          "fresh_score", "challenger_score", "champion_score", "delta_low", "delta_high", "decision",
          "seconds_train_evaluate", "seconds_run")
 """The columns :func:`format_table` prints (the CSV has them all)."""
@@ -150,7 +151,8 @@ def season_table(state: State, params: Params, runs: list[dict]):
         # the batches' reports stay out of XCom (too big): the manifest holds each batch's
         ids = [*validated.get("accepted", ()), *validated.get("partial", ()), *validated.get("quarantined", ())]
         reports = {b: (manifest.get(b) or {}).get("report") or {} for b in ids}
-        stored = sorted({*validated.get("accepted", ()), *validated.get("partial", ())})
+        stored = sorted({*validated.get("accepted", ()), *validated.get("partial", ()),
+                         *validated.get("released", ())})
         held = sum(int((r.get("reasons") or {}).get(HELD_BACK, 0)) for r in reports.values())
         new = set().union(*(_partition_categories(state, b) for b in stored)) - seen if stored else set()
         seen |= new
@@ -161,7 +163,8 @@ def season_table(state: State, params: Params, runs: list[dict]):
             "batches": " ".join(sorted(reports)),
             "accepted": sum(int(r.get("accepted_rows", 0)) for r in reports.values()),
             "quarantined": sum(int(r.get("rejected_rows", 0)) for r in reports.values()) - held,
-            "held_back": held, "new_categories": len(new),
+            "held_back": held, "released": int(validated.get("released_listings", 0)),
+            "new_categories": len(new),
             "new_category_names": "; ".join(sorted(new)) if week > 1 else f"({len(new)} at start)",
             "golden_size": _golden_size(client, registered.get("run_id")),
             "golden_rev": data.get("golden_rev"),

@@ -113,14 +113,15 @@ def test_a_held_back_category_is_released_after_its_addition_and_learned(season)
 
     held, ids, weekly = season["held"], season["held_ids"], season["weekly"]
     assert held not in weekly[0]["classes"]
-    week1 = _xcoms(season["runs"][0].run_id)["validate"]
-    assert week1["reports"][season["batches"][0]]["reasons"].get("unknown_category") == len(ids)
+    manifest = read_manifest(season["state"].manifest)
+    assert manifest[season["batches"][0]]["report"]["reasons"].get("unknown_category") == len(ids)
+    week2 = _xcoms(season["runs"][1].run_id)["validate"]
+    assert week2["released_listings"] == len(ids) and week2["released"]
     store = read_store(season["state"].listings_store, ["listing_id", "category_path", "batch_id"])
     released = store[store["listing_id"].isin(ids)]
     assert set(released["listing_id"]) == ids and set(released["category_path"]) == {held}
     assert all(b != season["batches"][0] for b in released["batch_id"])  # stored by the release
-    manifest = read_manifest(season["state"].manifest)
-    assert set(released["batch_id"]) <= set(manifest)  # the release is recorded there
+    assert set(released["batch_id"]) == set(week2["released"]) <= set(manifest)  # recorded there
     assert held in weekly[1]["classes"] and held in weekly[2]["classes"]
 
 
@@ -180,6 +181,7 @@ def test_the_season_table_has_a_row_per_week(season, tmp_path):
     assert list(table.columns) == list(COLUMNS) and len(table) == 3
     assert table["batches"].str.contains(season["batches"][0]).iloc[0]
     assert table["held_back"].tolist()[0] == len(season["held_ids"])
+    assert table["released"].tolist() == [0, len(season["held_ids"]), 0]
     assert table["golden_size"].is_monotonic_increasing and table["golden_size"].iloc[0] > 0
     assert table["fresh_score"].isna().tolist() == [True, False, False]
     assert table["decision"].iloc[0] == "promoted" and table["seconds_train_evaluate"].gt(0).all()
