@@ -5,7 +5,9 @@ MLflow model URI; loaded as pyfunc, exactly as a serving endpoint would) or a ch
 (``models/model.pt``). Listings come as CSV, JSON Lines or Parquet with at least ``title`` and an
 image as ``image_path`` (relative paths are resolved against ``--images-root``) or
 ``image_bytes``; the other listing fields (``description``, ``brand``, ``price``, ``currency``,
-``attributes``) are read when present. The output keeps ``listing_id`` when the input has it.
+``attributes``) are read when present. The output keeps ``listing_id`` when the input has it;
+``auto`` says which listings may be categorised without a person (the model's threshold at
+``score.target_precision``, ``training.calibration``).
 
 CLI::
 
@@ -78,7 +80,10 @@ def load_model(model: str, device: str = "cpu"):
 
 def predict_file(model: str, input_path: str | Path, output: str | Path | None = None,
                  images_root: str | Path | None = None, batch_size: int = 256) -> dict:
-    """Predicts every listing of a file and writes ``listing_id?, category_path, leaf, probability``.
+    """Predicts every listing of a file and writes ``listing_id?, category_path, leaf, probability,
+    auto``: the served columns (``training.serving.ListingClassifierModel``), ``probability``
+    calibrated and ``auto`` True where it clears the model's stored threshold (no ``auto`` for a
+    model registered before calibration).
 
     Returns:
         ``{"listings", "seconds", "listings_per_s", "load_seconds", "output"}``; the seconds

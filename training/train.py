@@ -28,6 +28,11 @@ Parameters whose name and shape match are copied, the level heads row by label (
 get fresh rows, vanished ones are dropped); a champion of another architecture, or none, means
 a run from scratch, and the train log's ``init`` / ``init_reason`` say which and why.
 
+Calibration: after the last epoch, rank 0 fits a temperature and the auto-categorisation
+threshold at ``score.target_precision`` on the val split for the kept weights
+(``training.calibration``) and stores them in the checkpoint, so that the served probability
+is the calibrated one.
+
 Multi-GPU / multi-process (DDP)::
 
     torchrun --nproc_per_node 4 -m training.train --params params.yaml
@@ -340,8 +345,9 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
         ``val_accuracy``, ``val_business_weighted_score``, ``best_epoch``, ``stopped_early``,
         ``img_per_s``, ``epoch_seconds``, ``total_seconds``, ``pretrained``, ``weights_source``
         (see ``training.model.build_backbone``), ``init`` (``"scratch"`` or ``"champion:v<N>"``),
-        ``init_reason`` and ``init_heads`` (see :func:`init_model`), ``num_classes``, ``world_size``, the
-        per-epoch ``epochs`` list, and ``epochs_run`` (the epochs this call trained: fewer than
+        ``init_reason`` and ``init_heads`` (see :func:`init_model`), ``num_classes``, ``world_size``,
+        ``calibration`` (the temperature and auto threshold fitted on val and stored in the
+        checkpoint: ``training.calibration.calibrate``), the per-epoch ``epochs`` list, and ``epochs_run`` (the epochs this call trained: fewer than
         ``epochs`` when it resumed). Empty on ranks other than 0.
 
     Raises:
