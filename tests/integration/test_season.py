@@ -137,9 +137,9 @@ def test_the_champions_fresh_batch_figures_exist_for_every_week(season):
 
 def test_a_retry_of_each_task_after_the_season_repeats_nothing(season):
     from common.params import load_params
-    from common.results import DataVersionResult, FreshBatchResult, ValidateResult
+    from common.results import DataVersionResult, ValidateResult
     from ingestion.versioning import version_data
-    from monitoring.fresh_batch import score_champion_on_fresh
+    from monitoring.fresh_batch import FreshBatchResult, score_champion_on_fresh
     from promotion.promote import gate_challenger
     from promotion.register import register_challenger
     from validation.staged import validate_staged_batches
