@@ -45,6 +45,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from common.files import atomic_write
 from common.params import PROJECT_ROOT, Params, load_params, write_params
 from common.results import ReproduceResult
 from common.state import State
@@ -379,6 +380,26 @@ def fetch_init(state: State, params: Params) -> dict:
     return spec
 
 
+RETIRED = Path("data") / "retired_categories.json"
+"""The retired categories (``validation.taxonomy.write_retired``), a dependency of prepare."""
+
+
+def ensure_retired_file(ws: Path) -> bool:
+    """Writes an empty retired-categories file when the workspace has none (nothing was ever
+    retired), in the format ``validation.taxonomy.write_retired`` writes, so that prepare's DVC
+    dependency exists and a later retirement re-runs prepare.
+
+    Returns:
+        Whether the file was written.
+    """
+    path = ws / RETIRED
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps({"retired": []}, indent=1) + "\n", encoding="utf-8"))
+    return True
+
+
 def reproduce(state: State, note: str = "") -> ReproduceResult:
     """Runs ``dvc repro`` (prepare -> train -> evaluate), commits ``dvc.lock``, pushes outputs.
 
@@ -402,6 +423,7 @@ def reproduce(state: State, note: str = "") -> ReproduceResult:
         raise VersioningError(f"no DVC workspace at {ws}: run the version_data step first")
     with workspace_lock(state), disk_full_errors(state.root, "dvc repro"):
         clear_stale_locks(ws)
+        ensure_retired_file(ws)
         fetch_init(state, load_params(ws / "params.yaml"))
         run_dvc(ws, "add", "-q", INIT)
         out = run_dvc(ws, "repro")

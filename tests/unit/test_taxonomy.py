@@ -232,3 +232,19 @@ def test_group_labels_finds_dense_groups_and_leaves_noise():
     assert groups[1]["given_category"] == "Q > R > S" and groups[1]["given_share"] == 1.0
     assert groups[0]["examples"] == ["t0", "t1", "t2", "t3", "t4"]
     assert (group_labels(np.ones((2, 4)), 3) == -1).all()  # fewer rows than a group
+
+
+def test_repro_writes_the_empty_retired_file_prepare_depends_on(tmp_path):
+    """prepare's DVC dependency always exists: repro writes the empty list in write_retired's own
+    format (so un-retiring everything later changes nothing), and a retirement changes its bytes."""
+    from ingestion.workspace import RETIRED, ensure_retired_file
+    from training.prepare import retired_categories
+    from validation.taxonomy import RETIRED_FILE, write_retired
+
+    assert RETIRED == RETIRED_FILE
+    assert ensure_retired_file(tmp_path) and retired_categories(tmp_path) == frozenset()
+    empty = (tmp_path / RETIRED).read_bytes()
+    assert not ensure_retired_file(tmp_path) and not write_retired(tmp_path, frozenset())
+    assert write_retired(tmp_path, frozenset({"A > B > C"})) and (tmp_path / RETIRED).read_bytes() != empty
+    assert write_retired(tmp_path, frozenset()) and (tmp_path / RETIRED).read_bytes() == empty
+    assert not ensure_retired_file(tmp_path)  # an existing file is never overwritten
