@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow.exceptions
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
@@ -39,10 +40,45 @@ IMAGE_ROOT_ENV = "LCP_SERVING_IMAGE_ROOT"
 """Environment variable: when set, the served model reads ``image_path`` only inside this folder
 (relative paths from it); see :func:`image_column`."""
 
-INPUT_COLUMNS = ("title", "description", "brand", "price", "currency", "attributes",
+INPUT_COLUMNS = ("listing_id", "title", "description", "brand", "price", "currency", "attributes",
                  "image_path", "image_bytes")
 """Columns the served model reads; only ``title`` and one of ``image_path`` / ``image_bytes``
-are required (the image only for a model with an image branch)."""
+are required (the image only for a model with an image branch). ``listing_id`` is only named in
+errors."""
+
+DEFAULT_BATCH_SIZE = 256
+"""Rows per forward pass when a request gives no ``batch_size`` param (the signature's default)."""
+
+
+class ListingImageError(ValueError):
+    """A listing's image cannot be used (unreadable, undecodable, missing, outside the root).
+
+    Attributes:
+        row: the listing's 0-based row in its request (None when unknown).
+        reason: the message without the row prefix.
+    """
+
+    def __init__(self, reason: str, row: int | None = None) -> None:
+        self.row, self.reason = row, reason
+        super().__init__(reason if row is None else f"row {row}: {reason}")
+
+
+class InvalidListingError(mlflow.exceptions.MlflowException, ValueError):
+    """A bad listing in a request to the served model: MLflow's ``INVALID_PARAMETER_VALUE``
+    (the scoring server answers HTTP 400 with this message), and a ``ValueError`` for callers in
+    Python.
+
+    Attributes:
+        row: 0-based row of the listing in the request; listing_id: its ``listing_id`` or None;
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, reason: str, row: int | None = None, listing_id: str | None = None) -> None:
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        self.row, self.listing_id, self.reason = row, listing_id, reason
+        where = "" if row is None else f"row {row}" + ("" if listing_id is None else f" (listing_id {listing_id})") + ": "
+        super().__init__(f"{where}{reason}", error_code=INVALID_PARAMETER_VALUE)
 
 
 @dataclass
@@ -104,9 +140,9 @@ def decode_image(image: str | Path | bytes, size: int, row: int | None = None) -
         uint8 array ``(size, size, 3)``.
 
     Raises:
-        ValueError: when the image cannot be read (a missing file, an empty file, not an image,
-            corrupt, a decompression bomb, an unsupported mode); the message names the image,
-            the row and the loader's reason (e.g. ``image_empty``).
+        ListingImageError: (a ValueError) when the image cannot be read (a missing file, an
+            empty file, not an image, corrupt, a decompression bomb, an unsupported mode); the
+            message names the image, the row and the loader's reason (e.g. ``image_empty``).
     """
     is_bytes = isinstance(image, bytes | bytearray | memoryview)
     try:
@@ -114,8 +150,7 @@ def decode_image(image: str | Path | bytes, size: int, row: int | None = None) -
     # the loader's common.images.ImageReadError is a ValueError (its str is the reason code)
     except (OSError, ValueError) as exc:
         what = f"image_bytes of {len(image)} bytes" if is_bytes else f"image_path {str(image)!r}"
-        where = "" if row is None else f"row {row}: "
-        raise ValueError(f"{where}cannot read its image ({what}): {exc}") from exc
+        raise ListingImageError(f"cannot read its image ({what}): {exc}", row) from exc
 
 
 def predict_paths(
@@ -253,12 +288,15 @@ def model_signature():
     ``title`` is required; the other listing fields are optional columns, and an image comes as
     ``image_path`` (a file the server can read) or ``image_bytes`` (the encoded file). Out:
     ``category_path``, ``leaf``, the calibrated ``probability`` and ``auto`` (optional: a
-    version without a stored threshold has no such column).
+    version without a stored threshold has no such column). Params (inference time, e.g. a
+    request's ``"params": {"batch_size": 64}``): ``batch_size`` (long, default
+    :data:`DEFAULT_BATCH_SIZE`), the rows per forward pass.
     """
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    optional = [ColSpec("string", "description", required=False),
+    optional = [ColSpec("string", "listing_id", required=False),
+                ColSpec("string", "description", required=False),
                 ColSpec("string", "brand", required=False),
                 ColSpec("double", "price", required=False),
                 ColSpec("string", "currency", required=False),
@@ -270,6 +308,7 @@ def model_signature():
         outputs=Schema([ColSpec("string", "category_path"), ColSpec("string", "leaf"),
                         ColSpec("double", "probability"),
                         ColSpec("boolean", "auto", required=False)]),
+        params=ParamSchema([ParamSpec("batch_size", "long", DEFAULT_BATCH_SIZE)]),
     )
 
 
@@ -286,6 +325,16 @@ class ListingClassifierModel(mlflow.pyfunc.PythonModel):
     categorised without a person; all False when no threshold reached the target precision).
     A checkpoint written before calibration (no ``"calibration"`` entry) serves uncalibrated
     probabilities and no ``auto`` column, as versions registered before it did.
+
+    Params: ``batch_size`` (int >= 1, rows per forward pass; default :data:`DEFAULT_BATCH_SIZE`).
+    A version logged before the signature had a params schema gets no params from MLflow: the
+    default then.
+
+    Raises (from ``predict``):
+        InvalidListingError: (MLflow ``INVALID_PARAMETER_VALUE``: HTTP 400 from
+            ``mlflow models serve``) when ``title`` is missing, ``batch_size`` is not a positive
+            integer, or a row's image is missing, unreadable or outside the image root; the
+            message names the row (0-based in the request) and its ``listing_id`` when given.
     """
 
     def __init__(self) -> None:
@@ -298,12 +347,20 @@ class ListingClassifierModel(mlflow.pyfunc.PythonModel):
         if self.loaded is None:
             self.load_context(context)
         if "title" not in model_input.columns:
-            raise ValueError("model input lacks column(s) ['title']")
-        images = None
-        if self.loaded.model.image_encoder is not None:
-            images = image_column(model_input, os.environ.get(IMAGE_ROOT_ENV) or None)
-        batch_size = int((params or {}).get("batch_size", 256))
-        paths, probs = predict_paths(self.loaded, model_input, images, batch_size)
+            raise InvalidListingError("model input lacks column(s) ['title']")
+        batch_size = (params or {}).get("batch_size", DEFAULT_BATCH_SIZE)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            raise InvalidListingError(f"params batch_size must be a positive integer, got {batch_size!r}")
+        ids = (model_input["listing_id"].tolist() if "listing_id" in model_input.columns
+               else [None] * len(model_input))
+        try:
+            images = None
+            if self.loaded.model.image_encoder is not None:
+                images = image_column(model_input, os.environ.get(IMAGE_ROOT_ENV) or None)
+            paths, probs = predict_paths(self.loaded, model_input, images, int(batch_size))
+        except ListingImageError as exc:
+            listing_id = None if exc.row is None or ids[exc.row] is None else str(ids[exc.row])
+            raise InvalidListingError(exc.reason, exc.row, listing_id) from exc
         probability = probs.max(axis=1) if len(paths) else np.zeros(0, dtype=np.float32)
         out = pd.DataFrame({
             "category_path": paths,
@@ -351,7 +408,8 @@ def image_column(frame: pd.DataFrame, root: str | Path | None = None) -> list[st
         One encoded image (bytes) or file path (str) per row.
 
     Raises:
-        ValueError: when a row has neither, or its ``image_path`` leaves ``root``.
+        ListingImageError: (a ValueError, with the row) when a row has neither, or its
+            ``image_path`` leaves ``root``.
     """
     paths = frame["image_path"].tolist() if "image_path" in frame.columns else [None] * len(frame)
     blobs = frame["image_bytes"].tolist() if "image_bytes" in frame.columns else [None] * len(frame)
@@ -364,10 +422,10 @@ def image_column(frame: pd.DataFrame, root: str | Path | None = None) -> list[st
             if base is not None:
                 inside = os.path.normpath(os.path.join(base, path))
                 if os.path.commonpath([base, inside]) != base:
-                    raise ValueError(f"model input row {i}: image_path {path!r} is outside the "
-                                     f"image root ${IMAGE_ROOT_ENV}")
+                    raise ListingImageError(f"image_path {path!r} is outside the image root "
+                                            f"${IMAGE_ROOT_ENV}", i)
                 path = inside
             out.append(path)
         else:
-            raise ValueError(f"model input row {i} has neither image_path nor image_bytes")
+            raise ListingImageError("has neither image_path nor image_bytes", i)
     return out
