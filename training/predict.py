@@ -14,7 +14,10 @@ CLI::
     python -m training.predict --model models:/listing-classifier@champion \\
         --input listings.parquet --images-root feed/2026-11-02 --output predictions.csv
 
-Prints a JSON summary with the number of listings, the seconds and the listings/s.
+Prints a JSON summary with the number of listings, the seconds and the listings/s. A listing whose
+image cannot be read stops the run with an error naming its row; with ``--skip-bad`` it is left
+out instead, and the skipped rows (row, listing_id, reason) are in the summary and in
+``<output>.skipped.csv``.
 """
 
 from __future__ import annotations
@@ -78,21 +81,71 @@ def load_model(model: str, device: str = "cpu"):
     return mlflow.pyfunc.load_model(model)
 
 
+def _predict_skipping(predictor, frame: pd.DataFrame, batch_size: int) -> tuple[pd.DataFrame, list[dict]]:
+    """Predicts ``frame`` chunk by chunk, leaving out the rows the model refuses.
+
+    A chunk of ``batch_size`` rows that fails on a row (``training.serving.InvalidListingError``
+    names it) is predicted again without that row, so each bad row costs one more pass over its
+    chunk, not over the file.
+
+    Returns:
+        ``(predictions of the good rows in order, with a "row" column: their 0-based row in
+        frame, skipped rows as {"row", "listing_id", "reason"})``.
+
+    Raises:
+        InvalidListingError: for an error that names no row (e.g. no ``title`` column).
+    """
+    from training.serving import InvalidListingError
+
+    outs, skipped = [], []
+    for start in range(0, len(frame), batch_size):
+        rows = list(range(start, min(start + batch_size, len(frame))))
+        while rows:
+            try:
+                out = predictor.predict(frame.iloc[rows].reset_index(drop=True),
+                                        params={"batch_size": batch_size})
+            except InvalidListingError as exc:
+                if exc.row is None:
+                    raise
+                bad = rows.pop(exc.row)
+                skipped.append({"row": bad, "listing_id": exc.listing_id, "reason": exc.reason})
+                continue
+            outs.append(out.assign(row=rows))
+            break
+    if not outs:
+        return pd.DataFrame(columns=["category_path", "leaf", "probability", "row"]), skipped
+    return pd.concat(outs, ignore_index=True), skipped
+
+
 def predict_file(model: str, input_path: str | Path, output: str | Path | None = None,
-                 images_root: str | Path | None = None, batch_size: int = 256) -> dict:
+                 images_root: str | Path | None = None, batch_size: int = 256,
+                 skip_bad: bool = False) -> dict:
     """Predicts every listing of a file and writes ``listing_id?, category_path, leaf, probability,
     auto``: the served columns (``training.serving.ListingClassifierModel``), ``probability``
     calibrated and ``auto`` True where it clears the model's stored threshold (no ``auto`` for a
     model registered before calibration).
 
+    Args:
+        model: MLflow model URI or checkpoint file (:func:`load_model`).
+        input_path, images_root: as :func:`read_listings`.
+        output: predictions CSV; None: not written.
+        batch_size: rows per forward pass (the model's ``batch_size`` param), >= 1.
+        skip_bad: leave out the listings whose image cannot be read (missing, truncated, not an
+            image, outside the image root) instead of stopping; they are listed in the summary's
+            ``skipped`` and in ``<output>.skipped.csv`` (``row, listing_id, reason``; written,
+            with only the header when none was skipped, whenever ``output`` is).
+
     Returns:
-        ``{"listings", "seconds", "listings_per_s", "load_seconds", "output"}``; the seconds
-        count prediction (image decoding included), not model loading.
+        ``{"listings", "seconds", "listings_per_s", "load_seconds", "output"}``, plus with
+        ``skip_bad`` ``"skipped"`` (list of ``{"row", "listing_id", "reason"}``, rows 0-based in
+        the file's order) and ``"skipped_output"``; ``listings`` counts the predicted ones. The
+        seconds count prediction (image decoding included), not model loading.
 
     Raises:
-        ValueError: see :func:`read_listings`; from the model on a bad row, e.g. an image that
-            cannot be read (the message names the row, 0-based in the file's order). Nothing is
-            written then.
+        ValueError: see :func:`read_listings`; without ``skip_bad``, from the model on a bad row,
+            e.g. an image that cannot be read (``training.serving.InvalidListingError``, its
+            message names the row, 0-based in the file's order, and its ``listing_id``).
+            Nothing is written then.
     """
     from training.serving import model_input
 
@@ -100,17 +153,34 @@ def predict_file(model: str, input_path: str | Path, output: str | Path | None =
     predictor = load_model(model)
     load_seconds = time.perf_counter() - t0
     listings = read_listings(input_path, images_root)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    frame = model_input(listings)
     t1 = time.perf_counter()
-    out = predictor.predict(model_input(listings), params={"batch_size": batch_size})
+    skipped = None
+    if skip_bad:
+        out, skipped = _predict_skipping(predictor, frame, batch_size)
+        kept = out.pop("row").to_numpy(dtype=int)
+    else:
+        out = predictor.predict(frame, params={"batch_size": batch_size})
+        kept = slice(None)
     seconds = time.perf_counter() - t1
     if "listing_id" in listings.columns:
-        out.insert(0, "listing_id", listings["listing_id"].astype(str).to_numpy())
+        out.insert(0, "listing_id", listings["listing_id"].astype(str).to_numpy()[kept])
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         out.to_csv(output, index=False)
-    return {"listings": len(out), "seconds": round(seconds, 3),
-            "listings_per_s": round(len(out) / seconds, 1) if seconds > 0 else None,
-            "load_seconds": round(load_seconds, 2), "output": str(output) if output else None}
+    summary = {"listings": len(out), "seconds": round(seconds, 3),
+               "listings_per_s": round(len(out) / seconds, 1) if seconds > 0 else None,
+               "load_seconds": round(load_seconds, 2), "output": str(output) if output else None}
+    if skip_bad:
+        summary["skipped"] = skipped
+        summary["skipped_output"] = None
+        if output:
+            summary["skipped_output"] = f"{output}.skipped.csv"
+            pd.DataFrame(skipped, columns=["row", "listing_id", "reason"]).to_csv(
+                summary["skipped_output"], index=False)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -119,9 +189,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--input", required=True, help="listings file (.csv, .jsonl, .parquet)")
     parser.add_argument("--output", default=None, help="predictions CSV (default: not written)")
     parser.add_argument("--images-root", default=None, help="folder of relative image paths")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=256, help="rows per forward pass")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out listings whose image cannot be read (listed in the summary "
+                             "and <output>.skipped.csv) instead of stopping at the first")
     args = parser.parse_args(argv)
-    summary = predict_file(args.model, args.input, args.output, args.images_root, args.batch_size)
+    summary = predict_file(args.model, args.input, args.output, args.images_root, args.batch_size,
+                           args.skip_bad)
     print(json.dumps(summary, indent=2))
     return summary
 

@@ -267,7 +267,7 @@ def test_pyfunc_matches_evaluate_predictions(workspace, tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(served.predict(relative), out)
     pd.testing.assert_frame_equal(served.predict(request), out)  # absolute, inside the root
     for escape in ("../../models/model.pt", str(ws / "models" / "model.pt"), "a/../../x.jpg"):
-        with pytest.raises(ValueError, match="row 2: image_path .* is outside the image root"):
+        with pytest.raises(ValueError, match=r"row 2 \(listing_id \S+\): image_path .* is outside the image root"):
             served.predict(relative.assign(image_path=[*relative["image_path"][:2], escape,
                                                        *relative["image_path"][3:]]))
     # a link the operator placed inside the root is read, even though its target lies outside
@@ -592,10 +592,30 @@ def test_batch_predict_cli_on_a_listings_file(workspace, tmp_path, capsys):
         paths = listings["image_path"].tolist()
         paths[3] = bad
         listings.assign(image_path=paths).to_parquet(tmp_path / "bad.parquet", index=False)
-        with pytest.raises(ValueError, match=r"row 3: cannot read its image \(image_path '.*(truncated|such)"):
+        with pytest.raises(ValueError, match=r"row 3 \(listing_id \S+\): cannot read its image \(image_path '.*(truncated|such)"):
             main(["--model", str(ws / "models" / "model.pt"), "--input", str(tmp_path / "bad.parquet"),
                   "--images-root", str(ws / "data" / "listings"), "--output", str(tmp_path / "bad_out.csv")])
         assert not (tmp_path / "bad_out.csv").exists()
+    # --skip-bad: both bad images in one file (rows 3 and 7, 7 in another batch of 4): the good
+    # rows' predictions, as without them, and the skipped rows with their reasons
+    paths = listings["image_path"].tolist()
+    paths[3], paths[7] = str(tmp_path / "truncated.jpg"), "no/such/image.jpg"
+    listings.assign(image_path=paths).to_parquet(tmp_path / "bad.parquet", index=False)
+    skipped_out = tmp_path / "skip.csv"
+    summary = main(["--model", str(ws / "models" / "model.pt"), "--input", str(tmp_path / "bad.parquet"),
+                    "--images-root", str(ws / "data" / "listings"), "--output", str(skipped_out),
+                    "--batch-size", "4", "--skip-bad"])
+    assert summary["listings"] == len(golden) - 2
+    assert [(s["row"], s["listing_id"]) for s in summary["skipped"]] == [
+        (3, golden["listing_id"].iloc[3]), (7, golden["listing_id"].iloc[7])]
+    assert "truncated.jpg" in summary["skipped"][0]["reason"] and "such" in summary["skipped"][1]["reason"]
+    kept = pd.read_csv(skipped_out, dtype={"listing_id": str})
+    good = got.drop(index=[3, 7]).reset_index(drop=True)
+    assert kept["listing_id"].tolist() == good["listing_id"].tolist()
+    assert kept["category_path"].tolist() == good["category_path"].tolist()
+    np.testing.assert_allclose(kept["probability"], good["probability"], atol=1e-6)
+    listed = pd.read_csv(summary["skipped_output"], dtype={"listing_id": str})
+    assert listed["row"].tolist() == [3, 7] and listed["listing_id"].tolist() == golden["listing_id"].iloc[[3, 7]].tolist()
 
 
 def test_pyfunc_with_signature_accepts_stored_listings_after_json(workspace, tmp_path):
@@ -623,5 +643,27 @@ def test_pyfunc_with_signature_accepts_stored_listings_after_json(workspace, tmp
     few.loc[few.index[0], "brand"] = "Nike"  # partial nulls in a text column
     assert few["description"].isna().all()
     rows = json.loads(json.dumps(model_input(few).to_dict("records")))
-    out = mlflow.pyfunc.load_model(str(model_dir)).predict(pd.DataFrame(rows))
+    served = mlflow.pyfunc.load_model(str(model_dir))
+    out = served.predict(pd.DataFrame(rows))
     assert len(out) == 5 and out["category_path"].str.count(" > ").eq(2).all()
+    # batch_size is in the signature's params schema: it reaches the model (0 is refused there,
+    # MLflow would drop a param the schema lacks); any positive size gives the same predictions
+    assert served.metadata.get_params_schema().to_dict() == [
+        {"name": "batch_size", "type": "long", "default": 256, "shape": None}]
+    for size in (1, 2, 64):
+        pd.testing.assert_frame_equal(served.predict(pd.DataFrame(rows), params={"batch_size": size}), out)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="batch_size must be a positive integer, got 0"):
+        served.predict(pd.DataFrame(rows), params={"batch_size": 0})
+    # a version logged before the params schema: MLflow ignores the param, the model serves
+    old_dir = tmp_path / "signed-before-params"
+    old_signature = model_signature()
+    old_signature.params = None
+    mlflow.pyfunc.save_model(
+        old_dir, python_model=ListingClassifierModel(), signature=old_signature,
+        artifacts={"checkpoint": str(ws / "models" / "model.pt")},
+        code_paths=[str(Path(training.__file__).parent), str(Path(common.__file__).parent)],
+        pip_requirements=["torch", "torchvision"],
+    )
+    old = mlflow.pyfunc.load_model(str(old_dir))
+    assert old.metadata.get_params_schema() is None
+    pd.testing.assert_frame_equal(old.predict(pd.DataFrame(rows), params={"batch_size": 0}), out)
