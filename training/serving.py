@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,16 +228,14 @@ def leaf_log_probs(
     n = len(listings)
     t = loaded.temperature if temperature is None else float(temperature)
     log_probs = np.zeros((n, len(loaded.labels)), dtype=np.float32)
+    decoded = (_decoded_batches(images, loaded.image_size, batch_size)
+               if needs_images and not is_array else None)
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             x = None
             if needs_images:
-                if is_array:
-                    batch = np.ascontiguousarray(images[start:stop])
-                else:
-                    batch = np.stack([decode_image(p, loaded.image_size, start + j)
-                                      for j, p in enumerate(images[start:stop])])
+                batch = np.ascontiguousarray(images[start:stop]) if is_array else next(decoded)
                 x = preset(batch).to(loaded.device)
             inputs = encode_listings(listings.iloc[start:stop], loaded.train_params)
             level_logits = model(x, *(t.to(loaded.device) for t in inputs))
@@ -245,6 +244,34 @@ def leaf_log_probs(
                 leaf = torch.log_softmax(leaf / t, dim=1)
             log_probs[start:stop] = leaf.cpu().numpy()
     return log_probs
+
+
+DECODE_WORKERS = min(4, os.cpu_count() or 1)
+"""Threads decoding image files (Pillow releases the GIL while it decodes and resizes)."""
+
+
+def _decoded_batches(images: Sequence[str | Path | bytes], size: int, batch_size: int):
+    """Yields the decoded uint8 ``(B, size, size, 3)`` batches of ``images`` in order, decoding
+    the next batch in a thread pool while the caller runs the model on the current one (one batch
+    ahead: memory stays at two batches).
+
+    Raises:
+        ListingImageError: of the first unreadable image in row order, from ``next``.
+    """
+    pool = ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="decode")
+
+    def submit(start: int) -> list:
+        return [pool.submit(decode_image, p, size, start + j)
+                for j, p in enumerate(images[start:start + batch_size])]
+
+    try:
+        pending = submit(0)
+        for start in range(0, len(images), batch_size):
+            current = pending
+            pending = submit(start + batch_size) if start + batch_size < len(images) else []
+            yield np.stack([f.result() for f in current])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def embed_paths(
