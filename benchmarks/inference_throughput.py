@@ -4,7 +4,8 @@ Writes the workspace's golden listings (title, fields, image path into the listi
 Parquet file and runs ``training.predict.predict_file`` on it: the model is loaded as the
 MLflow pyfunc when ``--model`` is a model URI (``models:/listing-classifier@champion`` with
 ``MLFLOW_TRACKING_URI`` set), or from the checkpoint file. JPEG decoding and resizing of every
-image are included in the time; model loading is not (printed apart).
+image are included in the time (decoded in ``training.serving.DECODE_WORKERS`` threads, one batch
+ahead of the model); model loading is not (printed apart).
 
 Usage::
 
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from training.predict import predict_file
+    from training.serving import DECODE_WORKERS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workspace", default=".state/workspace")
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = args.model or str(ws / "models" / "model.pt")
     golden = pd.read_parquet(ws / "data" / "prepared" / "golden.parquet")
     result: dict = {"model": model, "listings": len(golden), "threads": torch.get_num_threads(),
-                    "device": "cpu"}
+                    "decode_workers": DECODE_WORKERS, "device": "cpu"}
     with tempfile.TemporaryDirectory() as tmp:
         listings = Path(tmp) / "golden.parquet"
         golden.assign(image_path=golden["image_key"]).to_parquet(listings, index=False)
