@@ -43,7 +43,7 @@ demo: venv
 ## make season: publish the catalog in its time order as WEEKS (default 10) weekly batches, run the DAG
 ## once per week with the quick profile (profiles/season.yaml), print the season table (<state>/season/).
 season: venv
-	$(PY) scripts/season.py --data "$(DATA)" --weeks $(_SEASON_WEEKS) --start $(START)
+	$(PY) scripts/season.py --data "$(DATA)" --weeks $(_SEASON_WEEKS) $(if $(filter command line environment,$(origin START)),--start $(START))
 
 ## make test: the whole test suite (what .ci/run calls), native-stack and browser tests included.
 test: venv

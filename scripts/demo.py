@@ -136,6 +136,14 @@ def stop(proc: subprocess.Popen) -> None:
             continue
 
 
+def latest_start(weeks: int, today: date | None = None) -> date:
+    """The latest Monday from which ``weeks`` weekly data intervals (Airflow's ``@weekly``: Sunday
+    00:00 UTC to the next Sunday) have all ended by ``today``: a backfill runs none in the future."""
+    today = today or date.today()
+    last_sunday = today - timedelta(days=(today.weekday() + 1) % 7)  # the latest interval end
+    return last_sunday - timedelta(weeks=weeks) - timedelta(days=6)
+
+
 def run_weeks(data: Path, weeks: int, start: date, order: str = "hash", limit: int | None = None) -> int:
     """Publishes ``data`` as ``weeks`` weekly batches and runs the DAG once per week through
     ``airflow standalone`` + ``airflow backfill create``; returns 0 when every run succeeded.
@@ -147,6 +155,12 @@ def run_weeks(data: Path, weeks: int, start: date, order: str = "hash", limit: i
         order: ``"hash"`` or ``"time"`` (:func:`ingestion.feed.publish`).
         limit: publish only this many listings (a deterministic sample), e.g. for a quick try.
     """
+    last = latest_start(weeks)
+    if start > last:
+        print(f"the last of {weeks} weeks from {start} ends after today ({date.today()}): Airflow does "
+              f"not backfill data intervals in the future, so those weeks would never run; start on "
+              f"{last} or earlier (START=, --start)")
+        return 2
     state = State.from_env().ensure()
     params = load_params()
     logs = state.root / "logs"

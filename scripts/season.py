@@ -50,7 +50,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="source catalog folder")
     parser.add_argument("--weeks", type=int, default=10)
-    parser.add_argument("--start", type=date.fromisoformat, default=date(2026, 11, 2))
+    parser.add_argument("--start", type=date.fromisoformat, default=None,
+                        help="the first week's Monday (default: the latest that lets every week's "
+                             "data interval end by today: Airflow backfills no future interval)")
     parser.add_argument("--profile", type=Path, default=DEFAULT_PROFILE,
                         help="params overrides of the season (default: profiles/season.yaml)")
     parser.add_argument("--limit", type=int, default=None,
@@ -68,7 +70,8 @@ def main() -> int:
 
     import demo
 
-    code = demo.run_weeks(args.data, args.weeks, args.start, order="time", limit=args.limit)
+    start = args.start or demo.latest_start(args.weeks)
+    code = demo.run_weeks(args.data, args.weeks, start, order="time", limit=args.limit)
     from monitoring.season import write_season
 
     result, text = write_season(state, load_params())
