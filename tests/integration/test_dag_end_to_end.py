@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,6 +60,19 @@ def mutate_batch(batch: Path) -> dict[str, str]:
     return {"missing_title": ids[0], "unknown_category": ids[1], "truncated_jpeg": ids[2]}
 
 
+@contextmanager
+def dag_test_env(state: State, params_file: Path) -> Iterator[None]:
+    """The environment a module's ``dag.test()`` runs need, undone afterwards: the state folder,
+    the params file, no retries (a failing task shows at once, not after retry delays) and the
+    state's own feed."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LCP_TASK_RETRIES", "0")
+        env.setenv("LCP_STATE_DIR", str(state.root))
+        env.setenv("LCP_PARAMS", str(params_file))
+        env.delenv("LCP_FEED_URL", raising=False)
+        yield
+
+
 def run_dag(logical_date: datetime, conf: dict | None = None):
     from airflow.dag_processing.dagbag import DagBag
 
@@ -69,12 +84,7 @@ def run_dag(logical_date: datetime, conf: dict | None = None):
 def pipeline(tmp_path_factory, fashion_dir, airflow_db):
     root = tmp_path_factory.mktemp("e2e")
     state = State(root / "state").ensure()
-    old = {k: os.environ.get(k) for k in ("LCP_STATE_DIR", "LCP_PARAMS", "LCP_FEED_URL", "LCP_TASK_RETRIES")}
-    os.environ["LCP_TASK_RETRIES"] = "0"  # a failing task shows at once, not after retry delays
-    os.environ["LCP_STATE_DIR"] = str(state.root)
-    os.environ["LCP_PARAMS"] = str(small_params(root / "params.yaml"))
-    os.environ.pop("LCP_FEED_URL", None)
-    try:
+    with dag_test_env(state, small_params(root / "params.yaml")):
         publish(fashion_dir, Path(state.feed_url), weeks=2, catalog=load_catalog("catalogs/fashion.yaml"),
                 start=WEEK1.date(), limit=360)
         bad = mutate_batch(Path(state.feed_url) / BATCH2)
@@ -85,12 +95,6 @@ def pipeline(tmp_path_factory, fashion_dir, airflow_db):
         champion_after_week1 = str(_client(state).get_model_version_by_alias("listing-classifier", "champion").version)
         week2 = run_dag(WEEK2)
         yield {"state": state, "bad": bad, "runs": [week1, week2], "champion_week1": champion_after_week1}
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _client(state: State):

@@ -12,7 +12,6 @@ the season repeats nothing, and the season table (:mod:`monitoring.season`) has 
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +21,13 @@ import pytest
 from common.catalog import load_catalog
 from common.state import State
 from ingestion.feed import publish
-from tests.integration.test_dag_end_to_end import DAG_ID, _client, run_dag, small_params
+from tests.integration.test_dag_end_to_end import (
+    DAG_ID,
+    _client,
+    dag_test_env,
+    run_dag,
+    small_params,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,13 +55,8 @@ def season(tmp_path_factory, fashion_dir, airflow_db):
 
     root = tmp_path_factory.mktemp("season")
     state = State(root / "state").ensure()
-    old = {k: os.environ.get(k) for k in ("LCP_STATE_DIR", "LCP_PARAMS", "LCP_FEED_URL", "LCP_TASK_RETRIES")}
-    os.environ["LCP_TASK_RETRIES"] = "0"
-    os.environ["LCP_STATE_DIR"] = str(state.root)
-    os.environ["LCP_PARAMS"] = str(small_params(root / "params.yaml", floor=0.0))
-    os.environ.pop("LCP_FEED_URL", None)
-    feed = Path(state.feed_url)
-    try:
+    with dag_test_env(state, small_params(root / "params.yaml", floor=0.0)):
+        feed = Path(state.feed_url)
         batches = publish(fashion_dir, feed, weeks=3, catalog=CATALOG, start=START.date(), limit=420,
                           order="time")
         week1 = pd.read_csv(feed / batches[0] / "styles.csv", dtype=str, keep_default_na=False)
@@ -78,12 +78,6 @@ def season(tmp_path_factory, fashion_dir, airflow_db):
             })
         yield {"state": state, "runs": runs, "weekly": weekly, "held": held, "held_ids": held_ids,
                "batches": batches}
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _xcoms(run_id: str) -> dict:
