@@ -108,9 +108,11 @@ class TrainParams(_Frozen):
         "auto", description="auto: pretrained weights if cached locally, else from scratch; none; "
                             "or the path of a state dict.")
     branches: Literal["fused", "image", "text"] = Field(
-        "fused", description="fused (image + text [+ structured]), image or text.")
+        "fused", description="fused (image + text [+ structured]), image [+ structured] (catalogs "
+                             "without titles) or text (title and description only).")
     structured: bool = Field(
-        True, description="Fused model: add the structured branch (log-price + categorical fields).")
+        True, description="Fused or image model: add the structured branch (log-price + categorical "
+                          "fields).")
     fields: tuple[str, ...] = Field(
         ("brand", "currency", "gender", "usage", "baseColour", "season"),
         description="Categorical fields of the structured branch: canonical columns or keys of "

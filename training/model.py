@@ -8,8 +8,9 @@
                                                                        heads: level 1 ... leaf
                                                                        -> leaf_log_probs (N, C_leaf)
 
-With ``branches="image"`` or ``"text"`` only that branch is built and the other inputs are
-ignored; the structured branch joins a fused model when ``train.structured`` is true. The heads
+With ``branches="image"`` (a catalog without titles) or ``"text"`` only that branch is built and
+the other inputs are ignored; the structured branch joins a fused or image model when
+``train.structured`` is true. The heads
 follow Criteo's catalogue classifier (one head per taxonomy level, losses weighted by depth);
 :meth:`ListingClassifier.leaf_log_probs` combines them so that the predicted leaf's ancestors are
 the predicted ancestors.
@@ -188,8 +189,9 @@ class ListingClassifier(nn.Module):
             :meth:`leaf_log_probs`), resolved to the tree's depth
             (``training.hierarchy.level_weights``); None: 1.0 each.
         backbone: torchvision model name (image branch), unused without an image branch.
-        branches: ``"fused"`` (image + text [+ structured]), ``"image"`` or ``"text"``.
-        structured: add the structured branch to a fused model.
+        branches: ``"fused"`` (image + text [+ structured]), ``"image"`` [+ structured] or
+            ``"text"``.
+        structured: add the structured branch to a fused or image model.
         text_buckets, text_dim: the text branch.
         field_buckets, field_dim: the structured branch.
         weights: see :func:`build_backbone`.
@@ -232,7 +234,7 @@ class ListingClassifier(nn.Module):
         if branches in ("fused", "text"):
             self.text_encoder = BagEncoder(text_buckets, text_dim)
             width += text_dim
-        if branches == "fused" and structured:
+        if branches in ("fused", "image") and structured:
             self.field_encoder = FieldEncoder(field_buckets, field_dim)
             width += field_dim
         self.dropout = nn.Dropout(dropout)
@@ -400,8 +402,8 @@ def architecture_difference(old: dict, new: TrainParams) -> str | None:
     Returns:
         e.g. ``"backbone resnet18 -> resnet34"``; None when every field of
         :data:`ARCHITECTURE_FIELDS` that shapes both models is equal (the backbone is compared
-        only when both have an image branch, ``structured`` only between fused models,
-        ``field_dim`` only when both have a structured branch).
+        only when both have an image branch, ``structured`` only between models that can have
+        one (fused or image), ``field_dim`` only when both have a structured branch).
     """
     new_values = new.model_dump(mode="json")
     branches = (old.get("branches"), new.branches)
@@ -410,8 +412,8 @@ def architecture_difference(old: dict, new: TrainParams) -> str | None:
         skip.add("backbone")
     if "image" in branches:
         skip.add("text_dim")
-    if not all(b == "fused" for b in branches):
-        skip.add("structured")  # only a fused model has a structured branch
+    if "text" in branches:
+        skip.add("structured")  # a text model has no structured branch
     if "structured" in skip or not (old.get("structured") and new.structured):
         skip.add("field_dim")
     diffs = [f"{name} {old.get(name)!r} -> {new_values[name]!r}" for name in ARCHITECTURE_FIELDS

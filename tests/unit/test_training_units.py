@@ -202,7 +202,7 @@ def test_bf16_autocast_on_cpu_only_with_native_bf16_instructions():
     assert autocast_dtype(cpu, True) == (torch.bfloat16 if native else None)
     assert autocast_dtype(cpu, False) is None
     assert autocast_dtype(torch.device("cuda"), True) == torch.bfloat16
-    model, _ = build_model(LEAVES, TrainParams(backbone="resnet18", branches="image", weights="none"))
+    model, _ = build_model(LEAVES, TrainParams(backbone="resnet18", branches="image", structured=False, weights="none"))
     with torch.no_grad(), autocast(cpu, autocast_dtype(cpu, True)):
         logits = model.eval()(torch.zeros(2, 3, 32, 32), None, None)[-1]
     assert logits.dtype == (torch.bfloat16 if native else torch.float32)
@@ -239,7 +239,7 @@ def test_precision_probe_times_both_precisions_and_leaves_the_model_and_rng_alon
     n = 6
     images = np.random.default_rng(2).integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
     split = _split(images, torch.arange(n) % len(LEAVES))
-    cfg = TrainParams(backbone="resnet18", branches="image", weights="none", batch_size=4)
+    cfg = TrainParams(backbone="resnet18", branches="image", structured=False, weights="none", batch_size=4)
     model, _ = build_model(LEAVES, cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     torch.manual_seed(5)
@@ -310,7 +310,7 @@ def test_model_forward_shapes_one_head_per_level(branches):
     assert pretrained is False
     assert (model.image_encoder is None) == (branches == "text")
     assert (model.text_encoder is None) == (branches == "image")
-    assert (model.field_encoder is None) == (branches != "fused")
+    assert (model.field_encoder is None) == (branches == "text")  # image: a title-less catalog
     images = torch.randn(3, 3, 32, 32)
     model.eval()
     level_logits = model(images if branches != "text" else None, *encode_listings(_listings(), params))
@@ -346,7 +346,7 @@ def test_named_backbones_give_what_their_last_linear_reads_and_train(backbone):
     from torch import nn
 
     torch.manual_seed(0)
-    model, pretrained = build_model(LEAVES, TrainParams(backbone=backbone, branches="image", weights="none"))
+    model, pretrained = build_model(LEAVES, TrainParams(backbone=backbone, branches="image", structured=False, weights="none"))
     assert pretrained is False and model.weights_source is None
     encoder = model.image_encoder
     reference = torchvision.models.get_model(backbone, weights=None)
@@ -405,7 +405,7 @@ def test_pretrained_weights_from_a_file_or_the_torch_hub_cache_never_downloaded(
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     torch.save(donor.state_dict(), cache / os.path.basename(weights.url))
-    model, pretrained = build_model(LEAVES, TrainParams(branches="image", weights="auto"))
+    model, pretrained = build_model(LEAVES, TrainParams(branches="image", structured=False, weights="auto"))
     assert pretrained is True
     assert model.weights_source == "torchvision ResNet18_Weights.IMAGENET1K_V1 (cached)"
     assert torch.equal(model.image_encoder.conv1.weight, donor.conv1.weight)
