@@ -71,6 +71,18 @@ class SeasonResult(StepResult):
     mlflow_run_id: str
 
 
+def _xcom_value(value):
+    """An XCom value as JSON data. Values pushed through the Task Execution API can come back
+    still JSON-encoded (a str holding the JSON); a plain string return value (a branch task's
+    next task id, say) is kept as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
 def dag_runs(dag_id: str = DAG_ID) -> list[dict]:
     """The DAG's runs from Airflow's metadata database, oldest logical date first.
 
@@ -91,8 +103,7 @@ def dag_runs(dag_id: str = DAG_ID) -> list[dict]:
             xcom = {}
             for row in session.scalars(XComModel.get_many(run_id=run.run_id, dag_ids=dag_id,
                                                           key="return_value")):
-                value = XComModel.deserialize_value(row)
-                xcom[row.task_id] = json.loads(value) if isinstance(value, str) else value
+                xcom[row.task_id] = _xcom_value(XComModel.deserialize_value(row))
             seconds = {ti.task_id: (ti.end_date - ti.start_date).total_seconds()
                        for ti in run.task_instances if ti.start_date and ti.end_date}
             out.append({"run_id": run.run_id, "state": str(run.state),

@@ -63,9 +63,12 @@ def mutate_batch(batch: Path) -> dict[str, str]:
 @contextmanager
 def dag_test_env(state: State, params_file: Path) -> Iterator[None]:
     """The environment a module's ``dag.test()`` runs need, undone afterwards: the state folder,
-    the params file, no retries (a failing task shows at once, not after retry delays) and the
-    state's own feed."""
+    the params file, no retries (a failing task shows at once, not after retry delays), the
+    state's own feed and its own tracking store: ``mlflow.set_tracking_uri`` also sets
+    ``$MLFLOW_TRACKING_URI`` (for subprocesses), which :attr:`State.tracking_uri` prefers, so an
+    earlier module's client would otherwise send these runs to that module's registry."""
     with pytest.MonkeyPatch.context() as env:
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
         env.setenv("LCP_TASK_RETRIES", "0")
         env.setenv("LCP_STATE_DIR", str(state.root))
         env.setenv("LCP_PARAMS", str(params_file))
@@ -98,10 +101,11 @@ def pipeline(tmp_path_factory, fashion_dir, airflow_db):
 
 
 def _client(state: State):
-    import mlflow
+    """A client of the state's own tracking store *and* registry (an earlier module may have left
+    MLflow's process-wide registry URI pointing at its store)."""
+    from promotion.registry import mlflow_client
 
-    mlflow.set_tracking_uri(state.tracking_uri)
-    return mlflow.MlflowClient()
+    return mlflow_client(state)
 
 
 def test_both_weekly_runs_succeed_and_a_champion_is_promoted(pipeline):
