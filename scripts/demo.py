@@ -67,25 +67,43 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def cli_json(*args: str) -> list | dict:
-    """An Airflow CLI command's ``--output json`` answer."""
-    out = subprocess.run([str(Path(sys.executable).parent / "airflow"), *args, "--output", "json"],
-                         capture_output=True, text=True).stdout
-    for line in reversed(out.splitlines()):  # log lines ("[warning ] ...") come first
-        if line.startswith(("[{", "[]", "{")):
-            try:
-                return json.loads(line)
-            except ValueError:
-                continue
-    return []
+def _iso(moment) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def backfill_runs() -> list[dict]:
+    """The backfill's runs of the retraining DAG, read from Airflow's metadata database in this
+    process (``run_id``, ``state``, ``logical_date``, ``start_date``, ``end_date``; ISO 8601).
+
+    Polling with ``airflow dags list-runs`` instead started a Python that imported Airflow every
+    few seconds, several CPU-seconds each time, taken from the training tasks of a 2-core machine.
+    """
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        runs = session.scalars(select(DagRun).where(DagRun.dag_id == DAG_ID,
+                                                    DagRun.run_id.startswith("backfill__"))).all()
+        return [{"run_id": r.run_id, "state": str(r.state), "logical_date": _iso(r.logical_date) or "",
+                 "start_date": _iso(r.start_date), "end_date": _iso(r.end_date)} for r in runs]
+
+
+def parsed_dags() -> set[str]:
+    """The DAG ids the dag-processor has written to the metadata database."""
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return set(session.scalars(select(DagModel.dag_id)).all())
 
 
 def wait_for_dags(timeout_s: float = 300) -> None:
     """Waits until the dag-processor has parsed both DAGs into the metadata DB."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        ids = {d.get("dag_id") for d in cli_json("dags", "list")}
-        if {DAG_ID, ROLLBACK_DAG_ID} <= ids:
+        if {DAG_ID, ROLLBACK_DAG_ID} <= parsed_dags():
             return
         time.sleep(3)
     raise TimeoutError(f"the dag-processor did not parse {DAG_ID} within {timeout_s:.0f} s")
@@ -96,7 +114,7 @@ def weekly_runs(weeks_wanted: int, timeout_s: float) -> list[dict]:
     seen: set[str] = set()
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        runs = [r for r in cli_json("dags", "list-runs", DAG_ID) if str(r.get("run_id", "")).startswith("backfill__")]
+        runs = backfill_runs()
         for run in sorted(runs, key=lambda r: r["logical_date"]):
             if run["state"] in ("success", "failed") and run["run_id"] not in seen:
                 seen.add(run["run_id"])
@@ -185,6 +203,9 @@ def run_weeks(data: Path, weeks: int, start: date, order: str = "hash", limit: i
         proc = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"],
                                 env=airflow_env(port), stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+    # a TERM (a killed make, a CI timeout) unwinds through ``finally`` like Ctrl-C, so that
+    # ``airflow standalone`` and its components are stopped instead of left running
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         os.environ.update(airflow_env(port))
         wait_for_dags()
