@@ -43,6 +43,27 @@ def model_signature():
     return signature()
 
 
+SERVING_DISTRIBUTIONS = ("mlflow", "cloudpickle", "torch", "torchvision", "numpy", "pandas", "pillow",
+                         "pydantic", "pyyaml")
+"""The distributions the served model's code (``training/`` and ``common/``, shipped as
+``code_paths``) imports when MLflow loads it: its pip requirements."""
+
+
+def serving_requirements() -> list[str]:
+    """The served model's pip requirements: :data:`SERVING_DISTRIBUTIONS` pinned at the versions
+    installed here (public version: a local label such as ``+cpu`` is left out, as MLflow does).
+
+    Given explicitly because MLflow's inference (``mlflow.models.infer_pip_requirements``: a
+    subprocess that loads the model, about a fifth of the register task) listed this platform's
+    own distribution, which no package index holds, and left out Pillow, pydantic and PyYAML.
+    """
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    return [f"{name}=={Version(version(name)).public}" for name in SERVING_DISTRIBUTIONS]
+
+
 def platform_commit() -> str:
     """Git commit of the platform checkout ("unknown" outside a git checkout)."""
     proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True)
@@ -169,6 +190,7 @@ def register_challenger(state: State, params: Params, data: DataVersionResult, w
             code_paths=[str(ws / "training"), str(ws / "common")],
             signature=model_signature(),
             input_example=example,
+            pip_requirements=serving_requirements(),
             registered_model_name=name,
         )
     version = str(info.registered_model_version)

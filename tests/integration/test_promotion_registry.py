@@ -403,3 +403,16 @@ def assert_comparison_artifacts(client, version: str, result, golden: pd.DataFra
         description = description.split("\n\n", 1)[1]
     assert report == description
     assert report.startswith(f"## Gate: **{result.decision.upper()}**")
+
+
+def test_the_version_lists_its_pinned_serving_requirements(registry):
+    """The registered model's requirements.txt is the explicit pinned list (torch included), not
+    MLflow's inference, which listed this platform's own distribution that no index holds."""
+    from promotion.register import serving_requirements
+
+    _ = client_for(registry["state"])
+    listed = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{NAME}/{registry['v1'].version}")).read_text()
+    requirements = [line for line in listed.splitlines() if line and not line.startswith("#")]
+    assert requirements == serving_requirements()
+    assert any(r.startswith("torch==") for r in requirements)
+    assert not any(r.startswith("listing-classifier-platform") for r in requirements)
