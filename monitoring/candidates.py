@@ -4,7 +4,7 @@ Validation holds back a listing whose category path is not in the taxonomy (``un
 ``<state>/quarantine/<batch>/rejected.csv``). Before a person extends the taxonomy
 (``python -m validation.taxonomy add``) they want to know what is waiting: which new categories
 the marketplace is sending, how many listings each, and whether the given labels agree. The
-champion's penultimate features (:func:`training.serving.embed_paths`, the fused image + text
+champion's penultimate features (:func:`training.inference.embed_paths`, the fused image + text
 features its heads read) place similar listings together even for a category it never learned;
 HDBSCAN (``sklearn.cluster.HDBSCAN``; Campello, Moulavi & Sander 2013), on L2-normalised features
 (euclidean distance on unit vectors orders pairs as the cosine distance does), finds the dense
@@ -175,7 +175,7 @@ def candidate_groups(state: State, params: Params, batch_ids: Sequence[str] = ()
     images = [str(p) for p, ok in zip(images, readable, strict=True) if ok]
     groups: list[dict] = []
     if len(rows):
-        from training.serving import embed_paths, load_checkpoint
+        from training.inference import embed_paths, load_checkpoint
 
         try:
             local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{champion}"))
