@@ -205,6 +205,12 @@ class ListingClassifier(nn.Module):
         return total / denominator
 
 
+CLASSIFIER_PARAMS = ("backbone", "branches", "structured", "text_buckets", "text_dim", "field_buckets",
+                     "field_dim", "weights", "dropout", "branch_loss_weight")
+"""The ``train`` fields :func:`build_model` passes to :class:`ListingClassifier` as they are, by
+name (``level_weights``, also one, is resolved to the tree's depth first)."""
+
+
 def build_model(labels: list[str], train_params: TrainParams) -> tuple[ListingClassifier, bool]:
     """The classifier configured by the ``train`` params group.
 
@@ -225,18 +231,6 @@ def build_model(labels: list[str], train_params: TrainParams) -> tuple[ListingCl
     else:
         sizes, ancestors = tree.sizes, tree.ancestors
         weights = level_weights(train_params.level_weights, tree.depth)
-    model = ListingClassifier(
-        sizes, ancestors,
-        level_weights=weights,
-        backbone=train_params.backbone,
-        branches=train_params.branches,
-        structured=train_params.structured,
-        text_buckets=train_params.text_buckets,
-        text_dim=train_params.text_dim,
-        field_buckets=train_params.field_buckets,
-        field_dim=train_params.field_dim,
-        weights=train_params.weights,
-        dropout=train_params.dropout,
-        branch_loss_weight=train_params.branch_loss_weight,
-    )
+    model = ListingClassifier(sizes, ancestors, level_weights=weights,
+                              **{name: getattr(train_params, name) for name in CLASSIFIER_PARAMS})
     return model, model.pretrained
