@@ -197,9 +197,9 @@ def init_model(workspace: Path, model: nn.Module, labels: list[str], cfg: TrainP
     ``<workspace>/models/init/init.json`` (written by ``ingestion.workspace.fetch_init`` before
     ``dvc repro``) says whether there is a champion: ``{"init": "champion", "version": "3", ...}``
     with its checkpoint in ``models/init/model.pt``, or ``{"init": "scratch", "reason": ...}``.
-    The weights are copied by :func:`warm_start` (heads row by label); a champion
-    of another architecture (:func:`architecture_difference`), a missing or
-    unreadable checkpoint, or ``train.init: scratch`` leave the fresh model as built.
+    The weights are copied by :func:`warm_start` (heads row by label); a champion of another
+    architecture (:func:`architecture_difference`), a missing or unreadable checkpoint, or
+    ``train.init: scratch`` leave the fresh model as built.
 
     Args:
         workspace: the workspace folder.
