@@ -95,7 +95,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         model: the model (DDP- or compile-wrapped or not), trained in place.
         criterion: ``nn.CrossEntropyLoss(reduction="sum")``.
         optimizer, lr_scheduler: stepped once per batch.
-        data_loader: the training loader (:func:`training.data.load_data`) over an :class:`EpochBatchSampler`.
+        data_loader: the training loader (:func:`training.data.load_data`) over an
+            :class:`training.sampler.EpochBatchSampler`.
         device: where the model lives.
         epoch: the epoch number (for the figures).
         tree: the taxonomy (level targets of the leaf targets).
