@@ -4,7 +4,7 @@ Writes the workspace's golden listings (title, fields, image path into the listi
 Parquet file and runs ``training.predict.predict_file`` on it: the model is loaded as the
 MLflow pyfunc when ``--model`` is a model URI (``models:/listing-classifier@champion`` with
 ``MLFLOW_TRACKING_URI`` set), or from the checkpoint file. JPEG decoding and resizing of every
-image are included in the time (decoded in ``training.serving.DECODE_WORKERS`` threads, one batch
+image are included in the time (decoded in ``training.inference.DECODE_WORKERS`` threads, one batch
 ahead of the model); model loading is not (printed apart).
 
 Usage::
@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> dict:
     import pandas as pd
     import torch
 
+    from training.inference import DECODE_WORKERS
     from training.predict import predict_file
-    from training.serving import DECODE_WORKERS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workspace", default=".state/workspace")

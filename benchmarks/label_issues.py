@@ -85,7 +85,7 @@ def champion_on_fresh_batch(data: Path, root: Path, epochs: int | None) -> tuple
 
     from common.state import State
     from common.store import image_path, read_store
-    from training.serving import load_checkpoint, predict_paths
+    from training.inference import load_checkpoint, predict_paths
 
     state = State(root / "state").ensure()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -131,7 +131,7 @@ def version_on_batch(state_dir: Path, version: str, batch_id: str) -> tuple[pd.D
     from common.params import load_params
     from common.state import State
     from common.store import image_path, read_store
-    from training.serving import load_checkpoint, predict_paths
+    from training.inference import load_checkpoint, predict_paths
 
     state = State(state_dir)
     mlflow.set_tracking_uri(state.tracking_uri)

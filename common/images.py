@@ -34,21 +34,12 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-_SIGNATURES = (  # (magic prefix, offset, format name); only used to name a refused format
-    (b"\xff\xd8\xff", 0, "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
-    (b"WEBP", 8, "WEBP"),
-    (b"GIF87a", 0, "GIF"),
-    (b"GIF89a", 0, "GIF"),
-    (b"BM", 0, "BMP"),
-    (b"II*\x00", 0, "TIFF"),
-    (b"MM\x00*", 0, "TIFF"),
-    (b"\x00\x00\x01\x00", 0, "ICO"),
-    (b"8BPS", 0, "PSD"),
-    (b"%PDF", 0, "PDF"),
-    (b"<svg", 0, "SVG"),
-    (b"<?xml", 0, "SVG"),
-)
+_SIGNATURES = {  # format name: the magic prefixes its files start with; only names a refused format
+    "JPEG": (b"\xff\xd8\xff",), "PNG": (b"\x89PNG\r\n\x1a\n",), "GIF": (b"GIF87a", b"GIF89a"),
+    "BMP": (b"BM",), "TIFF": (b"II*\x00", b"MM\x00*"), "ICO": (b"\x00\x00\x01\x00",),
+    "PSD": (b"8BPS",), "PDF": (b"%PDF",), "SVG": (b"<svg", b"<?xml"),
+}
+"""WebP is a RIFF container (``RIFF`` at 0, ``WEBP`` at 8): :func:`_sniff` checks it apart."""
 _GREY16 = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 _ALPHA = frozenset({"RGBA", "RGBa", "LA", "PA", "P"})
 _CONVERTIBLE = frozenset({"RGB", "1", "L", "CMYK", "YCbCr", "HSV", "RGBX"})
@@ -224,12 +215,9 @@ def _on_white(rgba: Image.Image) -> Image.Image:
 
 
 def _sniff(head: bytes) -> str | None:
-    for magic, offset, name in _SIGNATURES:
-        if head[offset:offset + len(magic)] == magic:
-            if name == "WEBP" and head[:4] != b"RIFF":
-                continue
-            return name
-    return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for name, magics in _SIGNATURES.items() if head.startswith(magics)), None)
 
 
 def _short(exc: Exception) -> str:

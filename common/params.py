@@ -98,7 +98,8 @@ class PrepareParams(_Frozen):
 class TrainParams(_Frozen):
     """``train``: the model (``training.model.build_model``) and its training loop.
 
-    The single source of the model's settings: ``training.model`` has no defaults of its own.
+    The single source of the model's settings: ``training.model`` (and ``training.backbones``,
+    ``training.encoders``) has no defaults of its own.
     """
 
     backbone: str = Field(

@@ -68,13 +68,8 @@ def credit(predicted: str, true: str, level_credit: Sequence[float]) -> float:
     return float(level_credit[min(shared, len(level_credit) - 1)])
 
 
-def listing_credits(
-    true_paths: Sequence[str],
-    predicted_paths: Sequence[str],
-    value_table: Mapping[str, float],
-    level_credit: Sequence[float],
-    default_value: float = 1.0,
-) -> tuple[np.ndarray, np.ndarray]:
+def listing_credits(true_paths: Sequence[str], predicted_paths: Sequence[str], value_table: Mapping[str, float],
+                    level_credit: Sequence[float], default_value: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Per-listing values and credits, the terms of the score (used for resampling too).
 
     Returns:
@@ -93,13 +88,9 @@ def listing_credits(
     return values, credits
 
 
-def business_weighted_score(
-    true_paths: Sequence[str],
-    predicted_paths: Sequence[str],
-    value_table: Mapping[str, float],
-    level_credit: Sequence[float],
-    default_value: float = 1.0,
-) -> float:
+def business_weighted_score(true_paths: Sequence[str], predicted_paths: Sequence[str],
+                            value_table: Mapping[str, float], level_credit: Sequence[float],
+                            default_value: float = 1.0) -> float:
     """The business-weighted score (module docstring), a float in [0, 1].
 
     Raises:

@@ -30,6 +30,17 @@ STATE_ENV = "LCP_STATE_DIR"
 FEED_ENV = "LCP_FEED_URL"
 
 
+class _Under:
+    """A path of the state folder (module docstring), read like a property: the ``base``
+    attribute's path joined with ``parts``."""
+
+    def __init__(self, base: str, *parts: str) -> None:
+        self.base, self.parts = base, parts
+
+    def __get__(self, state: State | None, owner: type | None = None) -> Path | _Under:
+        return self if state is None else getattr(state, self.base).joinpath(*self.parts)
+
+
 @dataclass(frozen=True)
 class State:
     """Paths of the state folder. Cheap to build; creates nothing until :meth:`ensure`."""
@@ -42,13 +53,17 @@ class State:
         chosen = root or os.environ.get(STATE_ENV) or PROJECT_ROOT / ".state"
         return cls(Path(chosen).resolve())
 
-    @property
-    def airflow_home(self) -> Path:
-        return self.root / "airflow"
-
-    @property
-    def mlflow_dir(self) -> Path:
-        return self.root / "mlflow"
+    airflow_home = _Under("root", "airflow")
+    mlflow_dir = _Under("root", "mlflow")
+    artifact_root = _Under("mlflow_dir", "artifacts")
+    dvc_remote = _Under("root", "dvc-remote")
+    staging = _Under("root", "staging")
+    manifest = _Under("root", "manifest.json")
+    quarantine = _Under("root", "quarantine")
+    gx_dir = _Under("root", "gx")
+    workspace = _Under("root", "workspace")
+    listings_store = _Under("workspace", "data", "listings")
+    golden_dir = _Under("workspace", "data", "golden")
 
     @property
     def tracking_uri(self) -> str:
@@ -56,45 +71,9 @@ class State:
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
 
     @property
-    def artifact_root(self) -> Path:
-        return self.mlflow_dir / "artifacts"
-
-    @property
-    def dvc_remote(self) -> Path:
-        return self.root / "dvc-remote"
-
-    @property
     def feed_url(self) -> str:
         """Where batches are published: ``$LCP_FEED_URL`` (folder or ``s3://bucket/prefix``)."""
         return os.environ.get(FEED_ENV) or str(self.root / "feed")
-
-    @property
-    def staging(self) -> Path:
-        return self.root / "staging"
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.json"
-
-    @property
-    def quarantine(self) -> Path:
-        return self.root / "quarantine"
-
-    @property
-    def gx_dir(self) -> Path:
-        return self.root / "gx"
-
-    @property
-    def workspace(self) -> Path:
-        return self.root / "workspace"
-
-    @property
-    def listings_store(self) -> Path:
-        return self.workspace / "data" / "listings"
-
-    @property
-    def golden_dir(self) -> Path:
-        return self.workspace / "data" / "golden"
 
     def ensure(self) -> State:
         """Creates the folders that must exist before any step runs."""

@@ -20,12 +20,12 @@ to change epochs, backbone, branches, min_improvement or max_batches for one run
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
-import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
+
+from common.dag_defaults import dag_settings
 
 try:  # operator extra links to MLflow, from the plugins folder (on sys.path in every component)
     from listing_classifier_links import PROMOTE_LINKS, REGISTER_LINKS
@@ -33,8 +33,6 @@ except ImportError:  # a bare DagBag without the plugins folder: the same DAG, w
     PROMOTE_LINKS = REGISTER_LINKS = ()
 
 DAG_ID = "listing_classifier_retraining"
-# Retries per task; the test suite sets 0 so a failure shows at once instead of after the delays.
-RETRIES = int(os.environ.get("LCP_TASK_RETRIES", "2"))
 
 
 class RecordedApprovalOperator(ApprovalOperator):
@@ -52,14 +50,10 @@ class RecordedApprovalOperator(ApprovalOperator):
 
 
 @dag(
-    dag_id=DAG_ID,
     schedule="@weekly",
-    start_date=pendulum.datetime(2026, 1, 5, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    tags=["ml", "retraining", "listing-classifier"],
-    doc_md=__doc__,
-    default_args={"owner": "ml-platform", "retries": RETRIES, "retry_delay": timedelta(minutes=2)},
+    # + start_date, catchup=False, max_active_runs=1, default_args (owner, retries)
+    **dag_settings(DAG_ID, tags=["ml", "retraining", "listing-classifier"], doc_md=__doc__,
+                   retry_delay=timedelta(minutes=2)),
     params={
         "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=100,
                         description="Training epochs (empty: params.yaml's train.epochs)."),

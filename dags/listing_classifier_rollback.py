@@ -10,25 +10,19 @@ who rolled back, when (the Airflow run id) and why. Same as
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import Param, dag, task
 
+from common.dag_defaults import dag_settings
+
 DAG_ID = "listing_classifier_rollback"
-RETRIES = int(os.environ.get("LCP_TASK_RETRIES", "2"))
 
 
 @dag(
-    dag_id=DAG_ID,
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 5, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    tags=["ml", "rollback", "listing-classifier"],
-    doc_md=__doc__,
-    default_args={"owner": "ml-platform", "retries": RETRIES, "retry_delay": timedelta(minutes=1)},
+    schedule=None,  # manual: triggered from the UI or the CLI
+    **dag_settings(DAG_ID, tags=["ml", "rollback", "listing-classifier"], doc_md=__doc__,
+                   retry_delay=timedelta(minutes=1)),
     params={
         "to": Param("previous-champion", type="string", pattern=r"^(previous-champion|[0-9]+)$",
                     description="Version to make champion: a number, or previous-champion."),

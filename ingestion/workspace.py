@@ -324,7 +324,7 @@ def fetch_init(state: State, params: Params) -> dict:
     says ``{"init": "scratch", "reason": ...}`` and no checkpoint is left there. The file holds no
     time stamp: the same champion gives the same bytes, so ``dvc repro`` re-runs train only when
     the champion (or the choice) changed. Whether the champion's architecture fits is the train
-    stage's decision (``training.train.init_model``), made with the params it trains with.
+    stage's decision (``training.warm_start.init_model``), made with the params it trains with.
 
     Args:
         state: the state folder (its workspace and tracking store).

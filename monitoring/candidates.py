@@ -4,7 +4,7 @@ Validation holds back a listing whose category path is not in the taxonomy (``un
 ``<state>/quarantine/<batch>/rejected.csv``). Before a person extends the taxonomy
 (``python -m validation.taxonomy add``) they want to know what is waiting: which new categories
 the marketplace is sending, how many listings each, and whether the given labels agree. The
-champion's penultimate features (:func:`training.serving.embed_paths`, the fused image + text
+champion's penultimate features (:func:`training.inference.embed_paths`, the fused image + text
 features its heads read) place similar listings together even for a category it never learned;
 HDBSCAN (``sklearn.cluster.HDBSCAN``; Campello, Moulavi & Sander 2013), on L2-normalised features
 (euclidean distance on unit vectors orders pairs as the cosine distance does), finds the dense
@@ -23,7 +23,6 @@ CLI::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from common.cli import run_command, step_parser
 from common.params import Params, load_params
 from common.results import StepResult
 from common.state import State
@@ -175,7 +175,7 @@ def candidate_groups(state: State, params: Params, batch_ids: Sequence[str] = ()
     images = [str(p) for p, ok in zip(images, readable, strict=True) if ok]
     groups: list[dict] = []
     if len(rows):
-        from training.serving import embed_paths, load_checkpoint
+        from training.inference import embed_paths, load_checkpoint
 
         try:
             local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{champion}"))
@@ -205,13 +205,10 @@ def candidate_groups(state: State, params: Params, batch_ids: Sequence[str] = ()
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m monitoring.candidates``: prints the result (groups included) as JSON."""
-    parser = argparse.ArgumentParser(prog="python -m monitoring.candidates", description=__doc__.split("\n")[0])
+    parser = step_parser("monitoring.candidates", __doc__)
     parser.add_argument("--batches", nargs="*", default=(), help="this run's batches (names the artifact)")
-    parser.add_argument("--params", default=None, help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    result = candidate_groups(State.from_env(), load_params(args.params), args.batches)
-    print(json.dumps(result.to_dict()))
-    return 0
+    return run_command(lambda: candidate_groups(State.from_env(), load_params(args.params), args.batches).to_dict())
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ def version_probabilities(model_name: str, version: str, listings: pd.DataFrame,
 
     The pyfunc serves only the top class's probability; confident learning needs them all, so
     the version's checkpoint (``model.pt`` in its model artifacts) is loaded as the pyfunc loads
-    it (:func:`training.serving.load_checkpoint`) and predicts through the same code.
+    it (:func:`training.inference.load_checkpoint`) and predicts through the same code.
 
     Args:
         model_name: the registered model.
@@ -143,7 +143,7 @@ def version_probabilities(model_name: str, version: str, listings: pd.DataFrame,
     """
     import mlflow
 
-    from training.serving import load_checkpoint, predict_paths
+    from training.inference import load_checkpoint, predict_paths
 
     try:
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}"))

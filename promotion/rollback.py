@@ -16,9 +16,9 @@ CLI::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from common.cli import run_command
 from common.params import Params, load_params
 from common.state import State
 from promotion.registry import ALIAS_CHAMPION, ALIAS_PREVIOUS, alias_version, mlflow_client
@@ -99,14 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-check", action="store_true", help="skip the serving check of the target")
     parser.add_argument("--params", default=None)
     args = parser.parse_args(argv)
-    try:
-        result = rollback(State.from_env(), load_params(args.params), args.to, args.reason, "cli",
-                          check=not args.no_check)
-    except RollbackError as exc:
-        print(f"rollback refused: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result))
-    return 0
+    return run_command(lambda: rollback(State.from_env(), load_params(args.params), args.to, args.reason, "cli",
+                                        check=not args.no_check),
+                       RollbackError, status=2, prefix="rollback refused: ")
 
 
 if __name__ == "__main__":

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import argparse
 import configparser
-import json
 import os
 import sys
 from pathlib import Path
 from unittest import mock
+
+from common.cli import run_command
 
 PERMISSION_TASKS = "MANAGE"
 """What the Airflow tasks' account holds on the registered model and the experiment: MLflow's
@@ -173,16 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     from common.params import load_params
 
     registry = load_params().registry
-    try:
-        result = ensure_task_account(
-            args.tracking_uri, os.environ.get("MLFLOW_TRACKING_USERNAME", ""),
-            os.environ.get("MLFLOW_TRACKING_PASSWORD", ""), registry.model_name, registry.experiment,
-            os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin"), os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD", ""))
-    except TrackingAuthError as exc:
-        print(f"[tracking-auth] {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result))
-    return 0
+    return run_command(lambda: ensure_task_account(
+        args.tracking_uri, os.environ.get("MLFLOW_TRACKING_USERNAME", ""),
+        os.environ.get("MLFLOW_TRACKING_PASSWORD", ""), registry.model_name, registry.experiment,
+        os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin"), os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD", "")),
+        TrackingAuthError, status=1, prefix="[tracking-auth] ")
 
 
 if __name__ == "__main__":

@@ -37,13 +37,18 @@ def airflow_db() -> Path:
     return _AIRFLOW_HOME
 
 
+def _dataset(folder: str, marker: str, what: str) -> Path:
+    """``DATASETS / folder``; the test is skipped when its ``marker`` file is not there."""
+    path = DATASETS / folder
+    if not (path / marker).exists():
+        pytest.skip(f"{what} not found at {path} (see ../shared/datasets/README.md)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def fashion_dir() -> Path:
     """The real Fashion Product Images catalog (styles.csv + images/)."""
-    path = DATASETS / "fashion-product-images"
-    if not (path / "styles.csv").exists():
-        pytest.skip(f"real fashion catalog not found at {path} (see ../shared/datasets/README.md)")
-    return path
+    return _dataset("fashion-product-images", "styles.csv", "real fashion catalog")
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +60,4 @@ def real_jpeg(fashion_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def flipkart_dir() -> Path:
     """The real Flipkart sample (CSV + images/)."""
-    path = DATASETS / "flipkart-1050"
-    if not (path / "flipkart_com-ecommerce_sample_1050.csv").exists():
-        pytest.skip(f"real Flipkart sample not found at {path}")
-    return path
+    return _dataset("flipkart-1050", "flipkart_com-ecommerce_sample_1050.csv", "real Flipkart sample")

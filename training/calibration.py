@@ -260,7 +260,7 @@ def calibrate_checkpoint(checkpoint: Path, prepared: Path, score: ScoreParams,
                          batch_size: int = 256) -> dict:
     """Fits temperature and threshold on the validation split and stores them in the checkpoint.
 
-    The validation listings go through :func:`training.serving.leaf_log_probs` (the served
+    The validation listings go through :func:`training.inference.leaf_log_probs` (the served
     prediction path, on the val images cached by prepare), uncalibrated; the result of
     :func:`calibrate` is written to the checkpoint's ``"calibration"`` entry (atomically; the
     rest of the checkpoint is unchanged, so a resumed run still resumes; an equal entry already
@@ -280,7 +280,7 @@ def calibrate_checkpoint(checkpoint: Path, prepared: Path, score: ScoreParams,
     """
     import pandas as pd
 
-    from training.serving import leaf_log_probs, load_checkpoint
+    from training.inference import leaf_log_probs, load_checkpoint
 
     loaded = load_checkpoint(checkpoint)
     val = pd.read_parquet(Path(prepared) / "val.parquet")

@@ -6,7 +6,8 @@ yields one :class:`~training.sampler.BatchIndex` per step, and :class:`ListingDa
 rows from the memmap in one sorted slice, applies the split's transform preset
 (:class:`training.presets.TrainPreset` for training, ``EvalPreset`` for validation) and selects
 the pre-encoded text and structured bags. Texts and structured fields are encoded once per split
-(:func:`training.text.encode_listings`).
+(:func:`training.text.encode_listings`). :func:`load_data` builds the train and val loaders of a
+run, once.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import copy
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 
 from common.params import TrainParams
+from training.hierarchy import LabelTree
 from training.presets import EvalPreset, TrainPreset
 from training.sampler import BatchIndex, EpochBatchSampler
 from training.text import encode_listings, select_bags
@@ -187,3 +190,41 @@ def eval_loader(split: Split, cfg: TrainParams, device: torch.device,
 def to_device(batch: tuple | list, device: torch.device) -> tuple:
     """Moves an assembled batch to ``device`` (memory formats kept)."""
     return tuple(None if t is None else t.to(device, non_blocking=True) for t in batch)
+
+
+class Data(NamedTuple):
+    """The taxonomy, the splits and their loaders (see :func:`load_data`)."""
+
+    tree: LabelTree
+    train: Split
+    val: Split
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+
+
+def load_data(prepared: Path, labels: list[str], cfg: TrainParams, device: torch.device,
+              with_images: bool, rank: int = 0, world_size: int = 1) -> Data:
+    """The train and val splits and their loaders, built once per run.
+
+    The train loader reads this rank's share of each global batch (:class:`EpochBatchSampler`,
+    ``set_epoch`` before each epoch) through the train preset (flips, ``train.crop_padding``);
+    the val loader reads every row in order through the eval preset.
+
+    Args:
+        prepared: the prepare stage's folder (``train`` and ``val`` splits).
+        labels: the model's sorted leaf classes (``training.data.read_labels``).
+        cfg: the ``train`` params group.
+        device: the training device (pinned memory on CUDA).
+        with_images: whether the model reads images (False: no pixels are read).
+        rank, world_size: this process's rank and the number of processes.
+    """
+    train_split = load_split(prepared, "train", labels, cfg)
+    val_split = load_split(prepared, "val", labels, cfg)
+    sampler = EpochBatchSampler(train_split.targets, cfg.batch_size, seed=cfg.seed,
+                                sampling=cfg.sampling, balance_power=cfg.balance_power,
+                                rank=rank, world_size=world_size)
+    dataset = ListingDataset(train_split, TrainPreset(0.5, cfg.crop_padding), with_images,
+                             cfg.channels_last)
+    return Data(LabelTree(labels), train_split, val_split,
+                make_loader(dataset, sampler, cfg.workers, device, cfg.seed),
+                eval_loader(val_split, cfg, device, with_images))

@@ -1,7 +1,7 @@
 """Evaluate stage: scores ``models/model.pt`` on the frozen golden set.
 
-Predictions come from :func:`training.serving.leaf_log_probs`, the prediction path the served
-model uses (:func:`training.serving.predict_paths`), on the golden images cached by the prepare
+Predictions come from :func:`training.inference.leaf_log_probs`, the prediction path the served
+model uses (:func:`training.inference.predict_paths`), on the golden images cached by the prepare
 stage with the same ``load_image``, calibrated by the checkpoint's temperature as served.
 
 Outputs: ``metrics.json`` (``accuracy``, ``macro_f1``, ``business_weighted_score``,
@@ -45,7 +45,7 @@ from training.calibration import (
     coverage_figures,
     expected_calibration_error,
 )
-from training.serving import leaf_log_probs, load_checkpoint
+from training.inference import leaf_log_probs, load_checkpoint
 
 METRICS = Path("metrics.json")
 PREDICTIONS = Path("reports") / "predictions.csv"

@@ -14,160 +14,19 @@ the other inputs are ignored; the structured branch joins a fused or image model
 follow Criteo's catalogue classifier (one head per taxonomy level, losses weighted by depth);
 :meth:`ListingClassifier.leaf_log_probs` combines them so that the predicted leaf's ancestors are
 the predicted ancestors.
+
+The branches' modules: the image backbone ``training.backbones``, the text and structured
+encoders ``training.encoders``; starting a model from an earlier checkpoint: ``training.warm_start``.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import pickle
-from pathlib import Path
-
 import torch
-import torchvision
 from torch import nn
 
 from common.params import TrainParams
-
-log = logging.getLogger(__name__)
-
-_HEAD_ATTRS = ("fc", "classifier", "head", "heads")
-
-
-def _replace_head(backbone: nn.Module) -> int:
-    """Replaces the last ``Linear`` of a torchvision model's classification head by ``Identity``.
-
-    The layers before it stay, as in torchvision's fine-tuning recipe
-    (``model.classifier[-1] = nn.Linear(...)``): ConvNeXt keeps its head's ``LayerNorm2d`` and
-    ``Flatten`` (pretrained parameters), MobileNetV3 its ``Linear(960, 1280)`` + ``Hardswish``,
-    EfficientNet its dropout; a ResNet's ``fc`` is the Linear itself.
-
-    Returns:
-        The dimension of the features the last Linear read, i.e. of the backbone's output
-        ``(N, dim)``.
-
-    Raises:
-        ValueError: when the model has none of the usual head attributes or no Linear in it.
-    """
-    for attr in _HEAD_ATTRS:
-        head = getattr(backbone, attr, None)
-        if isinstance(head, nn.Linear):
-            setattr(backbone, attr, nn.Identity())
-            return head.in_features
-        if isinstance(head, nn.Module):
-            linears = [(name, m) for name, m in head.named_modules() if isinstance(m, nn.Linear)]
-            if not linears:
-                continue
-            name, last = linears[-1]
-            parent_name, _, child = name.rpartition(".")
-            setattr(head.get_submodule(parent_name) if parent_name else head, child, nn.Identity())
-            return last.in_features
-    raise ValueError(f"cannot find the classification head of {type(backbone).__name__}")
-
-
-def _cached_weights(name: str):
-    """The torchvision DEFAULT weights enum of ``name`` if its file is already in the torch hub
-    cache (``$TORCH_HOME/hub/checkpoints``); ``None`` otherwise. Never downloads."""
-    try:
-        weights = torchvision.models.get_model_weights(name).DEFAULT
-    except (ValueError, KeyError, AttributeError):
-        return None
-    filename = os.path.basename(weights.url)
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    return weights if cached.is_file() else None
-
-
-def build_backbone(name: str, weights: str) -> tuple[nn.Module, int, str | None]:
-    """A torchvision classification model with its head removed.
-
-    Args:
-        name: any name of ``torchvision.models.list_models(module=torchvision.models)``.
-        weights: ``"auto"`` (pretrained when cached locally, else random init), ``"none"``, or
-            the path of a state dict (of the full torchvision model, or of the model without head):
-            ``train.weights``, whose default lives in ``common.params.TrainParams``.
-
-    Returns:
-        ``(backbone, feature_dim, weights_source)``: the backbone maps float ``(N, 3, S, S)``
-        to ``(N, feature_dim)``; ``weights_source`` says where the pretrained weights came from
-        (``"torchvision ResNet18_Weights.IMAGENET1K_V1 (cached)"``, ``"file /path"``), None when
-        the backbone starts from random initialisation.
-
-    Raises:
-        FileNotFoundError: when ``weights`` is a path that does not exist.
-        ValueError: when the file at ``weights`` is not a PyTorch state dict, none of its keys
-            belongs to a ``name`` model, or a tensor has another shape than the model's.
-    """
-    source = None
-    if weights == "auto":
-        enum = _cached_weights(name)
-        backbone = torchvision.models.get_model(name, weights=enum)
-        if enum is None:
-            log.info("no cached pretrained weights for %s: training from scratch", name)
-        else:
-            source = f"torchvision {enum} (cached)"
-    elif weights in ("none", "", "scratch"):
-        backbone = torchvision.models.get_model(name, weights=None)
-    else:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"train.weights: no such file {path}")
-        backbone = torchvision.models.get_model(name, weights=None)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-            raise ValueError(f"train.weights {path}: not a PyTorch state dict ({err})") from err
-        state = state.get("model", state) if isinstance(state, dict) else state
-        if not isinstance(state, dict) or not set(state) & set(backbone.state_dict()):
-            raise ValueError(f"train.weights {path}: no key matches a {name} model")
-        try:
-            backbone.load_state_dict(state, strict=False)
-        except RuntimeError as err:  # tensors of the wrong shape, e.g. another architecture's
-            lines = [line.strip() for line in str(err).splitlines()[1:]] or [str(err)]
-            raise ValueError(f"train.weights {path}: does not fit a {name} model "
-                             f"({len(lines)} errors), e.g. {lines[0]}") from err
-        source = f"file {path.resolve()}"
-    dim = _replace_head(backbone)
-    return backbone, dim, source
-
-
-class BagEncoder(nn.Module):
-    """Mean of hashed n-gram embeddings, then a small MLP (the text branch).
-
-    Args:
-        buckets: number of hash buckets.
-        dim: embedding and output dimension.
-    """
-
-    def __init__(self, buckets: int, dim: int) -> None:
-        super().__init__()
-        self.embedding = nn.EmbeddingBag(buckets, dim, mode="mean")
-        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim), nn.GELU())
-        self.out_dim = dim
-
-    def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.embedding(ids, offsets))
-
-
-
-
-class FieldEncoder(nn.Module):
-    """The structured branch: categorical field tokens (summed embeddings) + the numeric block.
-
-    Args:
-        buckets: hash buckets of the field tokens (see ``training.text.encode_fields``).
-        dim: output dimension.
-        numeric: width of the numeric block (2: log-price, price-missing flag).
-    """
-
-    def __init__(self, buckets: int, dim: int, numeric: int = 2) -> None:
-        super().__init__()
-        self.embedding = nn.EmbeddingBag(buckets, dim, mode="sum")
-        self.numeric = nn.Linear(numeric, dim)
-        self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.GELU(), nn.Linear(dim, dim), nn.GELU())
-        self.out_dim = dim
-
-    def forward(self, ids: torch.Tensor, offsets: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.embedding(ids, offsets) + self.numeric(numeric))
+from training.backbones import build_backbone
+from training.encoders import BagEncoder, FieldEncoder
 
 
 class ListingClassifier(nn.Module):
@@ -346,6 +205,12 @@ class ListingClassifier(nn.Module):
         return total / denominator
 
 
+CLASSIFIER_PARAMS = ("backbone", "branches", "structured", "text_buckets", "text_dim", "field_buckets",
+                     "field_dim", "weights", "dropout", "branch_loss_weight")
+"""The ``train`` fields :func:`build_model` passes to :class:`ListingClassifier` as they are, by
+name (``level_weights``, also one, is resolved to the tree's depth first)."""
+
+
 def build_model(labels: list[str], train_params: TrainParams) -> tuple[ListingClassifier, bool]:
     """The classifier configured by the ``train`` params group.
 
@@ -366,186 +231,6 @@ def build_model(labels: list[str], train_params: TrainParams) -> tuple[ListingCl
     else:
         sizes, ancestors = tree.sizes, tree.ancestors
         weights = level_weights(train_params.level_weights, tree.depth)
-    model = ListingClassifier(
-        sizes, ancestors,
-        level_weights=weights,
-        backbone=train_params.backbone,
-        branches=train_params.branches,
-        structured=train_params.structured,
-        text_buckets=train_params.text_buckets,
-        text_dim=train_params.text_dim,
-        field_buckets=train_params.field_buckets,
-        field_dim=train_params.field_dim,
-        weights=train_params.weights,
-        dropout=train_params.dropout,
-        branch_loss_weight=train_params.branch_loss_weight,
-    )
+    model = ListingClassifier(sizes, ancestors, level_weights=weights,
+                              **{name: getattr(train_params, name) for name in CLASSIFIER_PARAMS})
     return model, model.pretrained
-
-
-# --- Warm start: a new model initialised from an earlier checkpoint (train.init: champion) ----
-
-ARCHITECTURE_FIELDS = ("branches", "backbone", "structured", "text_dim", "field_dim")
-"""``train`` fields that decide the shape of the fused features: a checkpoint whose values differ
-cannot warm-start this model (its heads read other features), so the run trains from scratch."""
-_DERIVED_BUFFERS = ("ancestors", "level_weights")
-"""Buffers computed from this run's taxonomy and params, never copied from a checkpoint."""
-
-
-def architecture_difference(old: dict, new: TrainParams) -> str | None:
-    """Why a checkpoint's model cannot warm-start this one, or None when it can.
-
-    Args:
-        old: the checkpoint's ``params["train"]`` (plain data, ``TrainParams.model_dump``).
-        new: this run's ``train`` params.
-
-    Returns:
-        e.g. ``"backbone resnet18 -> resnet34"``; None when every field of
-        :data:`ARCHITECTURE_FIELDS` that shapes both models is equal (the backbone is compared
-        only when both have an image branch, ``structured`` only between models that can have
-        one (fused or image), ``field_dim`` only when both have a structured branch).
-    """
-    new_values = new.model_dump(mode="json")
-    branches = (old.get("branches"), new.branches)
-    skip = set()
-    if "text" in branches:
-        skip.add("backbone")
-    if "image" in branches:
-        skip.add("text_dim")
-    if "text" in branches:
-        skip.add("structured")  # a text model has no structured branch
-    if "structured" in skip or not (old.get("structured") and new.structured):
-        skip.add("field_dim")
-    diffs = [f"{name} {old.get(name)!r} -> {new_values[name]!r}" for name in ARCHITECTURE_FIELDS
-             if name not in skip and old.get(name) != new_values[name]]
-    return ", ".join(diffs) or None
-
-
-def head_row_labels(ancestors: torch.Tensor, leaves: list[str]) -> list[list[str]]:
-    """The label of every row of every level head, read from a model's ``ancestors`` buffer.
-
-    Row ``r`` of head ``k`` is the level-``k`` ancestor of the leaves ``j`` with
-    ``ancestors[k, j] == r``: their common path prefix of ``k + 1`` levels, and for the last
-    head the leaf path itself (a flat model's only head is its leaves, in class order).
-
-    Args:
-        ancestors: int64 ``(depth, n_leaves)`` (the ``ancestors`` buffer of
-            :class:`ListingClassifier`).
-        leaves: the model's leaf paths, in class order (a checkpoint's ``labels``).
-
-    Returns:
-        ``depth`` lists; list ``k`` has one label per row of head ``k``.
-
-    Raises:
-        ValueError: when ``ancestors`` does not match ``leaves`` or leaves a row without a leaf.
-    """
-    from common.catalog import PATH_SEP, split_path
-
-    depth, n = ancestors.shape
-    if n != len(leaves):
-        raise ValueError(f"ancestors cover {n} leaves, the checkpoint names {len(leaves)}")
-    out = []
-    for k in range(depth):
-        rows: dict[int, str] = {}
-        for j, r in enumerate(ancestors[k].tolist()):
-            rows[r] = leaves[j] if k == depth - 1 else PATH_SEP.join(split_path(leaves[j])[:k + 1])
-        if sorted(rows) != list(range(len(rows))):
-            raise ValueError(f"head {k}: rows {sorted(set(range(max(rows) + 1)) - set(rows))} have no leaf")
-        out.append([rows[r] for r in range(len(rows))])
-    return out
-
-
-def _copy_rows(new: dict[str, torch.Tensor], prefix: str, weight: torch.Tensor,
-               bias: torch.Tensor | None, new_rows: list[str], old_rows: dict[str, int]) -> dict | None:
-    """Copies the rows of an earlier ``Linear``'s ``weight`` / ``bias`` into ``new[prefix.*]`` by label.
-
-    Returns:
-        ``{"rows", "copied", "new", "dropped"}`` (counts and labels), or None when the input
-        widths differ (nothing copied).
-    """
-    if weight.shape[1] != new[f"{prefix}.weight"].shape[1]:
-        return None
-    index = [(i, old_rows[label]) for i, label in enumerate(new_rows) if label in old_rows]
-    if index:
-        dst, src = (torch.tensor(x, dtype=torch.long) for x in zip(*index, strict=True))
-        for part, old in (("weight", weight), ("bias", bias)):
-            key = f"{prefix}.{part}"
-            if old is not None and key in new:
-                new[key] = new[key].clone()
-                new[key][dst] = old[src].to(new[key].dtype)
-    kept = set(new_rows)
-    return {"rows": len(new_rows), "copied": len(index),
-            "new": [label for label in new_rows if label not in old_rows],
-            "dropped": sorted(label for label in old_rows if label not in kept)}
-
-
-def warm_start(model: ListingClassifier, labels: list[str], state: dict[str, torch.Tensor],
-               old_labels: list[str]) -> dict:
-    """Initialises ``model`` in place from an earlier model's state dict, where it fits.
-
-    * Level heads (and the per-branch leaf heads) are copied **row by label**: the row of a label
-      the earlier model knew (by its path, at the same level; for levels the earlier model did not
-      have, its leaf head) takes that row's weights and bias; rows of new labels keep this model's
-      fresh initialisation; labels the earlier model had and this one has not are dropped.
-    * Every other parameter and buffer whose name and shape match is copied whole: the backbone
-      (and its BatchNorm statistics), the text and field encoders (the hashed embeddings only
-      when their bucket counts match: a bucket is a hash value, so other counts mean other rows).
-    * ``ancestors`` and ``level_weights`` are this run's own (its taxonomy), never copied.
-
-    The caller checks the architecture first (:func:`architecture_difference`).
-
-    Args:
-        model: a freshly built :class:`ListingClassifier` for ``labels``, changed in place.
-        labels: this model's leaf paths, in class order.
-        state: the earlier model's ``state_dict`` (a checkpoint's ``model`` entry, CPU tensors).
-        old_labels: the earlier model's leaf paths, in class order (the checkpoint's ``labels``).
-
-    Returns:
-        ``{"copied": [names], "not_copied": {name: "old shape -> new shape"}, "fresh": [names
-        this model has and the earlier one had not], "heads": {name: {"rows", "copied", "new",
-        "dropped"}}}``; a head whose input width differs is listed in ``not_copied``.
-
-    Raises:
-        ValueError: when ``state`` has no ``ancestors`` buffer or it does not fit ``old_labels``.
-    """
-    if "ancestors" not in state:
-        raise ValueError("the checkpoint's state has no 'ancestors' buffer: not a ListingClassifier")
-    new = dict(model.state_dict())
-    new_rows = head_row_labels(model.ancestors, list(labels))
-    old_rows = head_row_labels(state["ancestors"], list(old_labels))
-    report: dict = {"copied": [], "not_copied": {}, "fresh": [], "heads": {}}
-    handled: set[str] = set()
-
-    def copy_head(prefix: str, old_prefix: str, rows: list[str], old_index: dict[str, int]) -> None:
-        handled.update({f"{prefix}.weight", f"{prefix}.bias"})
-        if f"{old_prefix}.weight" not in state:
-            report["fresh"] += [f"{prefix}.weight", f"{prefix}.bias"]
-            return
-        weight = state[f"{old_prefix}.weight"]
-        moved = _copy_rows(new, prefix, weight, state.get(f"{old_prefix}.bias"), rows, old_index)
-        if moved is None:
-            report["not_copied"][prefix] = f"{tuple(weight.shape)} -> {tuple(new[f'{prefix}.weight'].shape)}"
-        else:
-            report["heads"][prefix] = moved
-
-    for k, rows in enumerate(new_rows):
-        # the same level of the earlier model; the leaf level for a leaf head or a level it lacked
-        old_k = k if k < len(old_rows) - 1 and k < len(new_rows) - 1 else len(old_rows) - 1
-        copy_head(f"heads.{k}", f"heads.{old_k}", rows,
-                  {label: r for r, label in enumerate(old_rows[old_k])})
-    leaf_index = {label: j for j, label in enumerate(old_labels)}
-    for i in range(len(model.branch_heads)):
-        copy_head(f"branch_heads.{i}", f"branch_heads.{i}", list(labels), leaf_index)
-    for name, tensor in new.items():
-        if name in handled or name in _DERIVED_BUFFERS:
-            continue
-        old = state.get(name)
-        if old is None:
-            report["fresh"].append(name)
-        elif old.shape != tensor.shape:
-            report["not_copied"][name] = f"{tuple(old.shape)} -> {tuple(tensor.shape)}"
-        else:
-            new[name] = old.to(tensor.dtype)
-            report["copied"].append(name)
-    model.load_state_dict(new)
-    return report

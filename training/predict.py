@@ -65,7 +65,8 @@ def read_listings(path: str | Path, images_root: str | Path | None = None) -> pd
 def load_model(model: str, device: str = "cpu"):
     """A predictor with ``predict(DataFrame) -> DataFrame``: pyfunc for a model URI, else the
     checkpoint wrapped in ``training.serving.ListingClassifierModel``."""
-    from training.serving import ListingClassifierModel, load_checkpoint
+    from training.inference import load_checkpoint
+    from training.serving import ListingClassifierModel
 
     if Path(model).is_file():
         wrapper = ListingClassifierModel()

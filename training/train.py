@@ -1,7 +1,7 @@
 """Train stage: fits the listing classifier on ``data/prepared`` and writes ``models/model.pt``.
 
 Shape after torchvision's ``references/classification/train.py``: :func:`train_one_epoch`,
-:func:`evaluate` under ``torch.inference_mode()``, :func:`load_data`, an img/s meter, a checkpoint
+:func:`evaluate` under ``torch.inference_mode()``, :func:`training.data.load_data`, an img/s meter, a checkpoint
 dict written after every epoch, resume from it, ``--test-only``, and DDP under ``torchrun``. The
 same code runs on CPU and CUDA; the precision (fp32, or bf16 autocast where it pays) is chosen
 once per run (``training.precision``); pinned memory and ``torch.compile`` are used only on CUDA.
@@ -9,8 +9,9 @@ once per run (``training.precision``); pinned memory and ``torch.compile`` are u
 Data: ``training.data`` (the prepared splits as a ``Dataset`` of whole batches, read by one
 ``DataLoader`` per split built once per run, ``train.workers`` processes), ``training.sampler``
 (the epoch's row order and each rank's share), ``training.presets`` (the train and eval
-transforms). Optimizer and schedules: ``training.optim``; the rest of the run (distributed set-up,
-checkpoint and resume, early stopping, EMA, train log): ``training.utils``.
+transforms). Optimizer and schedules: ``training.optim``; the warm start: ``training.warm_start``;
+the rest of the run (distributed set-up, checkpoint and resume, early stopping, EMA, train log):
+``training.utils``.
 
 Training: one-cycle or cosine schedule, label smoothing, a loss per taxonomy level, optional
 class-balanced sampling (``train.sampling``), and early stopping on the validation
@@ -52,7 +53,6 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -62,28 +62,24 @@ from common.params import Params, ScoreParams, TrainParams, load_params
 from common.scoring import business_weighted_score
 from training import utils
 from training.data import (
-    ListingDataset,
+    Data,
     Split,
     data_fingerprint,
     eval_loader,
+    load_data,
     load_split,
-    make_loader,
     read_labels,
     to_device,
 )
 from training.hierarchy import LabelTree
-from training.model import architecture_difference, build_model, warm_start
+from training.model import build_model
 from training.optim import make_lr_scheduler, make_optimizer, planned_epochs, warmup_steps
 from training.precision import autocast, choose_precision, measure_precisions, precision_dtype
-from training.presets import TrainPreset
-from training.sampler import EpochBatchSampler
+from training.warm_start import init_model
 
 CHECKPOINT = Path("models") / "model.pt"
 TRAIN_LOG = Path("models") / "train_log.json"
 PREPARED = Path("data") / "prepared"
-INIT_DIR = Path("models") / "init"
-"""Where ``ingestion.workspace`` puts the model a run may start from (a DVC-tracked dep of the
-train stage): ``init.json`` always, ``model.pt`` (the champion's checkpoint) when there is one."""
 
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
@@ -99,7 +95,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         model: the model (DDP- or compile-wrapped or not), trained in place.
         criterion: ``nn.CrossEntropyLoss(reduction="sum")``.
         optimizer, lr_scheduler: stepped once per batch.
-        data_loader: the training loader (:func:`load_data`) over an :class:`EpochBatchSampler`.
+        data_loader: the training loader (:func:`training.data.load_data`) over an
+            :class:`training.sampler.EpochBatchSampler`.
         device: where the model lives.
         epoch: the epoch number (for the figures).
         tree: the taxonomy (level targets of the leaf targets).
@@ -151,7 +148,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, data_loader: torch.utils.da
     Rows of a category unknown to the model count as errors (and are left out of the loss).
 
     Args:
-        data_loader: an evaluation loader (:func:`load_data`: rows in order, eval preset).
+        data_loader: an evaluation loader (:func:`training.data.load_data`: rows in order, eval preset).
 
     Returns:
         ``{"loss", "accuracy", "n"}`` and, with ``score``, ``"business_weighted_score"``.
@@ -181,44 +178,6 @@ def evaluate(model: nn.Module, criterion: nn.Module, data_loader: torch.utils.da
             split.frame["category_path"].tolist(), [tree.leaves[i] for i in predicted],
             score.value_table, score.level_credit, score.default_value)
     return result
-
-
-class Data(NamedTuple):
-    """The taxonomy, the splits and their loaders (see :func:`load_data`)."""
-
-    tree: LabelTree
-    train: Split
-    val: Split
-    train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader
-
-
-def load_data(prepared: Path, labels: list[str], cfg: TrainParams, device: torch.device,
-              with_images: bool, rank: int = 0, world_size: int = 1) -> Data:
-    """The train and val splits and their loaders, built once per run.
-
-    The train loader reads this rank's share of each global batch (:class:`EpochBatchSampler`,
-    ``set_epoch`` before each epoch) through the train preset (flips, ``train.crop_padding``);
-    the val loader reads every row in order through the eval preset.
-
-    Args:
-        prepared: the prepare stage's folder (``train`` and ``val`` splits).
-        labels: the model's sorted leaf classes (``training.data.read_labels``).
-        cfg: the ``train`` params group.
-        device: the training device (pinned memory on CUDA).
-        with_images: whether the model reads images (False: no pixels are read).
-        rank, world_size: this process's rank and the number of processes.
-    """
-    train_split = load_split(prepared, "train", labels, cfg)
-    val_split = load_split(prepared, "val", labels, cfg)
-    sampler = EpochBatchSampler(train_split.targets, cfg.batch_size, seed=cfg.seed,
-                                sampling=cfg.sampling, balance_power=cfg.balance_power,
-                                rank=rank, world_size=world_size)
-    dataset = ListingDataset(train_split, TrainPreset(0.5, cfg.crop_padding), with_images,
-                             cfg.channels_last)
-    return Data(LabelTree(labels), train_split, val_split,
-                make_loader(dataset, sampler, cfg.workers, device, cfg.seed),
-                eval_loader(val_split, cfg, device, with_images))
 
 
 def _validate(kept: nn.Module, criterion: nn.Module, data: Data, device: torch.device,
@@ -255,74 +214,22 @@ def make_criterion(cfg: TrainParams) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
 
 
-def _end_epoch(epoch: int, stats: dict, kept: nn.Module, stopper: utils.EarlyStopping,
-               progress: utils.Progress) -> None:
-    """Rank 0 after an epoch's validation: early stopping's bookkeeping, the history, a line."""
-    if stopper.update(epoch, stats.get("val_business_weighted_score")):
-        progress.kept_state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
-    progress.history.append(stats)
-    print(f"epoch {epoch}: loss {stats['train_loss']:.4f} "
-          f"val_acc {stats.get('val_accuracy', float('nan')):.4f} "
-          f"val_score {stats.get('val_business_weighted_score', float('nan')):.4f} "
-          f"{stats['img_per_s']:.1f} img/s {stats['seconds']:.1f}s"
-          + (" (best)" if stopper.epoch == epoch else ""), flush=True)
-    if stopper.stopped:
-        print(f"early stopping: no better validation score for {stopper.patience} epochs; "
-              f"keeping epoch {stopper.epoch}", flush=True)
+def _checkpoint_meta(params: Params, labels: list[str], pretrained: bool, data: Data, world_size: int,
+                     init: dict) -> dict:
+    """What the checkpoint records of the run besides the weights (and what resuming compares:
+    ``utils.resumable``); ``precision`` and ``precision_probe`` are added once chosen."""
+    return {"params": params.to_dict(), "labels": labels, "pretrained": pretrained,
+            "image_size": int(data.train.images.shape[1]),
+            "data_fingerprint": data_fingerprint(data.train.frame), "world_size": world_size,
+            "init": init["init"]}
 
 
-def init_model(workspace: Path, model: nn.Module, labels: list[str], cfg: TrainParams) -> dict:
-    """Starts ``model`` from the champion's weights when ``train.init`` is ``champion`` and it fits.
-
-    ``<workspace>/models/init/init.json`` (written by ``ingestion.workspace.fetch_init`` before
-    ``dvc repro``) says whether there is a champion: ``{"init": "champion", "version": "3", ...}``
-    with its checkpoint in ``models/init/model.pt``, or ``{"init": "scratch", "reason": ...}``.
-    The weights are copied by :func:`training.model.warm_start` (heads row by label); a champion
-    of another architecture (:func:`training.model.architecture_difference`), a missing or
-    unreadable checkpoint, or ``train.init: scratch`` leave the fresh model as built.
-
-    Args:
-        workspace: the workspace folder.
-        model: the freshly built classifier for ``labels`` (unwrapped, on the CPU), changed in place.
-        labels: the run's leaf paths, in class order.
-        cfg: the ``train`` params group.
-
-    Returns:
-        ``{"init": "scratch" | "champion:v<N>", "init_reason": str, "init_report": dict | None}``
-        (the report of :func:`training.model.warm_start`, None from scratch).
-    """
-    def scratch(reason: str) -> dict:
-        print(f"init: scratch ({reason})", flush=True)
-        return {"init": "scratch", "init_reason": reason, "init_report": None}
-
-    if cfg.init == "scratch":
-        return scratch("train.init is scratch")
-    spec_file, ckpt_file = workspace / INIT_DIR / "init.json", workspace / INIT_DIR / "model.pt"
-    if not spec_file.is_file():
-        return scratch(f"train.init is champion but {INIT_DIR / 'init.json'} is missing "
-                       "(ingestion.workspace.fetch_init writes it before dvc repro)")
-    spec = json.loads(spec_file.read_text(encoding="utf-8"))
-    if spec.get("init") != "champion":
-        return scratch(spec.get("reason") or "no champion")
-    version = str(spec.get("version"))
-    if not ckpt_file.is_file():
-        return scratch(f"champion v{version}: no checkpoint at {INIT_DIR / 'model.pt'}")
-    try:
-        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=True)
-        old_train, old_labels, state = ckpt["params"]["train"], list(ckpt["labels"]), ckpt["model"]
-    except Exception as exc:  # noqa: BLE001 -- any unreadable checkpoint: a new model is still a model
-        return scratch(f"champion v{version}: checkpoint unreadable ({type(exc).__name__}: {exc})")
-    diff = architecture_difference(old_train, cfg)
-    if diff:
-        return scratch(f"champion v{version} has another architecture ({diff})")
-    report = warm_start(model, labels, state, old_labels)
-    leaf = report["heads"].get(f"heads.{len(model.heads) - 1}", {})
-    reason = (f"champion v{version}: {len(report['copied'])} tensors copied, "
-              f"{len(report['not_copied'])} of other shape, {len(report['fresh'])} new; leaf head "
-              f"{leaf.get('copied', 0)}/{leaf.get('rows', 0)} rows copied, {len(leaf.get('new', []))} new "
-              f"leaves, {len(leaf.get('dropped', []))} dropped")
-    print(f"init: {reason}", flush=True)
-    return {"init": f"champion:v{version}", "init_reason": reason, "init_report": report}
+def _print_start(data: Data, meta: dict, device: torch.device) -> None:
+    """Rank 0's line before the first epoch: the data, the device and the chosen precision."""
+    print(f"train {len(data.train)} val {len(data.val)} classes {len(meta['labels'])} "
+          f"levels {data.tree.sizes} image {meta['image_size']}px device {device} "
+          f"world {meta['world_size']} threads {torch.get_num_threads()} pretrained {meta['pretrained']} "
+          f"precision {meta['precision']}", flush=True)
 
 
 def train(workspace: Path, params: Params, resume: bool = True, test_only: bool = False,
@@ -344,11 +251,13 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
         The train log (also written to ``models/train_log.json``): final ``train_loss``,
         ``val_accuracy``, ``val_business_weighted_score``, ``best_epoch``, ``stopped_early``,
         ``img_per_s``, ``epoch_seconds``, ``total_seconds``, ``pretrained``, ``weights_source``
-        (see ``training.model.build_backbone``), ``init`` (``"scratch"`` or ``"champion:v<N>"``),
-        ``init_reason`` and ``init_heads`` (see :func:`init_model`), ``num_classes``, ``world_size``,
-        ``calibration`` (the temperature and auto threshold fitted on val and stored in the
-        checkpoint: ``training.calibration.calibrate``), the per-epoch ``epochs`` list, and ``epochs_run`` (the epochs this call trained: fewer than
-        ``epochs`` when it resumed). Empty on ranks other than 0.
+        (see ``training.backbones.build_backbone``), ``init`` (``"scratch"`` or
+        ``"champion:v<N>"``), ``init_reason`` and ``init_heads`` (see
+        :func:`training.warm_start.init_model`), ``num_classes``, ``world_size``, ``calibration``
+        (the temperature and auto threshold fitted on val and stored in the checkpoint:
+        ``training.calibration.calibrate``), the per-epoch ``epochs`` list, and ``epochs_run``
+        (the epochs this call trained: fewer than ``epochs`` when it resumed). Empty on ranks
+        other than 0.
 
     Raises:
         FileNotFoundError: when the prepared data (or, with ``test_only``, the checkpoint) is missing.
@@ -380,12 +289,9 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     kept = ema.module if ema is not None else model  # the weights evaluated and kept
     stopper = utils.EarlyStopping(cfg.early_stopping_patience,
                                   warmup_steps(epochs * steps_per_epoch, cfg.schedule), steps_per_epoch)
-    meta = {"params": params.to_dict(), "labels": labels, "pretrained": pretrained,
-            "image_size": int(data.train.images.shape[1]),
-            "data_fingerprint": data_fingerprint(data.train.frame), "world_size": world_size,
-            "init": init["init"]}
+    meta = _checkpoint_meta(params, labels, pretrained, data, world_size, init)
     progress = utils.resume(workspace / CHECKPOINT, ckpt, meta, model, optimizer, lr_scheduler, ema, stopper,
-                       epochs, rank)
+                            epochs, rank)
     net = utils.wrap_model(model, device, world_size, cfg.compile)
     meta["precision"], meta["precision_probe"] = choose_precision(
         cfg, device, deterministic,
@@ -393,10 +299,7 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
         progress.precision, rank, world_size)
     dtype = precision_dtype(meta["precision"])
     if rank == 0:
-        print(f"train {len(data.train)} val {len(data.val)} classes {len(labels)} "
-              f"levels {data.tree.sizes} image {meta['image_size']}px device {device} "
-              f"world {world_size} threads {torch.get_num_threads()} pretrained {pretrained} "
-              f"precision {meta['precision']}", flush=True)
+        _print_start(data, meta, device)
 
     for epoch in range(progress.start_epoch, epochs):
         data.train_loader.sampler.set_epoch(epoch)
@@ -405,7 +308,7 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
         progress.epochs_run.append(epoch)
         if rank == 0:
             stats.update(_validate(kept, criterion, data, device, params.score, dtype))
-            _end_epoch(epoch, stats, kept, stopper, progress)
+            utils.end_epoch(epoch, stats, kept, stopper, progress)
             utils.atomic_save(utils.checkpoint_dict(
                 model, optimizer, lr_scheduler, ema, epoch, progress.kept_state, stopper.state_dict(),
                 progress.history, meta), workspace / CHECKPOINT)

@@ -285,3 +285,19 @@ def resume(path: Path, ckpt: dict | None, meta: dict, model: nn.Module, optimize
     precision = (ckpt["precision"], ckpt.get("precision_probe")) if "precision" in ckpt else None
     start = epochs if stopper.stopped else int(ckpt["epoch"]) + 1
     return Progress(start, list(ckpt.get("history", [])), ckpt["model"], precision)
+
+
+def end_epoch(epoch: int, stats: dict, kept: nn.Module, stopper: EarlyStopping,
+              progress: Progress) -> None:
+    """Rank 0 after an epoch's validation: early stopping's bookkeeping, the history, a line."""
+    if stopper.update(epoch, stats.get("val_business_weighted_score")):
+        progress.kept_state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
+    progress.history.append(stats)
+    print(f"epoch {epoch}: loss {stats['train_loss']:.4f} "
+          f"val_acc {stats.get('val_accuracy', float('nan')):.4f} "
+          f"val_score {stats.get('val_business_weighted_score', float('nan')):.4f} "
+          f"{stats['img_per_s']:.1f} img/s {stats['seconds']:.1f}s"
+          + (" (best)" if stopper.epoch == epoch else ""), flush=True)
+    if stopper.stopped:
+        print(f"early stopping: no better validation score for {stopper.patience} epochs; "
+              f"keeping epoch {stopper.epoch}", flush=True)

@@ -30,7 +30,6 @@ included, as JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -44,6 +43,7 @@ from pathlib import Path
 import pandas as pd
 
 from common.catalog import Catalog, load_catalog
+from common.cli import run_command, step_parser
 from common.files import atomic_write, write_json
 from common.params import Params, load_params
 from common.results import RefusedBatch, ValidateResult
@@ -388,14 +388,11 @@ def release_held_back(state: State, params: Params, catalog: Catalog,
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m validation.staged [--batch ID ...] [--params FILE]``: prints the result as JSON."""
-    parser = argparse.ArgumentParser(prog="python -m validation.staged", description=__doc__.split("\n")[0])
+    parser = step_parser("validation.staged", __doc__)
     parser.add_argument("--batch", action="append", default=None,
                         help="validate this staged batch id (repeatable; default: every staged batch)")
-    parser.add_argument("--params", default=None, help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    result = validate_staged_batches(State.from_env(), load_params(args.params), args.batch)
-    print(json.dumps(result.to_dict()))
-    return 0
+    return run_command(lambda: validate_staged_batches(State.from_env(), load_params(args.params), args.batch).to_dict())
 
 
 if __name__ == "__main__":

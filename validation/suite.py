@@ -78,31 +78,31 @@ def drift_expectations(reference: StoreReference, params: ValidateParams) -> lis
               "(validate.drift_blocks: true)." if blocks else
               "Severity warning: over the threshold the batch is still accepted, with a warning "
               "in its report (validate.drift_blocks: false).")
-    scope = (f"this batch's rows whose source cells and image passed, against the "
-             f"{{n}} listings of catalog '{reference.catalog}' already in the store")
-    minimum = f"Measured when both sides have at least {params.drift_min_rows} values."
+
+    def description(measure: str, n_store: int, max_value: float) -> str:
+        """What the Data Docs page prints: the measure, its scope, the threshold and the policy."""
+        return (f"{measure} this batch's rows whose source cells and image passed, against the "
+                f"{n_store} listings of catalog '{reference.catalog}' already in the store must be "
+                f"at most {max_value}. Measured when both sides have at least "
+                f"{params.drift_min_rows} values. {policy}")
+
+    shared = {"min_rows": params.drift_min_rows, "row_condition": checked, "severity": severity}
     labels = Counter(reference.labels)
     prices = Counter(float(p) for p in reference.prices)
     values = sorted(prices)
     return [
         ExpectColumnJsDistanceToStoreToBeAtMost(
             column="category_path", reference_counts=dict(sorted(labels.items())),
-            max_value=params.drift_label_js_max, min_rows=params.drift_min_rows,
-            row_condition=checked, severity=severity,
-            meta={"reason": LABEL_DRIFT, "critical": blocks},
-            description=(f"Label drift: the Jensen-Shannon distance (base 2, 0 = same, 1 = disjoint) "
-                         f"between the category distribution of "
-                         f"{scope.format(n=sum(labels.values()))} must be at most "
-                         f"{params.drift_label_js_max}. {minimum} {policy}")),
+            max_value=params.drift_label_js_max, meta={"reason": LABEL_DRIFT, "critical": blocks}, **shared,
+            description=description("Label drift: the Jensen-Shannon distance (base 2, 0 = same, 1 = "
+                                    "disjoint) between the category distribution of",
+                                    sum(labels.values()), params.drift_label_js_max)),
         ExpectColumnKsStatisticToStoreToBeAtMost(
             column="price", reference_values=values, reference_counts=[prices[v] for v in values],
-            max_value=params.drift_price_ks_max, min_rows=params.drift_min_rows,
-            row_condition=checked, severity=severity,
-            meta={"reason": PRICE_DRIFT, "critical": blocks},
-            description=(f"Price drift: the two-sample Kolmogorov-Smirnov statistic (largest gap "
-                         f"between the empirical CDFs, 0..1) of the prices of "
-                         f"{scope.format(n=sum(prices.values()))} must be at most "
-                         f"{params.drift_price_ks_max}. {minimum} {policy}")),
+            max_value=params.drift_price_ks_max, meta={"reason": PRICE_DRIFT, "critical": blocks}, **shared,
+            description=description("Price drift: the two-sample Kolmogorov-Smirnov statistic (largest "
+                                    "gap between the empirical CDFs, 0..1) of the prices of",
+                                    sum(prices.values()), params.drift_price_ks_max)),
     ]
 
 

@@ -143,7 +143,8 @@ def test_the_champion_coverage_is_its_own_threshold_and_calibration_on_the_same_
     """Recomputed from the lenient version's stored checkpoint (its temperature and threshold),
     on the golden listings as the gate reads them; and cached with the predictions."""
     from promotion.registry import golden_frame
-    from training.serving import image_column, load_checkpoint, model_input, predict_paths
+    from training.inference import load_checkpoint, predict_paths
+    from training.serving import image_column, model_input
 
     client, rev = flow["client"], flow["golden_rev"]
     loaded = load_checkpoint(stored_checkpoint(client, flow["lenient"]))

@@ -66,7 +66,7 @@ def test_without_a_champion_nothing_is_scored(monitored):
 
 def test_the_champion_is_scored_on_the_fresh_listings_only(monitored):
     from common.store import read_store
-    from training.serving import load_checkpoint, predict_paths
+    from training.inference import load_checkpoint, predict_paths
 
     first, state = monitored["first"], monitored["state"]
     assert first.skipped is None and first.champion_version == monitored["v1"].version

@@ -50,9 +50,9 @@ tiny workspace: 8 epochs scored 0.69-0.83 (30-120 s of ``dvc repro`` depending o
 bootstrap interval's lower bound of the delta 0.20-0.30; 5 epochs scored 0.72 once."""
 BROKEN_MODULE = "training/presets.py"
 """The module of the ``broken`` version's code snapshot that imports :data:`MISSING_LIBRARY`
-(``training.serving`` imports it). A module left *out* of the snapshot would not do: in the fresh
-process the platform's installed ``training`` package (the editable install's finder) supplies
-the missing submodule, and the model loads."""
+(``training.serving`` imports it, through ``training.inference``). A module left *out* of the
+snapshot would not do: in the fresh process the platform's installed ``training`` package (the
+editable install's finder) supplies the missing submodule, and the model loads."""
 MISSING_LIBRARY = "lcp_library_the_serving_environment_lacks"
 
 

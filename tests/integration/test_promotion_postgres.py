@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,12 @@ import uuid
 
 import pytest
 
+from tests.integration.servers import free_port, stop_process
+
 pytestmark = pytest.mark.integration
 
 NAME = "listing-classifier"
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_connect(dbname: str = "postgres"):
@@ -63,15 +58,6 @@ def start_server(db_url: str, artifacts, port: int, log) -> subprocess.Popen:
     raise RuntimeError(f"mlflow server did not become healthy in 120 s; see {log.name}")
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def pg_server(tmp_path_factory):
     """A fresh PostgreSQL database and an MLflow tracking server on it; everything dropped after."""
@@ -79,7 +65,7 @@ def pg_server(tmp_path_factory):
     admin = _pg_connect()
     admin.cursor().execute(f'CREATE DATABASE "{db}"')
     root = tmp_path_factory.mktemp("pg-mlflow")
-    port = _free_port()
+    port = free_port()
     db_url = f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{db}"
     log = open(root / "server.log", "w")  # noqa: SIM115 -- closed in the finally block
     server = {"db": db, "db_url": db_url, "port": port, "root": root, "log": log,
@@ -94,7 +80,7 @@ def pg_server(tmp_path_factory):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old
-        stop_server(server["proc"])
+        stop_process(server["proc"])
         log.close()
         admin.cursor().execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         admin.close()
@@ -138,7 +124,7 @@ def test_server_down_during_the_gate_fails_and_moves_no_alias(pg_server, tiny_tr
     before = {a: alias_version(client, NAME, a) for a in ("champion", "challenger", "previous-champion")}
     assert before["challenger"] == v2.version
 
-    stop_server(pg_server["proc"])
+    stop_process(pg_server["proc"])
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
     try:

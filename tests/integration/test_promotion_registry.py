@@ -61,6 +61,17 @@ def client_for(state: State):
     return mlflow.MlflowClient()
 
 
+def register_tiny(tiny_trained: dict, workspace_commit: str | None = None, run_id: str = "run-1"):
+    """Registers the tiny trained workspace (``tiny_trained``) as a challenger in its state's local
+    tracking store; ``workspace_commit`` defaults to the trained one. Returns the RegisterResult."""
+    from promotion.register import register_challenger
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    commit = workspace_commit or tiny_trained["trained"].workspace_commit
+    return register_challenger(tiny_trained["state"], tiny_trained["params"], tiny_trained["data"], commit,
+                               "test_dag", run_id)
+
+
 def alias(client, name: str) -> str | None:
     from promotion.registry import alias_version
 
@@ -71,15 +82,13 @@ def alias(client, name: str) -> str | None:
 def registry(tiny_trained):
     """v1 registered, gated (first run) and promoted; v2 (same checkpoint) registered and gated."""
     from promotion.promote import gate_challenger, promote
-    from promotion.register import register_challenger
 
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
     state, params = tiny_trained["state"], tiny_trained["params"]
     data, trained = tiny_trained["data"], tiny_trained["trained"]
-    v1 = register_challenger(state, params, data, trained.workspace_commit, "test_dag", "run-1")
+    v1 = register_tiny(tiny_trained)
     first = gate_challenger(state, params, v1.version, data.golden_rev)
     moved1 = promote(state, params, first)
-    v2 = register_challenger(state, params, data, "same-checkpoint-again", "test_dag", "run-2")
+    v2 = register_tiny(tiny_trained, "same-checkpoint-again", "run-2")
     second = gate_challenger(state, params, v2.version, data.golden_rev)
     moved2 = promote(state, params, second)
     return {"state": state, "params": params, "data": data, "trained": trained, "v1": v1, "v2": v2,

@@ -6,24 +6,19 @@ the workspace, and the workspace lock serialises two runs."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.integration.test_promotion_registry import register_tiny
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def registered(tiny_trained):
-    from promotion.register import register_challenger
-
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    state, params = tiny_trained["state"], tiny_trained["params"]
-    data, trained = tiny_trained["data"], tiny_trained["trained"]
-    v = register_challenger(state, params, data, trained.workspace_commit, "test_dag", "run-1")
-    return state, params, v
+    return tiny_trained["state"], tiny_trained["params"], register_tiny(tiny_trained)
 
 
 def test_reproduced_metrics_match_the_registered_ones(registered):

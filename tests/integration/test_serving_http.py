@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.servers import free_port, stop_process
 from tests.integration.test_promotion_champion import copy_state
 from tests.integration.test_promotion_registry import NAME, client_for
 
@@ -32,12 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STARTUP_S = 240
 """Most seconds for the server to answer ``/ping`` (loading torch and the model; the shared
 2-core box is loaded)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(port: int, body: dict) -> tuple[int, dict]:
@@ -87,12 +81,7 @@ def server(tiny_trained, tmp_path_factory):
         yield {"port": port, "golden": golden_frame(state).head(6).reset_index(drop=True),
                "store": state.listings_store}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()
 
 

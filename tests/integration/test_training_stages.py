@@ -206,7 +206,7 @@ def test_evaluate_reports_calibration_and_coverage_at_the_stored_threshold(works
     import torch
 
     from training.calibration import expected_calibration_error
-    from training.serving import leaf_log_probs, load_checkpoint
+    from training.inference import leaf_log_probs, load_checkpoint
 
     ws, params, golden = workspace
     metrics = json.loads((ws / "metrics.json").read_text())
@@ -299,12 +299,8 @@ def test_pyfunc_serves_the_calibrated_probability_and_auto_at_the_stored_thresho
     before it. Another stored threshold changes ``auto`` and nothing else."""
     import torch
 
-    from training.serving import (
-        ListingClassifierModel,
-        leaf_log_probs,
-        load_checkpoint,
-        model_input,
-    )
+    from training.inference import leaf_log_probs, load_checkpoint
+    from training.serving import ListingClassifierModel, model_input
 
     ws, _, golden = workspace
     ckpt = torch.load(ws / "models" / "model.pt", map_location="cpu", weights_only=True)

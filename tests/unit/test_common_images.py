@@ -178,7 +178,7 @@ def test_empty_file_is_image_empty(tmp_path) -> None:
 
 
 def test_serving_names_the_loaders_reason() -> None:
-    from training.serving import decode_image  # imports mlflow: a few seconds
+    from training.inference import decode_image  # imports torch: a few seconds
 
     with pytest.raises(ValueError, match=r"^row 2: cannot read its image \(image_bytes of 0 bytes\): image_empty$"):
         decode_image(b"", 32, row=2)

@@ -1,6 +1,6 @@
 """params.yaml loads into the typed config, the trigger form overrides it, and the defaults
-have one source: ``common.params`` equals ``params.yaml``, and ``training.model`` has none of
-its own."""
+have one source: ``common.params`` equals ``params.yaml``, and ``training.model`` (with its branches' modules) has
+none of its own."""
 
 from __future__ import annotations
 
@@ -109,32 +109,40 @@ def test_descriptions_live_once_in_the_typed_config():
     assert not trailing, "params.yaml: describe keys in common/params.py, not here:\n" + "\n".join(trailing)
 
 
+MODEL_MODULES = ("training.model", "training.backbones", "training.encoders")
+"""The modules the classifier is built from (the model and its branches)."""
+
+
 def _model_signatures() -> dict[str, inspect.Signature]:
-    from training import model
+    """``{"<file> <name>": signature}`` of the classes and functions defined in :data:`MODEL_MODULES`."""
+    import importlib
 
     found = {}
-    for name, obj in vars(model).items():
-        if getattr(obj, "__module__", None) != model.__name__:
-            continue
-        if inspect.isclass(obj):
-            found[f"{name}.__init__"] = inspect.signature(obj.__init__)
-        elif inspect.isfunction(obj):
-            found[name] = inspect.signature(obj)
+    for module in map(importlib.import_module, MODEL_MODULES):
+        where = module.__name__.replace(".", "/") + ".py"
+        for name, obj in vars(module).items():
+            if getattr(obj, "__module__", None) != module.__name__:
+                continue
+            if inspect.isclass(obj):
+                found[f"{where} {name}.__init__"] = inspect.signature(obj.__init__)
+            elif inspect.isfunction(obj):
+                found[f"{where} {name}"] = inspect.signature(obj)
     return found
 
 
 def test_training_model_has_no_default_of_its_own_for_a_train_param():
-    """A constructor argument named like a ``train`` field has no default in training.model
+    """A constructor argument named like a ``train`` field has no default in the model's modules
     (the config's is the one), or, for a helper, exactly the config's."""
     config, signatures = TrainParams(), _model_signatures()
-    assert "ListingClassifier.__init__" in signatures and "build_backbone" in signatures
+    classifier = "training/model.py ListingClassifier.__init__"
+    assert classifier in signatures and "training/backbones.py build_backbone" in signatures
     disagree = []
     for where, sig in signatures.items():
         for name, parameter in sig.parameters.items():
             if name not in TrainParams.model_fields or parameter.default is inspect.Parameter.empty:
                 continue
-            if where == "ListingClassifier.__init__" or parameter.default != getattr(config, name):
-                disagree.append(f"training/model.py {where}({name}={parameter.default!r}); "
+            if where == classifier or parameter.default != getattr(config, name):
+                disagree.append(f"{where}({name}={parameter.default!r}); "
                                 f"TrainParams().{name} is {getattr(config, name)!r}")
     assert not disagree, "\n".join(disagree)
 

@@ -1,6 +1,6 @@
 """Taxonomy changes (validation.taxonomy): parsing, the change log, the effective taxonomy, the CLI;
 the retired-category file prepare reads; the champion's embeddings and their grouping
-(training.serving.embed_paths, monitoring.candidates)."""
+(training.inference.embed_paths, monitoring.candidates)."""
 
 from __future__ import annotations
 
@@ -183,8 +183,8 @@ def _text_model():
     import torch
 
     from common.params import TrainParams
+    from training.inference import LoadedClassifier
     from training.model import build_model
-    from training.serving import LoadedClassifier
 
     torch.manual_seed(0)
     params = TrainParams(branches="text", text_buckets=1024, text_dim=16, weights="none")
@@ -196,7 +196,7 @@ def _text_model():
 def test_embed_paths_are_what_the_heads_read():
     import torch
 
-    from training.serving import embed_paths, predict_paths
+    from training.inference import embed_paths, predict_paths
 
     loaded = _text_model()
     titles = pd.DataFrame({"title": ["red cotton shirt", "blue denim jeans", "leather boots", "x"]})

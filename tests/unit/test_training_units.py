@@ -375,7 +375,7 @@ def test_pretrained_weights_from_a_file_or_the_torch_hub_cache_never_downloaded(
 
     import torchvision
 
-    from training.model import build_backbone
+    from training.backbones import build_backbone
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     backbone, dim, source = build_backbone("resnet18", "auto")  # nothing cached, no network

@@ -10,7 +10,8 @@ import torch
 
 from common.params import TrainParams
 from training.hierarchy import LabelTree
-from training.model import architecture_difference, build_model, head_row_labels, warm_start
+from training.model import build_model
+from training.warm_start import architecture_difference, head_row_labels, warm_start
 
 OLD = ["Apparel > Topwear > Shirts", "Apparel > Topwear > Tshirts", "Footwear > Shoes > Casual Shoes",
        "Accessories > Watches > Watches"]
@@ -158,7 +159,7 @@ def _workspace(tmp_path, old_model, old_labels, old_cfg: TrainParams, version="3
 
 
 def test_init_model_starts_from_the_champion_or_says_why_not(tmp_path):
-    from training.train import init_model
+    from training.warm_start import init_model
 
     old = built(OLD, 0)
     _workspace(tmp_path, old, sorted(OLD), cfg())

@@ -1,0 +1,53 @@
+"""What the platform's command-line entry points share (``python -m <package>.<module>``).
+
+Only the standard library is imported here, so that any entry point can use it, including one
+that runs before the rest of the platform is importable (``promotion.tracking_auth``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def step_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """The argument parser of a step's CLI, with the option every step has.
+
+    Args:
+        module: the step's module, e.g. ``"validation.staged"`` (``prog`` is
+            ``python -m <module>``).
+        doc: the module docstring; its first line is the description.
+
+    Returns:
+        A parser with ``--params FILE`` (``common.params.load_params``'s argument, default
+        ``params.yaml``); the caller adds the step's own arguments.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n")[0])
+    parser.add_argument("--params", default=None, help="params file (default: params.yaml)")
+    return parser
+
+
+def run_command(command: Callable[[], Any], refused: type[Exception] | tuple[type[Exception], ...] = (),
+                status: int = 1, prefix: str = "") -> int:
+    """Runs a CLI's command and prints what it returns as one line of JSON.
+
+    Args:
+        command: the work, called once; returns JSON types (a step result's ``to_dict()``, a dict).
+        refused: the exceptions that mean the command refused, for a reason the user can act on.
+        status: the exit status of a refusal.
+        prefix: printed before a refusal's reason.
+
+    Returns:
+        The exit status: 0, or ``status`` after printing the refusal's reason to stderr. Any other
+        exception propagates.
+    """
+    try:
+        result = command()
+    except refused as exc:
+        print(f"{prefix}{exc}", file=sys.stderr)
+        return status
+    print(json.dumps(result))
+    return 0
