@@ -39,12 +39,16 @@ class ColumnMap(BaseModel):
     ``category_path`` lists one source column per taxonomy level (fashion:
     ``[masterCategory, subCategory, articleType]``); a catalog whose path sits in one column
     leaves it out and declares :class:`CategoryTree` under ``category`` instead.
+
+    ``title`` must be given: a column, or ``null`` for a catalog without usable titles (classified
+    from the image and the structured fields: validation then has no title expectations, and the
+    model is trained with ``train.branches: image``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     listing_id: str
-    title: str
+    title: str | None = Field(..., description="Title column; null: the catalog has no titles.")
     category_path: list[str] | None = Field(None, min_length=1)
     description: str | None = None
     brand: str | None = None

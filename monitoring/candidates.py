@@ -119,7 +119,9 @@ def summarize_groups(rows: pd.DataFrame, labels: np.ndarray, examples: int = EXA
             "given_category": str(given.index[0]),
             "given_share": round(float(given.iloc[0]) / len(members), 4),
             "given_categories": {str(k): int(v) for k, v in given.head(examples).items()},
-            "examples": [str(t) for t in members["title"].head(examples)],
+            "examples": [t if isinstance(t, str) and t else f"listing {i}"  # no title: its id
+                         for t, i in zip(members["title"].head(examples),
+                                         members["listing_id"].head(examples), strict=True)],
             "listing_ids": [str(i) for i in members["listing_id"]],
             "batches": sorted(set(members["batch_id"])),
         })

@@ -168,7 +168,7 @@ def score_champion_on_fresh(state: State, params: Params, batch_ids: list[str]) 
     score = business_weighted_score(truth, predicted, s.value_table, s.level_credit, s.default_value)
     frame = pd.DataFrame({"truth": truth, "hit": [p == t for p, t in zip(predicted, truth, strict=True)]})
     recall = {c: float(g["hit"].mean()) for c, g in frame.groupby("truth")}
-    issues = find_label_issues(fresh["listing_id"].astype(str).tolist(), fresh["title"].astype(str).tolist(),
+    issues = find_label_issues(fresh["listing_id"].astype(str).tolist(), fresh["title"].fillna("").astype(str).tolist(),
                                truth, probs, classes)
     per_batch = _issues_by_batch(issues.issues, fresh, batches)
     files = tuple(f"{LABEL_ISSUES}/{b}.csv" for b in batches)

@@ -195,7 +195,7 @@ def golden_suspects(client, model_name: str, version: str, golden: pd.DataFrame,
     except Exception:  # not written yet: predict
         pass
     _, probs, classes = version_probabilities(model_name, version, golden, golden["image_path"].tolist())
-    found = find_label_issues(golden["listing_id"].astype(str).tolist(), golden["title"].astype(str).tolist(),
+    found = find_label_issues(golden["listing_id"].astype(str).tolist(), golden["title"].fillna("").astype(str).tolist(),
                               golden["category_path"].astype(str).tolist(), probs, classes)
     client.log_text(run_id, found.issues.to_csv(index=False), artifact)
     return {"flagged": int(len(found.issues)), "checked": found.checked, "unknown_label": found.unknown_label,
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     frame = (pd.read_parquet(args.listings) if args.listings.suffix == ".parquet"
              else pd.read_csv(args.listings, dtype=str, keep_default_na=False))
-    found = find_label_issues(frame["listing_id"].astype(str).tolist(), frame["title"].astype(str).tolist(),
+    found = find_label_issues(frame["listing_id"].astype(str).tolist(), frame["title"].fillna("").astype(str).tolist(),
                               frame["category_path"].astype(str).tolist(), np.load(args.probs),
                               json.loads(args.labels.read_text()))
     found.issues.to_csv(args.output, index=False)

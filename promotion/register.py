@@ -35,12 +35,13 @@ from promotion.registry import (
 )
 
 
-def model_signature():
+def model_signature(params: Params):
     """The served model's signature (``training.serving.model_signature``): listings in,
-    category path + probability out."""
+    category path + probability out; ``title`` required unless the model has no text branch
+    (``train.branches: image``, a catalog without titles)."""
     from training.serving import model_signature as signature
 
-    return signature()
+    return signature(title=params.train.branches != "image")
 
 
 SERVING_DISTRIBUTIONS = ("mlflow", "cloudpickle", "torch", "torchvision", "numpy", "pandas", "pillow",
@@ -188,7 +189,7 @@ def register_challenger(state: State, params: Params, data: DataVersionResult, w
             python_model=ListingClassifierModel(),
             artifacts={"checkpoint": str(checkpoint)},
             code_paths=[str(ws / "training"), str(ws / "common")],
-            signature=model_signature(),
+            signature=model_signature(params),
             input_example=example,
             pip_requirements=serving_requirements(),
             registered_model_name=name,

@@ -41,7 +41,8 @@ def read_listings(path: str | Path, images_root: str | Path | None = None) -> pd
         The listings, ``image_path`` made absolute.
 
     Raises:
-        ValueError: on another extension, or when ``title`` is missing.
+        ValueError: on another extension (a missing ``title`` is the model's to judge: a model
+            with a text branch refuses it, an image model of a catalog without titles needs none).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -53,8 +54,6 @@ def read_listings(path: str | Path, images_root: str | Path | None = None) -> pd
         frame = pd.read_parquet(path)
     else:
         raise ValueError(f"{path}: expected a .csv, .jsonl or .parquet listings file")
-    if "title" not in frame.columns:
-        raise ValueError(f"{path}: no title column")
     if "image_path" in frame.columns and images_root is not None:
         root = Path(images_root)
         frame["image_path"] = [str(p if Path(p).is_absolute() else root / p) if isinstance(p, str) else p

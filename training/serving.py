@@ -30,9 +30,9 @@ IMAGE_ROOT_ENV = "LCP_SERVING_IMAGE_ROOT"
 
 INPUT_COLUMNS = ("listing_id", "title", "description", "brand", "price", "currency", "attributes",
                  "image_path", "image_bytes")
-"""Columns the served model reads; only ``title`` and one of ``image_path`` / ``image_bytes``
-are required (the image only for a model with an image branch). ``listing_id`` is only named in
-errors."""
+"""Columns the served model reads; only ``title`` (for a model with a text branch) and one of
+``image_path`` / ``image_bytes`` (for a model with an image branch) are required. ``listing_id``
+is only named in errors."""
 
 DEFAULT_BATCH_SIZE = 256
 """Rows per forward pass when a request gives no ``batch_size`` param (the signature's default)."""
@@ -56,20 +56,25 @@ class InvalidListingError(mlflow.exceptions.MlflowException, ValueError):
         super().__init__(f"{where}{reason}", error_code=INVALID_PARAMETER_VALUE)
 
 
-def model_signature():
+def model_signature(title: bool = True):
     """The served model's MLflow signature: listings in, category path + probability out.
 
-    ``title`` is required; the other listing fields are optional columns, and an image comes as
+    ``title`` is required when ``title`` is true; the other listing fields are optional columns, and an image comes as
     ``image_path`` (a file the server can read) or ``image_bytes`` (the encoded file). Out:
     ``category_path``, ``leaf``, the calibrated ``probability`` and ``auto`` (optional: a
     version without a stored threshold has no such column). Params (inference time, e.g. a
     request's ``"params": {"batch_size": 64}``): ``batch_size`` (long, default
     :data:`DEFAULT_BATCH_SIZE`), the rows per forward pass.
+
+    Args:
+        title: whether ``title`` is a required column (a model with a text branch); an image
+            model (``train.branches: image``, a catalog without titles) takes it as optional.
     """
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     optional = [ColSpec("string", "listing_id", required=False),
+                *([] if title else [ColSpec("string", "title", required=False)]),
                 ColSpec("string", "description", required=False),
                 ColSpec("string", "brand", required=False),
                 ColSpec("double", "price", required=False),
@@ -78,7 +83,7 @@ def model_signature():
                 ColSpec("string", "image_path", required=False),
                 ColSpec("binary", "image_bytes", required=False)]
     return ModelSignature(
-        inputs=Schema([ColSpec("string", "title"), *optional]),
+        inputs=Schema([*([ColSpec("string", "title")] if title else []), *optional]),
         outputs=Schema([ColSpec("string", "category_path"), ColSpec("string", "leaf"),
                         ColSpec("double", "probability"),
                         ColSpec("boolean", "auto", required=False)]),
@@ -89,7 +94,8 @@ def model_signature():
 class ListingClassifierModel(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc wrapper of the checkpoint (artifact ``"checkpoint"``).
 
-    Input: a DataFrame of listings: ``title`` (str) and an image as ``image_path`` (str, a
+    Input: a DataFrame of listings: ``title`` (str; optional for an image model) and an image
+    as ``image_path`` (str, a
     file; with ``$LCP_SERVING_IMAGE_ROOT`` set, relative to that folder and never outside it) or
     ``image_bytes`` (bytes, the encoded JPEG/PNG/WebP); optional ``description``,
     ``brand``, ``price`` (float), ``currency``, ``attributes`` (JSON object as str).
@@ -106,7 +112,8 @@ class ListingClassifierModel(mlflow.pyfunc.PythonModel):
 
     Raises (from ``predict``):
         InvalidListingError: (MLflow ``INVALID_PARAMETER_VALUE``: HTTP 400 from
-            ``mlflow models serve``) when ``title`` is missing, ``batch_size`` is not a positive
+            ``mlflow models serve``) when ``title`` is missing (from a model with a text
+            branch), ``batch_size`` is not a positive
             integer, or a row's image is missing, unreadable or outside the image root; the
             message names the row (0-based in the request) and its ``listing_id`` when given.
     """
@@ -120,7 +127,7 @@ class ListingClassifierModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if self.loaded is None:
             self.load_context(context)
-        if "title" not in model_input.columns:
+        if "title" not in model_input.columns and self.loaded.model.text_encoder is not None:
             raise InvalidListingError("model input lacks column(s) ['title']")
         batch_size = (params or {}).get("batch_size", DEFAULT_BATCH_SIZE)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:

@@ -365,8 +365,8 @@ def to_canonical(raw: pd.DataFrame, catalog: Catalog, batch_id: str,
             by the image key template) that the file lacks.
     """
     cols = catalog.columns
-    needed = [cols.listing_id, cols.title, *catalog.category_columns,
-              *(c for c in (cols.description, cols.brand, cols.price, cols.currency) if c),
+    needed = [cols.listing_id, *catalog.category_columns,
+              *(c for c in (cols.title, cols.description, cols.brand, cols.price, cols.currency) if c),
               *catalog.attributes, *_template_fields(catalog.image_key)]
     missing = sorted({c for c in needed if c not in raw.columns})
     if missing:

@@ -107,7 +107,7 @@ def drift_expectations(reference: StoreReference, params: ValidateParams) -> lis
 
 
 def build_suite(taxonomy: frozenset[str], params: ValidateParams,
-                reference: StoreReference | None = None) -> gx.ExpectationSuite:
+                reference: StoreReference | None = None, *, titles: bool = True) -> gx.ExpectationSuite:
     """Builds the expectation suite a batch of canonical listings must meet.
 
     Every row or schema expectation carries ``meta={"reason": <code>, "critical": True}``; the
@@ -126,6 +126,8 @@ def build_suite(taxonomy: frozenset[str], params: ValidateParams,
             (currency units; price >= 0), ``currencies`` (known ISO 4217 codes), and the
             ``drift_*`` thresholds.
         reference: the store's listings of the batch's catalog, for the drift expectations.
+        titles: whether the catalog maps a title (``columns.title``); without one the two title
+            expectations (``missing_title``, ``title_length_out_of_range``) are left out.
 
     Returns:
         An unsaved suite named ``"listings_batch"``.
@@ -143,10 +145,15 @@ def build_suite(taxonomy: frozenset[str], params: ValidateParams,
                                               max_value=MAX_LISTING_ID_CHARS,
                                               meta=meta("listing_id_too_long")),
         E.ExpectColumnValuesToBeUnique(column="listing_id", meta=meta("duplicate_listing_id")),
-        E.ExpectColumnValuesToNotBeNull(column="title", meta=meta("missing_title")),
-        E.ExpectColumnValueLengthsToBeBetween(
-            column="title", min_value=params.title_min_length,
-            max_value=params.title_max_length, meta=meta("title_length_out_of_range")),
+    ]
+    if titles:
+        expectations += [
+            E.ExpectColumnValuesToNotBeNull(column="title", meta=meta("missing_title")),
+            E.ExpectColumnValueLengthsToBeBetween(
+                column="title", min_value=params.title_min_length,
+                max_value=params.title_max_length, meta=meta("title_length_out_of_range")),
+        ]
+    expectations += [
         E.ExpectColumnValuesToNotBeNull(column="category_path", meta=meta("missing_category")),
         E.ExpectColumnValuesToBeInSet(column="category_path", value_set=sorted(taxonomy),
                                       meta=meta("unknown_category")),

@@ -228,7 +228,8 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
     same_catalog = store_index[store_index["catalog"] == catalog.name]
     reference = StoreReference(catalog.name, same_catalog["category_path"].dropna().tolist(),
                                same_catalog["price"].dropna().tolist())
-    outcome = run_checkpoint(_bounded(frame, params), build_suite(taxonomy, params, reference),
+    outcome = run_checkpoint(_bounded(frame, params), build_suite(taxonomy, params, reference,
+                                                                 titles=catalog.columns.title is not None),
                              gx_dir, batch_id, ingested_at)
     report.update(validation_id=outcome.validation_id, data_docs=outcome.data_docs,
                   data_docs_page=outcome.data_docs_page)

@@ -201,3 +201,27 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:  # no taxonomy.json
         main(["--feed", str(tmp_path / "feed"), "--state", str(tmp_path / "state")])
     assert info.value.code == 2
+
+
+def test_a_catalog_without_titles_is_validated_without_title_expectations(
+        tmp_path: Path, styles: pd.DataFrame, taxonomy, fashion_dir: Path) -> None:
+    """The same real rows with their title column removed: the fashion adapter (title mapped)
+    quarantines the batch for the missing column, the title-less adapter (``title: null``)
+    accepts every row and runs no title expectation; other row checks still apply."""
+    rows = styles.iloc[300:340].drop(columns=["productDisplayName"]).reset_index(drop=True)
+    rows.loc[1, "articleType"] = "Hoverboards"  # still an unknown category
+    batch = _make_batch(tmp_path / "raw" / "b0003", rows, fashion_dir)
+
+    mapped = _run(tmp_path / "mapped", batch, "b0003", taxonomy)
+    assert mapped["status"] == "quarantined" and list(mapped["reasons"]) == ["missing_columns"]
+    assert "productDisplayName" in mapped["batch_reasons"][0]
+
+    titleless = load_catalog("catalogs/fashion-images.yaml")
+    report = validate_batch(batch, "b0003", INGESTED_AT, titleless, taxonomy, PARAMS, tmp_path / "store",
+                            tmp_path / "quarantine", tmp_path / "gx")
+    assert report["status"] == "partial", report
+    assert (report["accepted_rows"], report["reasons"]) == (39, {"unknown_category": 1})
+    checked = {f["reason"] for f in report["failed_expectations"]} | set(report["reasons"])
+    assert not checked & {"missing_title", "title_length_out_of_range"}
+    stored = pd.read_parquet(batch_file(tmp_path / "store", "b0003"))
+    assert len(stored) == 39 and stored["title"].isna().all() and stored["catalog"].eq("fashion-images").all()
