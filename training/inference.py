@@ -178,7 +178,8 @@ def leaf_log_probs(
     if not isinstance(listings, pd.DataFrame):
         listings = pd.DataFrame({"title": list(listings)})
     listings = listings.reset_index(drop=True)
-    listings["title"] = ["" if not isinstance(t, str) else t for t in listings["title"]]
+    titles = listings["title"] if "title" in listings.columns else [None] * len(listings)
+    listings["title"] = ["" if not isinstance(t, str) else t for t in titles]  # none: an image model
     model = loaded.model
     needs_images = model.image_encoder is not None
     if needs_images and images is None:
@@ -211,8 +212,11 @@ def leaf_log_probs(
     return log_probs
 
 
-DECODE_WORKERS = min(4, os.cpu_count() or 1)
-"""Threads decoding image files (Pillow releases the GIL while it decodes and resizes)."""
+DECODE_WORKERS = int(os.environ.get("LCP_DECODE_WORKERS", min(4, os.cpu_count() or 1)))
+"""Threads decoding image files one batch ahead of the model (Pillow releases the GIL while it
+decodes and resizes); ``$LCP_DECODE_WORKERS`` sets it. 0: each batch is decoded in the calling
+thread before its forward pass, nothing ahead (the path before the decode pool; the baseline of
+``benchmarks/inference_throughput.py``)."""
 
 
 def _decoded_batches(images: Sequence[str | Path | bytes], size: int, batch_size: int):
@@ -223,6 +227,11 @@ def _decoded_batches(images: Sequence[str | Path | bytes], size: int, batch_size
     Raises:
         ListingImageError: of the first unreadable image in row order, from ``next``.
     """
+    if DECODE_WORKERS < 1:  # serial: decode a batch, then the caller runs the model on it
+        for start in range(0, len(images), batch_size):
+            yield np.stack([decode_image(p, size, start + j)
+                            for j, p in enumerate(images[start:start + batch_size])])
+        return
     pool = ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="decode")
 
     def submit(start: int) -> list:

@@ -213,3 +213,25 @@ def test_header_is_checked_before_decoding(photo) -> None:
     assert info.value.format == "PNG"
     with pytest.raises(ImageReadError, match=r"^image_format_unsupported: PNG$"):
         open_rgb(data, formats=("JPEG",))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_decoded_batches_are_the_images_in_order_and_name_the_bad_row(
+        monkeypatch, tmp_path, photo, workers) -> None:
+    """Serial (``DECODE_WORKERS = 0``) and pooled decoding yield the same batches, in row
+    order, and stop at the first unreadable image with its row."""
+    import training.inference as inference
+
+    files = []
+    for i in range(5):
+        path = tmp_path / f"{i}.png"
+        photo.rotate(72 * i).save(path)
+        files.append(path)
+    monkeypatch.setattr(inference, "DECODE_WORKERS", workers)
+    batches = list(inference._decoded_batches(files, 32, 2))
+    assert [b.shape for b in batches] == [(2, 32, 32, 3), (2, 32, 32, 3), (1, 32, 32, 3)]
+    expected = np.stack([inference.decode_image(f, 32) for f in files])
+    assert np.array_equal(np.concatenate(batches), expected)
+    broken = [*files[:3], tmp_path / "missing.png", files[4]]
+    with pytest.raises(ValueError, match=r"^row 3: "):
+        list(inference._decoded_batches(broken, 32, 2))
