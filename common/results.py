@@ -187,28 +187,56 @@ class RegisterResult(StepResult):
     model_uri: str
 
 
-class GateResult(StepResult):
+class GateDecision(StepResult):
+    """The gate's verdict and the figures behind it (:func:`promotion.gate.decide`).
+
+    Attributes:
+        promote: whether the champion alias should move to the candidate.
+        decision: ``"promoted"`` or ``"rejected"`` (``"unchanged"`` only in a :class:`GateResult`
+            whose challenger already is the champion).
+        reason: one human-readable sentence per failed check, or why it passed.
+        candidate_score: the candidate's business-weighted score on the golden set, in [0, 1].
+        champion_score: the champion's, None on a first run.
+        delta: ``candidate_score - champion_score``, None on a first run.
+        required_improvement: the improvement the delta (or its lower bound) had to clear.
+        interval: ``(low, high)`` bootstrap interval of the delta, None in point mode / first run.
+        confidence: the interval's level.
+        mode: ``"point"`` or ``"interval"``.
+        first_run: True when there was no champion (only value thresholds applied).
+        slices: every checked slice, as dicts of ``promotion.gate.SliceResult``.
+        failing_slices: the categories of the failing slices.
+        coverage: the coverage guardrail: ``candidate`` and ``champion`` (each ``coverage``,
+            ``auto_precision``, ``value_coverage`` at their own stored thresholds), ``drop``
+            (champion - candidate coverage), ``max_drop``, ``checked`` (False when skipped),
+            ``passed`` (None when not checked) and ``note`` (why it was skipped, or its
+            outcome); None when not compared.
+    """
+
+    promote: bool
+    decision: Literal["promoted", "rejected", "unchanged"]
+    reason: str
+    candidate_score: float
+    champion_score: float | None
+    delta: float | None
+    required_improvement: float | None = None
+    interval: tuple[float, float] | None = None
+    confidence: float | None = None
+    mode: Literal["point", "interval"] = "point"
+    first_run: bool = False
+    slices: tuple[dict[str, Any], ...] = ()
+    failing_slices: tuple[str, ...] = ()
+    coverage: dict[str, Any] | None = None
+
+
+class GateResult(GateDecision):
     """``gate``'s result (:func:`promotion.promote.gate_challenger`): the decision and its figures.
 
-    The fields of :class:`promotion.gate.Decision` (figures rounded as its ``to_dict`` rounds
-    them), plus the versions compared and what they were scored on. A challenger that already
-    is the champion is ``"unchanged"``: nothing was compared (no interval, no slices).
+    The fields of :class:`GateDecision` (figures rounded as ``promotion.gate.Decision.to_dict``
+    rounds them), plus the versions compared and what they were scored on. A challenger that
+    already is the champion is ``"unchanged"``: nothing was compared (no interval, no slices).
 
     Attributes:
         version: the challenger's model version.
-        promote: whether ``champion`` should move to it.
-        decision: ``"promoted"``, ``"rejected"`` or ``"unchanged"``.
-        reason: why, in sentences (the approval request's body).
-        candidate_score: the challenger's business-weighted score on the golden set, in [0, 1].
-        champion_score: the champion's, None on a first run.
-        delta: ``candidate_score - champion_score``, None on a first run.
-        required_improvement: what the delta (or its lower bound) had to clear.
-        interval: ``(low, high)`` bootstrap interval of the delta, interval mode only.
-        confidence: the interval's level.
-        mode: ``"point"`` or ``"interval"``.
-        first_run: True when there was no champion.
-        slices: every slice checked (``promotion.gate.SliceResult`` as dicts).
-        failing_slices: categories of the failing slices.
         champion_version: the champion's version when the gate ran, None on a first run.
         candidate_accuracy: the challenger's leaf accuracy, in [0, 1].
         champion_accuracy: the champion's, None on a first run.
@@ -222,26 +250,9 @@ class GateResult(StepResult):
         golden_label_issues: golden listings flagged as likely mislabelled, for relabelling
             (``monitoring.label_issues.golden_suspects``: ``flagged``, ``checked``,
             ``scored_by``, ``artifact``; or ``error``), None when not computed.
-        coverage: the coverage guardrail (``promotion.gate.Decision.coverage``: both sides'
-            golden ``coverage`` / ``auto_precision`` / ``value_coverage`` at their own stored
-            thresholds, ``drop``, ``max_drop``, ``checked``, ``passed``, ``note``), None when
-            not compared (``"unchanged"``).
     """
 
     version: str
-    promote: bool
-    decision: Literal["promoted", "rejected", "unchanged"]
-    reason: str
-    candidate_score: float
-    champion_score: float | None
-    delta: float | None
-    required_improvement: float | None = None
-    interval: tuple[float, float] | None = None
-    confidence: float | None = None
-    mode: Literal["point", "interval"]
-    first_run: bool = False
-    slices: tuple[dict[str, Any], ...] = ()
-    failing_slices: tuple[str, ...] = ()
     champion_version: str | None
     candidate_accuracy: float
     champion_accuracy: float | None
@@ -251,7 +262,6 @@ class GateResult(StepResult):
     leaves_without_golden: tuple[str, ...] = ()
     experiment_id: str | None = None
     golden_label_issues: dict[str, Any] | None = None
-    coverage: dict[str, Any] | None = None
 
 
 class PromoteResult(StepResult):

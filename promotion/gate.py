@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from common.params import GateParams
+from common.results import GateDecision
 from common.scoring import category_recall, top_value_categories
 
 
@@ -88,51 +89,14 @@ class SliceResult:
     passed: bool
 
 
-@dataclass(frozen=True)
-class Decision:
-    """The gate's verdict and the figures behind it.
-
-    Attributes:
-        promote: whether the champion alias should move to the candidate.
-        decision: ``"promoted"`` or ``"rejected"``.
-        reason: one human-readable sentence per failed check, or why it passed.
-        candidate_score: the candidate's business-weighted score.
-        champion_score: the champion's, None on a first run.
-        delta: ``candidate_score - champion_score``, None on a first run.
-        required_improvement: the improvement the delta (or its lower bound) had to clear.
-        interval: ``(low, high)`` bootstrap interval of the delta, None in point mode / first run.
-        confidence: the interval's level.
-        mode: ``"point"`` or ``"interval"``.
-        first_run: True when there was no champion (only value thresholds applied).
-        slices: every checked slice, as dicts of :class:`SliceResult`.
-        failing_slices: the categories of the failing slices.
-        coverage: the coverage guardrail: ``candidate`` and ``champion`` (each ``coverage``,
-            ``auto_precision``, ``value_coverage``), ``drop`` (champion - candidate coverage),
-            ``max_drop``, ``checked`` (False when skipped), ``passed`` (None when not checked)
-            and ``note`` (why it was skipped, or its outcome).
-    """
-
-    promote: bool
-    decision: str
-    reason: str
-    candidate_score: float
-    champion_score: float | None
-    delta: float | None
-    required_improvement: float | None = None
-    interval: tuple[float, float] | None = None
-    confidence: float | None = None
-    mode: str = "point"
-    first_run: bool = False
-    slices: list[dict] = field(default_factory=list)
-    failing_slices: list[str] = field(default_factory=list)
-    coverage: dict | None = None
+class Decision(GateDecision):
+    """The gate's verdict and the figures behind it: :class:`common.results.GateDecision`, whose
+    :meth:`to_dict` rounds the figures."""
 
     def to_dict(self) -> dict:
         """The decision as JSON types, figures rounded to :data:`XCOM_DECIMALS` decimals (what
         the DAG's XCom, the task log and the tags show)."""
-        d = asdict(self)
-        d["interval"] = list(self.interval) if self.interval is not None else None
-        return _rounded(d)
+        return _rounded(self.model_dump(mode="json"))
 
 
 XCOM_DECIMALS = 6
@@ -298,9 +262,9 @@ def decide(candidate: Scores, champion: Scores | None, thresholds: GateParams) -
         reason = ("first model: no champion yet, so only the value thresholds apply; "
                   + (f"passes the floors (score {score:.4f}, accuracy {candidate.accuracy:.4f})" if ok
                      else "; ".join(failures)))
-        return Decision(ok, "promoted" if ok else "rejected", reason, score, None, None,
-                        mode=t.mode, first_run=True,
-                        coverage=coverage_check(candidate, None, t.max_coverage_drop))
+        return Decision(promote=ok, decision="promoted" if ok else "rejected", reason=reason,
+                        candidate_score=score, champion_score=None, delta=None, mode=t.mode,
+                        first_run=True, coverage=coverage_check(candidate, None, t.max_coverage_drop))
 
     champ = champion.business_weighted_score
     delta = score - champ
@@ -351,10 +315,12 @@ def decide(candidate: Scores, champion: Scores | None, thresholds: GateParams) -
         reason = "; ".join(failures)
     if ok or not coverage["checked"]:  # a failed check is already among the failures
         reason += f"; {coverage['note']}"
-    return Decision(ok, "promoted" if ok else "rejected", reason, score, champ, delta, required, interval,
-                    t.confidence if interval else None, t.mode, False,
-                    [_slice_dict(s) for s in slices], [s.category for s in slices if not s.passed],
-                    coverage)
+    return Decision(promote=ok, decision="promoted" if ok else "rejected", reason=reason,
+                    candidate_score=score, champion_score=champ, delta=delta,
+                    required_improvement=required, interval=interval,
+                    confidence=t.confidence if interval else None, mode=t.mode,
+                    slices=tuple(_slice_dict(s) for s in slices),
+                    failing_slices=tuple(s.category for s in slices if not s.passed), coverage=coverage)
 
 
 def _slice_dict(s: SliceResult) -> dict:

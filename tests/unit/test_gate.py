@@ -198,7 +198,7 @@ def test_slice_drop_within_tolerance_passes():
     champ = scored(true, with_misses(true, {WATCH: 2}))
     d = decide(cand, champ, T.model_copy(update={"min_improvement": 0.0, "slice_top_n": 4,
                                                  "max_slice_recall_drop": 0.05}))
-    assert d.promote and d.failing_slices == [] and len(d.slices) == 4
+    assert d.promote and d.failing_slices == () and len(d.slices) == 4
 
 
 def test_slices_only_cover_the_top_n():
