@@ -67,28 +67,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _iso(moment) -> str | None:
-    return moment.isoformat() if moment else None
-
-
-def backfill_runs() -> list[dict]:
-    """The backfill's runs of the retraining DAG, read from Airflow's metadata database in this
-    process (``run_id``, ``state``, ``logical_date``, ``start_date``, ``end_date``; ISO 8601).
-
-    Polling with ``airflow dags list-runs`` instead started a Python that imported Airflow every
-    few seconds, several CPU-seconds each time, taken from the training tasks of a 2-core machine.
-    """
-    from airflow.models.dagrun import DagRun
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        runs = session.scalars(select(DagRun).where(DagRun.dag_id == DAG_ID,
-                                                    DagRun.run_id.startswith("backfill__"))).all()
-        return [{"run_id": r.run_id, "state": str(r.state), "logical_date": _iso(r.logical_date) or "",
-                 "start_date": _iso(r.start_date), "end_date": _iso(r.end_date)} for r in runs]
-
-
 def parsed_dags() -> set[str]:
     """The DAG ids the dag-processor has written to the metadata database."""
     from airflow.models.dag import DagModel
@@ -110,15 +88,19 @@ def wait_for_dags(timeout_s: float = 300) -> None:
 
 
 def weekly_runs(weeks_wanted: int, timeout_s: float) -> list[dict]:
-    """Polls the backfill's DAG runs until each has ended; prints each as it ends."""
+    """Polls the backfill's DAG runs (``monitoring.season.dag_runs``, read from the metadata DB
+    in this process) until each has ended; prints each as it ends."""
+    from monitoring.season import dag_runs
+
     seen: set[str] = set()
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        runs = backfill_runs()
+        # read in this process: an `airflow dags list-runs` a poll cost ~5 CPU-seconds each time
+        runs = [r for r in dag_runs(DAG_ID) if r["run_id"].startswith("backfill__")]
         for run in sorted(runs, key=lambda r: r["logical_date"]):
             if run["state"] in ("success", "failed") and run["run_id"] not in seen:
                 seen.add(run["run_id"])
-                print(f"   run {run['run_id']}: {run['state']} ({run['start_date']} -> {run['end_date']})")
+                print(f"   run {run['run_id']}: {run['state']} ({run['start']} -> {run['end']})")
                 for line in gate_lines(run["run_id"]):
                     print("     ", line[:400])
         if len(seen) >= weeks_wanted:
