@@ -29,7 +29,10 @@ _SEASON_WEEKS = $(if $(filter command line environment,$(origin WEEKS)),$(WEEKS)
 $(VENV)/.installed: requirements/dev.lock pyproject.toml
 	command -v uv >/dev/null || python3 -m pip install -q uv
 	uv venv -q --allow-existing --python $(PY_VERSION) $(VENV)
-	uv pip install -q --python $(PY) -r requirements/dev.lock
+	# --compile-bytecode: every installed module's bytecode written once, here; where the shell
+	# sets PYTHONDONTWRITEBYTECODE (some hosts do) each task process would otherwise recompile
+	# torch, Airflow, MLflow and GX from source (seconds per process)
+	uv pip install -q --compile-bytecode --python $(PY) -r requirements/dev.lock
 	uv pip install -q --python $(PY) --no-deps -e .
 	$(PY) plugins/data_docs_assets.py fetch  # Data Docs' scripts and styles, served offline (npm)
 	touch $@
