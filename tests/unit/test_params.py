@@ -43,6 +43,30 @@ def test_unknown_key_in_params_file_is_refused(tmp_path):
         load_params(bad)
 
 
+PROFILES = sorted((PROJECT_ROOT / "profiles").glob("*.yaml"))
+
+
+def test_there_is_a_season_profile():
+    assert PROJECT_ROOT / "profiles" / "season.yaml" in PROFILES
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
+def test_every_run_profile_overrides_existing_params_with_valid_values(profile):
+    """A profile (make season's) is applied over params.yaml: a renamed or misspelt key, or a
+    value the typed config refuses, fails here rather than in the season's first task."""
+    overrides = yaml.safe_load(profile.read_text(encoding="utf-8")) or {}
+    assert overrides, f"{profile.name} overrides nothing"
+    params = load_params(PROJECT_ROOT / "params.yaml").with_overrides(overrides)
+    for group, values in overrides.items():
+        for key, value in values.items():
+            assert getattr(getattr(params, group), key) == value, f"{group}.{key}"
+
+
+def test_an_override_naming_no_param_is_refused():
+    with pytest.raises(pydantic.ValidationError, match="warm_epoch"):
+        load_params(PROJECT_ROOT / "params.yaml").with_overrides({"train": {"warm_epoch": 2}})
+
+
 def test_every_param_is_a_valid_mlflow_param_key():
     """Category paths in the value table (``A > B``) must flatten to keys MLflow accepts."""
     from mlflow.utils.validation import _validate_param
