@@ -51,6 +51,29 @@ def airflow(*args: str, log: Path | None = None) -> int:
     return proc.returncode
 
 
+SQLITE_LOCKED = "database is locked"
+"""SQLite's answer to a writer while another holds the lock (the standalone scheduler and
+dag-processor write the same metadata DB); its busy timeout is 5 s, which a loaded machine exceeds."""
+
+
+def create_backfill(start: date, end: date, log: Path, attempts: int = 4, wait_s: float = 5.0) -> int:
+    """``airflow backfill create`` over ``start .. end``, one active run at a time; returns its exit code.
+
+    When SQLite refuses the runs' inserts (:data:`SQLITE_LOCKED`), Airflow deletes the backfill
+    it had committed ("clean up the orphan so the user can retry", ``airflow.models.backfill.
+    _create_backfill``), so the create is tried again, up to ``attempts`` times, ``wait_s``
+    apart; any other failure (an orphan it could not delete included) is returned at once.
+    """
+    for attempt in range(1, attempts + 1):
+        code = airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", start.isoformat(),
+                       "--to-date", end.isoformat(), "--max-active-runs", "1", log=log)
+        if code == 0 or attempt == attempts or SQLITE_LOCKED not in log.read_text(errors="replace"):
+            return code
+        print(f"   the metadata DB was locked (attempt {attempt} of {attempts}): trying again in {wait_s:.0f} s")
+        time.sleep(wait_s)
+    return code
+
+
 def airflow_env(port: int) -> dict:
     """The environment of the demo's Airflow: the venv first on PATH (``standalone`` starts its
     components as a bare ``airflow``), the api-server and its Task Execution API on ``port``, and
@@ -196,9 +219,7 @@ def run_weeks(data: Path, weeks: int, start: date, order: str = "hash", limit: i
         # one weekly data interval per batch: the scheduler's logical dates, not ours
         end = start + timedelta(weeks=weeks) - timedelta(days=1)
         print(f"== airflow backfill create {DAG_ID} {start} .. {end}")
-        if airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", start.isoformat(),
-                   "--to-date", end.isoformat(), "--max-active-runs", "1",
-                   log=logs / "airflow-backfill.log") != 0:
+        if create_backfill(start, end, logs / "airflow-backfill.log") != 0:
             print(f"airflow backfill create failed: see {logs / 'airflow-backfill.log'}")
             return 1
         runs = weekly_runs(weeks, RUN_TIMEOUT_S * weeks)
