@@ -52,8 +52,9 @@ def airflow(*args: str, log: Path | None = None) -> int:
 
 
 SQLITE_LOCKED = "database is locked"
-"""SQLite's answer to a writer while another holds the lock (the standalone scheduler and
-dag-processor write the same metadata DB); its busy timeout is 5 s, which a loaded machine exceeds."""
+"""SQLite's answer to a writer that waited out the busy timeout (Python's sqlite3 default, 5 s:
+Airflow sets none) while another held the lock; the standalone scheduler and dag-processor write
+the same metadata DB, and a backfill create met it twice when ``make season`` started."""
 
 
 def create_backfill(start: date, end: date, log: Path, attempts: int = 4, wait_s: float = 5.0) -> int:
@@ -64,14 +65,15 @@ def create_backfill(start: date, end: date, log: Path, attempts: int = 4, wait_s
     _create_backfill``), so the create is tried again, up to ``attempts`` times, ``wait_s``
     apart; any other failure (an orphan it could not delete included) is returned at once.
     """
-    for attempt in range(1, attempts + 1):
-        code = airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", start.isoformat(),
-                       "--to-date", end.isoformat(), "--max-active-runs", "1", log=log)
-        if code == 0 or attempt == attempts or SQLITE_LOCKED not in log.read_text(errors="replace"):
+    args = ("backfill", "create", "--dag-id", DAG_ID, "--from-date", start.isoformat(),
+            "--to-date", end.isoformat(), "--max-active-runs", "1")
+    for attempt in range(1, attempts):
+        code = airflow(*args, log=log)
+        if code == 0 or SQLITE_LOCKED not in log.read_text(errors="replace"):
             return code
         print(f"   the metadata DB was locked (attempt {attempt} of {attempts}): trying again in {wait_s:.0f} s")
         time.sleep(wait_s)
-    return code
+    return airflow(*args, log=log)
 
 
 def airflow_env(port: int) -> dict:

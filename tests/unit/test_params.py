@@ -46,25 +46,39 @@ def test_unknown_key_in_params_file_is_refused(tmp_path):
 PROFILES = sorted((PROJECT_ROOT / "profiles").glob("*.yaml"))
 
 
+def _season_params(tmp_path, profile):
+    """``scripts/season.py``'s own merge of a profile over params.yaml, read back."""
+    import sys
+
+    sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
+    from season import season_params
+
+    from common.state import State
+
+    return load_params(season_params(State(tmp_path / "state").ensure(), profile))
+
+
 def test_there_is_a_season_profile():
     assert PROJECT_ROOT / "profiles" / "season.yaml" in PROFILES
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
-def test_every_run_profile_overrides_existing_params_with_valid_values(profile):
+def test_every_run_profile_overrides_existing_params_with_valid_values(profile, tmp_path):
     """A profile (make season's) is applied over params.yaml: a renamed or misspelt key, or a
     value the typed config refuses, fails here rather than in the season's first task."""
     overrides = yaml.safe_load(profile.read_text(encoding="utf-8")) or {}
     assert overrides, f"{profile.name} overrides nothing"
-    params = load_params(PROJECT_ROOT / "params.yaml").with_overrides(overrides)
+    params = _season_params(tmp_path, profile)
     for group, values in overrides.items():
         for key, value in values.items():
             assert getattr(getattr(params, group), key) == value, f"{group}.{key}"
 
 
-def test_an_override_naming_no_param_is_refused():
+def test_a_profile_naming_no_param_is_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  warm_epoch: 2\n", encoding="utf-8")
     with pytest.raises(pydantic.ValidationError, match="warm_epoch"):
-        load_params(PROJECT_ROOT / "params.yaml").with_overrides({"train": {"warm_epoch": 2}})
+        _season_params(tmp_path, bad)
 
 
 def test_every_param_is_a_valid_mlflow_param_key():
