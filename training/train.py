@@ -29,6 +29,10 @@ Parameters whose name and shape match are copied, the level heads row by label (
 get fresh rows, vanished ones are dropped); a champion of another architecture, or none, means
 a run from scratch, and the train log's ``init`` / ``init_reason`` say which and why.
 
+The checkpoint written after each epoch holds the training state to resume from; once the run
+has ended, ``models/model.pt`` is rewritten without it (``training.utils.final_checkpoint_dict``):
+the served weights and the run's records, a quarter of the size.
+
 Calibration: after the last epoch, rank 0 fits a temperature and the auto-categorisation
 threshold at ``score.target_precision`` on the val split for the kept weights
 (``training.calibration``) and stores them in the checkpoint, so that the served probability
@@ -317,6 +321,11 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
 
     log = {}
     if rank == 0:
+        if not (ckpt is not None and ckpt.get("finished") and not progress.epochs_run):
+            # the served checkpoint, without the training state (a resumed finished run keeps its file)
+            utils.atomic_save(utils.final_checkpoint_dict(
+                progress.history[-1]["epoch"], progress.kept_state, stopper.state_dict(), progress.history, meta,
+                ema), workspace / CHECKPOINT)
         log = _finish(workspace, data, meta, stopper, progress, device, model.weights_source, init)
         log = _calibrate(workspace, params, log)
     utils.close_distributed(world_size)
