@@ -3,7 +3,10 @@
 bf16 autocast (``train.amp``) runs on CUDA, and on CPUs with native bf16 (AVX512-BF16 or AMX)
 where a measured training step is clearly faster in bf16 than in fp32 (:func:`resolve_precision`);
 emulated bf16 is much slower than fp32, so other CPUs stay in fp32. A resumed run keeps the
-precision it started in, and ``$LCP_TRAIN_PRECISION`` pins it (:func:`choose_precision`).
+precision it started in, and ``$LCP_TRAIN_PRECISION`` pins it (:func:`choose_precision`). A run
+that starts from the champion's weights (``train.init: champion``) reuses the champion's
+measurement instead of measuring again when it was taken on the same machine for the same
+training step (:func:`inherited_probe`): a weekly season then measures once, not every week.
 Figures of the probe on the machines it ran on: ``docs/measurements.md``.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import platform
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -117,6 +121,76 @@ def measure_precisions(model: nn.Module, criterion: nn.Module, split: Split, tre
                 if i >= warmup:  # a process's first steps are slower, fp32's the most
                     best[candidate] = min(best[candidate], time.perf_counter() - t0)
     return {precision_name(d): n / t for d, t in best.items()}
+
+
+PROBE_IRRELEVANT_KEYS = frozenset({"epochs", "warm_epochs", "init", "seed", "lr", "schedule",
+                                   "label_smoothing", "early_stopping_patience", "min_steps", "deterministic",
+                                   "weights"})
+"""``train`` params that do not change what a training step costs: a champion's probe is reused
+(:func:`inherited_probe`) when every *other* ``train`` param is the same."""
+
+
+def machine_fingerprint(device: torch.device) -> str:
+    """What a probe's timing depends on besides the model: the device (CPU model name, or the
+    CUDA device's), the CPU's vector capability, torch's version and its intra-op threads.
+
+    Returns:
+        One line, e.g. ``"cpu AMD EPYC x86_64 AVX512 torch 2.14.1 threads 2"``.
+    """
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as fh:
+                name = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), name)
+        except OSError:
+            pass
+        name = f"{name} {platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
+    return f"{device.type} {name} torch {torch.__version__} threads {torch.get_num_threads()}"
+
+
+def probe_record(rates: dict[str, float] | None, device: torch.device, cfg: TrainParams,
+                 image_size: int, source: str = "measured") -> dict | None:
+    """What a checkpoint stores of a probe (``precision_probe_record``), for a later run to reuse.
+
+    Args:
+        rates: the probe's img/s (:func:`measure_precisions`), or None when nothing was measured.
+        device: the device it ran on.
+        cfg: the run's ``train`` params.
+        image_size: the run's image side, pixels.
+        source: ``"measured"``, or where an inherited probe came from (e.g. ``"champion:v3"``).
+
+    Returns:
+        ``{"rates", "machine", "train", "image_size", "source"}``, or None without rates.
+    """
+    if not rates:
+        return None
+    return {"rates": dict(rates), "machine": machine_fingerprint(device), "image_size": int(image_size),
+            "train": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in PROBE_IRRELEVANT_KEYS},
+            "source": source}
+
+
+def inherited_probe(record: dict | None, cfg: TrainParams, device: torch.device,
+                    image_size: int) -> dict[str, float] | None:
+    """The champion's probe rates, when they hold for this run: measured (or itself inherited)
+    on this machine (:func:`machine_fingerprint`), at this image size, for the same ``train``
+    params apart from :data:`PROBE_IRRELEVANT_KEYS`; else None (the run measures).
+
+    Args:
+        record: the champion checkpoint's ``precision_probe_record`` (:func:`probe_record`), or None.
+        cfg: this run's ``train`` params.
+        device: this run's device.
+        image_size: this run's image side, pixels.
+
+    Returns:
+        ``{"float32": img/s, "bfloat16": img/s}`` or None.
+    """
+    mine = probe_record({"float32": 0.0}, device, cfg, image_size)
+    if not record or not record.get("rates"):
+        return None
+    same = all(record.get(k) == mine[k] for k in ("machine", "image_size", "train"))
+    return dict(record["rates"]) if same else None
 
 
 def resolve_precision(cfg: TrainParams, device: torch.device, deterministic: bool = False,

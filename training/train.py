@@ -78,7 +78,14 @@ from training.data import (
 from training.hierarchy import LabelTree
 from training.model import build_model
 from training.optim import make_lr_scheduler, make_optimizer, planned_epochs, warmup_steps
-from training.precision import autocast, choose_precision, measure_precisions, precision_dtype
+from training.precision import (
+    autocast,
+    choose_precision,
+    inherited_probe,
+    measure_precisions,
+    precision_dtype,
+    probe_record,
+)
 from training.warm_start import init_model
 
 CHECKPOINT = Path("models") / "model.pt"
@@ -297,10 +304,22 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     progress = utils.resume(workspace / CHECKPOINT, ckpt, meta, model, optimizer, lr_scheduler, ema, stopper,
                             epochs, rank)
     net = utils.wrap_model(model, device, world_size, cfg.compile)
+    inherited = inherited_probe(init.get("probe_record"), cfg, device, meta["image_size"])
+    used = {}
+
+    def measure() -> dict[str, float]:
+        """The champion's probe when it holds here (same machine and step), else a measurement."""
+        if inherited:
+            used["source"] = init["init"]
+            print(f"precision probe of {init['init']} reused (same machine and training step)", flush=True)
+            return inherited
+        return measure_precisions(model, criterion, data.train, data.tree, cfg, device)
+
     meta["precision"], meta["precision_probe"] = choose_precision(
-        cfg, device, deterministic,
-        lambda: measure_precisions(model, criterion, data.train, data.tree, cfg, device),
-        progress.precision, rank, world_size)
+        cfg, device, deterministic, measure, progress.precision, rank, world_size)
+    meta["precision_probe_record"] = (
+        (ckpt or {}).get("precision_probe_record") if progress.precision is not None
+        else probe_record(meta["precision_probe"], device, cfg, meta["image_size"], used.get("source", "measured")))
     dtype = precision_dtype(meta["precision"])
     if rank == 0:
         _print_start(data, meta, device)
@@ -341,7 +360,9 @@ def _finish(workspace: Path, data: Data, meta: dict, stopper: utils.EarlyStoppin
         "num_classes": len(meta["labels"]), "levels": data.tree.sizes,
         "n_train": len(data.train), "n_val": len(data.val), "image_size": meta["image_size"],
         "device": device.type, "precision": meta["precision"],
-        "precision_probe": meta["precision_probe"], "world_size": meta["world_size"],
+        "precision_probe": meta["precision_probe"],
+        "precision_probe_source": (meta.get("precision_probe_record") or {}).get("source"),
+        "world_size": meta["world_size"],
         "best_epoch": stopper.epoch, "stopped_early": stopper.stopped,
         "val_business_weighted_score": best.get("val_business_weighted_score"),
         "best_val_accuracy": best.get("val_accuracy"),

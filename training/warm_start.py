@@ -209,7 +209,8 @@ def init_model(workspace: Path, model: nn.Module, labels: list[str], cfg: TrainP
 
     Returns:
         ``{"init": "scratch" | "champion:v<N>", "init_reason": str, "init_report": dict | None}``
-        (the report of :func:`warm_start`, None from scratch).
+        (the report of :func:`warm_start`, None from scratch), and from a champion its
+        checkpoint's ``probe_record`` (``training.precision.probe_record``; None when it has none).
     """
     def scratch(reason: str) -> dict:
         print(f"init: scratch ({reason})", flush=True)
@@ -242,4 +243,5 @@ def init_model(workspace: Path, model: nn.Module, labels: list[str], cfg: TrainP
               f"{leaf.get('copied', 0)}/{leaf.get('rows', 0)} rows copied, {len(leaf.get('new', []))} new "
               f"leaves, {len(leaf.get('dropped', []))} dropped")
     print(f"init: {reason}", flush=True)
-    return {"init": f"champion:v{version}", "init_reason": reason, "init_report": report}
+    return {"init": f"champion:v{version}", "init_reason": reason, "init_report": report,
+            "probe_record": ckpt.get("precision_probe_record")}

@@ -149,6 +149,19 @@ def test_warm_run_trains_warm_epochs_and_knows_the_new_leaf(warm):
     assert leaf_head["copied"] == len(warm["champion_ckpt"]["labels"])
 
 
+def test_the_warm_run_reuses_the_champions_precision_probe(warm):
+    """On the same machine, for the same training step (the warm run differs by its lr, epochs
+    and init only), the champion's measured img/s decide again: nothing is measured."""
+    record, log = warm["champion_ckpt"].get("precision_probe_record"), warm["log"]
+    if record is None:  # nothing was measured for the champion (no native bf16 here): nothing to reuse
+        assert warm["champion_ckpt"]["precision_probe"] is None and log["precision_probe"] is None
+        return
+    assert record["source"] == "measured" and record["rates"] == warm["champion_ckpt"]["precision_probe"]
+    assert log["precision_probe_source"] == f"champion:v{warm['v1']}"
+    assert log["precision_probe"] == record["rates"] and log["precision"] == warm["champion_ckpt"]["precision"]
+    assert warm["ckpt"]["precision_probe_record"]["source"] == f"champion:v{warm['v1']}"
+
+
 def test_copied_weights_started_from_the_champion(warm):
     """At lr 1e-8 one epoch moves no weight by 1e-5: what is left is where training started."""
     old, new = warm["champion_ckpt"], warm["ckpt"]

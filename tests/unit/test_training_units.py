@@ -232,6 +232,27 @@ def test_amp_auto_keeps_bf16_on_a_cpu_only_when_measured_clearly_faster():
         assert resolve_precision(TrainParams(amp="auto"), cpu, measure=_never) == (None, None)
 
 
+def test_a_champions_probe_is_reused_only_on_the_same_machine_for_the_same_training_step():
+    from training.precision import inherited_probe, machine_fingerprint, probe_record
+
+    cpu = torch.device("cpu")
+    cfg = TrainParams(backbone="resnet18", batch_size=64, epochs=3)
+    rates = {"float32": 150.0, "bfloat16": 250.0}
+    record = probe_record(rates, cpu, cfg, 48)
+    assert record["source"] == "measured" and record["machine"] == machine_fingerprint(cpu)
+    assert probe_record(None, cpu, cfg, 48) is None
+    # what does not change a step's cost may differ: a warm start's epochs, its lr, its init
+    warm = cfg.model_copy(update={"epochs": 1, "warm_epochs": 2, "init": "champion", "lr": 1e-4, "seed": 7})
+    assert inherited_probe(record, warm, cpu, 48) == rates
+    # another step, image size or machine: measure again
+    assert inherited_probe(record, cfg.model_copy(update={"batch_size": 32}), cpu, 48) is None
+    assert inherited_probe(record, cfg.model_copy(update={"backbone": "resnet50"}), cpu, 48) is None
+    assert inherited_probe(record, cfg, cpu, 64) is None
+    assert inherited_probe({**record, "machine": "cpu another CPU torch 2.0 threads 8"}, cfg, cpu, 48) is None
+    assert inherited_probe(None, cfg, cpu, 48) is None
+    assert inherited_probe({**record, "rates": None}, cfg, cpu, 48) is None
+
+
 def test_precision_probe_times_both_precisions_and_leaves_the_model_and_rng_alone():
     from training.hierarchy import LabelTree
     from training.precision import measure_precisions
