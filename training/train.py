@@ -228,7 +228,8 @@ def make_criterion(cfg: TrainParams) -> nn.Module:
 def _checkpoint_meta(params: Params, labels: list[str], pretrained: bool, data: Data, world_size: int,
                      init: dict) -> dict:
     """What the checkpoint records of the run besides the weights (and what resuming compares:
-    ``utils.resumable``); ``precision`` and ``precision_probe`` are added once chosen."""
+    ``utils.resumable``); ``precision``, ``precision_probe`` and ``precision_probe_record``
+    (``training.precision.probe_record``) are added once chosen."""
     return {"params": params.to_dict(), "labels": labels, "pretrained": pretrained,
             "image_size": int(data.train.images.shape[1]),
             "data_fingerprint": data_fingerprint(data.train.frame), "world_size": world_size,
@@ -253,7 +254,8 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
         workspace: folder holding ``data/prepared`` (see ``training.prepare``).
         params: project params (groups ``train``, ``prepare`` and ``score``).
         resume: continue from ``models/model.pt`` when it was written with the same params and
-            data and is not finished (a retried task continues where it stopped).
+            data (a retried task continues where it stopped; a finished run's checkpoint
+            resumes to its end: nothing is trained again and the file is left as it is).
         test_only: only evaluate the existing checkpoint on the val split.
         deterministic: force deterministic torch kernels (also ``train.deterministic``).
         print_every: also print progress every this many steps (0: per epoch only).
@@ -261,7 +263,10 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     Returns:
         The train log (also written to ``models/train_log.json``): final ``train_loss``,
         ``val_accuracy``, ``val_business_weighted_score``, ``best_epoch``, ``stopped_early``,
-        ``img_per_s``, ``epoch_seconds``, ``total_seconds``, ``pretrained``, ``weights_source``
+        ``img_per_s``, ``epoch_seconds``, ``total_seconds``, ``precision``, ``precision_probe``
+        (img/s per precision, None when nothing was measured) and ``precision_probe_source``
+        (``"measured"``, ``"champion:v<N>"`` when the champion's probe was reused, None when
+        nothing was measured), ``pretrained``, ``weights_source``
         (see ``training.backbones.build_backbone``), ``init`` (``"scratch"`` or
         ``"champion:v<N>"``), ``init_reason`` and ``init_heads`` (see
         :func:`training.warm_start.init_model`), ``num_classes``, ``world_size``, ``calibration``

@@ -192,7 +192,8 @@ def checkpoint_dict(model: nn.Module, optimizer: torch.optim.Optimizer, lr_sched
         best: :meth:`EarlyStopping.state_dict`.
         history: the per-epoch stats so far.
         meta: ``params``, ``labels``, ``pretrained``, ``image_size``, ``data_fingerprint``,
-            ``world_size``, ``init``, ``precision``, ``precision_probe`` of the run.
+            ``world_size``, ``init``, ``precision``, ``precision_probe``,
+            ``precision_probe_record`` of the run.
     """
     return {
         "model": kept_state,

@@ -209,8 +209,9 @@ def init_model(workspace: Path, model: nn.Module, labels: list[str], cfg: TrainP
 
     Returns:
         ``{"init": "scratch" | "champion:v<N>", "init_reason": str, "init_report": dict | None}``
-        (the report of :func:`warm_start`, None from scratch), and from a champion its
-        checkpoint's ``probe_record`` (``training.precision.probe_record``; None when it has none).
+        (the report of :func:`warm_start`, None from scratch), and from a champion
+        ``probe_record``: its checkpoint's ``precision_probe_record``
+        (``training.precision.probe_record``; None when it has none).
     """
     def scratch(reason: str) -> dict:
         print(f"init: scratch ({reason})", flush=True)
