@@ -1,8 +1,8 @@
 """Benchmark: the evaluate stage's title baseline against the logistic regression it replaced.
 
 Reads a workspace's prepared splits (``data/prepared/train.parquet`` and ``golden.parquet``,
-e.g. ``<state>/workspace`` after a season week), builds the baseline's features once (word 1-2
-grams + ``char_wb`` 2-5 grams, sublinear tf: ``training.evaluate.title_baseline``'s) and fits,
+e.g. ``<state>/workspace`` after a season week), builds the baseline's features once
+(``training.evaluate.title_features``) and fits,
 on the training split, the classifiers compared; prints for each the fit + predict seconds and
 the golden leaf accuracy:
 
@@ -31,14 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main() -> int:
     import numpy as np
     import pandas as pd
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.naive_bayes import ComplementNB
-    from sklearn.pipeline import make_union
     from sklearn.svm import LinearSVC
 
     from common.params import ScoreParams
-    from training.evaluate import title_baseline
+    from training.evaluate import title_baseline, title_features
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workspace", type=Path, required=True, help="a workspace with data/prepared/")
@@ -50,10 +48,7 @@ def main() -> int:
     print(f"train {len(train)} listings, golden {len(golden)}, {train['category_path'].nunique()} categories")
 
     t0 = time.perf_counter()
-    features = make_union(
-        TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True, min_df=1),
-        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2),
-    ).fit(titles)
+    features = title_features().fit(titles)
     x_train, x_golden = features.transform(titles), features.transform(golden["title"].fillna("").astype(str))
     print(f"features: {x_train.shape[1]} columns in {time.perf_counter() - t0:.2f} s")
     for name, model in (("linear SVM", LinearSVC(C=1.0, random_state=0)),

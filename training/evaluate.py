@@ -87,6 +87,18 @@ def classification_metrics(true_paths: list[str], predicted: list[str], score: S
     }
 
 
+def title_features():
+    """The title baseline's features, unfitted: TF-IDF of word 1-2 grams and of character 2-5
+    grams (``char_wb``, min_df 2), sublinear tf, side by side (a scikit-learn ``FeatureUnion``)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_union
+
+    return make_union(
+        TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True, min_df=1),
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2),
+    )
+
+
 def title_baseline(train: pd.DataFrame, golden: pd.DataFrame, score: ScoreParams) -> dict:
     """The reference model: TF-IDF on titles + a linear SVM, scored like the real model.
 
@@ -94,9 +106,8 @@ def title_baseline(train: pd.DataFrame, golden: pd.DataFrame, score: ScoreParams
     ``LinearSVC`` (liblinear, one-vs-rest, squared hinge loss, C = 1): the linear text
     classifier of scikit-learn's "Classification of text documents using sparse features"
     benchmark, fitted on the training split only. It replaced an L2 logistic regression (lbfgs,
-    C = 10) that reached the same accuracy (0.9741 vs 0.9754 on a season week's 1,503 golden
-    listings) in seven times the time, which had grown to ~30 s a week (docs/measurements.md).
-    With a single class, or without any title (a catalog that maps none), it predicts the
+    C = 10) of the same accuracy and several times the fitting time (figures:
+    ``benchmarks/title_baseline.py``, docs/measurements.md). With a single class, or without any title (a catalog that maps none), it predicts the
     training split's most frequent category (the majority-class baseline).
 
     Args:
@@ -110,16 +121,11 @@ def title_baseline(train: pd.DataFrame, golden: pd.DataFrame, score: ScoreParams
     """
     import time
 
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.pipeline import make_pipeline, make_union
+    from sklearn.pipeline import make_pipeline
     from sklearn.svm import LinearSVC
 
     t0 = time.perf_counter()
-    features = make_union(
-        TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True, min_df=1),
-        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2),
-    )
-    model = make_pipeline(features, LinearSVC(C=1.0, random_state=0))
+    model = make_pipeline(title_features(), LinearSVC(C=1.0, random_state=0))
     titles = train["title"].fillna("").astype(str)
     if train["category_path"].nunique() < 2 or not titles.str.strip().ne("").any():
         # one class, or a catalog without titles: the majority class

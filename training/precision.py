@@ -150,6 +150,14 @@ def machine_fingerprint(device: torch.device) -> str:
     return f"{device.type} {name} torch {torch.__version__} threads {torch.get_num_threads()}"
 
 
+def probe_conditions(device: torch.device, cfg: TrainParams, image_size: int) -> dict:
+    """What a probe's figures hold for: ``{"machine", "image_size", "train"}`` (the ``train``
+    params apart from :data:`PROBE_IRRELEVANT_KEYS`); two runs with equal conditions would
+    measure the same training step on the same machine."""
+    return {"machine": machine_fingerprint(device), "image_size": int(image_size),
+            "train": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in PROBE_IRRELEVANT_KEYS}}
+
+
 def probe_record(rates: dict[str, float] | None, device: torch.device, cfg: TrainParams,
                  image_size: int, source: str = "measured") -> dict | None:
     """What a checkpoint stores of a probe (``precision_probe_record``), for a later run to reuse.
@@ -166,9 +174,7 @@ def probe_record(rates: dict[str, float] | None, device: torch.device, cfg: Trai
     """
     if not rates:
         return None
-    return {"rates": dict(rates), "machine": machine_fingerprint(device), "image_size": int(image_size),
-            "train": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in PROBE_IRRELEVANT_KEYS},
-            "source": source}
+    return {"rates": dict(rates), **probe_conditions(device, cfg, image_size), "source": source}
 
 
 def inherited_probe(record: dict | None, cfg: TrainParams, device: torch.device,
@@ -186,10 +192,9 @@ def inherited_probe(record: dict | None, cfg: TrainParams, device: torch.device,
     Returns:
         ``{"float32": img/s, "bfloat16": img/s}`` or None.
     """
-    mine = probe_record({"float32": 0.0}, device, cfg, image_size)
     if not record or not record.get("rates"):
         return None
-    same = all(record.get(k) == mine[k] for k in ("machine", "image_size", "train"))
+    same = all(record.get(k) == v for k, v in probe_conditions(device, cfg, image_size).items())
     return dict(record["rates"]) if same else None
 
 

@@ -196,7 +196,7 @@ def checkpoint_dict(model: nn.Module, optimizer: torch.optim.Optimizer, lr_sched
             ``precision_probe_record`` of the run.
     """
     return {
-        "model": kept_state,
+        **_run_records(epoch, kept_state, best, history, meta),
         "train_state": {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -204,11 +204,12 @@ def checkpoint_dict(model: nn.Module, optimizer: torch.optim.Optimizer, lr_sched
             "rng_state": torch.get_rng_state(),  # dropout continues as if never interrupted
             **({"ema": ema.state_dict()} if ema is not None else {}),
         },
-        "epoch": epoch,
-        "best": best,
-        "history": history,
-        **meta,
     }
+
+
+def _run_records(epoch: int, kept_state: dict, best: dict, history: list[dict], meta: dict) -> dict:
+    """What both checkpoints hold besides the training state: the served weights and the run's records."""
+    return {"model": kept_state, "epoch": epoch, "best": best, "history": history, **meta}
 
 
 def final_checkpoint_dict(epoch: int, kept_state: dict, best: dict, history: list[dict], meta: dict,
@@ -231,7 +232,7 @@ def final_checkpoint_dict(epoch: int, kept_state: dict, best: dict, history: lis
         ema: the weight EMA, when the run kept one: its number of averaged optimizer steps is
             recorded as ``ema_updates``.
     """
-    final = {"model": kept_state, "finished": True, "epoch": epoch, "best": best, "history": history, **meta}
+    final = {**_run_records(epoch, kept_state, best, history, meta), "finished": True}
     if ema is not None:
         final["ema_updates"] = int(ema.n_averaged)
     return final

@@ -101,7 +101,7 @@ def test_train_outputs_checkpoint_and_log(workspace):
     import torch
 
     ws, params, _ = workspace
-    ckpt = torch.load(ws / "models" / "model.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(ws / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert {"model", "epoch", "best", "params", "labels", "pretrained", "image_size"} <= set(ckpt)
     # the finished run's checkpoint: the served weights, without the training state to resume from
     assert ckpt["finished"] is True and "train_state" not in ckpt
