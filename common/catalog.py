@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
+from common.cli import InputError
 from common.params import PROJECT_ROOT
-from common.text import normalize_text
+from common.text import is_null_token, json_depth, normalize_text
 
 PATH_SEP = " > "
 """Separator of the levels of a category path as stored (``"Apparel > Topwear > Tshirts"``)."""
@@ -31,6 +33,18 @@ CANONICAL_COLUMNS = (
 ``attributes`` holds the catalog-declared fields (:attr:`Catalog.attributes`) of a listing as a
 JSON object string (``'{"gender": "Men", "usage": "Sports"}'``), or ``None``.
 """
+
+
+MAX_TREE_DEPTH = 8
+"""Deepest JSON nesting read from a ``json_list`` category cell (it needs 1: a list of
+strings); a deeper cell is unparseable, never handed to ``json.loads`` (which raises
+``RecursionError`` on a cell nesting ~1,000 levels)."""
+
+
+class CatalogError(InputError):
+    """A catalog adapter file that cannot be used: its one-line message names the file, the key
+    and what to write (:func:`load_catalog`). A ``ValueError``; CLIs print it without a
+    traceback (:func:`common.cli.run_command`)."""
 
 
 class ColumnMap(BaseModel):
@@ -156,25 +170,29 @@ class Catalog(BaseModel):
 
         Returns:
             The levels (at most :attr:`depth`), each normalised
-            (:func:`common.text.normalize_text`), or ``None`` when a level is blank or a tree cell
-            cannot be parsed.
+            (:func:`common.text.normalize_text`), or ``None`` when a level is blank or a null
+            token (:func:`common.text.is_null_token`: ``NULL``, ``nan``, ``N/A``...), or a tree
+            cell cannot be parsed (not JSON, or nesting deeper than :data:`MAX_TREE_DEPTH`).
         """
         if self.category is None:
-            levels = [normalize_text(v) if v is not None else None for v in values]
+            levels = [None if is_null_token(v) else normalize_text(v) for v in values]
             return None if any(v is None for v in levels) else levels
         (cell,) = values
-        if cell is None:
+        if is_null_token(cell):
             return None
         tree = self.category
         if tree.format == "json_list":
+            if json_depth(cell) > MAX_TREE_DEPTH:
+                return None
             try:
                 items = json.loads(cell)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 return None
             if not isinstance(items, list) or not items or not isinstance(items[0], str):
                 return None
             cell = items[0]
-        levels = [normalize_text(level) for level in cell.split(tree.separator)][: tree.max_depth]
+        levels = [None if is_null_token(level) else normalize_text(level)
+                  for level in cell.split(tree.separator)][: tree.max_depth]
         return None if not levels or any(not level for level in levels) else levels
 
 
@@ -183,13 +201,56 @@ def load_catalog(path: str | Path) -> Catalog:
 
     Raises:
         FileNotFoundError: when the file does not exist.
-        pydantic.ValidationError: when the mapping is incomplete.
+        CatalogError: when it is not YAML, not a mapping, or the mapping is incomplete or wrong;
+            one line, e.g. ``catalogs/x.yaml: required key 'columns.title' is missing: write
+            `title: <source column>` under `columns:` (`title: null`: the catalog has no
+            titles)``.
     """
     path = Path(path)
     if not path.is_absolute():
         path = PROJECT_ROOT / path
     with open(path, encoding="utf-8") as fh:
-        return Catalog.model_validate(yaml.safe_load(fh))
+        try:
+            data = yaml.safe_load(fh)
+        except yaml.YAMLError as exc:
+            raise CatalogError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+        except UnicodeDecodeError as exc:
+            raise CatalogError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not isinstance(data, dict):
+        raise CatalogError(f"{path}: a catalog adapter is a YAML mapping (name:, listings_file:, "
+                           f"columns:, ...), not a {type(data).__name__}")
+    try:
+        return Catalog.model_validate(data)
+    except ValidationError as exc:
+        raise CatalogError(f"{path}: " + "; ".join(_problem(err) for err in exc.errors())) from None
+
+
+def _field(loc: list[str]) -> FieldInfo | None:
+    """The declaration of a key path (``["columns", "title"]``), for its description."""
+    model: type[BaseModel] | None = Catalog
+    field = None
+    for part in loc:
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return None
+        model = next((t for t in (field.annotation, *get_args(field.annotation))
+                      if isinstance(t, type) and issubclass(t, BaseModel)), None)
+    return field
+
+
+def _problem(err: dict) -> str:
+    """One pydantic error as what to fix in the YAML file."""
+    loc = [str(part) for part in err["loc"]]
+    key = ".".join(loc) or "(top level)"
+    if err["type"] == "missing":
+        field = _field(loc)
+        under = f" under `{loc[-2]}:`" if len(loc) > 1 else ""
+        value = "<source column>" if loc[:1] == ["columns"] else "<value>"
+        hint = f" ({field.description})" if field is not None and field.description else ""
+        return f"required key '{key}' is missing: write `{loc[-1]}: {value}`{under}{hint}"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{key}' (a typo? remove it or use one of the documented keys)"
+    return f"key '{key}': {err['msg']} (got {err.get('input')!r:.80})"
 
 
 def split_path(category_path: str) -> list[str]:

@@ -13,6 +13,16 @@ from collections.abc import Callable
 from typing import Any
 
 
+class InputError(ValueError):
+    """An input file the user wrote (a catalog adapter, a configuration file) that cannot be
+    used. Its message is one line naming the file, what is wrong and what to write instead;
+    :func:`run_command` prints it, without a traceback, and exits with status 2."""
+
+
+INPUT_ERROR_STATUS = 2
+"""Exit status of a command stopped by an :class:`InputError` (as argparse's usage errors)."""
+
+
 def step_parser(module: str, doc: str) -> argparse.ArgumentParser:
     """The argument parser of a step's CLI, with the option every step has.
 
@@ -41,13 +51,17 @@ def run_command(command: Callable[[], Any], refused: type[Exception] | tuple[typ
         prefix: printed before a refusal's reason.
 
     Returns:
-        The exit status: 0, or ``status`` after printing the refusal's reason to stderr. Any other
-        exception propagates.
+        The exit status: 0, or ``status`` after printing the refusal's reason to stderr, or
+        :data:`INPUT_ERROR_STATUS` after printing ``error: <message>`` of an :class:`InputError`
+        (a catalog file missing a key...). Any other exception propagates.
     """
     try:
         result = command()
     except refused as exc:
         print(f"{prefix}{exc}", file=sys.stderr)
         return status
+    except InputError as exc:  # the user's own file: one line saying what to fix, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return INPUT_ERROR_STATUS
     print(json.dumps(result))
     return 0

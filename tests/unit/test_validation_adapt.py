@@ -108,7 +108,8 @@ def test_null_template_field_gives_no_image_key() -> None:
     ("styles.csv", b"", "listings_file_empty"),
     ("styles.csv", b"id,productDisplayName\n", "listings_file_empty"),
     ("styles.csv", b'id,name\n1,"unclosed\n', "listings_file_unparseable"),
-    ("styles.csv", b"\xff\xfe\x00\x81\x92binary", "listings_file_unparseable"),
+    ("styles.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x81\x92binary", "listings_file_unparseable"),
+    ("styles.csv", b"\xff\xfe\x00\x81\x92binary", "listings_file_encoding"),  # a UTF-16 LE BOM
     ("styles.csv", b"id,id\n1,2\n", "duplicate_columns"),
     ("styles.jsonl", b"{broken\n[1]\n", "listings_file_not_a_table"),
     ("styles.jsonl", b"[1, 2]\n[3, 4]\n", "listings_file_not_a_table"),
