@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
+from validation.data_docs import data_docs_site
 from validation.gx_setup import gx
 
 DATASOURCE = "listings"
@@ -53,7 +54,10 @@ class CheckpointOutcome:
 
 def open_context(gx_dir: Path):
     """The file Data Context rooted at ``gx_dir`` (scaffolded on first use), analytics and
-    progress bars off.
+    progress bars off, Data Docs rendered by the escaping views of :mod:`validation.data_docs`.
+
+    A project whose site was configured otherwise (scaffolded before those views) gets their
+    configuration, and its existing pages are built again with them.
 
     Returns:
         A ``FileDataContext``; its config lives in ``<gx_dir>/gx/``.
@@ -72,8 +76,17 @@ def open_context(gx_dir: Path):
         context.variables.progress_bars = ProgressBarsConfig(globally=False,
                                                              metric_calculations=False)
         changed = True
+    escaping = context.variables.data_docs_sites != data_docs_site()
+    if escaping:
+        context.variables.data_docs_sites = data_docs_site()
+        changed = True
     if changed:
         context.variables.save()
+    if escaping and context.validation_results_store.list_keys():
+        # pages built before the escaping views printed feed values raw: build them all again
+        import validation.expectations  # noqa: F401  (the stored results use its expectations)
+
+        context.build_data_docs()
     return context
 
 
