@@ -29,8 +29,9 @@ images, as the validate step hands them over) on top of :func:`replace_partition
 :func:`remove_partition`.
 
 Updates: a listing id that arrives again in a later batch is an update, and the latest version
-wins: :func:`read_store` keeps the row of the latest ``ingested_at`` (ties: the latest batch id,
-in string order). The older row stays in its batch's partition (the raw history is never
+wins: :func:`read_store` keeps the row of the latest batch date (the date in the batch id,
+:func:`common.batches.version_order`), ties by ``ingested_at`` then batch id; never a time the
+feed's files carry. The older row stays in its batch's partition (the raw history is never
 rewritten); it is only hidden from readers.
 
 The store's index: validation's cross-store checks (duplicate images, label and price drift) need
@@ -55,6 +56,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.batches import version_order
 from common.catalog import CANONICAL_COLUMNS
 
 INDEX_COLUMNS = ("listing_id", "image_sha256", "category_path", "price", "catalog", "batch_id",
@@ -184,6 +186,9 @@ def read_store(store: Path, columns: Sequence[str] | None = None,
         exclude_batches: batch ids whose partitions are ignored (e.g. the batch being
             re-validated, so it is not compared with itself).
 
+    The latest version of a listing is the row of its latest batch date (ties: ``ingested_at``,
+    then batch id; :func:`common.batches.version_order`).
+
     Returns:
         One row per listing id with ``columns``, sorted by ``listing_id``; an empty frame with
         those columns when the store is empty. ``price`` is float64, the rest ``str``/``None``;
@@ -205,8 +210,7 @@ def read_store(store: Path, columns: Sequence[str] | None = None,
                 part[column] = pd.Series([None] * len(part), dtype="float64" if column == "price" else object)
         parts.append(part)
     frame = pd.concat(parts, ignore_index=True)
-    frame = frame.sort_values(["ingested_at", "batch_id"], kind="stable")
-    frame = frame.drop_duplicates("listing_id", keep="last")
+    frame = version_order(frame).drop_duplicates("listing_id", keep="last")
     return frame.sort_values("listing_id", kind="stable").reset_index(drop=True)[columns]
 
 

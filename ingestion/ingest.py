@@ -7,8 +7,10 @@ copy leaves no half batch under its id, and a retry resumes the partial folder (
 there with the right size are not fetched again) and finishes it. Staged batches are the raw
 batches, kept unchanged: their files are made read-only once staged, and validation only reads them.
 
-A batch the feed source refuses (a symbolic link, an unreadable file, an S3 key that leaves its
-folder, a folder name that is unsafe or carries no date) is quarantined, not raised: the manifest
+A batch the feed source refuses (a symbolic link, a FIFO or device, a hard link to a file
+outside the feed, an unreadable file, an S3 key that leaves its folder, a batch that is no
+folder, a folder name that is unsafe or carries no date or an invalid one) is quarantined, not
+raised: the manifest
 records it as ``quarantined`` with its reason and the content fingerprint it was refused with,
 ``<quarantine>/<batch>/report.json`` holds the report, and ingest carries on with the next
 batches. A retry never stages it again; a re-publication with other content (another
@@ -32,33 +34,19 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import shutil
 import stat
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+from common.batches import BatchDateError, batch_date, is_release_id, parse_batch_date
 from common.files import write_json
 from common.params import Params, load_params
 from common.results import IngestResult, RefusedBatch
 from common.state import State
 from ingestion.manifest import read_manifest, update_entry
 from ingestion.sources import PART, BatchRefused, FeedSource, check_batch_id, open_feed
-
-_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})$")
-
-
-def batch_date(batch_id: str) -> date | None:
-    """The date at the end of a batch id (``fashion-2026-11-02`` -> 2026-11-02), or None."""
-    match = _DATE.search(batch_id)
-    if not match:
-        return None
-    try:
-        return date.fromisoformat(match.group(1))
-    except ValueError:
-        return None
-
 
 NAMING = "batches are named <catalog>-YYYY-MM-DD, the Monday of their week (e.g. fashion-2026-11-02)"
 """How a batch folder must be named; quoted in the refusal of one that is not."""
@@ -68,11 +56,23 @@ def check_batch_name(batch_id: str) -> date:
     """The date a batch folder's name places it at.
 
     Raises:
-        BatchRefused: ``batch_name_invalid`` (not a plain folder name) or ``batch_name_undated``
-            (no valid ``YYYY-MM-DD`` at its end), with :data:`NAMING` in the message.
+        BatchRefused: ``batch_name_invalid`` (not a plain folder name, or a release id
+            ``<batch>.release-<k>``, which the platform keeps for its own), ``batch_name_undated``
+            (no ``YYYY-MM-DD`` at its end) or ``batch_name_date_invalid`` (``YYYY-MM-DD`` digits
+            that are no calendar date, e.g. ``2026-02-30``), with :data:`NAMING` in the message.
     """
     check_batch_id(batch_id)
-    when = batch_date(batch_id)
+    if is_release_id(batch_id):
+        raise BatchRefused("batch_name_invalid",
+                           f"batch folder {batch_id!r} is named like a release of held-back "
+                           f"listings (<batch>.release-<k>), a name the platform keeps for its "
+                           f"own: {NAMING}")
+    try:
+        when = parse_batch_date(batch_id)
+    except BatchDateError as exc:
+        raise BatchRefused("batch_name_date_invalid",
+                           f"batch folder {batch_id!r}: {exc}, so no run can place it in time: "
+                           f"{NAMING}") from None
     if when is None:
         raise BatchRefused("batch_name_undated",
                            f"batch folder {batch_id!r} carries no date, so no run can place it in "
@@ -226,24 +226,34 @@ def quarantine_folder(state: State, batch_id: str) -> Path:
         return state.quarantine / f"_refused-{hashlib.sha1(batch_id.encode('utf-8', 'surrogateescape')).hexdigest()[:16]}"
 
 
+def refusal_report(state: State, source: str, batch_id: str, exc: BatchRefused,
+                   fingerprint: str | None) -> dict:
+    """Writes and returns the quarantine report of a refused batch,
+    ``<quarantine>/<batch>/report.json`` (:func:`quarantine_folder`): the shape of a validation
+    report (``status: quarantined``, ``rows: 0``, ``batch_reasons``, ``reasons``), with
+    ``stage: "ingest"``, the feed ``source`` and the ``fingerprint`` it was refused with."""
+    folder = quarantine_folder(state, batch_id)
+    report = {"batch_id": batch_id, "stage": "ingest", "status": "quarantined", "rows": 0,
+              "accepted_rows": 0, "rejected_rows": 0, "reasons": {exc.reason: 1},
+              "batch_reasons": [str(exc)], "warnings": [], "source": source,
+              "fingerprint": fingerprint, "report": str(folder / "report.json")}
+    write_json(folder / "report.json", report)
+    return report
+
+
 def refuse_batch(state: State, feed: FeedSource, batch_id: str, exc: BatchRefused,
                  fingerprint: str | None) -> RefusedBatch:
-    """Quarantines a batch the feed source refused: its report, and its manifest entry.
+    """Quarantines a batch the feed source refused: its report (:func:`refusal_report`), and its
+    manifest entry.
 
-    The report has the shape of a validation report (``status: quarantined``, ``rows: 0``,
-    ``batch_reasons``, ``reasons``), with ``stage: "ingest"``. The manifest entry records the
+    The manifest entry records the
     content ``fingerprint`` it was refused with, so the batch is not tried again until it is
     re-published with other content; ``None`` (a refused name) means never again under this name.
 
     Returns:
         The refusal, with the path of its report file.
     """
-    folder = quarantine_folder(state, batch_id)
-    report = {"batch_id": batch_id, "stage": "ingest", "status": "quarantined", "rows": 0,
-              "accepted_rows": 0, "rejected_rows": 0, "reasons": {exc.reason: 1},
-              "batch_reasons": [str(exc)], "warnings": [], "source": feed.url,
-              "fingerprint": fingerprint, "report": str(folder / "report.json")}
-    write_json(folder / "report.json", report)
+    report = refusal_report(state, feed.url, batch_id, exc, fingerprint)
     update_entry(state.manifest, batch_id, status="quarantined", stage="ingest", source=feed.url,
                  fingerprint=fingerprint, files=0, report=report,
                  refused_at=datetime.now(UTC).isoformat(timespec="seconds"))

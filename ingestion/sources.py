@@ -18,8 +18,13 @@ import hashlib
 import os
 import re
 import shutil
+import stat
+from collections import Counter
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
+
+from common.batches import date_text
+from common.files import NotRegularFileError, file_kind, open_regular
 
 CONN_ENV = "LCP_FEED_CONN_ID"
 """Environment variable naming the Airflow connection that holds the S3 feed's credentials."""
@@ -40,15 +45,17 @@ class FeedError(RuntimeError):
 
 
 class BatchRefused(FeedError):
-    """The feed holds one batch the platform refuses to copy (a link, an unreadable file, a key
-    that leaves the batch folder, an unsafe or undated name).
+    """The feed holds one batch the platform refuses to copy (a link, a FIFO or device, a hard
+    link to a file outside the feed, an unreadable file, a key that leaves the batch folder, an
+    unsafe, undated or misdated name).
 
     Ingest quarantines that batch with the reason and carries on with the next ones; the batch
     is tried again only once its content changes (:meth:`FeedSource.fingerprint`).
 
     Attributes:
-        reason: short code for the report (``batch_holds_link``, ``batch_file_unreadable``,
-            ``batch_key_outside_folder``, ``batch_name_invalid``, ``batch_name_undated``).
+        reason: short code for the report (``batch_holds_link``, ``batch_holds_hard_link``,
+            ``batch_not_a_folder``, ``batch_file_unreadable``, ``batch_key_outside_folder``,
+            ``batch_name_invalid``, ``batch_name_undated``, ``batch_name_date_invalid``).
         detail: what was refused, in words.
     """
 
@@ -81,7 +88,8 @@ class FeedSource(Protocol):
 
     def list_batches(self) -> list[str]:
         """Names of the batch folders in the feed, sorted; hidden ones (:func:`is_hidden`) left
-        out. Names are not checked here: ingest refuses unsafe or undated ones.
+        out. Names are not checked here: ingest refuses unsafe or undated ones, and batches that
+        are no folder (a local feed lists a link or a FIFO where a batch folder would stand).
 
         Raises:
             FeedError: when the feed cannot be listed.
@@ -110,83 +118,225 @@ class FeedSource(Protocol):
         ...
 
     def read_bytes(self, name: str) -> bytes:
-        """A file at the feed root (e.g. ``taxonomy.json``)."""
+        """A file at the feed root (e.g. ``taxonomy.json``).
+
+        Raises:
+            FeedError: when a local feed's file is no regular file of the feed's own (a link,
+                a FIFO, a hard link to a file outside the feed).
+        """
         ...
 
 
 class LocalFeed:
-    """A feed in a local folder."""
+    """A feed in a local folder, read without ever leaving it.
+
+    Only folders and regular files are read, each checked with ``lstat`` where it is listed and
+    opened with :func:`common.files.open_regular` (no symbolic link followed, no FIFO waited
+    on); the folder tree is walked with :func:`os.fwalk` (folder descriptors, safe against a
+    folder swapped for a link while it is walked) and every file opened is checked to be the one
+    listed (device and inode). A batch is refused (:class:`BatchRefused`) when it, or anything
+    in it, is a symbolic link (``batch_holds_link``), a FIFO, socket or device
+    (``batch_file_unreadable``; ``batch_not_a_folder`` for the batch itself), or a file with a
+    hard link outside the feed folder (``batch_holds_hard_link``).
+
+    Hard links: a hard link is a regular file, and a partner may well link one image into two
+    of its own batches (a re-publication) on its disk. What is refused is a file that also has
+    a name *outside* the feed folder: it is a file of someone else's (``/etc/shadow``, the
+    platform's own secrets) given a name in the feed, and copying it would read what the feed
+    never held. A file whose ``st_nlink`` names are all found inside the feed folder is
+    accepted. Staging always receives a copy of the bytes, never a link.
+    """
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.url = str(self.root)
 
     def list_batches(self) -> list[str]:
+        """Names of the batch folders, and of everything else at the feed root that stands where
+        a batch folder would (a symbolic link, a FIFO, a socket, a device, a regular file whose
+        name ends with a batch date), so that ingest refuses it with a reason instead of
+        passing it by. Other regular files are the feed's own (``taxonomy.json``)."""
         if not self.root.is_dir():
             raise FeedError(f"feed folder {self.root} does not exist")
         try:
             entries = list(os.scandir(self.root))
         except OSError as exc:
             raise FeedError(f"feed folder {self.root} cannot be listed: {exc}") from exc
-        return sorted(e.name for e in entries if not is_hidden(e.name) and e.is_dir(follow_symlinks=False))
+        names = []
+        for entry in entries:
+            if is_hidden(entry.name):
+                continue
+            if entry.is_file(follow_symlinks=False) and date_text(entry.name) is None:
+                continue  # a file of the feed's own, e.g. its taxonomy
+            names.append(entry.name)
+        return sorted(names)
 
-    def _files(self, batch_id: str) -> list[Path]:
-        """The batch's files in sorted order; refuses links and anything but files and folders."""
+    def _walk(self, batch_id: str) -> list[tuple[str, os.stat_result]]:
+        """Every entry below a batch folder, ``(path relative to it, its lstat)``, sorted by
+        path; links are listed, never followed.
+
+        Raises:
+            BatchRefused: ``batch_holds_link`` (the batch folder is a link), ``batch_not_a_folder``
+                (it is a FIFO, socket, device or file), ``batch_file_unreadable`` (it or a
+                folder in it cannot be listed).
+        """
         src = self.root / check_batch_id(batch_id)
-        files = []
         try:
-            paths = sorted(src.rglob("*"))
+            top = os.lstat(src)
+        except OSError as exc:
+            raise BatchRefused("batch_file_unreadable", f"batch {batch_id}: {exc.strerror}") from exc
+        if stat.S_ISLNK(top.st_mode):
+            raise BatchRefused("batch_holds_link",
+                               f"batch folder {batch_id} is a symbolic link (to "
+                               f"{os.readlink(src)!r}), not a folder; refused: links are never followed")
+        if not stat.S_ISDIR(top.st_mode):
+            raise BatchRefused("batch_not_a_folder",
+                               f"{batch_id} at the feed root is a {file_kind(top.st_mode)}, not a "
+                               "batch folder; refused")
+
+        def fail(exc: OSError) -> None:
+            raise exc
+
+        entries = []
+        try:
+            for folder, dirs, files, fd in os.fwalk(src, onerror=fail, follow_symlinks=False):
+                rel_folder = Path(folder).relative_to(src)
+                for name in dirs + files:
+                    entries.append(((rel_folder / name).as_posix(),
+                                    os.stat(name, dir_fd=fd, follow_symlinks=False)))
+                # fwalk sorts a link to a folder into dirs: it is listed above, never entered
+                dirs[:] = [d for d in dirs
+                           if stat.S_ISDIR(os.stat(d, dir_fd=fd, follow_symlinks=False).st_mode)]
         except OSError as exc:
             raise BatchRefused("batch_file_unreadable", f"batch {batch_id}: {exc}") from exc
-        for path in paths:
-            rel = path.relative_to(src)
-            if path.is_symlink():
+        return sorted(entries, key=lambda e: e[0])
+
+    def _links_inside(self) -> Counter:
+        """How many names each multiply-linked regular file has inside the feed folder, by
+        ``(st_dev, st_ino)`` (links never followed)."""
+        inside: Counter = Counter()
+        for _, _, files, fd in os.fwalk(self.root, follow_symlinks=False):
+            for name in files:
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                    inside[st.st_dev, st.st_ino] += 1
+        return inside
+
+    def _outside_names(self, st: os.stat_result, inside: Counter | None) -> tuple[int, Counter | None]:
+        """``(names of the file outside the feed folder, the feed's link count)``; the count is
+        taken once, only when a file has more than one name."""
+        if st.st_nlink <= 1:
+            return 0, inside
+        if inside is None:
+            inside = self._links_inside()
+        return max(st.st_nlink - inside[st.st_dev, st.st_ino], 0), inside
+
+    def _files(self, batch_id: str) -> list[tuple[Path, str, os.stat_result]]:
+        """The batch's regular files ``(path, relative path, lstat)`` in sorted order; refuses
+        links, anything but files and folders, and files with a hard link outside the feed."""
+        src = self.root / batch_id
+        files, inside = [], None
+        for rel, st in self._walk(batch_id):
+            if stat.S_ISLNK(st.st_mode):
                 raise BatchRefused("batch_holds_link",
                                    f"batch {batch_id} holds a symbolic link {rel}; refused")
-            if path.is_file():
-                files.append(path)
-            elif not path.is_dir():
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            if not stat.S_ISREG(st.st_mode):
                 raise BatchRefused("batch_file_unreadable",
-                                   f"batch {batch_id}: {rel} is not a regular file")
+                                   f"batch {batch_id}: {rel} is a {file_kind(st.st_mode)}, not a "
+                                   "regular file; refused")
+            outside, inside = self._outside_names(st, inside)
+            if outside:
+                raise BatchRefused("batch_holds_hard_link",
+                                   f"batch {batch_id}: {rel} is a hard link to a file with "
+                                   f"{outside} other name(s) outside the feed folder; refused "
+                                   "(publish a copy of the file instead)")
+            files.append((src / rel, rel, st))
         return files
 
+    def check_batch(self, batch_id: str) -> int:
+        """The number of files of a batch that :meth:`download_batch` would copy, for a tool that
+        reads the feed in place (``python -m validation``).
+
+        Raises:
+            BatchRefused: as :meth:`download_batch` refuses the batch before copying anything.
+        """
+        return len(self._files(batch_id))
+
     def download_batch(self, batch_id: str, dest: Path) -> int:
-        src = self.root / check_batch_id(batch_id)
         files = self._files(batch_id)
-        for path in files:
-            target = dest / path.relative_to(src)
-            if not (target.is_file() and target.stat().st_size == path.stat().st_size):
-                try:
-                    _atomic_fetch(target, lambda part, path=path: shutil.copyfile(path, part))
-                except PermissionError as exc:  # a file the feed will never let us read
-                    raise BatchRefused("batch_file_unreadable",
-                                       f"batch {batch_id}: {path.relative_to(src)}: {exc.strerror}") from exc
+        for path, rel, listed in files:
+            target = dest / rel
+            if target.is_file() and target.stat().st_size == listed.st_size:
+                continue
+            try:
+                with open_regular(path) as fh:
+                    now = os.fstat(fh.fileno())
+                    same = (now.st_dev, now.st_ino, now.st_nlink)
+                    if same != (listed.st_dev, listed.st_ino, listed.st_nlink):
+                        raise BatchRefused(
+                            "batch_file_unreadable",
+                            f"batch {batch_id}: {rel} changed while the batch was copied (the "
+                            "file, or a folder above it, was replaced); refused")
+                    _atomic_fetch(target, lambda part, fh=fh: _copy_to(fh, part))
+            except NotRegularFileError as exc:  # replaced by a link or a FIFO since it was listed
+                reason = "batch_holds_link" if exc.kind == "symbolic link" else "batch_file_unreadable"
+                raise BatchRefused(reason, f"batch {batch_id}: {rel} is now a {exc.kind}; refused") from exc
+            except (PermissionError, FileNotFoundError) as exc:  # a file the feed never lets us read
+                raise BatchRefused("batch_file_unreadable",
+                                   f"batch {batch_id}: {rel}: {exc.strerror}") from exc
         return len(files)
 
     def fingerprint(self, batch_id: str) -> str:
         src = self.root / batch_id
         digest = hashlib.sha256()
         try:
-            paths = sorted(src.rglob("*"))
-        except OSError as exc:  # a folder that cannot be listed: its error is its content
-            return hashlib.sha256(f"unlistable {exc.errno}".encode()).hexdigest()
-        for path in paths:
-            rel = path.relative_to(src).as_posix()
-            if path.is_symlink():
-                digest.update(f"L {rel} {os.readlink(path)}\n".encode("utf-8", "surrogateescape"))
-            elif path.is_file():
+            entries = self._walk(batch_id)
+        except BatchRefused as exc:  # a link, a FIFO, an unlistable folder: its refusal is its content
+            return hashlib.sha256(str(exc).encode("utf-8", "surrogateescape")).hexdigest()
+        for rel, st in entries:
+            if stat.S_ISLNK(st.st_mode):
                 try:
-                    with open(path, "rb") as fh:
+                    target = os.readlink(src / rel)
+                except OSError as exc:
+                    target = f"unreadable {exc.errno}"
+                digest.update(f"L {rel} {target}\n".encode("utf-8", "surrogateescape"))
+            elif stat.S_ISREG(st.st_mode):
+                try:
+                    with open_regular(src / rel) as fh:
                         content = hashlib.file_digest(fh, "sha256").hexdigest()
                 except OSError as exc:
                     content = f"unreadable {exc.errno}"
-                digest.update(f"F {rel} {path.stat().st_size} {content}\n".encode("utf-8", "surrogateescape"))
-            elif not path.is_dir():  # a FIFO, a socket, a device: refused, but part of the content
+                # a file with other names: fixing a refused hard link (a copy) changes the content
+                shared = " linked" if st.st_nlink > 1 else ""
+                digest.update(f"F {rel} {st.st_size} {content}{shared}\n".encode("utf-8", "surrogateescape"))
+            elif not stat.S_ISDIR(st.st_mode):  # a FIFO, a socket, a device: refused, but part of the content
                 digest.update(f"O {rel}\n".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()
 
     def read_bytes(self, name: str) -> bytes:
-        return (self.root / name).read_bytes()
+        """A regular file at the feed root, never through a link, never waiting on a FIFO.
+
+        Raises:
+            FeedError: when it is a link, a FIFO, a socket, a device or a folder, or a hard
+                link to a file with a name outside the feed folder.
+            FileNotFoundError, OSError: when it is missing or cannot be read.
+        """
+        path = self.root / name
+        try:
+            with open_regular(path) as fh:
+                outside, _ = self._outside_names(os.fstat(fh.fileno()), None)
+                if outside:
+                    raise FeedError(f"feed file {path} is a hard link to a file with {outside} "
+                                    "other name(s) outside the feed folder; refused")
+                return fh.read()
+        except NotRegularFileError as exc:
+            raise FeedError(f"feed file {path} is a {exc.kind}, not a regular file; refused "
+                            "(links are never followed)") from exc
 
 
 class S3Feed:
@@ -267,6 +417,11 @@ class S3Feed:
 
     def read_bytes(self, name: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
+
+
+def _copy_to(source: BinaryIO, part: Path) -> None:
+    with open(part, "wb") as out:
+        shutil.copyfileobj(source, out)
 
 
 def _atomic_fetch(target: Path, fetch) -> None:

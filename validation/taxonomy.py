@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from common.catalog import PATH_SEP, split_path
-from common.files import atomic_write, write_json
+from common.files import atomic_write, read_regular, write_json
 from common.text import normalize_text
 
 
@@ -52,14 +52,24 @@ def load_taxonomy(path: str | Path) -> frozenset[str]:
     Returns:
         The set of category paths, joined with ``" > "``.
 
+    The file is read with :func:`common.files.read_regular`: a symbolic link is refused, never
+    followed, and a FIFO is refused at once instead of blocking the read forever.
+
     Raises:
         FileNotFoundError: when the file does not exist.
-        ValueError: when the file is not JSON, not a non-empty list, or holds an entry that is
-            not a non-blank string or a non-empty list of non-blank strings.
+        common.files.NotRegularFileError: (an ``OSError``) when it is a symbolic link, a FIFO,
+            a socket, a device or a folder.
+        ValueError: when the file is not UTF-8 text, not JSON, not a non-empty list, or holds an
+            entry that is not a non-blank string or a non-empty list of non-blank strings.
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = read_regular(path).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"taxonomy {path} is not UTF-8 text: byte {exc.object[exc.start]:#04x} at "
+                         f"offset {exc.start}") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"taxonomy {path} is not valid JSON: {exc}") from exc
     if not isinstance(data, list) or not data:
