@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 
+from common.batches import batch_date
 from common.catalog import load_catalog
 from common.params import load_params
 from common.state import State
+from ingestion.sources import BatchRefused, LocalFeed
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,21 +30,28 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", action="append", default=None,
                         help="validate only this batch id (repeatable)")
     parser.add_argument("--ingested-at", default=None,
-                        help="ISO time stamped on the rows (default: the listings file's mtime)")
+                        help="ISO time stamped on the rows (default: midnight UTC of the batch "
+                             "id's date)")
     parser.add_argument("--json", action="store_true", help="print the reports as JSON")
     return parser
 
 
-def _batch_dirs(feed: Path, only: list[str] | None) -> list[Path]:
-    dirs = sorted(p for p in feed.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
-    return [p for p in dirs if only is None or p.name in only]
+def _batch_names(feed: LocalFeed, only: list[str] | None) -> list[str]:
+    """The feed's batches (:meth:`LocalFeed.list_batches`: folders, and links or FIFOs standing
+    where a folder would, which are refused), those of ``only`` if given."""
+    return [b for b in feed.list_batches() if only is None or b in only]
 
 
-def _ingested_at(batch_dir: Path, listings_file: str) -> str:
-    """The listings file's mtime (UTC, ISO): stable across re-runs, unlike now()."""
-    source = batch_dir / listings_file
-    stamp = (source if source.exists() else batch_dir).stat().st_mtime
-    return datetime.fromtimestamp(stamp, tz=UTC).isoformat()
+def _ingested_at(batch_id: str) -> str:
+    """The time stamped on a batch's rows: midnight UTC of the date its id carries
+    (``fashion-2026-11-09`` -> ``2026-11-09T00:00:00+00:00``), the Unix epoch for an undated id.
+
+    Never a file's modification time: the partner who wrote the file sets it, and a file dated
+    2099 would make its rows outrank every later correction. The id's date is stable across
+    re-runs, and versions are ordered by it anyway (:func:`common.batches.version_order`).
+    """
+    when = batch_date(batch_id) or date(1970, 1, 1)
+    return datetime.combine(when, time(), tzinfo=UTC).isoformat()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,13 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(f"cannot load taxonomy changes: {exc}")
 
+    from ingestion.ingest import refusal_report
     from validation.validate import validate_batch
 
+    feed = LocalFeed(args.feed)
     reports = []
-    for batch_dir in _batch_dirs(args.feed, args.batch):
+    for batch_id in _batch_names(feed, args.batch):
+        try:  # a link, a FIFO, a hard link out of the feed: refused as ingest refuses it
+            feed.check_batch(batch_id)
+        except BatchRefused as exc:
+            reports.append(refusal_report(state, feed.url, batch_id, exc, None))
+            continue
         reports.append(validate_batch(
-            batch_dir, batch_dir.name,
-            args.ingested_at or _ingested_at(batch_dir, catalog.listings_file),
+            args.feed / batch_id, batch_id, args.ingested_at or _ingested_at(batch_id),
             catalog, effective.paths, params.validate_, state.listings_store, state.quarantine,
             state.gx_dir, retired=effective.retired))
     if args.json:
