@@ -141,8 +141,8 @@ def measure(seeded: dict, version: bool) -> None:
         timings[f"total_{unit}"] = sum(timings[f"{p}_{unit}"] for p in phases)
     seeded["runs"].append({k: round(v, 2) for k, v in timings.items()})
     report = outcome.reports["fashion-2026-11-02"]
-    seeded["batch"] = {"batch_status": report["status"], "batch_accepted": report["accepted_rows"],
-                       "batch_reasons": report["reasons"],
+    seeded["batch"] = {"batch_status": report.status, "batch_accepted": report.accepted_rows,
+                       "batch_reasons": report.reasons,
                        "versioned": versioned and {"added": list(versioned.added),
                                                    "pushed": list(versioned.pushed)}}
 

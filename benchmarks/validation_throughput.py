@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         "image_errors": sum(1 for c in checks if c[0]),
         "validate_batch_s": round(total_s, 2),
         "validate_batch_listings_per_s": round(n / total_s, 1),
-        "status": report["status"], "accepted_rows": report["accepted_rows"],
-        "reasons": report["reasons"],
+        "status": report.status, "accepted_rows": report.accepted_rows,
+        "reasons": report.reasons,
     }, indent=2))
     return 0
 

@@ -94,6 +94,96 @@ class IngestResult(StepResult):
     taxonomy: str
 
 
+class ValidationFailure(BaseModel):
+    """The exception that stopped one batch's validation (reason ``validation_error``).
+
+    Attributes:
+        stage: the step that raised: ``read``, ``parse``, ``images``, ``gx``, ``drift``,
+            ``route`` or ``store``.
+        type: the exception's class name, e.g. ``RecursionError``.
+        message: its message (cut to 500 characters; the traceback is in the task log).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stage: str
+    type: str
+    message: str
+
+
+class BatchReport(BaseModel):
+    """One batch's validation report: ``report.json`` in quarantine and the manifest's ``report``.
+
+    Built by :func:`validation.validate.validate_batch` (or by ingest for a batch it refused)
+    and read by attribute wherever a report is read (the manifest's entries hold its JSON:
+    :meth:`from_entry`). Reading is lenient (unknown keys of older reports are dropped, absent
+    ones take their defaults); what is written always has every field.
+
+    Attributes:
+        batch_id: the batch.
+        status: ``accepted``, ``partial`` or ``quarantined``.
+        rows: rows read from the listings file (0 when it could not be read).
+        accepted_rows: rows written to the store.
+        rejected_rows: rows quarantined (all rows when the batch is quarantined whole).
+        bad_row_fraction: share of rows failing a row-level check, or None when not reached.
+        reasons: reason code (:data:`validation.reasons.REASONS`) -> rows failing it.
+        batch_reasons: why the whole batch was quarantined (``"<code>: <detail>"``), if it was.
+        failed_expectations: the failed GX expectations (``expectation``, ``column``,
+            ``unexpected_count``, ``reason``, optional ``error``), drift excluded.
+        drift: :func:`validation.drift.drift_summary`, or None when GX did not run.
+        warnings: unknown categories, relabels, retired categories, drift over a threshold.
+        relabels: accepted listings whose category differs from their stored version.
+        retired_rows: accepted rows of a retired category.
+        validation_id: the GX validation result id, or None.
+        data_docs: the Data Docs index path, or None.
+        data_docs_page: the batch's Data Docs validation page, or None.
+        store_file: the store partition's table, or None.
+        rejected_file: ``rejected.csv``, or None.
+        report: ``report.json``, or None when nothing was rejected.
+        error: the exception that stopped validation (status quarantined, reason
+            ``validation_error``), or None.
+        source: the feed's URL, for a batch refused at ingest.
+        released_from: for a release batch, the batch whose held-back rows it holds.
+        released_to: the release batches that took this batch's held-back rows.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    batch_id: str
+    status: Literal["accepted", "partial", "quarantined"] = "quarantined"
+    rows: int = 0
+    accepted_rows: int = 0
+    rejected_rows: int = 0
+    bad_row_fraction: float | None = None
+    reasons: dict[str, int] = Field(default_factory=dict)
+    batch_reasons: list[str] = Field(default_factory=list)
+    failed_expectations: list[dict[str, Any]] = Field(default_factory=list)
+    drift: dict[str, Any] | None = None
+    warnings: list[str] = Field(default_factory=list)
+    relabels: list[dict[str, Any]] = Field(default_factory=list)
+    retired_rows: int = 0
+    validation_id: str | None = None
+    data_docs: str | None = None
+    data_docs_page: str | None = None
+    store_file: str | None = None
+    rejected_file: str | None = None
+    report: str | None = None
+    error: ValidationFailure | None = None
+    source: str | None = None
+    released_from: str | None = None
+    released_to: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any] | None) -> BatchReport | None:
+        """The report a manifest entry holds (``entry["report"]``), or None when it has none."""
+        raw = (entry or {}).get("report")
+        return cls.model_validate(raw) if raw else None
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field as JSON types (what ``report.json`` and the manifest hold)."""
+        return self.model_dump(mode="json")
+
+
 class ValidateResult(StepResult):
     """``validate``'s result (:func:`validation.staged.validate_staged_batches`).
 
@@ -104,8 +194,9 @@ class ValidateResult(StepResult):
         store_listings: listings in the store after validation (latest version of each id).
         data_docs: path of the Data Docs index, or None when no batch was validated now.
         validation_ids: ``{batch id: GX validation result id, or None}`` (lineage).
-        reports: ``{batch id: report}`` as :func:`validation.validate.validate_batch` returns
-            it; kept out of XCom (the manifest records each report).
+        reports: ``{batch id: report}`` (:class:`BatchReport`, as
+            :func:`validation.validate.validate_batch` returns it); kept out of XCom (the
+            manifest records each report).
         released: release batches of this run (``<origin batch>.release-<k>``): held-back
             listings whose category the taxonomy now has, validated again into their own store
             partition (:func:`validation.staged.release_held_back`), sorted. Their reports and
@@ -122,7 +213,7 @@ class ValidateResult(StepResult):
     store_listings: int
     data_docs: str | None
     validation_ids: dict[str, str | None]
-    reports: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    reports: dict[str, BatchReport] = Field(default_factory=dict)
     released: tuple[str, ...] = ()
     released_listings: int = 0
 

@@ -35,8 +35,9 @@ import sys
 from pathlib import Path
 
 from common.params import Params, load_params
-from common.results import StepResult
+from common.results import BatchReport, StepResult
 from common.state import State
+from validation.reasons import UNKNOWN_CATEGORY
 
 DAG_ID = "listing_classifier_retraining"
 SEASON_TAG = "lcp.season_model"
@@ -52,7 +53,8 @@ SHOWN = ("week", "batches", "accepted", "quarantined", "held_back", "released", 
          "fresh_score", "challenger_score", "champion_score", "delta_low", "delta_high", "decision",
          "seconds_train_evaluate", "seconds_run")
 """The columns :func:`format_table` prints (the CSV has them all)."""
-HELD_BACK = "unknown_category"
+HELD_BACK = UNKNOWN_CATEGORY
+"""Rows held back for a category outside the taxonomy: counted apart from the quarantined ones."""
 
 
 class SeasonResult(StepResult):
@@ -161,10 +163,10 @@ def season_table(state: State, params: Params, runs: list[dict]):
         registered, gate, promoted = x.get("register") or {}, x.get("gate") or {}, x.get("promote") or {}
         # the batches' reports stay out of XCom (too big): the manifest holds each batch's
         ids = [*validated.get("accepted", ()), *validated.get("partial", ()), *validated.get("quarantined", ())]
-        reports = {b: (manifest.get(b) or {}).get("report") or {} for b in ids}
+        reports = {b: BatchReport.from_entry(manifest.get(b)) or BatchReport(batch_id=b) for b in ids}
         stored = sorted({*validated.get("accepted", ()), *validated.get("partial", ()),
                          *validated.get("released", ())})
-        held = sum(int((r.get("reasons") or {}).get(HELD_BACK, 0)) for r in reports.values())
+        held = sum(r.reasons.get(HELD_BACK, 0) for r in reports.values())
         new = set().union(*(_partition_categories(state, b) for b in stored)) - seen if stored else set()
         seen |= new
         interval = gate.get("interval") or (None, None)
@@ -172,8 +174,8 @@ def season_table(state: State, params: Params, runs: list[dict]):
         row = {
             "week": week, "run_id": run["run_id"], "logical_date": run["logical_date"], "state": run["state"],
             "batches": " ".join(sorted(reports)),
-            "accepted": sum(int(r.get("accepted_rows", 0)) for r in reports.values()),
-            "quarantined": sum(int(r.get("rejected_rows", 0)) for r in reports.values()) - held,
+            "accepted": sum(r.accepted_rows for r in reports.values()),
+            "quarantined": sum(r.rejected_rows for r in reports.values()) - held,
             "held_back": held, "released": int(validated.get("released_listings", 0)),
             "new_categories": len(new),
             "new_category_names": "; ".join(sorted(new)) if week > 1 else f"({len(new)} at start)",

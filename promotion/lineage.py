@@ -22,6 +22,8 @@ from typing import Any
 import pandas as pd
 from mlflow.data.dataset_source import DatasetSource
 
+from common.results import BatchReport
+
 SPLITS = {"train": "training", "val": "validation", "golden": "golden"}
 """Prepared split -> the MLflow input context it is logged with."""
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -142,13 +144,14 @@ def training_batches(splits: dict[str, pd.DataFrame], manifest: dict[str, dict])
     counts = pd.concat(frames).value_counts() if frames else pd.Series(dtype=int)
     out = []
     for batch_id in sorted(counts.index):
-        report = (manifest.get(batch_id) or {}).get("report") or {}
+        report = BatchReport.from_entry(manifest.get(batch_id))
         out.append({"batch_id": batch_id, "listings": int(counts[batch_id]),
-                    "status": report.get("status"), "rows": report.get("rows"),
-                    "accepted_rows": report.get("accepted_rows"),
-                    "rejected_rows": report.get("rejected_rows"),
-                    "validation_id": report.get("validation_id"),
-                    "data_docs_page": report.get("data_docs_page")})
+                    **({"status": report.status, "rows": report.rows,
+                        "accepted_rows": report.accepted_rows, "rejected_rows": report.rejected_rows,
+                        "validation_id": report.validation_id,
+                        "data_docs_page": report.data_docs_page} if report is not None else
+                       dict.fromkeys(("status", "rows", "accepted_rows", "rejected_rows",
+                                      "validation_id", "data_docs_page")))})
     return out
 
 

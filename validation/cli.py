@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(f"cannot load taxonomy changes: {exc}")
 
+    from common.results import BatchReport
     from ingestion.ingest import refusal_report
     from validation.validate import validate_batch
 
@@ -98,17 +99,18 @@ def main(argv: list[str] | None = None) -> int:
         try:  # a link, a FIFO, a hard link out of the feed: refused as ingest refuses it
             feed.check_batch(batch_id)
         except BatchRefused as exc:
-            reports.append(refusal_report(state, feed.url, batch_id, exc, None))
+            refused = refusal_report(state, feed.url, batch_id, exc, None)
+            reports.append(BatchReport.model_validate(refused))
             continue
         reports.append(validate_batch(
             args.feed / batch_id, batch_id, args.ingested_at or _ingested_at(batch_id),
             catalog, effective.paths, params.validate_, state.listings_store, state.quarantine,
             state.gx_dir, retired=effective.retired))
     if args.json:
-        json.dump(reports, sys.stdout, indent=2)
+        json.dump([r.to_json() for r in reports], sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         for r in reports:
-            print(f"{r['batch_id']}: {r['status']} rows={r['rows']} accepted={r['accepted_rows']} "
-                  f"rejected={r['rejected_rows']} reasons={r['reasons']}")
+            print(f"{r.batch_id}: {r.status} rows={r.rows} accepted={r.accepted_rows} "
+                  f"rejected={r.rejected_rows} reasons={r.reasons}")
     return 0

@@ -31,6 +31,7 @@ included, as JSON.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -44,24 +45,32 @@ import pandas as pd
 
 from common.catalog import Catalog, load_catalog
 from common.cli import run_command, step_parser
-from common.files import atomic_write, write_json
+from common.files import write_json
 from common.params import Params, load_params
-from common.results import RefusedBatch, ValidateResult
+from common.results import BatchReport, RefusedBatch, ValidateResult
 from common.state import State
 from common.store import batch_ids as store_batch_ids
-from common.store import disk_full_errors, read_store, recover_partitions, remove_partition
+from common.store import (
+    disk_full_errors,
+    is_disk_full,
+    read_store,
+    recover_partitions,
+    remove_partition,
+)
 from ingestion.manifest import read_manifest, update_entry
+from validation.reasons import UNKNOWN_CATEGORY
 from validation.taxonomy import Taxonomy, effective_taxonomy, write_retired
-from validation.validate import validate_batch
+from validation.validate import validate_batch, write_rejected
 
 OUTCOMES = ("accepted", "partial", "quarantined")
 RELEASED = "released"
 """Manifest status of a release batch (held-back listings validated again after a taxonomy change)."""
-UNKNOWN_CATEGORY = "unknown_category"
 HELD_BACK_FROM = ("partial",)
 """Origins whose held-back rows are released: a batch quarantined whole is not released row by
 row (its other rows were refused with it); it is validated again when re-published."""
 _RELEASE_ID = re.compile(r"^(?P<origin>.+)\.release-(?P<k>[0-9]+)$")
+
+logger = logging.getLogger(__name__)
 
 
 class NothingToTrainError(RuntimeError):
@@ -106,31 +115,33 @@ def validate_staged_batches(state: State, params: Params, batch_ids: Sequence[st
     if unknown:
         raise KeyError(f"batch(es) {unknown} are not in the manifest {state.manifest}: ingest never staged them")
     outcome: dict[str, list[str]] = {status: [] for status in (*OUTCOMES, RELEASED)}
-    reports: dict[str, dict] = {}
+    reports: dict[str, BatchReport] = {}
     data_docs = None
     for batch_id, entry in sorted(manifest.items()):  # finished by an attempt that was killed
         if (entry.get("status") in (*OUTCOMES, RELEASED) and "data_rev" in entry
                 and entry["data_rev"] is None):
             outcome[entry["status"]].append(batch_id)
-            reports[batch_id] = entry.get("report") or {}
-            print(f"[validate] {batch_id}: {entry['status']} (validated by an earlier attempt, "
-                  "not versioned yet)")
+            reports[batch_id] = _entry_report(batch_id, entry)
+            logger.info("[validate] %s: %s (validated by an earlier attempt, not versioned yet)",
+                        batch_id, entry["status"])
     with disk_full_errors(state.root, "release held-back listings"):
         for release, report in release_held_back(state, params, catalog, taxonomy):
             outcome[RELEASED].append(release)
             reports[release] = report
-            data_docs = report.get("data_docs") or data_docs
+            data_docs = report.data_docs or data_docs
     for item in refused:
         outcome["quarantined"].append(item.batch_id)
-        reports[item.batch_id] = (manifest.get(item.batch_id) or {}).get("report") or item.to_dict()
-        print(f"[validate] {item.batch_id[:200]!r}: quarantined at ingest ({item.reason}): "
-              f"{item.detail} report={item.report}")
+        reports[item.batch_id] = BatchReport.from_entry(manifest.get(item.batch_id)) or BatchReport(
+            batch_id=item.batch_id, reasons={item.reason: 1}, batch_reasons=[f"{item.reason}: {item.detail}"],
+            report=item.report)
+        logger.warning("[validate] %r: quarantined at ingest (%s): %s report=%s", item.batch_id[:200],
+                       item.reason, item.detail, item.report)
     for batch_id in sorted(set(batch_ids)):
         entry = manifest[batch_id]
         if entry.get("status") != "staged":
             if batch_id not in reports:
-                print(f"[validate] {batch_id}: already {entry.get('status')} (data_rev "
-                      f"{entry.get('data_rev')}), not validated again")
+                logger.info("[validate] %s: already %s (data_rev %s), not validated again",
+                            batch_id, entry.get("status"), entry.get("data_rev"))
             continue
         with disk_full_errors(state.root, f"validate batch {batch_id}"):
             report = validate_batch(
@@ -146,14 +157,16 @@ def validate_staged_batches(state: State, params: Params, batch_ids: Sequence[st
                 retired=taxonomy.retired,
             )
             # after the partition: a kill before this line leaves the batch staged, retried whole
-            update_entry(state.manifest, batch_id, status=report["status"], report=report,
+            update_entry(state.manifest, batch_id, status=report.status, report=report.to_json(),
                          data_rev=None)
-        outcome[report["status"]].append(batch_id)
+        outcome[report.status].append(batch_id)
         reports[batch_id] = report
-        data_docs = report.get("data_docs")
-        print(f"[validate] {batch_id}: {report['status']} ({report['accepted_rows']} accepted, "
-              f"{report['rejected_rows']} rejected) reasons={report['reasons']} "
-              f"data_docs={report.get('data_docs')}")
+        data_docs = report.data_docs or data_docs
+        log = logger.warning if report.status == "quarantined" else logger.info
+        log("[validate] %s: %s (%d accepted, %d rejected) reasons=%s%s data_docs=%s", batch_id,
+            report.status, report.accepted_rows, report.rejected_rows, report.reasons,
+            f" batch_reasons={report.batch_reasons}" if report.status == "quarantined" else "",
+            report.data_docs)
     store_listings = len(read_store(state.listings_store))
     if store_listings == 0:
         raise NothingToTrainError(
@@ -164,11 +177,20 @@ def validate_staged_batches(state: State, params: Params, batch_ids: Sequence[st
         **{status: sorted(ids) for status, ids in outcome.items()},
         store_listings=store_listings,
         data_docs=data_docs,
-        validation_ids={b: r.get("validation_id") for b, r in reports.items()},
+        validation_ids={b: r.validation_id for b, r in reports.items()},
         reports=reports,
         released=released,
-        released_listings=sum(int(reports[b].get("accepted_rows") or 0) for b in released),
+        released_listings=sum(reports[b].accepted_rows for b in released),
     )
+
+
+def _entry_report(batch_id: str, entry: dict) -> BatchReport:
+    """A manifest entry's report, or a minimal one with its status when it holds none."""
+    report = BatchReport.from_entry(entry)
+    if report is not None:
+        return report
+    status = entry.get("status")
+    return BatchReport(batch_id=batch_id, status=status if status in OUTCOMES else "accepted")
 
 
 def release_id(origin: str, k: int) -> str:
@@ -278,7 +300,7 @@ def _drop_held(state: State, origin: str, ids: set[str], release: str | None) ->
             if keep.empty:
                 path.unlink()
             else:
-                atomic_write(path, lambda tmp: keep.to_csv(tmp, index=False, lineterminator="\r\n"))
+                write_rejected(path, keep)
     if release is None:
         return
     report_file = qdir / "report.json"
@@ -360,28 +382,37 @@ def release_held_back(state: State, params: Params, catalog: Catalog,
         ids = sorted(rows.loc[~newer, "listing_id"])
         if not ids:
             _drop_held(state, origin, set(superseded), None)
-            print(f"[validate] {origin}: {len(superseded)} held-back listing(s) already stored in "
-                  "a later version: no longer held back")
+            logger.info("[validate] %s: %d held-back listing(s) already stored in a later version: "
+                        "no longer held back", origin, len(superseded))
             continue
         k = 1 + sum(1 for e in manifest.values() if e.get("released_from") == origin)
         release = release_id(origin, k)
-        folder = _build_release_batch(state, catalog, origin, entry["ingested_at"], release, set(ids))
+        try:
+            folder = _build_release_batch(state, catalog, origin, entry["ingested_at"], release, set(ids))
+        except Exception as exc:  # noqa: BLE001 -- one origin's release never stops the others
+            if is_disk_full(exc):
+                raise
+            logger.exception("[validate] %s: its held-back listings cannot be staged for release "
+                             "(%s: %s); they stay held back, the next run tries again", origin,
+                             type(exc).__name__, exc)
+            continue
         report = validate_batch(batch_dir=folder, batch_id=release, ingested_at=entry["ingested_at"],
                                 catalog=catalog, taxonomy=taxonomy.paths, params=release_params,
                                 store=state.listings_store, quarantine_dir=state.quarantine,
                                 gx_dir=state.gx_dir, retired=taxonomy.retired)
-        report["released_from"] = origin
+        report.released_from = origin
         categories = rows.loc[~newer, "category_path"].value_counts().to_dict()
         update_entry(state.manifest, release, status=RELEASED, released_from=origin,
                      listing_ids=ids, superseded=superseded, categories=categories,
-                     ingested_at=entry["ingested_at"], report=report, data_rev=None,
+                     ingested_at=entry["ingested_at"], report=report.to_json(), data_rev=None,
                      released_at=datetime.now(UTC).isoformat(timespec="seconds"))
         _drop_held(state, origin, set(ids) | set(superseded), release)
         manifest = read_manifest(state.manifest)
-        print(f"[validate] {release}: released {report['accepted_rows']} of {len(ids)} held-back "
-              f"listing(s) of {origin} ({', '.join(f'{c!r}: {n}' for c, n in categories.items())}); "
-              f"{report['rejected_rows']} rejected now, reasons={report['reasons']}"
-              + (f", {len(superseded)} superseded by a later version" if superseded else ""))
+        logger.info("[validate] %s: released %d of %d held-back listing(s) of %s (%s); %d rejected "
+                    "now, reasons=%s%s", release, report.accepted_rows, len(ids), origin,
+                    ", ".join(f"{c!r}: {n}" for c, n in categories.items()), report.rejected_rows,
+                    report.reasons,
+                    f", {len(superseded)} superseded by a later version" if superseded else "")
         out.append((release, report))
     return out
 

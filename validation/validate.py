@@ -7,9 +7,11 @@ its images named by SHA-256, see :mod:`common.store`); rejected rows, or the who
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -17,9 +19,11 @@ import pandas as pd
 from common.catalog import CANONICAL_COLUMNS, Catalog
 from common.files import atomic_write, write_json
 from common.params import ValidateParams
+from common.results import BatchReport, ValidationFailure
 from common.store import (
     INDEX_COLUMNS,
     batch_file,
+    is_disk_full,
     read_store,
     remove_partition,
     write_partition,
@@ -40,9 +44,17 @@ from validation.errors import (
     shorten,
 )
 from validation.images import check_image, resolve_image
+from validation.reasons import (
+    BAD_ROW_FRACTION,
+    BATCH_QUARANTINED,
+    EXPECTATION_ERROR,
+    NO_GOOD_ROWS,
+    UNKNOWN_CATEGORY,
+    VALIDATION_ERROR,
+    code_of,
+)
 
-BATCH_QUARANTINED = "batch_quarantined"
-"""Reason given to otherwise good rows of a batch quarantined whole."""
+logger = logging.getLogger(__name__)
 
 _IMAGE_THREADS = min(8, os.cpu_count() or 1)
 
@@ -90,7 +102,7 @@ def _row_reasons(results: list[dict], frame: pd.DataFrame) -> tuple[dict[int, li
         if res["success"]:
             continue
         if res["error"]:
-            batch.append(f"expectation_error: {res['type']}({res['column']}): {res['error']}")
+            batch.append(f"{EXPECTATION_ERROR}: {res['type']}({res['column']}): {res['error']}")
             continue
         indexes = res["unexpected_index_list"]
         if res["type"] == "expect_column_to_exist" or indexes is None:
@@ -128,24 +140,55 @@ def _drift(results: dict[str, dict], params: ValidateParams) -> dict:
     return summary
 
 
-def _code(reason: str) -> str:
-    return reason.split(":", 1)[0]
-
-
 def _remove_stale(*paths: Path) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
 
 
+@dataclass
+class _Read:
+    """A batch's listings file read and mapped: the raw table, the canonical listings and the
+    per-row source errors (same row order)."""
+
+    raw: pd.DataFrame
+    canon: pd.DataFrame
+    source: pd.Series
+
+
+@dataclass
+class _Checked:
+    """The canonical listings with the detail columns the suite checks, and what the store holds."""
+
+    frame: pd.DataFrame
+    checks: list[tuple]
+    store_index: pd.DataFrame
+    stored: pd.DataFrame
+
+
+@dataclass
+class _Routed:
+    """The decision on a batch: its status, the rejected row indexes and their reasons."""
+
+    status: str
+    bad: list[int]
+    row_reasons: dict[int, list[str]]
+
+
+STAGES = ("read", "parse", "images", "gx", "drift", "route", "store")
+"""The steps of :func:`validate_batch`, in order; a report's ``error.stage`` names one."""
+
+
 def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Catalog,
                    taxonomy: frozenset[str], params: ValidateParams, store: Path,
                    quarantine_dir: Path, gx_dir: Path,
-                   retired: frozenset[str] = frozenset()) -> dict:
+                   retired: frozenset[str] = frozenset()) -> BatchReport:
     """Validates one batch and routes its rows to the store or to quarantine.
 
-    Steps: read the listings file (:func:`~validation.adapt.read_listings_file`), map it to
-    canonical listings, check every image (:func:`~validation.images.check_image`, in threads),
-    run the ``listings_batch`` GX checkpoint (COMPLETE results, Data Docs updated), then decide:
+    Steps (:data:`STAGES`): read the listings file (:func:`~validation.adapt.read_listings_file`)
+    and map it to canonical listings (:func:`_parse`), check every image
+    (:func:`~validation.images.check_image`, in threads) and duplicates against the store
+    (:func:`_check`), run the ``listings_batch`` GX checkpoint (COMPLETE results, Data Docs
+    updated) and read its drift measures, then decide (:func:`_route`):
 
     - no bad row: ``"accepted"``;
     - bad-row share <= ``params.max_bad_row_fraction`` and at least one good row: ``"partial"``,
@@ -153,13 +196,22 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
     - otherwise, or when the file cannot be read/adapted (:class:`BatchError`) or a table-level
       expectation fails: ``"quarantined"``, the whole batch.
 
+    Exception barrier: any other exception raised by any step (a ``RecursionError`` from a
+    poison record, a bug, a library error) quarantines the batch with reason
+    ``validation_error`` (its stage, type and message in the report's ``error``, the traceback
+    in the log) and leaves the store as it was before the batch (its partition removed, if a
+    step had written it); the caller goes on with the next batch. Only a full disk
+    (:func:`common.store.is_disk_full`) and what is not an ``Exception`` (``KeyboardInterrupt``,
+    ``SystemExit``) propagate: they are not the batch's fault, and it stays staged.
+
     Accepted rows: the batch's partition folder ``store/batches/<batch_id>/`` is written whole
     by :func:`common.store.write_partition`: images copied to ``images/<sha256><ext>``,
     ``image_key``/``image_sha256`` set accordingly, rows in ``listings.parquet`` (exactly
     ``CANONICAL_COLUMNS``).
     Rejected rows: ``quarantine_dir/<batch_id>/rejected.csv`` (canonical columns with the
-    batch-relative ``image_key``, plus ``reasons``, ``"; "``-joined). ``report.json`` next to
-    it whenever anything was rejected. All writes are atomic (temp file + ``os.replace``);
+    batch-relative ``image_key``, plus ``reasons``, ``"; "``-joined; cells neutralised against
+    spreadsheet formulas, :mod:`common.csv_safe`). ``report.json`` next to it whenever anything
+    was rejected, with the raw values. All writes are atomic (temp file + ``os.replace``);
     re-validating a batch replaces its outputs and removes stale ones (a store partition of a
     now-quarantined batch, a quarantine report of a now-accepted batch). ``batch_dir`` is only
     read; nothing is written outside ``store``, ``quarantine_dir`` and ``gx_dir``.
@@ -178,83 +230,139 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
             rows are accepted but flagged (a ``retired_category`` warning, ``retired_rows``).
 
     Returns:
-        A JSON-serialisable report: ``batch_id``, ``status``, ``rows``, ``accepted_rows``,
-        ``rejected_rows``, ``bad_row_fraction``, ``reasons`` (reason code -> rows failing it),
-        ``batch_reasons`` (why the whole batch was quarantined, if it was), ``failed_expectations``
-        (``expectation``, ``column``, ``unexpected_count``, ``reason``; drift excluded),
-        ``drift`` (:func:`validation.drift.drift_summary`, the figures GX measured and the Data
-        Docs page shows), ``warnings`` (unknown categories, drift over a threshold),
-        ``validation_id``, ``data_docs`` (index.html path), ``data_docs_page``, ``store_file``,
-        ``rejected_file`` and ``report`` (paths or ``None``), ``retired_rows`` (accepted rows of
-        a retired category).
+        The batch's :class:`common.results.BatchReport`.
+
+    Raises:
+        OSError: a full disk (the batch stays as it was; see :func:`common.store.disk_full_errors`).
     """
     batch_dir, store, gx_dir = Path(batch_dir), Path(store), Path(gx_dir)
     qdir = Path(quarantine_dir) / batch_id
-    report: dict = {
-        "batch_id": batch_id, "status": "quarantined", "rows": 0, "accepted_rows": 0,
-        "rejected_rows": 0, "bad_row_fraction": None, "reasons": {}, "batch_reasons": [],
-        "failed_expectations": [], "validation_id": None, "data_docs": None,
-        "data_docs_page": None, "store_file": None, "rejected_file": None, "report": None,
-        "warnings": [], "drift": None, "relabels": [], "retired_rows": 0,
-    }
-    partition = batch_file(store, batch_id)
+    report = BatchReport(batch_id=batch_id)
+    stage = STAGES[0]
     try:
-        raw = read_listings_file(find_listings_file(batch_dir, catalog.listings_file))
-        report["rows"] = len(raw)
-        canon = to_canonical(raw, catalog, batch_id, ingested_at).reset_index(drop=True)
-        source = source_errors(raw, catalog).reset_index(drop=True)
-    except BatchError as exc:
-        report.update(rejected_rows=report["rows"], reasons={exc.reason: max(report["rows"], 1)},
-                      batch_reasons=[str(exc)])
-        remove_partition(store, batch_id)
-        _remove_stale(qdir / "rejected.csv")
-        return _write_report(report, qdir)
+        try:
+            raw = read_listings_file(find_listings_file(batch_dir, catalog.listings_file))
+            report.rows = len(raw)
+            stage = "parse"
+            read = _parse(raw, catalog, batch_id, ingested_at)
+        except BatchError as exc:
+            report.rejected_rows = report.rows
+            report.reasons = {exc.reason: max(report.rows, 1)}
+            report.batch_reasons = [str(exc)]
+            remove_partition(store, batch_id)
+            _remove_stale(qdir / "rejected.csv")
+            return _write_report(report, qdir)
+        stage = "images"
+        checked = _check(batch_dir, batch_id, read, params, store)
+        stage = "gx"
+        outcome = _run_gx(checked, catalog, taxonomy, params, gx_dir, batch_id, ingested_at, report)
+        stage = "drift"
+        from validation.suite import WARNING_REASONS  # GX is slow to import; only when needed
 
-    checks = _check_images(batch_dir, canon["image_key"].tolist(), params)
+        drift_results = {r["reason"]: r for r in outcome.results if r["reason"] in WARNING_REASONS}
+        report.drift = _drift(drift_results, params)
+        stage = "route"
+        row_results = [r for r in outcome.results if r["reason"] not in WARNING_REASONS]
+        routed = _route(checked, row_results, params, retired, report)
+        stage = "store"
+        return _write(batch_dir, batch_id, read, checked, routed, store, qdir, report)
+    except Exception as exc:  # noqa: BLE001 -- the barrier: one poison batch never stops the feed
+        if is_disk_full(exc):
+            raise
+        return _quarantine_error(exc, stage, batch_id, store, qdir, report)
+
+
+def _quarantine_error(exc: Exception, stage: str, batch_id: str, store: Path, qdir: Path,
+                      report: BatchReport) -> BatchReport:
+    """Quarantines a batch whose validation raised: reason ``validation_error``, the store
+    without its partition, the traceback in the log (see :func:`validate_batch`)."""
+    message = shorten(str(exc) or repr(exc))
+    logger.error("batch %s: validation raised %s during %s; the batch is quarantined "
+                 "(validation_error), the other batches go on", batch_id, type(exc).__name__, stage,
+                 exc_info=(type(exc), exc, exc.__traceback__))
+    remove_partition(store, batch_id)
+    _remove_stale(qdir / "rejected.csv")
+    failed = BatchReport(
+        batch_id=batch_id, status="quarantined", rows=report.rows, rejected_rows=report.rows,
+        reasons={VALIDATION_ERROR: max(report.rows, 1)},
+        batch_reasons=[f"{VALIDATION_ERROR}: {type(exc).__name__} while validating ({stage}): {message}"],
+        validation_id=report.validation_id, data_docs=report.data_docs,
+        data_docs_page=report.data_docs_page,
+        error=ValidationFailure(stage=stage, type=type(exc).__name__, message=message))
+    return _write_report(failed, qdir)
+
+
+def _parse(raw: pd.DataFrame, catalog: Catalog, batch_id: str, ingested_at: str) -> _Read:
+    """Maps the raw listings to canonical listings and their per-row source errors.
+
+    Raises:
+        BatchError: the table cannot be adapted (the whole batch is quarantined).
+    """
+    canon = to_canonical(raw, catalog, batch_id, ingested_at).reset_index(drop=True)
+    source = source_errors(raw, catalog).reset_index(drop=True)
+    return _Read(raw, canon, source)
+
+
+def _check(batch_dir: Path, batch_id: str, read: _Read, params: ValidateParams,
+           store: Path) -> _Checked:
+    """Checks every image (in threads) and adds the columns the suite checks: ``image_error``,
+    ``source_error``, ``duplicate_image`` (against the store's latest versions) and
+    ``previous_category`` (the stored category of a listing seen before)."""
+    checks = _check_images(batch_dir, read.canon["image_key"].tolist(), params)
     store_index = read_store(store, INDEX_COLUMNS, exclude_batches=[batch_id])
-    frame = canon.copy()
+    frame = read.canon.copy()
     frame["image_error"] = pd.Series([c[0] for c in checks], index=frame.index, dtype=object)
-    frame["source_error"] = source
+    frame["source_error"] = read.source
     frame["duplicate_image"] = pd.Series(_duplicates(frame, [c[1] for c in checks], store_index),
                                          index=frame.index, dtype=object)
     stored = store_index.set_index("listing_id")  # read_store: one row (the latest) per id
     frame[PREVIOUS_CATEGORY] = frame["listing_id"].map(stored["category_path"]).astype(object)
     frame[PREVIOUS_CATEGORY] = frame[PREVIOUS_CATEGORY].where(frame[PREVIOUS_CATEGORY].notna(), None)
+    return _Checked(frame, checks, store_index, stored)
 
+
+def _run_gx(checked: _Checked, catalog: Catalog, taxonomy: frozenset[str], params: ValidateParams,
+            gx_dir: Path, batch_id: str, ingested_at: str, report: BatchReport):
+    """Runs the ``listings_batch`` checkpoint on the checked frame (Data Docs updated); sets the
+    report's GX ids and pages. Returns the :class:`validation.checkpoint.CheckpointOutcome`."""
     from validation.checkpoint import ROW, run_checkpoint  # GX is slow to import; only when needed
-    from validation.suite import WARNING_REASONS, StoreReference, build_suite
+    from validation.suite import StoreReference, build_suite
 
+    frame, store_index = checked.frame, checked.store_index
     frame[ROW] = range(len(frame))
     same_catalog = store_index[store_index["catalog"] == catalog.name]
     reference = StoreReference(catalog.name, same_catalog["category_path"].dropna().tolist(),
                                same_catalog["price"].dropna().tolist())
-    outcome = run_checkpoint(_bounded(frame, params), build_suite(taxonomy, params, reference,
-                                                                 titles=catalog.columns.title is not None),
-                             gx_dir, batch_id, ingested_at)
-    report.update(validation_id=outcome.validation_id, data_docs=outcome.data_docs,
-                  data_docs_page=outcome.data_docs_page)
-    drift_results = {r["reason"]: r for r in outcome.results if r["reason"] in WARNING_REASONS}
-    row_results = [r for r in outcome.results if r["reason"] not in WARNING_REASONS]
-    report["failed_expectations"] = [
+    suite = build_suite(taxonomy, params, reference, titles=catalog.columns.title is not None)
+    outcome = run_checkpoint(_bounded(frame, params), suite, gx_dir, batch_id, ingested_at)
+    report.validation_id = outcome.validation_id
+    report.data_docs, report.data_docs_page = outcome.data_docs, outcome.data_docs_page
+    return outcome
+
+
+def _route(checked: _Checked, row_results: list[dict], params: ValidateParams,
+           retired: frozenset[str], report: BatchReport) -> _Routed:
+    """Decides the batch's status from the row expectations' results and the drift summary
+    (already in ``report.drift``); fills the report's counts, reasons and warnings."""
+    frame = checked.frame
+    report.failed_expectations = [
         {"expectation": r["type"], "column": r["column"], "unexpected_count": r["unexpected_count"],
          "reason": r["reason"], **({"error": r["error"]} if r["error"] else {})}
         for r in row_results if not r["success"]]
     row_reasons, batch_reasons = _row_reasons(row_results, frame)
-
     rows = len(frame)
     bad = sorted(row_reasons)
     fraction = len(bad) / rows
-    report["relabels"] = _relabels(frame, row_reasons, stored)
-    report["warnings"] = _unknown_category_warnings(frame, row_reasons) + _relabel_warnings(report["relabels"])
-    retired_warnings, report["retired_rows"] = _retired_category_warnings(frame, row_reasons, retired)
-    report["warnings"] += retired_warnings
-    report["drift"] = _drift(drift_results, params)
-    report["warnings"] += report["drift"]["warnings"]
-    report["bad_row_fraction"] = round(fraction, 6)
-    report["reasons"] = dict(sorted(Counter(
-        _code(r) for reasons in row_reasons.values() for r in dict.fromkeys(reasons)).items()))
-    if params.drift_blocks and report["drift"]["warnings"]:
-        batch_reasons = [*batch_reasons, *report["drift"]["warnings"]]
+    report.relabels = _relabels(frame, row_reasons, checked.stored)
+    report.warnings = _unknown_category_warnings(frame, row_reasons) + _relabel_warnings(report.relabels)
+    retired_warnings, report.retired_rows = _retired_category_warnings(frame, row_reasons, retired)
+    report.warnings += retired_warnings
+    report.warnings += report.drift["warnings"]
+    report.bad_row_fraction = round(fraction, 6)
+    report.reasons = dict(sorted(Counter(
+        code_of(r) for reasons in row_reasons.values() for r in dict.fromkeys(reasons)).items()))
+    if params.drift_blocks and report.drift["warnings"]:
+        batch_reasons = [*batch_reasons, *report.drift["warnings"]]
     if not bad and not batch_reasons:
         status = "accepted"
     elif not batch_reasons and fraction <= params.max_bad_row_fraction and len(bad) < rows:
@@ -262,53 +370,65 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
     else:
         status = "quarantined"
         if not batch_reasons:
-            batch_reasons = [f"bad_row_fraction {fraction:.4f} > max_bad_row_fraction "
+            batch_reasons = [f"{BAD_ROW_FRACTION}: {fraction:.4f} > max_bad_row_fraction "
                              f"{params.max_bad_row_fraction}" if len(bad) < rows
-                             else "no_good_rows"]
-    report["status"], report["batch_reasons"] = status, batch_reasons
+                             else NO_GOOD_ROWS]
+    report.status, report.batch_reasons = status, batch_reasons
+    return _Routed(status, bad, row_reasons)
 
-    bad_mask = frame.index.isin(bad)
-    if status == "quarantined":
+
+def _write(batch_dir: Path, batch_id: str, read: _Read, checked: _Checked, routed: _Routed,
+           store: Path, qdir: Path, report: BatchReport) -> BatchReport:
+    """Writes the outcome: the store partition (good rows and their images), ``rejected.csv``
+    and ``report.json``; removes the outputs a previous validation of the batch left."""
+    frame, rows = checked.frame, len(checked.frame)
+    bad_mask = frame.index.isin(routed.bad)
+    if routed.status == "quarantined":
         rejected = frame
         remove_partition(store, batch_id)
     else:
-        good = canon[~bad_mask].copy()
-        good_checks = [checks[i] for i in range(rows) if not bad_mask[i]]
+        good = read.canon[~bad_mask].copy()
+        good_checks = [checked.checks[i] for i in range(rows) if not bad_mask[i]]
         # the check passed, so each image resolves to a file inside the batch folder
         images = [(resolve_image(batch_dir, key), sha, ext)
                   for key, (_, sha, ext) in zip(good["image_key"], good_checks, strict=True)]
         write_partition(store, batch_id, good, images)
-        report["store_file"] = str(partition)
-        report["accepted_rows"] = len(good)
+        report.store_file = str(batch_file(store, batch_id))
+        report.accepted_rows = len(good)
         rejected = frame[bad_mask]
 
-    report["rejected_rows"] = len(rejected)
+    report.rejected_rows = len(rejected)
     if len(rejected) == 0:
         _remove_stale(qdir / "rejected.csv", qdir / "report.json")
         if qdir.is_dir() and not any(qdir.iterdir()):
             qdir.rmdir()
         return report
     out = rejected[list(CANONICAL_COLUMNS)].copy()
-    out["reasons"] = ["; ".join(dict.fromkeys(row_reasons.get(i, [BATCH_QUARANTINED])))
+    out["reasons"] = ["; ".join(dict.fromkeys(routed.row_reasons.get(i, [BATCH_QUARANTINED])))
                       for i in rejected.index]
     rejected_file = qdir / "rejected.csv"
-    # RFC 4180 line ends: pandas quotes a value holding a line-end character only when the
-    # terminator has it, so with its "\n" a bare CR in a title split the row in two.
-    atomic_write(rejected_file, lambda tmp: out.to_csv(tmp, index=False, lineterminator="\r\n"))
-    report["rejected_file"] = str(rejected_file)
+    write_rejected(rejected_file, out)
+    report.rejected_file = str(rejected_file)
     return _write_report(report, qdir)
+
+
+def write_rejected(path: Path, rows: pd.DataFrame) -> Path:
+    """Writes a quarantine's ``rejected.csv`` (RFC 4180 line ends: pandas quotes a value holding
+    a line-end character only when the terminator has it, so with its ``"\\n"`` a bare CR in a
+    title split the row in two)."""
+    return atomic_write(path, lambda tmp: rows.to_csv(tmp, index=False, lineterminator="\r\n"))
 
 
 def _unknown_category_warnings(frame: pd.DataFrame, row_reasons: dict[int, list[str]]) -> list[str]:
     """One warning naming the categories outside the taxonomy: they are held back, never
     trained on as a new class; extend the declared taxonomy to accept them."""
     unknown = Counter(frame.at[i, "category_path"] for i, reasons in row_reasons.items()
-                      if "unknown_category" in reasons)
+                      if UNKNOWN_CATEGORY in reasons)
     if not unknown:
         return []
     names = ", ".join(f"{shorten(path, 120)!r} ({n})" for path, n in unknown.most_common(10))
     more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-    return [f"unknown_category: {sum(unknown.values())} row(s) held back, categories not in the "
+    return [f"{UNKNOWN_CATEGORY}: {sum(unknown.values())} row(s) held back, categories not in the "
             f"declared taxonomy: {names}{more}"]
 
 
@@ -385,8 +505,8 @@ def _bounded(frame: pd.DataFrame, params: ValidateParams) -> pd.DataFrame:
     return out
 
 
-def _write_report(report: dict, qdir: Path) -> dict:
+def _write_report(report: BatchReport, qdir: Path) -> BatchReport:
     path = qdir / "report.json"
-    report["report"] = str(path)
-    write_json(path, report)
+    report.report = str(path)
+    write_json(path, report.to_json())
     return report

@@ -253,4 +253,4 @@ def test_a_poison_batch_is_quarantined_and_the_week_goes_on(pipeline):
                             report=str(state.quarantine / POISON / "report.json"))]
     outcome = validate_staged_batches(state, load_params(os.environ["LCP_PARAMS"]), [], refused)
     assert POISON in outcome.quarantined and outcome.validation_ids[POISON] is None
-    assert outcome.reports[POISON]["reasons"] == {"batch_holds_link": 1}
+    assert outcome.reports[POISON].reasons == {"batch_holds_link": 1}

@@ -189,8 +189,8 @@ def test_the_cli_addition_and_the_feed_addition_are_released(grown):
     assert released.released == (RELEASE,)
     assert released.released_listings == len(grown["held_ids"])
     report = released.reports[RELEASE]
-    assert report["status"] == "accepted" and report["released_from"] == WEEK1
-    assert released.validation_ids[RELEASE] == report["validation_id"] is not None
+    assert report.status == "accepted" and report.released_from == WEEK1
+    assert released.validation_ids[RELEASE] == report.validation_id is not None
     partition = pd.read_parquet(batch_file(state.listings_store, RELEASE))
     assert set(partition["listing_id"]) == grown["held_ids"]
     assert set(partition["batch_id"]) == {RELEASE}
@@ -266,8 +266,8 @@ def test_a_retired_category_is_accepted_flagged_and_not_trained_on(grown):
     assert grown["retire"].changed
     assert week2.stored_batches == (WEEK2,)
     report = week2.reports[WEEK2]
-    assert report["retired_rows"] == len(grown["week2_retired_ids"]) > 0
-    assert any(w.startswith("retired_category:") and retired in w for w in report["warnings"])
+    assert report.retired_rows == len(grown["week2_retired_ids"]) > 0
+    assert any(w.startswith("retired_category:") and retired in w for w in report.warnings)
     store = read_store(state.listings_store)
     assert grown["week2_retired_ids"] <= set(store["listing_id"])  # kept in the store
     prepared = state.workspace / "data" / "prepared"

@@ -71,18 +71,18 @@ def test_partial_batch(tmp_path: Path, styles: pd.DataFrame, taxonomy, fashion_d
 
     report = _run(tmp_path, batch, "b0001", taxonomy)
 
-    assert report["status"] == "partial"
-    assert (report["rows"], report["accepted_rows"], report["rejected_rows"]) == (60, 55, 5)
-    assert report["reasons"] == {"duplicate_listing_id": 2, "image_undecodable": 1,
+    assert report.status == "partial"
+    assert (report.rows, report.accepted_rows, report.rejected_rows) == (60, 55, 5)
+    assert report.reasons == {"duplicate_listing_id": 2, "image_undecodable": 1,
                                  "missing_title": 1, "unknown_category": 1}
-    assert {f["reason"] for f in report["failed_expectations"]} == {
+    assert {f["reason"] for f in report.failed_expectations} == {
         "missing_title", "unknown_category", "duplicate_listing_id", "image_invalid"}
     # the result's own id, which names the batch and is the path of its Data Docs page
-    assert report["validation_id"].startswith("listings_batch/b0001/")
-    assert report["data_docs_page"].endswith(report["validation_id"] + ".html")
-    json.dumps(report)  # serialisable
+    assert report.validation_id.startswith("listings_batch/b0001/")
+    assert report.data_docs_page.endswith(report.validation_id + ".html")
+    json.dumps(report.to_json())  # serialisable
 
-    rejected = pd.read_csv(report["rejected_file"], dtype=str, keep_default_na=False)
+    rejected = pd.read_csv(report.rejected_file, dtype=str, keep_default_na=False)
     assert list(rejected.columns) == [*CANONICAL_COLUMNS, "reasons"]
     got = {}
     for listing_id, reasons in zip(rejected["listing_id"], rejected["reasons"], strict=True):
@@ -103,21 +103,21 @@ def test_partial_batch(tmp_path: Path, styles: pd.DataFrame, taxonomy, fashion_d
             img.load()
 
     assert _snapshot(batch) == before, "the raw batch must be left unchanged"
-    assert Path(report["data_docs"]).name == "index.html" and Path(report["data_docs"]).is_file()
-    assert Path(report["data_docs_page"]).is_file()
-    assert json.loads(Path(report["report"]).read_text())["status"] == "partial"
+    assert Path(report.data_docs).name == "index.html" and Path(report.data_docs).is_file()
+    assert Path(report.data_docs_page).is_file()
+    assert json.loads(Path(report.report).read_text())["status"] == "partial"
     assert {p.name for p in tmp_path.iterdir()} == {"raw", "store", "quarantine", "gx"}
 
     # Idempotent: the same batch again gives the same outputs.
     files = _snapshot(tmp_path / "store")
     again = _run(tmp_path, batch, "b0001", taxonomy)
-    assert {k: again[k] for k in ("status", "rows", "accepted_rows", "reasons")} == {
-        k: report[k] for k in ("status", "rows", "accepted_rows", "reasons")}
+    keys = {"status", "rows", "accepted_rows", "reasons"}
+    assert again.model_dump(include=keys) == report.model_dump(include=keys)
     assert _snapshot(tmp_path / "store") == files
 
     # Stricter params: now quarantined whole, and the stale store partition is gone.
     strict = PARAMS.model_copy(update={"max_bad_row_fraction": 0.05})
-    assert _run(tmp_path, batch, "b0001", taxonomy, strict)["status"] == "quarantined"
+    assert _run(tmp_path, batch, "b0001", taxonomy, strict).status == "quarantined"
     assert not batch_file(tmp_path / "store", "b0001").exists()
 
 
@@ -129,12 +129,12 @@ def test_over_threshold_quarantined_whole(tmp_path: Path, styles: pd.DataFrame, 
 
     report = _run(tmp_path, batch, "b0002", taxonomy)
 
-    assert report["status"] == "quarantined"
-    assert (report["accepted_rows"], report["rejected_rows"]) == (0, 10)
-    assert report["reasons"] == {"unknown_category": 3}
-    assert "bad_row_fraction" in report["batch_reasons"][0]
+    assert report.status == "quarantined"
+    assert (report.accepted_rows, report.rejected_rows) == (0, 10)
+    assert report.reasons == {"unknown_category": 3}
+    assert "bad_row_fraction" in report.batch_reasons[0]
     assert not batch_file(tmp_path / "store", "b0002").exists()
-    rejected = pd.read_csv(report["rejected_file"], dtype=str)
+    rejected = pd.read_csv(report.rejected_file, dtype=str)
     assert rejected["reasons"].value_counts().to_dict() == {"batch_quarantined": 7,
                                                             "unknown_category": 3}
 
@@ -143,8 +143,8 @@ def test_clean_batch_accepted(tmp_path: Path, styles: pd.DataFrame, taxonomy,
                               fashion_dir: Path) -> None:
     batch = _make_batch(tmp_path / "raw" / "b0003", styles.iloc[200:220], fashion_dir)
     report = _run(tmp_path, batch, "b0003", taxonomy)
-    assert report["status"] == "accepted" and report["accepted_rows"] == 20
-    assert report["report"] is None and not (tmp_path / "quarantine" / "b0003").exists()
+    assert report.status == "accepted" and report.accepted_rows == 20
+    assert report.report is None and not (tmp_path / "quarantine" / "b0003").exists()
 
 
 @pytest.mark.parametrize(("content", "reason"), [
@@ -161,10 +161,10 @@ def test_unreadable_batch_quarantined_with_reason(tmp_path: Path, taxonomy, cont
 
     report = _run(tmp_path, batch, "bad", taxonomy)
 
-    assert report["status"] == "quarantined" and list(report["reasons"]) == [reason]
-    assert report["batch_reasons"][0].startswith(reason)
+    assert report.status == "quarantined" and list(report.reasons) == [reason]
+    assert report.batch_reasons[0].startswith(reason)
     saved = json.loads((tmp_path / "quarantine" / "bad" / "report.json").read_text())
-    assert saved["reasons"] == report["reasons"]
+    assert saved["reasons"] == report.reasons
     assert not batch_file(tmp_path / "store", "bad").exists()
 
 
@@ -213,15 +213,15 @@ def test_a_catalog_without_titles_is_validated_without_title_expectations(
     batch = _make_batch(tmp_path / "raw" / "b0003", rows, fashion_dir)
 
     mapped = _run(tmp_path / "mapped", batch, "b0003", taxonomy)
-    assert mapped["status"] == "quarantined" and list(mapped["reasons"]) == ["missing_columns"]
-    assert "productDisplayName" in mapped["batch_reasons"][0]
+    assert mapped.status == "quarantined" and list(mapped.reasons) == ["missing_columns"]
+    assert "productDisplayName" in mapped.batch_reasons[0]
 
     titleless = load_catalog("catalogs/fashion-images.yaml")
     report = validate_batch(batch, "b0003", INGESTED_AT, titleless, taxonomy, PARAMS, tmp_path / "store",
                             tmp_path / "quarantine", tmp_path / "gx")
-    assert report["status"] == "partial", report
-    assert (report["accepted_rows"], report["reasons"]) == (39, {"unknown_category": 1})
-    checked = {f["reason"] for f in report["failed_expectations"]} | set(report["reasons"])
+    assert report.status == "partial", report
+    assert (report.accepted_rows, report.reasons) == (39, {"unknown_category": 1})
+    checked = {f["reason"] for f in report.failed_expectations} | set(report.reasons)
     assert not checked & {"missing_title", "title_length_out_of_range"}
     stored = pd.read_parquet(batch_file(tmp_path / "store", "b0003"))
     assert len(stored) == 39 and stored["title"].isna().all() and stored["catalog"].eq("fashion-images").all()

@@ -88,8 +88,8 @@ def test_drift_figures_are_on_the_data_docs_page_and_only_warn(tmp_path, rows, f
 
     first = _batch(tmp_path / "raw" / "fk-2026-11-02", rows.iloc[:N], flipkart_dir)
     week1 = run(first, "2026-11-02T00:00:00+00:00")
-    assert week1["status"] == "accepted" and week1["drift"]["label_js_distance"] is None
-    text1 = page_text(week1["data_docs_page"])
+    assert week1.status == "accepted" and week1.drift["label_js_distance"] is None
+    text1 = page_text(week1.data_docs_page)
     # the empty store: both drift expectations are on the page, saying why nothing was measured
     assert "Label drift: the Jensen-Shannon distance" in text1 and "Price drift" in text1
     assert observed(text1, "Label").startswith(f"not measured: {N} batch row(s), 0 store listing(s)")
@@ -102,9 +102,9 @@ def test_drift_figures_are_on_the_data_docs_page_and_only_warn(tmp_path, rows, f
     second = _batch(tmp_path / "raw" / "fk-2026-11-09", drifted, flipkart_dir)
     week2 = run(second, "2026-11-09T00:00:00+00:00")
 
-    drift = week2["drift"]
-    assert week2["status"] == "accepted", "drift warns, it does not block by default"
-    assert {w.split(":")[0] for w in week2["warnings"]} == {"label_drift", "price_drift"}
+    drift = week2.drift
+    assert week2.status == "accepted", "drift warns, it does not block by default"
+    assert {w.split(":")[0] for w in week2.warnings} == {"label_drift", "price_drift"}
     assert drift["label_js_distance"] > PARAMS.drift_label_js_max
     assert drift["price_ks_statistic"] > PARAMS.drift_price_ks_max
     assert (drift["batch_rows"], drift["store_rows"]) == (N, N)
@@ -115,7 +115,7 @@ def test_drift_figures_are_on_the_data_docs_page_and_only_warn(tmp_path, rows, f
     assert drift["label_js_distance"] == pytest.approx(expected["label_js_distance"], abs=1e-6)
     assert drift["price_ks_statistic"] == pytest.approx(expected["price_ks_statistic"], abs=1e-6)
 
-    text2 = page_text(week2["data_docs_page"])
+    text2 = page_text(week2.data_docs_page)
     assert "Label drift: the Jensen-Shannon distance" in text2
     assert f"against the {N} listings of catalog 'flipkart' already in the store" in text2
     assert f"must be at most {PARAMS.drift_label_js_max}" in text2
@@ -128,9 +128,9 @@ def test_drift_figures_are_on_the_data_docs_page_and_only_warn(tmp_path, rows, f
     # validate.drift_blocks: the same drift quarantines the batch, and the page says so
     blocking = PARAMS.model_copy(update={"drift_blocks": True})
     again = run(second, "2026-11-09T00:00:00+00:00", blocking)
-    assert again["status"] == "quarantined"
-    assert {r.split(":")[0] for r in again["batch_reasons"]} == {"label_drift", "price_drift"}
-    text3 = page_text(again["data_docs_page"])
+    assert again.status == "quarantined"
+    assert {r.split(":")[0] for r in again.batch_reasons} == {"label_drift", "price_drift"}
+    text3 = page_text(again.data_docs_page)
     assert "Severity critical" in text3
-    assert observed(text3, "Label") == shown(again["drift"]["label_js_distance"])
+    assert observed(text3, "Label") == shown(again.drift["label_js_distance"])
     assert not batch_file(store, second.name).exists()
