@@ -4,6 +4,7 @@ written outside the store, quarantine and GX folders."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -58,8 +59,9 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 def _validate(tmp_path: Path, batch: Path, taxonomy, params=PARAMS,
               ingested_at="2026-11-02T00:00:00+00:00") -> dict:
-    return validate_batch(batch, batch.name, ingested_at, FLIPKART, taxonomy, params,
-                          tmp_path / "store", tmp_path / "quarantine", tmp_path / "gx")
+    report = validate_batch(batch, batch.name, ingested_at, FLIPKART, taxonomy, params,
+                            tmp_path / "store", tmp_path / "quarantine", tmp_path / "gx")
+    return report if isinstance(report, dict) else report.model_dump(mode="json")
 
 
 def _image(batch: Path, rows: pd.DataFrame, i: int) -> Path:
@@ -125,6 +127,17 @@ ROW_CASES = {
     "path_traversal": (_rows(uniq_id="../../../../etc/passwd"), None, "image_path_outside_batch"),
     "non_utf8_title": (None, _non_utf8_title, "invalid_utf8"),
     "title_too_short": (_rows(product_name="ab"), None, "title_length_out_of_range"),
+    # issue 26: values Python's float() reads and pandas does not were stored as NaN
+    "price_digit_grouping": (_rows(retail_price="1_000"), None, "price_not_a_number"),
+    "price_arabic_indic": (_rows(retail_price="\u0661\u0662\u0663"), None, "price_not_a_number"),
+    "price_full_width": (_rows(retail_price="\uff11\uff12\uff13"), None, "price_not_a_number"),
+    "null_id": (_rows(uniq_id="NULL"), None, ("missing_listing_id", "image_missing")),
+    "ansi_title": (_rows(product_name="Alisha \x1b[31mSALE\x1b[0m Solid Shorts"), None,
+                   "control_character"),
+    "bidi_override_title": (_rows(product_name="Alisha Shorts \u202egpj.exe"), None,
+                            "control_character"),
+    # the id's NUL is named; the image key it makes is refused too
+    "nul_in_id": (None, None, ("control_character", "image_path_outside_batch")),
 }
 
 
@@ -137,6 +150,9 @@ def test_bad_row_quarantined_with_reason(case, tmp_path, source, taxonomy, flipk
         rows = mutate_rows(rows)
         bad_id = rows.at[0, "uniq_id"]
     batch = _write_batch(tmp_path / "raw" / "b-2026-11-02", rows, flipkart_dir)
+    if case == "nul_in_id":  # the row's image is there, under the id without its NUL
+        rows.at[0, "uniq_id"] = bad_id = bad_id + "\x00"
+        rows.to_csv(batch / LISTINGS, index=False)
     if mutate_files:
         mutate_files(batch, rows)
     before = _snapshot(batch)
@@ -149,7 +165,7 @@ def test_bad_row_quarantined_with_reason(case, tmp_path, source, taxonomy, flipk
     assert report["reasons"] == dict.fromkeys(sorted(codes), 1)
     assert (report["accepted_rows"], report["rejected_rows"]) == (N - 1, 1)
     rejected = pd.read_csv(report["rejected_file"], dtype=str, keep_default_na=False)
-    assert rejected["listing_id"].tolist() == [bad_id]
+    assert rejected["listing_id"].tolist() == ["" if case == "null_id" else bad_id]  # NULL: missing
     assert {r.split(":")[0] for r in rejected["reasons"].item().split("; ")} == set(codes)
     stored = read_store(tmp_path / "store")
     assert bad_id not in set(stored["listing_id"]) and len(stored) == N - 1
@@ -162,6 +178,11 @@ def test_bad_row_quarantined_with_reason(case, tmp_path, source, taxonomy, flipk
         assert report["warnings"] and "'Hoverboards > Flying' (1)" in report["warnings"][0]
     if case == "non_utf8_title":
         assert rejected["reasons"].item() == "invalid_utf8: product_name"
+    if case == "nul_in_id":
+        assert ("control_character: uniq_id holds U+0000 (NUL) at character 33"
+                in rejected["reasons"].item().split("; "))
+    if case == "price_digit_grouping":
+        assert rejected["reasons"].item() == "price_not_a_number: '1_000'"
 
 
 def test_png_webp_and_csv_quoting_accepted(tmp_path, source, taxonomy, flipkart_dir):
@@ -212,7 +233,32 @@ def _json_not_a_table(batch, rows):
     (batch / LISTINGS.replace(".csv", ".jsonl")).write_text('"just a string"\n42\n')
 
 
+def _utf16(batch, rows):
+    path = batch / LISTINGS
+    path.write_bytes(codecs.BOM_UTF16_LE + path.read_text(encoding="utf-8").encode("utf-16-le"))
+
+
+def _linked(batch, rows):
+    path = batch / LISTINGS
+    elsewhere = batch.parent / "elsewhere.csv"
+    path.replace(elsewhere)
+    path.symlink_to(elsewhere)
+
+
+def _struct_titles(batch, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (batch / LISTINGS).unlink()
+    arrays = {c: pa.array(rows[c].tolist(), pa.string()) for c in rows.columns}
+    arrays["product_name"] = pa.array([{"en": t, "hi": t} for t in rows["product_name"]])
+    pq.write_table(pa.table(arrays), batch / LISTINGS.replace(".csv", ".parquet"))
+
+
 @pytest.mark.parametrize(("mutate", "reason"), [
+    (_utf16, "listings_file_encoding"),
+    (_linked, "listings_file_not_regular"),
+    (_struct_titles, "column_type_invalid"),
     (_drop_category, "missing_columns"),
     (_header_only, "listings_file_empty"),
     (_binary, "listings_file_unparseable"),
