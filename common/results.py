@@ -145,6 +145,9 @@ class BatchReport(BaseModel):
         source: the feed's URL, for a batch refused at ingest.
         released_from: for a release batch, the batch whose held-back rows it holds.
         released_to: the release batches that took this batch's held-back rows.
+        neutralised_cells: the cells of ``rejected.csv`` written with a leading ``'`` so that a
+            spreadsheet shows them as text (CSV injection, :mod:`common.csv_safe`), with their
+            raw values: ``{"row", "listing_id", "column", "value"}``.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -172,6 +175,7 @@ class BatchReport(BaseModel):
     source: str | None = None
     released_from: str | None = None
     released_to: list[str] = Field(default_factory=list)
+    neutralised_cells: list[dict[str, Any]] = Field(default_factory=list)
 
     @classmethod
     def from_entry(cls, entry: dict[str, Any] | None) -> BatchReport | None:

@@ -41,10 +41,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from common.batches import batch_date
 from common.catalog import Catalog, load_catalog
 from common.cli import run_command, step_parser
+from common.csv_safe import read_safe_csv
 from common.files import write_json
 from common.params import Params, load_params
 from common.results import BatchReport, RefusedBatch, ValidateResult
@@ -203,8 +206,9 @@ def release_id(origin: str, k: int) -> str:
 
 
 def read_rejected(path: Path) -> pd.DataFrame:
-    """A quarantine's ``rejected.csv`` as text (empty cells ``""``), row order kept."""
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    """A quarantine's ``rejected.csv`` as text (empty cells ``""``), row order kept, the cells
+    :func:`validation.validate.write_rejected` neutralised against formulas restored."""
+    return read_safe_csv(path)
 
 
 def held_back(state: State, statuses: Sequence[str] = HELD_BACK_FROM) -> pd.DataFrame:
@@ -241,6 +245,32 @@ def _utc(values: pd.Series) -> pd.Series:
     where there is none."""
     return pd.to_datetime(values.map(lambda v: None if v is None or v != v else str(v)),
                           utc=True, format="ISO8601", errors="coerce")
+
+
+def _stored_is_newer(rows: pd.DataFrame, origin: str, latest: pd.DataFrame) -> np.ndarray:
+    """For each held-back row of ``origin``: whether the store's latest version of its listing
+    is a later version, in the store's own order (:func:`common.batches.version_order`: the
+    batch's date, then ``ingested_at``, then the batch id; never a partner's clock).
+
+    Args:
+        rows: held-back rows (``listing_id``, ``ingested_at``).
+        origin: the batch holding them.
+        latest: the store's latest versions (index ``listing_id``; ``batch_id``, ``ingested_at``).
+
+    Returns:
+        bool ``(len(rows),)``.
+    """
+    def key(batch_id: object, ingested_at: pd.Timestamp) -> tuple:
+        when = batch_date(str(batch_id))
+        return (when.isoformat() if when else "", ingested_at, str(batch_id))
+
+    stored = latest.reindex(rows["listing_id"])
+    oldest = pd.Timestamp.min.tz_localize("UTC")
+    stored_at = [oldest if pd.isna(t) else t for t in _utc(stored["ingested_at"])]
+    held_at = [oldest if pd.isna(t) else t for t in _utc(rows["ingested_at"])]
+    out = [isinstance(batch_id, str) and key(batch_id, at) > key(origin, held)
+           for batch_id, at, held in zip(stored["batch_id"], stored_at, held_at, strict=True)]
+    return np.array(out, dtype=bool)
 
 
 def _freeze(folder: Path) -> None:
@@ -371,13 +401,12 @@ def release_held_back(state: State, params: Params, catalog: Catalog,
     ready = ready[ready["category_path"].isin(taxonomy.paths)]
     if ready.empty:
         return []
-    latest = read_store(state.listings_store, ["listing_id", "ingested_at"]).set_index("listing_id")["ingested_at"]
+    latest = read_store(state.listings_store, ["listing_id", "batch_id", "ingested_at"]).set_index("listing_id")
     release_params = params.validate_.model_copy(update={"max_bad_row_fraction": 1.0, "drift_blocks": False})
     out = []
     for origin, rows in ready.groupby("batch_id", sort=True):
         entry = manifest[origin]
-        stored_at = _utc(rows["listing_id"].map(latest))
-        newer = (stored_at.notna() & (stored_at > _utc(rows["ingested_at"]))).to_numpy()
+        newer = _stored_is_newer(rows, origin, latest)
         superseded = sorted(rows.loc[newer, "listing_id"])
         ids = sorted(rows.loc[~newer, "listing_id"])
         if not ids:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from common.catalog import CANONICAL_COLUMNS, Catalog
+from common.csv_safe import neutralise_cell, to_safe_csv
 from common.files import atomic_write, write_json
 from common.params import ValidateParams
 from common.results import BatchReport, ValidationFailure
@@ -408,15 +409,34 @@ def _write(batch_dir: Path, batch_id: str, read: _Read, checked: _Checked, route
                       for i in rejected.index]
     rejected_file = qdir / "rejected.csv"
     write_rejected(rejected_file, out)
+    report.neutralised_cells = _neutralised(out)
     report.rejected_file = str(rejected_file)
     return _write_report(report, qdir)
 
 
+def _neutralised(rows: pd.DataFrame) -> list[dict]:
+    """The text cells :func:`write_rejected` writes neutralised, with their raw values."""
+    out = []
+    for column in rows.columns:
+        if rows[column].dtype != object:
+            continue
+        for i, (listing_id, value) in enumerate(zip(rows["listing_id"], rows[column], strict=True)):
+            if isinstance(value, str) and neutralise_cell(value) != value:
+                out.append({"row": i, "listing_id": listing_id, "column": column, "value": value})
+    return out
+
+
 def write_rejected(path: Path, rows: pd.DataFrame) -> Path:
-    """Writes a quarantine's ``rejected.csv`` (RFC 4180 line ends: pandas quotes a value holding
-    a line-end character only when the terminator has it, so with its ``"\\n"`` a bare CR in a
-    title split the row in two)."""
-    return atomic_write(path, lambda tmp: rows.to_csv(tmp, index=False, lineterminator="\r\n"))
+    """Writes a quarantine's ``rejected.csv``, safe to open in a spreadsheet.
+
+    Text cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``,
+    ``@``, tab or CR) get a leading ``'`` (OWASP's CSV-injection rule, :mod:`common.csv_safe`);
+    :func:`validation.staged.read_rejected` restores them exactly, and the batch's
+    ``report.json`` and the raw batch keep the values as they came. RFC 4180 line ends: pandas
+    quotes a value holding a line-end character only when the terminator has it, so with its
+    ``"\\n"`` a bare CR in a title split the row in two.
+    """
+    return atomic_write(path, lambda tmp: to_safe_csv(rows, tmp))
 
 
 def _unknown_category_warnings(frame: pd.DataFrame, row_reasons: dict[int, list[str]]) -> list[str]:

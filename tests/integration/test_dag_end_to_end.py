@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from common.catalog import load_catalog
+from common.csv_safe import read_safe_csv
 from common.params import load_params, write_params
 from common.state import State
 from common.store import batch_file
@@ -169,7 +170,7 @@ def test_lineage_tags_on_every_version(pipeline):
 
 def test_bad_rows_never_reach_training(pipeline):
     state, bad = pipeline["state"], pipeline["bad"]
-    rejected = pd.read_csv(state.quarantine / BATCH2 / "rejected.csv", dtype=str)
+    rejected = read_safe_csv(state.quarantine / BATCH2 / "rejected.csv")
     assert set(bad.values()) <= set(rejected["listing_id"])
     store = pd.read_parquet(batch_file(state.listings_store, BATCH2))
     assert not set(bad.values()) & set(store["listing_id"])

@@ -125,7 +125,7 @@ def test_a_refused_batch_is_quarantined_and_later_batches_are_staged(tmp_path, f
 
 @pytest.mark.parametrize(("name", "reason"), [
     ("fashion-week-one", "batch_name_undated"),
-    ("fashion-2026-13-40", "batch_name_undated"),
+    ("fashion-2026-13-40", "batch_name_date_invalid"),
     ("fashion 2026-11-02", "batch_name_invalid"),
 ])
 def test_a_batch_whose_name_places_it_nowhere_is_refused(tmp_path, feed, name, reason):
@@ -136,7 +136,7 @@ def test_a_batch_whose_name_places_it_nowhere_is_refused(tmp_path, feed, name, r
     assert result.ingested == ("fashion-2026-11-02",)
     (refused,) = result.refused
     assert refused.batch_id == name and refused.reason == reason
-    if reason == "batch_name_undated":
+    if reason in ("batch_name_undated", "batch_name_date_invalid"):
         assert "batches are named <catalog>-YYYY-MM-DD" in refused.detail
     assert Path(refused.report).is_file()
     assert read_manifest(state.manifest)[name]["status"] == "quarantined"

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 from common.catalog import load_catalog
+from common.csv_safe import read_safe_csv
 from ingestion.feed import publish
 from tests.integration.test_promotion_champion import copy_state
 from tests.integration.test_promotion_registry import client_for
@@ -87,7 +88,7 @@ def grown(tiny_trained, fashion_dir, tmp_path_factory):
     # week 1: the two categories are held back
     ingested = ingest_new_batches(state, params, datetime(2026, 11, 3, tzinfo=UTC))
     out["first"] = validate_staged_batches(state, params, ingested.staged)
-    out["rejected_before"] = pd.read_csv(state.quarantine / WEEK1 / "rejected.csv", dtype=str)
+    out["rejected_before"] = read_safe_csv(state.quarantine / WEEK1 / "rejected.csv")
     rejected_bytes = (state.quarantine / WEEK1 / "rejected.csv").read_bytes()
     out["groups_without_champion"] = candidate_groups(state, params, [WEEK1])
     version = register_challenger(state, params, tiny_trained["data"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv as csv_module
 import hashlib
 import json
 import shutil
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from common.catalog import CANONICAL_COLUMNS, PATH_SEP, load_catalog
+from common.csv_safe import read_safe_csv
 from common.params import ValidateParams
 from common.store import batch_file
 from validation.validate import validate_batch
@@ -82,7 +84,7 @@ def test_partial_batch(tmp_path: Path, styles: pd.DataFrame, taxonomy, fashion_d
     assert report.data_docs_page.endswith(report.validation_id + ".html")
     json.dumps(report.to_json())  # serialisable
 
-    rejected = pd.read_csv(report.rejected_file, dtype=str, keep_default_na=False)
+    rejected = read_safe_csv(report.rejected_file)
     assert list(rejected.columns) == [*CANONICAL_COLUMNS, "reasons"]
     got = {}
     for listing_id, reasons in zip(rejected["listing_id"], rejected["reasons"], strict=True):
@@ -225,3 +227,37 @@ def test_a_catalog_without_titles_is_validated_without_title_expectations(
     assert not checked & {"missing_title", "title_length_out_of_range"}
     stored = pd.read_parquet(batch_file(tmp_path / "store", "b0003"))
     assert len(stored) == 39 and stored["title"].isna().all() and stored["catalog"].eq("fashion-images").all()
+
+
+FORMULAS = ['=HYPERLINK("http://example.invalid/x","click")', "=cmd|' /C calc'!A0", "+SUM(1,2)",
+            "-2+3+cmd|' /C calc'!A0", "@SUM(1+1)", "'=already quoted"]
+"""Titles that a spreadsheet would run (tab- and CR-led cells: tests/unit/test_csv_safe.py)."""
+
+
+def test_rejected_csv_carries_no_live_formula(tmp_path: Path, styles: pd.DataFrame, taxonomy,
+                                              fashion_dir: Path) -> None:
+    """Rejected rows whose title (and id) start with a formula trigger: ``rejected.csv`` opens in
+    a spreadsheet as text (OWASP: a leading ``'``), ``read_rejected`` gives the values back
+    exactly, and ``report.json`` keeps each neutralised cell's raw value."""
+    from validation.staged import read_rejected
+
+    rows = styles.iloc[400:500].reset_index(drop=True)
+    batch = _make_batch(tmp_path / "raw" / "b0005", rows, fashion_dir)
+    csv = pd.read_csv(batch / "styles.csv", dtype=str, keep_default_na=False)
+    for i, formula in enumerate(FORMULAS):
+        csv.loc[i, "productDisplayName"] = formula + " Shirt"
+        csv.loc[i, "articleType"] = "@Hoverboards"  # unknown: the row is held back
+    csv.to_csv(batch / "styles.csv", index=False)
+
+    report = _run(tmp_path, batch, "b0005", taxonomy)
+
+    assert report.status == "partial" and report.rejected_rows == len(FORMULAS)
+    with open(report.rejected_file, newline="", encoding="utf-8") as fh:
+        cells = [cell for row in csv_module.reader(fh) for cell in row]
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    rejected = read_rejected(Path(report.rejected_file))
+    assert sorted(rejected["title"]) == sorted(f + " Shirt" for f in FORMULAS)
+    assert set(rejected["category_path"].str.split(" > ").str[-1]) == {"@Hoverboards"}
+    saved = json.loads(Path(report.report).read_text(encoding="utf-8"))
+    raw = {(c["column"], c["value"]) for c in saved["neutralised_cells"]}
+    assert {("title", f + " Shirt") for f in FORMULAS} <= raw
