@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
