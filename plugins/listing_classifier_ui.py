@@ -54,6 +54,39 @@ def _inside(root: Path, rel: str) -> Path | None:
     return target if target == root or target.is_relative_to(root) else None
 
 
+async def logged_in(request: Request):
+    """The Airflow user of the request, as the REST API resolves it (bearer token, else the UI's
+    session cookie); Airflow's security module is imported on first request, so loading the
+    plugin stays cheap. Raises ``HTTPException`` 401 (no token) or 403 (invalid token)."""
+    from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
+    from airflow.api_fastapi.core_api.security import resolve_user_from_token
+
+    header = request.headers.get("authorization", "")
+    token = header[7:] if header.lower().startswith("bearer ") else None
+    return await resolve_user_from_token(token or request.cookies.get(COOKIE_NAME_JWT_TOKEN))
+
+
+def app_behind_airflow_login(title: str) -> FastAPI:
+    """A FastAPI app whose every route sits behind the Airflow UI's login (:func:`logged_in`).
+
+    A browser that is not logged in is sent to Airflow's login page (303, back here after it);
+    other clients get the 401/403 as JSON. Every app this plugin mounts on the api-server goes
+    through here: a plugin endpoint is no way around the UI's authentication.
+    """
+    app = FastAPI(title=title, dependencies=[Depends(logged_in)])
+
+    @app.exception_handler(HTTPException)
+    async def login_first(request: Request, exc: HTTPException):
+        if exc.status_code in (401, 403) and "text/html" in request.headers.get("accept", ""):
+            from airflow.api_fastapi.app import get_auth_manager
+
+            return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)),
+                                    status_code=303)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    return app
+
+
 def data_docs_app():
     """A FastAPI app serving the Data Docs site, behind Airflow's authentication.
 
@@ -66,26 +99,7 @@ def data_docs_app():
     """
     from data_docs_assets import assets_dir, localize
 
-    async def logged_in(request: Request):
-        """The Airflow user of the request, as the REST API resolves it (bearer token, else the
-        UI's session cookie); imported on first request, so loading the plugin stays cheap."""
-        from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
-        from airflow.api_fastapi.core_api.security import resolve_user_from_token
-
-        header = request.headers.get("authorization", "")
-        token = header[7:] if header.lower().startswith("bearer ") else None
-        return await resolve_user_from_token(token or request.cookies.get(COOKIE_NAME_JWT_TOKEN))
-
-    app = FastAPI(title="Great Expectations Data Docs", dependencies=[Depends(logged_in)])
-
-    @app.exception_handler(HTTPException)
-    async def login_first(request: Request, exc: HTTPException):
-        if exc.status_code in (401, 403) and "text/html" in request.headers.get("accept", ""):
-            from airflow.api_fastapi.app import get_auth_manager
-
-            return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)),
-                                    status_code=303)
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+    app = app_behind_airflow_login("Great Expectations Data Docs")
 
     @app.get(ASSETS_PATH + "/{path:path}")
     def asset(path: str) -> FileResponse:
@@ -113,9 +127,10 @@ def mlflow_redirect_app():
     """A FastAPI app redirecting the operator links to the MLflow UI of this api-server's config.
 
     ``GET /mlflow/runs/<run id>`` and ``GET /mlflow/models/<name>/versions/<version>`` answer
-    ``307`` to the MLflow page; ``LCP_MLFLOW_UI_URL`` is read at each request.
+    ``307`` to the MLflow page; ``LCP_MLFLOW_UI_URL`` is read at each request. Behind the
+    Airflow login like every endpoint of this plugin (:func:`app_behind_airflow_login`).
     """
-    app = FastAPI(title="Listing classifier: links to MLflow")
+    app = app_behind_airflow_login("Listing classifier: links to MLflow")
 
     @app.get("/mlflow/runs/{run_id}")
     def run(run_id: str) -> RedirectResponse:

@@ -104,9 +104,12 @@ class _FakeTI:
         return self.xcoms.get(task_ids)
 
 
-def test_extra_links_point_at_the_exact_mlflow_run_and_version(monkeypatch):
+def test_extra_links_point_at_the_exact_mlflow_run_and_version(monkeypatch, airflow_db):
     """The stored links are api-server paths (no MLflow address frozen in them); the redirect
-    app sends each to the MLflow UI the api-server is configured with when it is opened."""
+    app sends each to the MLflow UI the api-server is configured with when it is opened, to a
+    logged-in Airflow user only (no login: 401, a browser to the login page)."""
+    from airflow.api_fastapi.app import init_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
     from fastapi.testclient import TestClient
 
     links = _links_module(monkeypatch)
@@ -133,7 +136,16 @@ def test_extra_links_point_at_the_exact_mlflow_run_and_version(monkeypatch):
 
     client = TestClient(ui.mlflow_redirect_app())
     monkeypatch.setenv("LCP_MLFLOW_UI_URL", "http://localhost:15001/")  # the UI as opened later
-    targets = [client.get(url.removeprefix("/lcp"), follow_redirects=False) for url in stored]
+    for url in stored:  # no login: never the redirect target
+        path = url.removeprefix("/lcp")
+        assert client.get(path, follow_redirects=False).status_code == 401
+        assert client.get(path, cookies={"_token": "forged"}, follow_redirects=False).status_code == 403
+        to_login = client.get(path, headers={"accept": "text/html"}, follow_redirects=False)
+        assert to_login.status_code == 303 and to_login.headers["location"].startswith("/auth/login"), \
+            to_login.headers.get("location")
+    token = init_auth_manager().generate_jwt(SimpleAuthManagerUser(username="admin", role="admin"))
+    targets = [client.get(url.removeprefix("/lcp"), follow_redirects=False, cookies={"_token": token})
+               for url in stored]
     assert [r.status_code for r in targets] == [307, 307, 307]
     assert [r.headers["location"] for r in targets] == [
         "http://localhost:15001/#/runs/abc123",

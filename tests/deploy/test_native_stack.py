@@ -153,7 +153,9 @@ def test_dag_run_through_the_rest_api_on_celery_registers_a_model(stack):
     assert links["extra_links"]["MLflow champion"] == register_links["MLflow model version"]
     version_page = f"{stack.mlflow_url}/#/models/listing-classifier/versions/{version.version}"
     for link in [*register_links.values(), *links["extra_links"].values()]:
-        location = _redirect(f"{stack.airflow_url}{link}")
+        # behind Airflow's login, as every plugin endpoint: anonymous 401, never the redirect
+        assert _redirect(f"{stack.airflow_url}{link}") == 401, link
+        location = _redirect(f"{stack.airflow_url}{link}", stack.token())
         assert location in (version_page, f"{stack.mlflow_url}/#/runs/{version.run_id}"), location
         request = urllib.request.Request(location, headers={"Authorization": _basic(*REVIEWER)})
         with urllib.request.urlopen(request, timeout=30) as page:  # the MLflow UI answers a reviewer
@@ -184,15 +186,18 @@ def test_dag_run_through_the_rest_api_on_celery_registers_a_model(stack):
             assert page.status == 200, link
 
 
-def _redirect(url: str) -> str:
-    """The Location of a redirect answer (not followed)."""
+def _redirect(url: str, token: str | None = None) -> str | int:
+    """The Location of a redirect answer (not followed), or the status of a 401/403 answer."""
     class NoFollow(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args, **kwargs):
             return None
 
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        urllib.request.build_opener(NoFollow).open(url, timeout=30)
+        urllib.request.build_opener(NoFollow).open(request, timeout=30)
     except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return exc.code
         assert exc.code == 307, (url, exc.code)
         return exc.headers["Location"]
     raise AssertionError(f"{url} did not redirect")
