@@ -4,53 +4,23 @@
 with: any ``torchvision.models`` classification model, its pretrained weights taken from the torch
 hub cache (never downloaded) or from a state-dict file (``train.weights``), and the last ``Linear``
 of its head replaced by ``Identity`` so that it maps ``(N, 3, S, S)`` to ``(N, feature_dim)``.
+A file's weights are loaded strictly (``training.encoders.load_state_strict``): every tensor of the
+backbone, each with its shape; only the removed head's tensors may go unused.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
+from training.encoders import WeightsMismatchError, load_state_strict, read_state_dict, remove_head
+
 log = logging.getLogger(__name__)
-
-_HEAD_ATTRS = ("fc", "classifier", "head", "heads")
-
-
-def _replace_head(backbone: nn.Module) -> int:
-    """Replaces the last ``Linear`` of a torchvision model's classification head by ``Identity``.
-
-    The layers before it stay, as in torchvision's fine-tuning recipe
-    (``model.classifier[-1] = nn.Linear(...)``): ConvNeXt keeps its head's ``LayerNorm2d`` and
-    ``Flatten`` (pretrained parameters), MobileNetV3 its ``Linear(960, 1280)`` + ``Hardswish``,
-    EfficientNet its dropout; a ResNet's ``fc`` is the Linear itself.
-
-    Returns:
-        The dimension of the features the last Linear read, i.e. of the backbone's output
-        ``(N, dim)``.
-
-    Raises:
-        ValueError: when the model has none of the usual head attributes or no Linear in it.
-    """
-    for attr in _HEAD_ATTRS:
-        head = getattr(backbone, attr, None)
-        if isinstance(head, nn.Linear):
-            setattr(backbone, attr, nn.Identity())
-            return head.in_features
-        if isinstance(head, nn.Module):
-            linears = [(name, m) for name, m in head.named_modules() if isinstance(m, nn.Linear)]
-            if not linears:
-                continue
-            name, last = linears[-1]
-            parent_name, _, child = name.rpartition(".")
-            setattr(head.get_submodule(parent_name) if parent_name else head, child, nn.Identity())
-            return last.in_features
-    raise ValueError(f"cannot find the classification head of {type(backbone).__name__}")
 
 
 def _cached_weights(name: str):
@@ -82,8 +52,10 @@ def build_backbone(name: str, weights: str) -> tuple[nn.Module, int, str | None]
 
     Raises:
         FileNotFoundError: when ``weights`` is a path that does not exist.
-        ValueError: when the file at ``weights`` is not a PyTorch state dict, none of its keys
-            belongs to a ``name`` model, or a tensor has another shape than the model's.
+        ValueError: when the file at ``weights`` is not a PyTorch state dict.
+        training.encoders.WeightsMismatchError: (a ``ValueError``) when none of the file's keys
+            belongs to a ``name`` model, or any tensor of the backbone is missing from it, has no
+            place in the backbone, or has another shape: the message counts each kind.
     """
     source = None
     if weights == "auto":
@@ -100,19 +72,21 @@ def build_backbone(name: str, weights: str) -> tuple[nn.Module, int, str | None]
         if not path.is_file():
             raise FileNotFoundError(f"train.weights: no such file {path}")
         backbone = torchvision.models.get_model(name, weights=None)
+        dim, head = remove_head(backbone)
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-            raise ValueError(f"train.weights {path}: not a PyTorch state dict ({err})") from err
-        state = state.get("model", state) if isinstance(state, dict) else state
-        if not isinstance(state, dict) or not set(state) & set(backbone.state_dict()):
-            raise ValueError(f"train.weights {path}: no key matches a {name} model")
+            state, _ = read_state_dict(path)
+        except ValueError as err:
+            raise ValueError(f"train.weights {path}: {err}") from err
+        if not set(state) & set(backbone.state_dict()):
+            raise WeightsMismatchError(f"train.weights {path}: no key matches a {name} model")
         try:
-            backbone.load_state_dict(state, strict=False)
-        except RuntimeError as err:  # tensors of the wrong shape, e.g. another architecture's
-            lines = [line.strip() for line in str(err).splitlines()[1:]] or [str(err)]
-            raise ValueError(f"train.weights {path}: does not fit a {name} model "
-                             f"({len(lines)} errors), e.g. {lines[0]}") from err
-        source = f"file {path.resolve()}"
-    dim = _replace_head(backbone)
+            load_state_strict(backbone, state, head, f"file {path}")
+        except WeightsMismatchError as err:
+            first = ([f"size mismatch for {k}: {a} in the file, {b} in the model" for k, a, b in err.mismatched]
+                     + [f"missing {k}" for k in err.missing] + [f"unexpected {k}" for k in err.unexpected])
+            raise WeightsMismatchError(
+                f"train.weights {path}: does not fit a {name} model ({len(first)} errors), e.g. {first[0]} "
+                f"({err})", err.missing, err.unexpected, err.mismatched) from err
+        return backbone, dim, f"file {path.resolve()}"
+    dim, _ = remove_head(backbone)
     return backbone, dim, source

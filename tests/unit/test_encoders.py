@@ -215,11 +215,33 @@ def test_malformed_or_absent_weights_say_what_is_wrong(weights, error, match):
         load_encoder(LITE0.model_copy(update={"weights": weights}))
 
 
-def test_a_file_whose_content_is_not_what_its_name_says_is_refused(lite0, tmp_path):
-    truncated = tmp_path / lite0.weights.path.name
-    truncated.write_bytes(lite0.weights.path.read_bytes()[:100_000])
+def test_a_hub_file_whose_content_is_not_what_its_name_says_is_refused(lite0, tmp_path, monkeypatch):
+    """torch hub names a file ``<name>-<sha256 prefix>.pth``; a truncated copy is caught."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    hub = LITE0.model_copy(update={"weights": f"hub:{lite0.weights.path.name}"})
+    (cache / lite0.weights.path.name).write_bytes(lite0.weights.path.read_bytes())
+    encoder = load_encoder(hub)  # known by its sha256, wherever it lies
+    assert encoder.id == lite0.id and encoder.weights.licence == "Apache-2.0"
+    assert encoder.weights.source == "hub:efficientnet-lite0-57934424.pth"
+    (cache / lite0.weights.path.name).write_bytes(lite0.weights.path.read_bytes()[:100_000])
     with pytest.raises(ValueError, match="does not match the 57934424 in its name"):
-        load_encoder(LITE0.model_copy(update={"weights": f"file:{truncated}"}))
+        load_encoder(hub)
     (tmp_path / "notes.pth").write_text("not weights")
     with pytest.raises(ValueError, match="not a PyTorch state dict"):
         load_encoder(LITE0.model_copy(update={"weights": f"file:{tmp_path / 'notes.pth'}"}))
+
+
+def test_build_backbone_loads_a_file_strictly(tmp_path):
+    """``train.weights: <file>`` took any file one key of which matched (``strict=False``); now
+    every backbone tensor must come from it. A fine-tuned file's other head is left unused."""
+    from training.backbones import build_backbone
+
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    partial = {k: t for k, t in state.items() if not k.startswith("layer4.")}
+    with pytest.raises(WeightsMismatchError, match=r"does not fit a resnet18 model .*30 missing, 0 unexpected"):
+        build_backbone("resnet18", _save(partial, tmp_path / "partial.pth")[5:])
+    finetuned = {**state, "fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10)}
+    backbone, dim, source = build_backbone("resnet18", _save(finetuned, tmp_path / "finetuned.pth")[5:])
+    assert dim == 512 and torch.equal(backbone.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
