@@ -6,12 +6,15 @@ Run it longer to shake out rarer inputs (the default is a short CI run)::
 
 A batch is a handful of real Flipkart or fashion rows with their real images, then mutated:
 cells replaced by generated text (invisible and format characters, huge strings, numbers,
-quotes, newlines, commas, NUL), listing ids made into names (``../``, absolute paths, NFD
-forms, very long, spaces), columns dropped, renamed or typed, images broken or re-encoded, the
-listings file written as CSV, JSON Lines, a JSON array or Parquet, and then its bytes flipped,
-inserted, deleted or truncated. Whatever comes out, :func:`validation.validate.validate_batch`
+quotes, newlines, commas, NUL, ANSI escapes, bidi overrides, null tokens, non-ASCII digits),
+listing ids made into names (``../``, absolute paths, NFD forms, very long, spaces), columns
+dropped, renamed or typed, values or whole columns made JSON objects or arrays (Parquet structs
+and lists), values nested up to 100,000 levels deep, images broken or re-encoded, the listings
+file written as CSV, JSON Lines, a JSON array or Parquet, encoded as UTF-8 (with or without a
+BOM), UTF-16, UTF-32 or latin-1, and then its bytes flipped, inserted, deleted or truncated.
+Whatever comes out, :func:`validation.validate.validate_batch`
 
-1. never raises;
+1. never raises, and never stops on an error of its own (no ``validation_error`` reason);
 2. accounts for every record: accepted + rejected == rows, and rows == the number of records
    counted without our reader (Python's csv module, physical lines, Parquet metadata), unless
    the file could not be read and the whole batch is quarantined with its reasons; every line
@@ -158,12 +161,34 @@ class ByteOp(NamedTuple):
     arg: object = None
 
 
+class Nested(NamedTuple):
+    """``column``'s value in ``row`` (every row: ``None``, so that Parquet writes a struct or
+    list column) becomes a JSON object (``{"en": v, "hi": v}``) or array (``[v, v]``)."""
+    column: str
+    kind: str  # "object" | "array"
+    row: int | None
+
+
+class Deep(NamedTuple):
+    """``column``'s value in ``row`` becomes ``depth`` nested arrays: raw JSON in JSON Lines,
+    its text elsewhere (a JSON array file keeps it as a string, so that the independent record
+    count, ``json.loads`` of the whole file, does not recurse out of Python's limit)."""
+    row: int
+    column: str
+    depth: int
+
+
+class RawJSON(str):
+    """A cell written into JSON Lines as the JSON text it holds, not as a string."""
+
+
 class Plan(NamedTuple):
     catalog: str
     rows: list[int]
     mutations: list
     fmt: str  # "csv" | "jsonl" | "json" (a JSON array) | "parquet"
     byte_ops: list
+    encoding: str = "utf-8"  # of CSV and JSON files: see ENCODINGS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,7 +202,15 @@ SPECIAL = st.sampled_from([
     "1,299", "1,299 Rs", "\u0661\u0662\u0663", "1_000", " 42 ", "0x1F", "[]", '[""]',
     '["A >> B"]', '["Hoverboards >> Flying"]', '[">>"]', "[not json", "{}", "\\", '\\"',
     "\u0301", "e\u0301", "\U0001f44d\U0001f3fd", "Apparel", "Topwear", "\u200b\u200d\u2060",
+    "\x1b[31mred\x1b[0m", "\x1b]8;;http://x\x07link", "\u202eexe.gpj", "a\u2066b\u2069",
+    "\u200f", "\x07", "\x7f", "\x9b", "NULL", "undefined", "N/A", "<NA>", "\uff11\uff12\uff13",
+    "\u0967\u0968", "1 000", "1e3", "+5", ".5",
 ])
+ENCODINGS = ["utf-8", "utf-8", "utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be",
+             "utf-32", "latin-1"]
+"""How a CSV or JSON file is encoded (``utf-16``/``utf-32``: with a BOM; ``-le``/``-be``
+without one); only UTF-8 is read, the others are refused naming the encoding, or (latin-1)
+their non-UTF-8 rows rejected."""
 BREAKS = st.sampled_from(["\r", "\n", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85",
                           "\u2028", "\u2029"])
 WORD = st.text(st.characters(categories=("L", "N")), min_size=1, max_size=6)
@@ -251,6 +284,8 @@ def _mutation(n: int, columns: list[str]):
         st.builds(Column, st.just("add"), st.sampled_from(["extra", "Unnamed: 0", " "]),
                   st.one_of(SPECIAL, st.text(max_size=10))),
         st.builds(Typed, column),
+        st.builds(Nested, column, st.sampled_from(["object", "array"]), st.one_of(st.none(), row)),
+        st.builds(Deep, row, column, st.sampled_from([2, 33, 1_000, 100_000])),
         st.builds(DuplicateRow, row),
         st.builds(lambda r, op: ImageOp(r, *op), row, IMAGE_OPS),
     )
@@ -265,7 +300,8 @@ def plans(draw) -> Plan:
     fmt = draw(st.sampled_from(["csv", "jsonl", "json", "parquet"]))
     count = draw(st.sampled_from([0, 0, 1, 2]))  # half the files keep their bytes as written
     byte_ops = draw(st.lists(BYTE_OPS, min_size=count, max_size=count))
-    return Plan(catalog, rows, mutations, fmt, byte_ops)
+    encoding = draw(st.sampled_from(ENCODINGS)) if fmt != "parquet" else "utf-8"
+    return Plan(catalog, rows, mutations, fmt, byte_ops, encoding)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,25 +392,29 @@ def _number(value: object) -> object:
 
 
 def _json_value(value: object) -> str:
+    if isinstance(value, RawJSON):
+        return str(value)
     if isinstance(value, float) and not math.isfinite(value):
         return "null"  # as pandas' to_json writes NaN and infinities
     return json.dumps(value, ensure_ascii=False)
 
 
-def _write_listings(frame: pd.DataFrame, folder: Path, stem: str, fmt: str) -> Path:
+def _write_listings(frame: pd.DataFrame, folder: Path, stem: str, fmt: str,
+                    encoding: str = "utf-8") -> Path:
     """The frame as the feed writes it (``ingestion.feed._write_listings``: pandas' CSV, JSON
-    Lines with raw non-ASCII text, Parquet), column names kept even when two are equal."""
+    Lines with raw non-ASCII text, Parquet), column names kept even when two are equal; CSV
+    and JSON text in ``encoding`` (characters latin-1 lacks become ``?``)."""
     names = [str(c) for c in frame.columns]
     records = frame.to_numpy(dtype=object).tolist()
     if fmt == "csv":
         path = folder / f"{stem}.csv"
-        frame.to_csv(path, index=False)
+        path.write_bytes(frame.to_csv(index=False).encode(encoding, "replace"))
     elif fmt in ("jsonl", "json"):
         lines = ["{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{_json_value(v)}"
                                 for k, v in zip(names, rec, strict=True)) + "}" for rec in records]
         path = folder / f"{stem}.{fmt}"
         text = "\n".join(lines) + "\n" if fmt == "jsonl" else "[\n" + ",\n".join(lines) + "\n]\n"
-        path.write_text(text, encoding="utf-8")
+        path.write_bytes(text.encode(encoding, "replace"))
     else:
         path = folder / f"{stem}.parquet"
         arrays = []
@@ -452,6 +492,16 @@ def _build(plan: Plan, source: Source, batch: Path) -> tuple[Path, list[str]]:
         elif isinstance(m, Typed) and m.column in frame.columns:
             j = list(frame.columns).index(m.column)
             frame.isetitem(j, pd.Series([_number(v) for v in frame.iloc[:, j]], dtype=object))
+        elif isinstance(m, Nested) and m.column in frame.columns:
+            j = list(frame.columns).index(m.column)
+            targets = range(n) if m.row is None else [m.row % n]
+            for i in targets:
+                v = frame.iat[i, j]
+                frame.iat[i, j] = {"en": v, "hi": v} if m.kind == "object" else [v, v]
+        elif isinstance(m, Deep) and m.column in frame.columns:
+            text = "[" * m.depth + "]" * m.depth
+            frame.iat[m.row % n, list(frame.columns).index(m.column)] = (
+                RawJSON(text) if plan.fmt == "jsonl" else text)
         elif isinstance(m, DuplicateRow):
             frame = pd.concat([frame, frame.iloc[[m.row % n]]], ignore_index=True)
             row_file.append(row_file[m.row % n])
@@ -468,7 +518,7 @@ def _build(plan: Plan, source: Source, batch: Path) -> tuple[Path, list[str]]:
 
     (batch / "images").mkdir(parents=True)
     stem = Path(catalog.listings_file).stem
-    listings = _write_listings(frame, batch, stem, plan.fmt)
+    listings = _write_listings(frame, batch, stem, plan.fmt, plan.encoding)
     data = listings.read_bytes()
     for op in plan.byte_ops:
         data = _apply_bytes(data, op)
@@ -503,14 +553,15 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 be inside a valid JSON record, so each is a record boundary in JSON Lines."""
 
 
-def _count_records(path: Path) -> int | None:
+def _count_records(path: Path, encoding: str = "utf-8") -> int | None:
     """Records in a listings file counted without our reader; ``None`` when the file cannot be
     read as a table at all.
 
     CSV: records of Python's ``csv`` module (RFC 4180, strict), the first non-blank one the
     header; a record the module refuses counts as one record; a quote never closed makes the
     file unreadable. JSON Lines: non-blank lines (or the items of a JSON array). Parquet: the
-    row count in the file's metadata.
+    row count in the file's metadata. A file written in UTF-16 or UTF-32 (``encoding``) is
+    not a table.
     """
     suffix = path.suffix.lower()
     data = path.read_bytes()
@@ -519,6 +570,8 @@ def _count_records(path: Path) -> int | None:
             return pq.read_metadata(path).num_rows
         except Exception:  # noqa: BLE001 -- any failure means not a Parquet file
             return None
+    if encoding.startswith(("utf-16", "utf-32")):
+        return None  # not UTF-8: the file cannot be read as a table
     text = data.decode("utf-8-sig", "replace")
     if suffix == ".csv":
         csv.field_size_limit(sys.maxsize >> 1)
@@ -589,6 +642,20 @@ def _read_rejected(path: Path) -> list[dict[str, str]]:
 # in a JSON array, an object giving a key twice kept its last value silently (JSON Lines rejects it)
 @example(plan=Plan("fashion", [0, 1, 2, 3, 4, 5],
                    [Column("rename", "year", "productDisplayName")], "json", []))
+# issue 26: a record nesting 100,000 levels raised RecursionError out of the reader
+@example(plan=Plan("flipkart", [0, 1, 2, 3, 4, 5], [Deep(2, "product_specifications", 100_000),
+                                                    Deep(3, "product_category_tree", 5_000)],
+                   "jsonl", []))
+# a Parquet struct title and a list attribute were stored as their Python repr
+@example(plan=Plan("fashion", [0, 1, 2, 3, 4, 5], [Nested("productDisplayName", "object", None)],
+                   "parquet", []))
+# a JSON array where a title is, ANSI escapes and a bidi override were stored as they came
+@example(plan=Plan("fashion", [0, 1, 2, 3, 4, 5],
+                   [Nested("usage", "array", 1), Cell(2, "productDisplayName", "\x1b[31mred\x1b[0m"),
+                    Cell(3, "productDisplayName", "Shirt \u202eexe.gpj"), Cell(4, "id", "NULL")],
+                   "jsonl", []))
+# a UTF-16 file was read as one header of NULs ("surrogates not allowed")
+@example(plan=Plan("flipkart", [0, 1, 2, 3, 4, 5], [], "csv", [], "utf-16"))
 def test_any_mutated_batch_is_accounted_for_and_its_input_left_alone(plan, sources):
     source = sources[plan.catalog]
     root = Path(tempfile.mkdtemp(prefix="lcp-prop-"))
@@ -597,12 +664,14 @@ def test_any_mutated_batch_is_accounted_for_and_its_input_left_alone(plan, sourc
         batch = root / "raw" / BATCH_ID
         listings, columns = _build(plan, source, batch)
         before = _tree(batch)
-        expected = _count_records(listings)
+        expected = _count_records(listings, plan.encoding)
         (root / "cwd").mkdir()
         os.chdir(root / "cwd")  # a relative write would land here
         try:
             report = validate_batch(batch, BATCH_ID, INGESTED_AT, source.catalog, source.taxonomy,
                                     PARAMS, root / "store", root / "quarantine", root / "gx")
+            if not isinstance(report, dict):  # a typed report (validation.validate's BatchReport)
+                report = report.model_dump(mode="json")
         finally:
             os.chdir(here)
         event(f"{plan.fmt}: {report['status']}")
@@ -621,6 +690,7 @@ def _check(report: dict, expected: int | None, root: Path, batch: Path, before: 
     rows, accepted, rejected = report["rows"], report["accepted_rows"], report["rejected_rows"]
     status = report["status"]
     assert accepted + rejected == rows, report
+    assert "validation_error" not in report["reasons"], report  # an error of ours, caught late
     whole = status == "quarantined" and bool(report["batch_reasons"])
     if rows or report["validation_id"] is not None:  # the file was read: every record counts
         assert rows == expected, (rows, expected)
