@@ -53,6 +53,13 @@ class ValidateParams(_Frozen):
     min_image_side: int = Field(16, ge=1, description="Shortest valid image side, in pixels.")
     min_image_stddev: float = Field(
         2.0, ge=0.0, description="Grey-level standard deviation (0-255); below it an image is blank.")
+    max_image_trailing_bytes: int = Field(
+        1024, ge=0, description="Bytes allowed after an image's end marker (JPEG EOI, PNG IEND, WebP "
+                                "RIFF size); more is another file appended (image_trailing_data).")
+    max_image_fill_fraction: float = Field(
+        0.002, ge=0.0, le=1.0,
+        description="Share of a decoded JPEG allowed to be libjpeg's mid-grey fill for missing data; "
+                    "more is a truncated or garbled image (image_truncated).")
     max_price: float = Field(
         10_000_000.0, gt=0.0,
         description="Plausible price ceiling, in the listing's currency; a price must be >= 0 too.")

@@ -235,3 +235,13 @@ def test_decoded_batches_are_the_images_in_order_and_name_the_bad_row(
     broken = [*files[:3], tmp_path / "missing.png", files[4]]
     with pytest.raises(ValueError, match=r"^row 3: "):
         list(inference._decoded_batches(broken, 32, 2))
+
+
+def test_open_rgb_never_follows_a_link(tmp_path, real_jpeg) -> None:
+    """The shared loader opens paths with common.files.open_regular: a link is refused, named."""
+    from common.files import NotRegularFileError
+
+    (tmp_path / "link.jpg").symlink_to(real_jpeg)
+    with pytest.raises(NotRegularFileError, match="symbolic link"):
+        open_rgb(tmp_path / "link.jpg")
+    assert open_rgb(real_jpeg).size == (224, 224)

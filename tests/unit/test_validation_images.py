@@ -53,7 +53,8 @@ def test_truncated_jpeg_refused(batch: Path, real_jpeg: Path) -> None:
     data = real_jpeg.read_bytes()
     (batch / "images" / "cut.jpg").write_bytes(data[: len(data) // 2])
     error, sha, ext = check_image(batch, "images/cut.jpg", PARAMS)
-    assert error.startswith("image_undecodable: ") and "truncated" in error
+    assert error == (f"image_truncated: the file ends at byte {len(data) // 2} inside the JPEG's "
+                     "compressed data, before its end marker (EOI)")
     assert sha is None and ext == ".jpg"
 
 
@@ -168,17 +169,53 @@ def test_path_tricks_refused(batch: Path, real_jpeg: Path, key: str) -> None:
 
 def test_symlink_pointing_outside_refused(batch: Path, real_jpeg: Path) -> None:
     (batch / "images" / "link.jpg").symlink_to(real_jpeg)
-    assert check_image(batch, "images/link.jpg", PARAMS)[0] == "image_path_outside_batch"
+    assert check_image(batch, "images/link.jpg", PARAMS) == (
+        "image_not_regular_file: images/link.jpg is a symbolic link", None, "")
+    assert resolve_image(batch, "images/link.jpg") is None
 
 
-def test_symlink_inside_the_batch_followed(batch: Path, real_jpeg: Path) -> None:
+def test_symlink_inside_the_batch_refused_too(batch: Path, real_jpeg: Path) -> None:
+    """A link is never followed, wherever it points: the store must hold what was checked."""
     (batch / "images" / "a.jpg").write_bytes(real_jpeg.read_bytes())
     (batch / "images" / "b.jpg").symlink_to(batch / "images" / "a.jpg")
-    assert check_image(batch, "images/b.jpg", PARAMS)[0] is None
+    assert check_image(batch, "images/b.jpg", PARAMS) == (
+        "image_not_regular_file: images/b.jpg is a symbolic link", None, "")
+    assert check_image(batch, "images/a.jpg", PARAMS)[0] is None
+
+
+def test_symlinked_folder_on_the_way_refused(batch: Path, real_jpeg: Path) -> None:
+    (batch / "real").mkdir()
+    (batch / "real" / "a.jpg").write_bytes(real_jpeg.read_bytes())
+    (batch / "images" / "sub").symlink_to(batch / "real", target_is_directory=True)
+    assert check_image(batch, "images/sub/a.jpg", PARAMS) == (
+        "image_not_regular_file: images/sub is a symbolic link", None, "")
+    (batch / "images" / "dangling.jpg").symlink_to(batch / "nowhere.jpg")
+    assert check_image(batch, "images/dangling.jpg", PARAMS)[0] == (
+        "image_not_regular_file: images/dangling.jpg is a symbolic link")
+
+
+def test_fifo_refused_without_blocking(batch: Path) -> None:
+    """A FIFO with no writer: open() would wait forever; check_image answers at once."""
+    import os
+    import threading
+
+    os.mkfifo(batch / "images" / "pipe.jpg")
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(
+        check_image(batch, "images/pipe.jpg", PARAMS)), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert result == [("image_not_regular_file: images/pipe.jpg is a FIFO", None, "")]
+
+
+def test_nul_in_the_key_is_named(batch: Path) -> None:
+    assert check_image(batch, "images/a\x00.jpg", PARAMS) == (
+        "image_key_invalid: the key holds a NUL character (\\x00) at position 8", None, "")
 
 
 @pytest.mark.parametrize(("key", "reason"), [
-    ("images/none.jpg", "image_missing"), ("images", "image_missing"),
+    ("images/none.jpg", "image_missing"), ("images/none/a.jpg", "image_missing"),
+    ("images", "image_not_regular_file: images is a folder"),
     (None, "image_key_missing"), ("", "image_key_missing")])
 def test_missing_images(batch: Path, key: str | None, reason: str) -> None:
     assert check_image(batch, key, PARAMS) == (reason, None, "")
@@ -204,10 +241,11 @@ def test_nfc_matching_never_leaves_the_batch(batch: Path, real_jpeg: Path) -> No
     (batch.parent / _nfd("café.jpg")).write_bytes(real_jpeg.read_bytes())  # outside the batch
     (batch / "images" / _nfd("thé.jpg")).symlink_to(batch.parent / _nfd("café.jpg"))
     assert check_image(batch, "../café.jpg", PARAMS) == ("image_path_outside_batch", None, "")
-    assert check_image(batch, "images/thé.jpg", PARAMS) == ("image_path_outside_batch", None, "")
+    assert check_image(batch, "images/thé.jpg", PARAMS) == (
+        "image_not_regular_file: images/thé.jpg is a symbolic link", None, "")
     (batch / "images" / _nfd("élan")).symlink_to(batch.parent, target_is_directory=True)
     assert check_image(batch, "images/élan/café.jpg", PARAMS) == (
-        "image_path_outside_batch", None, "")
+        "image_not_regular_file: images/élan is a symbolic link", None, "")
 
 
 def test_two_files_differing_only_in_normalisation_are_not_guessed(batch: Path,
