@@ -55,24 +55,32 @@ class RecordedApprovalOperator(ApprovalOperator):
     **dag_settings(DAG_ID, tags=["ml", "retraining", "listing-classifier"], doc_md=__doc__,
                    retry_delay=timedelta(minutes=2)),
     params={
-        "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=100,
-                        description="Training epochs (empty: params.yaml's train.epochs)."),
+        "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=100, title="Training epochs",
+                        description="Epochs of this run's training (empty: params.yaml's train.epochs)."),
         "backbone": Param(None, type=["null", "string"],
                           enum=[None, "resnet18", "resnet50", "efficientnet_b0", "mobilenet_v3_large",
                                 "convnext_tiny"],
                           values_display={None: "params.yaml's train.backbone (default)"},
-                          description="torchvision image backbone (empty: params.yaml's)."),
+                          title="Image backbone",
+                          description="torchvision image backbone (empty: params.yaml's train.backbone)."),
         "branches": Param(None, type=["null", "string"], enum=[None, "fused", "image", "text"],
                           values_display={None: "params.yaml's train.branches (default)",
                                           "fused": "fused: image + title (+ structured)",
                                           "image": "image only", "text": "title only"},
-                          description="Model branches: fused, image-only or text-only (empty: params.yaml's)."),
+                          title="Model branches",
+                          description="Fused, image-only or text-only model (empty: params.yaml's train.branches)."),
         "min_improvement": Param(None, type=["null", "number"], minimum=0, maximum=1,
-                                 description="Business-weighted score the challenger must gain over the champion."),
-        "max_batches": Param(None, type=["null", "integer"], minimum=1,
-                             description="New feed batches ingested by this run, at most."),
-        "require_approval": Param(False, type="boolean",
-                                  description="A human approves (Airflow HITL) before champion moves."),
+                                 title="Minimum improvement over the champion",
+                                 description="Business-weighted score the challenger must gain over the "
+                                             "champion, 0 to 1 (empty: params.yaml's gate.min_improvement)."),
+        "max_batches": Param(None, type=["null", "integer"], minimum=1, title="Feed batches, at most",
+                             description="New feed batches this run ingests, at most; the rest wait for "
+                                         "the next run (empty: params.yaml's ingest.max_batches)."),
+        # ["boolean", "null"]: Airflow's form marks a Param required unless its type admits null,
+        # and a toggle always has a value; null (from the REST API) means off
+        "require_approval": Param(False, type=["boolean", "null"], title="Require a human approval",
+                                  description="On: a reviewer approves in Airflow (HITL) before the "
+                                              "champion alias moves. Off: the gate decides alone."),
     },
 )
 def listing_classifier_retraining():

@@ -25,8 +25,9 @@ DAG_ID = "listing_classifier_rollback"
                    retry_delay=timedelta(minutes=1)),
     params={
         "to": Param("previous-champion", type="string", pattern=r"^(previous-champion|[0-9]+)$",
+                    title="Version to restore",
                     description="Version to make champion: a number, or previous-champion."),
-        "reason": Param("", type="string", description="Why (recorded on the model versions)."),
+        "reason": Param("", type="string", title="Reason", description="Why (recorded on the model versions)."),
     },
 )
 def listing_classifier_rollback():
