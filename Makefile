@@ -18,6 +18,8 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
+# no tqdm bars on stderr for MLflow's artifact downloads: Airflow logs a task's stderr at ERROR
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 export LCP_MLFLOW_UI_URL ?= http://localhost:$(MLFLOW_PORT)
 
 

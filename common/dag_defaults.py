@@ -12,6 +12,16 @@ from datetime import timedelta
 
 import pendulum
 
+TASK_ENVIRONMENT = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+"""Environment of every task process, unless the deployment sets it otherwise. MLflow draws a tqdm
+progress bar on stderr for each artifact download, and Airflow logs a task's stderr at ERROR:
+the gate's log showed red "ERROR - Downloading artifacts: 0%|" lines for a download that worked.
+Applied when this module is imported: the task runner parses the DAG file (which imports it) in
+the task's own process before the task runs, and ``dvc repro``'s stages inherit it. The Makefile
+and docker-compose.yml set the same for the other processes (the CLIs, the demo)."""
+for _name, _value in TASK_ENVIRONMENT.items():
+    os.environ.setdefault(_name, _value)
+
 RETRIES_ENV = "LCP_TASK_RETRIES"
 """Environment variable: retries per task (default 2). The test suite sets 0 so that a failure
 shows at once instead of after the delays."""

@@ -27,13 +27,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import re
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+_FEW_EXAMPLES = re.compile(r"May not flag all label issues in class: (\d+), it has too few examples")
+"""cleanlab's per-class warning (``cleanlab.filter._prune_by_count``/``_prune_by_class``): a class
+given to at most ``min_examples_per_class`` listings is not pruned; it names the class by its
+column index only."""
 
 ISSUE_COLUMNS = ("listing_id", "title", "given_label", "suggested_label", "self_confidence")
 """Columns of the label-issue CSV, one row per flagged listing, least confident first."""
@@ -107,7 +117,21 @@ def find_label_issues(listing_ids: Sequence[str], titles: Sequence[str], given_l
         return LabelIssues(empty, len(rows), int((~known).sum()))
     # n_jobs=1: cleanlab forks a multiprocessing pool otherwise, which deadlocks in a process that
     # already runs threads (torch, an Airflow task runner)
-    flagged = cleanlab_find(sub_labels, sub, return_indices_ranked_by="self_confidence", n_jobs=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        flagged = cleanlab_find(sub_labels, sub, return_indices_ranked_by="self_confidence", n_jobs=1)
+    few = []
+    for warning in caught:
+        match = _FEW_EXAMPLES.search(str(warning.message))
+        if match:
+            few.append(str(classes[int(used[int(match[1])])]))
+        else:  # anything else cleanlab says is passed on as it was
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if few:
+        # one line naming the categories, instead of a warning per class index: expected of a
+        # weekly batch, where a rare category often has a single listing
+        logger.info("label issues: %d categories with too few listings to judge every label "
+                    "(cleanlab's min_examples_per_class): %s", len(few), "; ".join(sorted(set(few))))
     out = []
     for k in flagged:
         i = rows[k]

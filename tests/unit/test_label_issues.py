@@ -201,3 +201,19 @@ def test_the_gate_report_counts_the_golden_suspects():
             "probabilities (`label_issues/golden-abc.dir.csv`") in text
     assert "relabel" not in markdown_report({**result, "golden_label_issues": None}, pd.DataFrame(
         columns=["category_path", "support", "value", "recall_candidate", "recall_champion", "delta"]), {}, 5)
+
+
+def test_categories_too_rare_to_judge_are_named_in_one_line_not_warned_by_number(caplog, recwarn):
+    """cleanlab warns once per class it cannot prune, naming it by column index ("class: 3");
+    the platform logs one line naming the categories, and no such warning reaches the task log."""
+    import logging
+
+    rng = np.random.default_rng(1)
+    true = np.concatenate([rng.integers(0, 3, size=120), [3]])  # one watch: too few to judge
+    with caplog.at_level(logging.INFO, logger="monitoring.label_issues"):
+        find_label_issues([f"L{i}" for i in range(len(true))], ["t"] * len(true),
+                          [CLASSES[t] for t in true], _probs(true, rng), CLASSES)
+    assert not [w for w in recwarn if "May not flag all label issues" in str(w.message)]
+    lines = [r.getMessage() for r in caplog.records if "too few listings" in r.getMessage()]
+    assert len(lines) == 1 and "Accessories > Watches > Watches" in lines[0], lines
+    assert caplog.records[0].levelno < logging.WARNING
