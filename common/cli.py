@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,17 @@ INPUT_ERROR_STATUS = 2
 """Exit status of a command stopped by an :class:`InputError` (as argparse's usage errors)."""
 
 
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Sends the library's log records to stderr (a CLI's ``main()`` calls it; the JSON result
+    goes to stdout). Does nothing when the root logger already has a handler (Airflow's task
+    runner, pytest): their handlers keep the records, with levels."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+
+
 def step_parser(module: str, doc: str) -> argparse.ArgumentParser:
     """The argument parser of a step's CLI, with the option every step has.
 
@@ -35,6 +47,7 @@ def step_parser(module: str, doc: str) -> argparse.ArgumentParser:
         A parser with ``--params FILE`` (``common.params.load_params``'s argument, default
         ``params.yaml``); the caller adds the step's own arguments.
     """
+    configure_logging()
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n")[0])
     parser.add_argument("--params", default=None, help="params file (default: params.yaml)")
     return parser

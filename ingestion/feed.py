@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from common.catalog import PATH_SEP, Catalog, google_taxonomy_paths, load_catalog
+from common.cli import INPUT_ERROR_STATUS, InputError
 from common.params import load_params
 from common.state import State
 
@@ -204,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                      help="hash: each week a sample of the catalog; time: the catalog's own time order")
     pub.add_argument("--params", default=None)
     args = parser.parse_args(argv)
-    catalog = load_catalog(args.catalog or load_params(args.params).catalog)
+    try:
+        catalog = load_catalog(args.catalog or load_params(args.params).catalog)
+    except InputError as exc:  # one line naming the file and the key, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return INPUT_ERROR_STATUS
     feed = args.feed or Path(State.from_env().feed_url)
     ids = publish(args.source, feed, args.weeks, catalog, args.start, args.limit, args.format, args.order)
     print(json.dumps({"feed": str(feed), "batches": ids}))

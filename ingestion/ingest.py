@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -47,6 +48,8 @@ from common.results import IngestResult, RefusedBatch
 from common.state import State
 from ingestion.manifest import read_manifest, update_entry
 from ingestion.sources import PART, BatchRefused, FeedSource, check_batch_id, open_feed
+
+logger = logging.getLogger(__name__)
 
 NAMING = "batches are named <catalog>-YYYY-MM-DD, the Monday of their week (e.g. fashion-2026-11-02)"
 """How a batch folder must be named; quoted in the refusal of one that is not."""
@@ -202,14 +205,14 @@ def ingest_new_batches(
         except BatchRefused as exc:
             # a refused name has no fingerprint yet: no new content can give that name a date
             refused.append(refuse_batch(state, feed, batch_id, exc, fingerprint))
-            print(f"[ingest] {batch_id[:200]!r}: refused, quarantined: {exc}")
+            logger.warning("[ingest] %r: refused, quarantined: %s", batch_id[:200], exc)
             continue
         update_entry(state.manifest, batch_id, status="staged", source=feed.url, files=count,
                      fingerprint=fingerprint, report=None,
                      ingested_at=datetime.now(UTC).isoformat(timespec="seconds"),
                      **({"redelivered_from": previous.get("fingerprint")} if previous else {}))
-        print(f"[ingest] {batch_id}: staged {count} file(s)"
-              + (" (a re-publication of a quarantined batch)" if previous else ""))
+        logger.info("[ingest] %s: staged %d file(s)%s", batch_id, count,
+                    " (a re-publication of a quarantined batch)" if previous else "")
         ingested.append(batch_id)
     manifest = read_manifest(state.manifest)
     staged = sorted(b for b, e in manifest.items() if e.get("status") == "staged")

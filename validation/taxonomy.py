@@ -339,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         0 on a change or a no-op, 2 on a malformed path or a refused change (message on stderr).
     """
     from common.catalog import load_catalog
+    from common.cli import INPUT_ERROR_STATUS, InputError
     from common.params import load_params
     from common.state import State
 
@@ -356,7 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
     state = State.from_env()
-    catalog = load_catalog(load_params(args.params).catalog)
+    try:
+        catalog = load_catalog(load_params(args.params).catalog)
+    except InputError as exc:  # one line naming the file and the key, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return INPUT_ERROR_STATUS
     if args.command == "list":
         taxonomy = apply_changes(_declared_or_empty(state, catalog), read_changes(state.root))
         summary = {"declared": len(taxonomy.declared), "added": sorted(taxonomy.added),

@@ -121,7 +121,7 @@ ROW_CASES = {
                          "unknown_category"),
     "unparseable_category": (_rows(product_category_tree="[not json"), None,
                              ("category_unparseable", "missing_category")),
-    "truncated_jpeg": (None, _truncate, "image_undecodable"),
+    "truncated_jpeg": (None, _truncate, "image_truncated"),
     "huge_image": (None, _huge_header, "image_too_large"),
     "blank_image": (None, _blank, "image_blank"),
     "path_traversal": (_rows(uniq_id="../../../../etc/passwd"), None, "image_path_outside_batch"),
@@ -137,7 +137,7 @@ ROW_CASES = {
     "bidi_override_title": (_rows(product_name="Alisha Shorts \u202egpj.exe"), None,
                             "control_character"),
     # the id's NUL is named; the image key it makes is refused too
-    "nul_in_id": (None, None, ("control_character", "image_path_outside_batch")),
+    "nul_in_id": (None, None, ("control_character", "image_key_invalid")),
 }
 
 
