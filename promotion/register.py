@@ -50,9 +50,15 @@ SERVING_DISTRIBUTIONS = ("mlflow", "cloudpickle", "torch", "torchvision", "numpy
 ``code_paths``) imports when MLflow loads it: its pip requirements."""
 
 
-def serving_requirements() -> list[str]:
-    """The served model's pip requirements: :data:`SERVING_DISTRIBUTIONS` pinned at the versions
-    installed here (public version: a local label such as ``+cpu`` is left out, as MLflow does).
+ENCODER_DISTRIBUTIONS = ("timm",)
+"""What a frozen-encoder model imports besides (``training.encoders`` builds the encoder with timm;
+its weights file ships as an artifact, so no weights package is required)."""
+
+
+def serving_requirements(frozen_encoder: bool = False) -> list[str]:
+    """The served model's pip requirements: :data:`SERVING_DISTRIBUTIONS` (and, with
+    ``frozen_encoder``, :data:`ENCODER_DISTRIBUTIONS`) pinned at the versions installed here
+    (public version: a local label such as ``+cpu`` is left out, as MLflow does).
 
     Given explicitly because MLflow's inference (``mlflow.models.infer_pip_requirements``: a
     subprocess that loads the model, about a fifth of the register task) listed this platform's
@@ -62,7 +68,8 @@ def serving_requirements() -> list[str]:
 
     from packaging.version import Version
 
-    return [f"{name}=={Version(version(name)).public}" for name in SERVING_DISTRIBUTIONS]
+    names = SERVING_DISTRIBUTIONS + (ENCODER_DISTRIBUTIONS if frozen_encoder else ())
+    return [f"{name}=={Version(version(name)).public}" for name in names]
 
 
 def platform_commit() -> str:
@@ -106,6 +113,46 @@ def lineage_tags(params: Params, data: DataVersionResult, workspace_commit: str,
         "dag_id": dag_id,
         "airflow_run_id": run_id,
     }
+
+
+def encoder_entry(checkpoint: Path) -> dict | None:
+    """The checkpoint's frozen-encoder record (``training.train.encoder_record``), None for a
+    model that reads pixels."""
+    import torch
+
+    return torch.load(checkpoint, map_location="cpu", weights_only=True).get("encoder")
+
+
+def encoder_tags(encoder: dict | None) -> dict[str, str]:
+    """Run and version tags of a frozen encoder: ``image_encoder`` and, when frozen,
+    ``encoder_id``, ``encoder_arch``, ``encoder_image_size``, ``encoder_weights_source``,
+    ``encoder_weights_licence``, ``encoder_weights_sha256``."""
+    if encoder is None:
+        return {"image_encoder": "scratch"}
+    w = encoder["weights"]
+    return {"image_encoder": "frozen", "encoder_id": encoder["id"], "encoder_arch": encoder["spec"]["arch"],
+            "encoder_image_size": str(encoder["spec"]["image_size"]),
+            "encoder_weights_source": w["source"], "encoder_weights_licence": w["licence"],
+            "encoder_weights_sha256": w["sha256"]}
+
+
+def encoder_weights_file(encoder: dict) -> str:
+    """The weights file the model's encoder was loaded from, to ship with the model.
+
+    Raises:
+        FileNotFoundError: when the file is gone or is no longer the one trained with (sha256).
+    """
+    import hashlib
+
+    path = encoder["weights"].get("path")
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(f"the encoder's weights file {path!r} ({encoder['weights']['source']}) "
+                                "is not here: the model cannot be shipped with it")
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    if digest != encoder["weights"]["sha256"]:
+        raise FileNotFoundError(f"the encoder's weights file {path} has sha256 {digest[:12]}..., the model "
+                                f"was trained with {encoder['weights']['sha256'][:12]}...")
+    return str(path)
 
 
 def register_challenger(state: State, params: Params, data: DataVersionResult, workspace_commit: str,
@@ -180,6 +227,8 @@ def register_challenger(state: State, params: Params, data: DataVersionResult, w
         run_tags = {**tags, "pretrained_weights": pretrained, "pretrained_weights_source": source,
                     "backbone": params.train.backbone,
                     "training_precision": precision, "lcp.init": init}
+        encoder = encoder_entry(checkpoint)
+        run_tags.update(encoder_tags(encoder))
         if validation is not None:
             run_tags["gx_data_docs"] = str(validation.data_docs)
             run_tags["gx_validation_ids"] = json.dumps(validation.validation_ids)[:TAG_VALUE_CHARS]
@@ -187,11 +236,12 @@ def register_challenger(state: State, params: Params, data: DataVersionResult, w
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=ListingClassifierModel(),
-            artifacts={"checkpoint": str(checkpoint)},
+            artifacts={"checkpoint": str(checkpoint),
+                       **({} if encoder is None else {"encoder_weights": encoder_weights_file(encoder)})},
             code_paths=[str(ws / "training"), str(ws / "common")],
             signature=model_signature(params),
             input_example=example,
-            pip_requirements=serving_requirements(),
+            pip_requirements=serving_requirements(frozen_encoder=encoder is not None),
             registered_model_name=name,
         )
     version = str(info.registered_model_version)
@@ -199,6 +249,8 @@ def register_challenger(state: State, params: Params, data: DataVersionResult, w
     for key in VERSION_TAGS:  # the run keeps them all; the version those a reviewer filters by
         if key in version_tags:
             client.set_model_version_tag(name, version, key, version_tags[key])
+    for key, value in encoder_tags(encoder).items():  # which weights the version embeds with
+        client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, ALIAS_CHALLENGER, version)
     print(f"[register] {name} version {version} (run {run.info.run_id}) -> alias {ALIAS_CHALLENGER}")
     return RegisterResult(version=version, run_id=run.info.run_id, model_uri=f"models:/{name}/{version}")

@@ -280,12 +280,11 @@ def calibrate_checkpoint(checkpoint: Path, prepared: Path, score: ScoreParams,
     """
     import pandas as pd
 
-    from training.inference import leaf_log_probs, load_checkpoint
+    from training.inference import leaf_log_probs, load_checkpoint, split_images
 
     loaded = load_checkpoint(checkpoint)
     val = pd.read_parquet(Path(prepared) / "val.parquet")
-    images = np.load(Path(prepared) / "val_images.npy", mmap_mode="r") \
-        if loaded.model.image_encoder is not None else None
+    images = split_images(loaded, prepared, "val", val)
     log_probs = leaf_log_probs(loaded, val, images, batch_size, temperature=1.0)
     index = {label: i for i, label in enumerate(loaded.labels)}
     targets = np.array([index.get(p, -1) for p in val["category_path"]], dtype=np.int64)

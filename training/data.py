@@ -8,6 +8,11 @@ rows from the memmap in one sorted slice, applies the split's transform preset
 the pre-encoded text and structured bags. Texts and structured fields are encoded once per split
 (:func:`training.text.encode_listings`). :func:`load_data` builds the train and val loaders of a
 run, once.
+
+With ``train.image_encoder: frozen`` a split also holds its rows' image embeddings, looked up by
+``image_sha256`` in the embed stage's cache (``training.embeddings.EmbeddingCache``), and a batch
+carries them instead of pixels: no pixel is read and nothing is augmented (the embedding of an
+image is fixed).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import pandas as pd
 import torch
 
 from common.params import TrainParams
+from training.embeddings import EmbeddingCache
 from training.hierarchy import LabelTree
 from training.presets import EvalPreset, TrainPreset
 from training.sampler import BatchIndex, EpochBatchSampler
@@ -41,6 +47,7 @@ class Split:
         targets: int64 (N,) leaf class index, -1 for a category unknown to the model.
         frame: the rows (canonical columns).
         name: the split's name (``"train"``, ``"val"``).
+        embeddings: float32 (N, E) image embeddings of the rows (frozen encoder), else None.
     """
 
     images: np.ndarray
@@ -53,6 +60,7 @@ class Split:
     targets: torch.Tensor
     frame: pd.DataFrame
     name: str = ""
+    embeddings: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -64,7 +72,8 @@ def read_labels(prepared: Path) -> list[str]:
     return sorted(frame["category_path"].unique().tolist())
 
 
-def load_split(prepared: Path, name: str, labels: list[str], cfg: TrainParams) -> Split:
+def load_split(prepared: Path, name: str, labels: list[str], cfg: TrainParams,
+               embeddings: EmbeddingCache | None = None) -> Split:
     """Reads ``<name>.parquet`` and ``<name>_images.npy`` of the prepared folder.
 
     Args:
@@ -72,9 +81,11 @@ def load_split(prepared: Path, name: str, labels: list[str], cfg: TrainParams) -
         name: the split (``"train"``, ``"val"``, ``"golden"``).
         labels: the model's leaf classes; a row of another category gets target -1.
         cfg: the ``train`` params group (text and field encoding).
+        embeddings: frozen encoder: the cache the rows' image embeddings are read from.
 
     Raises:
         ValueError: when the image cache and the rows differ in length.
+        KeyError: when a row's image has no embedding in ``embeddings``.
     """
     frame = pd.read_parquet(prepared / f"{name}.parquet")
     image_file = prepared / f"{name}_images.npy"
@@ -83,7 +94,8 @@ def load_split(prepared: Path, name: str, labels: list[str], cfg: TrainParams) -
         raise ValueError(f"{name}: {len(frame)} rows but {len(images)} images")
     index = {label: i for i, label in enumerate(labels)}
     targets = torch.tensor([index.get(p, -1) for p in frame["category_path"]], dtype=torch.long)
-    return Split(images, image_file, *encode_listings(frame, cfg), targets, frame, name)
+    vectors = None if embeddings is None else embeddings.lookup(frame["image_sha256"].tolist())
+    return Split(images, image_file, *encode_listings(frame, cfg), targets, frame, name, vectors)
 
 
 def data_fingerprint(frame: pd.DataFrame) -> str:
@@ -139,14 +151,16 @@ class ListingDataset(torch.utils.data.Dataset):
 
         Returns:
             ``(images, ids, offsets, field_ids, field_offsets, numeric, targets)``: images
-            float32 ``(b, 3, S, S)`` (None without images), int64 bags (see ``training.text``),
-            float32 ``(b, 2)``, int64 ``(b,)``; rows in ascending index order (sorted reads are
-            sequential in the memmap).
+            float32 ``(b, 3, S, S)`` (``(b, E)`` embeddings in frozen mode; None without
+            images), int64 bags (see ``training.text``), float32 ``(b, 2)``, int64 ``(b,)``; rows
+            in ascending index order (sorted reads are sequential in the memmap).
         """
         index, order = torch.sort(batch.rows)
         s = self.split
         images = None
-        if self.with_images:
+        if self.with_images and s.embeddings is not None:  # frozen encoder: fixed embeddings
+            images = torch.from_numpy(np.ascontiguousarray(s.embeddings[index.numpy()]))
+        elif self.with_images:
             params = None
             if batch.seed is not None:
                 drawn = self.transform.get_params(batch.global_size, torch.Generator().manual_seed(batch.seed))
@@ -203,7 +217,8 @@ class Data(NamedTuple):
 
 
 def load_data(prepared: Path, labels: list[str], cfg: TrainParams, device: torch.device,
-              with_images: bool, rank: int = 0, world_size: int = 1) -> Data:
+              with_images: bool, rank: int = 0, world_size: int = 1,
+              embeddings: EmbeddingCache | None = None) -> Data:
     """The train and val splits and their loaders, built once per run.
 
     The train loader reads this rank's share of each global batch (:class:`EpochBatchSampler`,
@@ -217,9 +232,10 @@ def load_data(prepared: Path, labels: list[str], cfg: TrainParams, device: torch
         device: the training device (pinned memory on CUDA).
         with_images: whether the model reads images (False: no pixels are read).
         rank, world_size: this process's rank and the number of processes.
+        embeddings: frozen encoder: the embedding cache (batches carry embeddings, not pixels).
     """
-    train_split = load_split(prepared, "train", labels, cfg)
-    val_split = load_split(prepared, "val", labels, cfg)
+    train_split = load_split(prepared, "train", labels, cfg, embeddings)
+    val_split = load_split(prepared, "val", labels, cfg, embeddings)
     sampler = EpochBatchSampler(train_split.targets, cfg.batch_size, seed=cfg.seed,
                                 sampling=cfg.sampling, balance_power=cfg.balance_power,
                                 rank=rank, world_size=world_size)

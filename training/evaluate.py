@@ -45,7 +45,7 @@ from training.calibration import (
     coverage_figures,
     expected_calibration_error,
 )
-from training.inference import leaf_log_probs, load_checkpoint
+from training.inference import leaf_log_probs, load_checkpoint, split_images
 
 METRICS = Path("metrics.json")
 PREDICTIONS = Path("reports") / "predictions.csv"
@@ -219,8 +219,8 @@ def evaluate(workspace: Path, params: Params, batch_size: int = 256) -> dict:
     golden = pd.read_parquet(prepared / "golden.parquet")
     if golden.empty:
         raise ValueError("the golden set is empty")
-    images = np.load(prepared / "golden_images.npy", mmap_mode="r")
     loaded = load_checkpoint(workspace / "models" / "model.pt")
+    images = split_images(loaded, prepared, "golden", golden)
     # one forward pass: the uncalibrated leaf log-probabilities, then the served (calibrated) ones
     raw = leaf_log_probs(loaded, golden, images, batch_size, temperature=1.0)
     probs = np.exp(apply_temperature(raw, loaded.temperature))

@@ -13,10 +13,20 @@ Example:
 
 Probabilities are calibrated: the checkpoint's temperature (``training.calibration``, fitted on
 the validation split after training) divides the combined leaf scores.
+
+A frozen-encoder checkpoint (``train.image_encoder: frozen``) reads image embeddings, not pixels.
+Its ``encoder`` entry names the encoder; :func:`image_embeddings` hashes each image's bytes
+(SHA-256, the store's ``image_sha256``), takes the embedding from the embedding cache when it
+holds that image for that encoder (:class:`training.embeddings.EmbeddingCache`: the workspace's
+``data/embeddings``, so the gate and the monitor do not embed a stored image again) and embeds the
+others with the recorded encoder, loaded once (:meth:`LoadedClassifier.image_encoder`, from the
+weights named in the checkpoint or a copy shipped with the registered model). Evaluation and
+calibration pass the prepared split's embeddings directly (:func:`split_images`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from collections.abc import Sequence
@@ -28,7 +38,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.params import TrainParams
+from common.params import EncoderSpec, TrainParams
+from training.embeddings import EMBEDDINGS, EmbeddingCache, read_image
 from training.model import ListingClassifier, build_model
 from training.presets import EvalPreset, load_image
 from training.text import encode_listings
@@ -60,6 +71,42 @@ class LoadedClassifier:
     calibration: dict | None = None
     """The checkpoint's ``"calibration"`` entry (``training.calibration.calibrate``), None for a
     checkpoint written before calibration existed (then ``T = 1`` and no threshold)."""
+    encoder: dict | None = None
+    """Frozen encoder: the checkpoint's ``"encoder"`` entry (``training.train.encoder_record``:
+    ``spec``, ``id``, ``dim``, ``weights``); None for a model that reads pixels."""
+    encoder_weights: Path | None = None
+    """A copy of the encoder's weights file to load instead of the spec's source (the registered
+    model's artifact); its sha256 must be the recorded one."""
+    embeddings: EmbeddingCache | None = None
+    """Where embeddings of stored images are looked up before embedding (None: embed all)."""
+    _encoder: object | None = None
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the model reads embeddings of a frozen encoder (not pixels)."""
+        return self.encoder is not None and self.model.image_encoder is not None
+
+    def image_encoder(self):
+        """The recorded frozen encoder (:class:`training.encoders.Encoder`), loaded on first use.
+
+        Raises:
+            ValueError: when the weights loaded are not the ones the model was trained on (another
+                sha256, hence another encoder id).
+            FileNotFoundError, training.encoders.WeightsMismatchError: as ``load_encoder``.
+        """
+        if self._encoder is None:
+            from training.encoders import load_encoder
+
+            spec = EncoderSpec.model_validate(self.encoder["spec"])
+            if self.encoder_weights is not None:
+                spec = spec.model_copy(update={"weights": f"file:{self.encoder_weights}"})
+            encoder = load_encoder(spec)
+            if encoder.id != self.encoder["id"]:
+                raise ValueError(f"encoder {encoder.id} loaded from {encoder.weights.source} is not the "
+                                 f"model's {self.encoder['id']} (weights sha256 "
+                                 f"{self.encoder['weights']['sha256'][:12]}...)")
+            self._encoder = encoder.to(self.device)
+        return self._encoder
 
     @property
     def temperature(self) -> float:
@@ -74,23 +121,117 @@ class LoadedClassifier:
         return None if t is None else float(t)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedClassifier:
+EMBEDDINGS_ENV = "LCP_EMBEDDINGS_DIR"
+"""Environment variable: the embedding cache root (``<workspace>/data/embeddings``) that
+:func:`load_checkpoint` looks stored images up in; unset, ``$LCP_STATE_DIR/workspace/data/embeddings``
+when ``LCP_STATE_DIR`` is set (the platform's tasks: the gate and the monitor), else none."""
+
+
+def default_embeddings_dir() -> Path | None:
+    """The embedding cache root of this process (see :data:`EMBEDDINGS_ENV`), or None."""
+    if os.environ.get(EMBEDDINGS_ENV):
+        return Path(os.environ[EMBEDDINGS_ENV])
+    if os.environ.get("LCP_STATE_DIR"):
+        return Path(os.environ["LCP_STATE_DIR"]) / "workspace" / EMBEDDINGS
+    return None
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    encoder_weights: str | Path | None = None,
+                    embeddings_dir: str | Path | None = None) -> LoadedClassifier:
     """Loads ``models/model.pt`` (see ``training.train``) for inference.
 
     The backbone is built without pretrained weights: the checkpoint's state dict holds them all.
-    The weights served are the checkpoint's ``model`` entry (the best epoch on validation).
+    The weights served are the checkpoint's ``model`` entry (the best epoch on validation). A
+    frozen-encoder checkpoint's encoder is loaded when an image must be embedded.
+
+    Args:
+        path: the checkpoint.
+        device: where the model runs.
+        encoder_weights: frozen encoder: a copy of its weights file (see
+            :attr:`LoadedClassifier.encoder_weights`); None: the recorded source.
+        embeddings_dir: frozen encoder: the embedding cache root; None: :func:`default_embeddings_dir`.
 
     Raises:
         FileNotFoundError: when the file does not exist.
     """
     ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
     train_params = TrainParams.model_validate({**ckpt["params"]["train"], "weights": "none"})
-    model, _ = build_model(list(ckpt["labels"]), train_params)
+    encoder = ckpt.get("encoder")
+    model, _ = build_model(list(ckpt["labels"]), train_params, None if encoder is None else encoder["dim"])
     model.load_state_dict(ckpt["model"])
     device = torch.device(device)
     model.to(device, memory_format=torch.channels_last).eval()
+    cache = None
+    if encoder is not None:
+        root = embeddings_dir if embeddings_dir is not None else default_embeddings_dir()
+        cache = None if root is None else EmbeddingCache(root, encoder["id"])
     return LoadedClassifier(model, list(ckpt["labels"]), int(ckpt["image_size"]), train_params,
-                            device, bool(ckpt.get("pretrained", False)), ckpt.get("calibration"))
+                            device, bool(ckpt.get("pretrained", False)), ckpt.get("calibration"),
+                            encoder, None if encoder_weights is None else Path(encoder_weights), cache)
+
+
+def split_images(loaded: LoadedClassifier, prepared: str | Path, name: str,
+                 frame: pd.DataFrame) -> np.ndarray | None:
+    """A prepared split's model images: the uint8 ``(N, S, S, 3)`` pixels of
+    ``<prepared>/<name>_images.npy`` (memmap), or for a frozen encoder the float32 ``(N, E)``
+    embeddings of ``frame``'s images from the cache next to it (``<prepared>/../embeddings``, the
+    workspace's ``data/embeddings``); None for a text model.
+
+    Raises:
+        KeyError: a frozen encoder's image has no embedding (the embed stage did not run).
+    """
+    prepared = Path(prepared)
+    if loaded.model.image_encoder is None:
+        return None
+    if loaded.frozen:
+        return EmbeddingCache(prepared.parent / EMBEDDINGS.name, loaded.encoder["id"]).lookup(
+            frame["image_sha256"].tolist())
+    return np.load(prepared / f"{name}_images.npy", mmap_mode="r")
+
+
+def _image_bytes(image: str | Path | bytes, row: int) -> bytes:
+    """An image's encoded bytes (a path read with ``common.files.read_regular``: no link, no FIFO)."""
+    from common.files import read_regular
+
+    if isinstance(image, bytes | bytearray | memoryview):
+        return bytes(image)
+    try:
+        return read_regular(image)
+    except OSError as exc:
+        raise ListingImageError(f"cannot read its image (image_path {str(image)!r}): {exc}", row) from exc
+
+
+def image_embeddings(loaded: LoadedClassifier, images: Sequence[str | Path | bytes],
+                     batch_size: int = 64) -> np.ndarray:
+    """float32 ``(N, E)`` frozen-encoder embeddings of image files or encoded bytes.
+
+    Each image's bytes are hashed (SHA-256); an image the cache (:attr:`LoadedClassifier.embeddings`)
+    holds is not embedded again, the others are read by :func:`training.embeddings.read_image` and
+    embedded by the recorded encoder (the embed stage's path).
+
+    Raises:
+        ListingImageError: (a ValueError, with the row) an image is missing or unreadable.
+    """
+    blobs = [_image_bytes(image, i) for i, image in enumerate(images)]
+    shas = [hashlib.sha256(b).hexdigest() for b in blobs]
+    dim = int(loaded.encoder["dim"])
+    out, missing = (loaded.embeddings.get(shas) if loaded.embeddings is not None
+                    else (None, list(range(len(shas)))))
+    if out is None:
+        out = np.zeros((len(shas), dim), dtype=np.float32)
+    if missing:
+        from training.encoders import embed
+
+        encoder = loaded.image_encoder()
+        pictures = []
+        for i in missing:
+            try:
+                pictures.append(read_image(io.BytesIO(blobs[i]), encoder.preprocessing))
+            except (OSError, ValueError) as exc:
+                raise ListingImageError(f"cannot read its image: {exc}", i) from exc
+        out[missing] = embed(encoder, pictures, batch_size=batch_size, device=loaded.device)
+    return out
 
 
 def decode_image(image: str | Path | bytes, size: int, row: int | None = None) -> np.ndarray:
@@ -160,7 +301,9 @@ def leaf_log_probs(
             ``currency``, ``attributes``), or N titles.
         images: uint8 array ``(N, S, S, 3)`` already decoded by ``load_image`` at the
             checkpoint's image size, or N image file paths or encoded image bytes (decoded here
-            the same way); may be None for a text-only model.
+            the same way); may be None for a text-only model. For a frozen-encoder model: float32
+            ``(N, E)`` embeddings (:func:`split_images`), or N paths or bytes
+            (:func:`image_embeddings`).
         batch_size: rows per forward pass.
         temperature: ``T`` dividing the combined leaf scores (``training.calibration``); None:
             the checkpoint's (1.0 without calibration); 1.0: uncalibrated.
@@ -186,8 +329,14 @@ def leaf_log_probs(
         raise ValueError("this model has an image branch: images are required")
     if images is not None and len(listings) != len(images):
         raise ValueError(f"{len(listings)} listings but {len(images)} images")
+    if needs_images and loaded.frozen:  # embeddings, computed once before the batches
+        if not (isinstance(images, np.ndarray) and images.dtype.kind == "f"):
+            images = image_embeddings(loaded, images, min(batch_size, 64))
+        if images.shape[1:] != (loaded.encoder["dim"],):
+            raise ValueError(f"embeddings of shape {images.shape[1:]}, the model reads "
+                             f"({loaded.encoder['dim']},)")
     is_array = isinstance(images, np.ndarray)
-    if is_array and images.shape[1:] != (loaded.image_size, loaded.image_size, 3):
+    if is_array and not loaded.frozen and images.shape[1:] != (loaded.image_size, loaded.image_size, 3):
         raise ValueError(f"images of shape {images.shape[1:]}, the model reads "
                          f"({loaded.image_size}, {loaded.image_size}, 3)")
     preset = EvalPreset()
@@ -200,7 +349,9 @@ def leaf_log_probs(
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             x = None
-            if needs_images:
+            if needs_images and loaded.frozen:
+                x = torch.from_numpy(np.ascontiguousarray(images[start:stop])).to(loaded.device)
+            elif needs_images:
                 batch = np.ascontiguousarray(images[start:stop]) if is_array else next(decoded)
                 x = preset(batch).to(loaded.device)
             inputs = encode_listings(listings.iloc[start:stop], loaded.train_params)

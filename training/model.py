@@ -3,6 +3,7 @@
 ::
 
     image (N, 3, S, S)      -> backbone (head = Identity) -> (N, F_img) ------+
+      or, frozen: embedding (N, E) -> LayerNorm -> Dropout -> Linear -> GELU   |
     title+description bags  -> EmbeddingBag(mean) -> MLP -> (N, text_dim) ---+-> concat -> dropout
     field tokens + price    -> EmbeddingBag(sum) + Linear -> MLP -> (N, field_dim) -+      |
                                                                        heads: level 1 ... leaf
@@ -17,6 +18,11 @@ the predicted ancestors.
 
 The branches' modules: the image backbone ``training.backbones``, the text and structured
 encoders ``training.encoders``; starting a model from an earlier checkpoint: ``training.warm_start``.
+
+With ``train.image_encoder: frozen`` the image branch reads the pooled features of a pretrained
+encoder computed once per image (``training.embeddings``) through :class:`EmbeddingProjection`,
+the usual linear-probe head with a normalisation and a non-linearity (feature extraction, as in
+torchvision's transfer-learning tutorial); the encoder itself is not part of the model.
 """
 
 from __future__ import annotations
@@ -27,6 +33,26 @@ from torch import nn
 from common.params import TrainParams
 from training.backbones import build_backbone
 from training.encoders import BagEncoder, FieldEncoder
+
+
+class EmbeddingProjection(nn.Module):
+    """The frozen-mode image branch: ``GELU(Linear(Dropout(LayerNorm(e))))``.
+
+    Args:
+        in_dim: the embedding width (the encoder's pooled features, e.g. 1280 for EfficientNet-Lite0).
+        out_dim: the branch's output width.
+        dropout: dropout on the normalised embedding.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, out_dim),
+                                 nn.GELU())
+        self.in_dim, self.out_dim = in_dim, out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x: float ``(N, in_dim)``. Returns: float ``(N, out_dim)``."""
+        return self.net(x)
 
 
 class ListingClassifier(nn.Module):
@@ -54,7 +80,11 @@ class ListingClassifier(nn.Module):
         text_buckets, text_dim: the text branch.
         field_buckets, field_dim: the structured branch.
         weights: see :func:`build_backbone`.
-        dropout: dropout on the fused features.
+        image_encoder: ``"scratch"`` (the backbone reads pixels) or ``"frozen"`` (the image branch
+            is an :class:`EmbeddingProjection` of precomputed embeddings); ``"finetune"`` raises.
+        image_proj_dim: width of the frozen image branch.
+        embedding_dim: width of the precomputed embeddings (frozen only).
+        dropout: dropout on the fused features (and in the frozen image branch).
         branch_loss_weight: weight of auxiliary leaf heads, one per branch of a fused model,
             trained on that branch's features alone (deep supervision, so that a strong branch
             cannot leave the others untrained; Wang et al. 2020, "What Makes Training
@@ -64,7 +94,8 @@ class ListingClassifier(nn.Module):
     def __init__(self, level_sizes: list[int] | int, ancestors: torch.Tensor | None = None, *,
                  level_weights: list[float] | None, backbone: str, branches: str, structured: bool,
                  text_buckets: int, text_dim: int, field_buckets: int, field_dim: int, weights: str,
-                 dropout: float, branch_loss_weight: float) -> None:
+                 dropout: float, branch_loss_weight: float, image_encoder: str, image_proj_dim: int,
+                 embedding_dim: int | None = None) -> None:
         super().__init__()
         if branches not in ("fused", "image", "text"):
             raise ValueError(f"branches must be fused, image or text, got {branches!r}")
@@ -87,7 +118,17 @@ class ListingClassifier(nn.Module):
         self.image_encoder: nn.Module | None = None
         self.text_encoder: BagEncoder | None = None
         self.field_encoder: FieldEncoder | None = None
-        if branches in ("fused", "image"):
+        if image_encoder not in ("scratch", "frozen"):
+            from training.embeddings import FinetuneNotImplementedError
+
+            raise FinetuneNotImplementedError()
+        self.image_mode = image_encoder
+        if branches in ("fused", "image") and image_encoder == "frozen":
+            if not embedding_dim:
+                raise ValueError("image_encoder frozen needs the embedding width (embedding_dim)")
+            self.image_encoder = EmbeddingProjection(embedding_dim, image_proj_dim, dropout)
+            width += image_proj_dim
+        elif branches in ("fused", "image"):
             self.image_encoder, dim, self.weights_source = build_backbone(backbone, weights)
             width += dim
         if branches in ("fused", "text"):
@@ -128,8 +169,8 @@ class ListingClassifier(nn.Module):
         """Logits of every taxonomy level.
 
         Args:
-            images: float (N, 3, S, S) normalised (see ``training.presets``); ignored without an
-                image branch.
+            images: float (N, 3, S, S) normalised (see ``training.presets``), or in frozen mode
+                float (N, E) embeddings; ignored without an image branch.
             ids, offsets: int64 hashed text bags (``training.text.encode_texts``); ignored
                 without a text branch.
             field_ids, field_offsets, numeric: structured inputs (``training.text.encode_fields``);
@@ -206,17 +247,20 @@ class ListingClassifier(nn.Module):
 
 
 CLASSIFIER_PARAMS = ("backbone", "branches", "structured", "text_buckets", "text_dim", "field_buckets",
-                     "field_dim", "weights", "dropout", "branch_loss_weight")
+                     "field_dim", "weights", "dropout", "branch_loss_weight", "image_encoder",
+                     "image_proj_dim")
 """The ``train`` fields :func:`build_model` passes to :class:`ListingClassifier` as they are, by
 name (``level_weights``, also one, is resolved to the tree's depth first)."""
 
 
-def build_model(labels: list[str], train_params: TrainParams) -> tuple[ListingClassifier, bool]:
+def build_model(labels: list[str], train_params: TrainParams,
+                embedding_dim: int | None = None) -> tuple[ListingClassifier, bool]:
     """The classifier configured by the ``train`` params group.
 
     Args:
         labels: the leaf category paths (class order), e.g. sorted training categories.
         train_params: the ``train`` params group.
+        embedding_dim: ``image_encoder: frozen``: the encoder's embedding width.
 
     Returns:
         ``(model, pretrained)``: whether the image backbone started from pretrained weights.
@@ -231,6 +275,6 @@ def build_model(labels: list[str], train_params: TrainParams) -> tuple[ListingCl
     else:
         sizes, ancestors = tree.sizes, tree.ancestors
         weights = level_weights(train_params.level_weights, tree.depth)
-    model = ListingClassifier(sizes, ancestors, level_weights=weights,
+    model = ListingClassifier(sizes, ancestors, level_weights=weights, embedding_dim=embedding_dim,
                               **{name: getattr(train_params, name) for name in CLASSIFIER_PARAMS})
     return model, model.pretrained

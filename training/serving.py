@@ -9,6 +9,13 @@ served model's input, :func:`model_signature` is the signature it is logged with
 
 The served output's probability is the calibrated one (``training.calibration``), and ``auto``
 says whether it clears the version's stored auto-categorisation threshold.
+
+A frozen-encoder model (``train.image_encoder: frozen``) is logged with its encoder's weights file
+as the artifact ``encoder_weights`` next to the checkpoint, whose ``encoder`` entry holds the
+``train.encoder`` spec: the served model embeds an image it has never seen with the encoder it
+was trained on (``training.inference.image_embeddings``), and takes the embedding of an image the
+platform's cache already holds from there (``$LCP_EMBEDDINGS_DIR``, see
+``training.inference.default_embeddings_dir``).
 """
 
 from __future__ import annotations
@@ -122,7 +129,9 @@ class ListingClassifierModel(mlflow.pyfunc.PythonModel):
         self.loaded: LoadedClassifier | None = None
 
     def load_context(self, context) -> None:
-        self.loaded = load_checkpoint(context.artifacts["checkpoint"], device="cpu")
+        # a frozen-encoder model ships its encoder's weights file (artifact "encoder_weights")
+        self.loaded = load_checkpoint(context.artifacts["checkpoint"], device="cpu",
+                                      encoder_weights=context.artifacts.get("encoder_weights"))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if self.loaded is None:

@@ -33,6 +33,13 @@ The checkpoint written after each epoch holds the training state to resume from;
 has ended, ``models/model.pt`` is rewritten without it (``training.utils.final_checkpoint_dict``):
 the served weights and the run's records, a quarter of the size.
 
+Image encoder (``train.image_encoder``): ``scratch`` trains ``train.backbone`` from the prepared
+pixels; ``frozen`` trains the heads on the embeddings of the pretrained ``train.encoder``, computed
+once per image by the embed stage (``training.embeddings``) and read from ``data/embeddings``; the
+checkpoint's ``encoder`` entry records the encoder (its spec, id, width and weights: source,
+licence, sha256), which inference loads to embed an image it has never seen
+(``training.inference``). The train log says how many images the embed stage embedded and reused.
+
 Calibration: after the last epoch, rank 0 fits a temperature and the auto-categorisation
 threshold at ``score.target_precision`` on the val split for the kept weights
 (``training.calibration``) and stores them in the checkpoint, so that the served probability
@@ -75,6 +82,7 @@ from training.data import (
     read_labels,
     to_device,
 )
+from training.embeddings import EMBEDDINGS, EmbeddingCache, read_embed_log, uses_encoder
 from training.hierarchy import LabelTree
 from training.model import build_model
 from training.optim import make_lr_scheduler, make_optimizer, planned_epochs, warmup_steps
@@ -208,11 +216,12 @@ def _test_only(workspace: Path, params: Params, ckpt: dict | None, device: torch
     """``--test-only``: the checkpoint's kept weights evaluated on the val split, in its precision."""
     if ckpt is None:
         raise FileNotFoundError(f"--test-only needs a checkpoint at {workspace / CHECKPOINT}")
-    cfg, labels = params.train, ckpt["labels"]
-    model, _ = build_model(labels, cfg)
+    cfg, labels, encoder = params.train, ckpt["labels"], ckpt.get("encoder")
+    model, _ = build_model(labels, cfg, None if encoder is None else encoder["dim"])
     model.load_state_dict(ckpt["model"])
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    loader = eval_loader(load_split(workspace / PREPARED, "val", labels, cfg), cfg, device,
+    cache = None if encoder is None else EmbeddingCache(workspace / EMBEDDINGS, encoder["id"])
+    loader = eval_loader(load_split(workspace / PREPARED, "val", labels, cfg, cache), cfg, device,
                          model.image_encoder is not None)
     result = evaluate(model, make_criterion(cfg), loader, device, LabelTree(labels), params.score,
                       precision_dtype(ckpt.get("precision", "float32")))
@@ -226,14 +235,33 @@ def make_criterion(cfg: TrainParams) -> nn.Module:
 
 
 def _checkpoint_meta(params: Params, labels: list[str], pretrained: bool, data: Data, world_size: int,
-                     init: dict) -> dict:
+                     init: dict, encoder: dict | None = None) -> dict:
     """What the checkpoint records of the run besides the weights (and what resuming compares:
     ``utils.resumable``); ``precision``, ``precision_probe`` and ``precision_probe_record``
-    (``training.precision.probe_record``) are added once chosen."""
-    return {"params": params.to_dict(), "labels": labels, "pretrained": pretrained,
+    (``training.precision.probe_record``) are added once chosen. A frozen-encoder run adds
+    ``image_encoder`` and ``encoder`` (:func:`encoder_record`)."""
+    meta = {"params": params.to_dict(), "labels": labels, "pretrained": pretrained,
             "image_size": int(data.train.images.shape[1]),
             "data_fingerprint": data_fingerprint(data.train.frame), "world_size": world_size,
             "init": init["init"]}
+    if encoder is not None:
+        meta.update(image_encoder="frozen", encoder=encoder)
+    return meta
+
+
+def encoder_record(encoder, spec) -> dict:
+    """What a checkpoint records of its frozen encoder: ``{"spec", "id", "dim", "weights":
+    {"source", "licence", "sha256", "path"}}`` (plain data; ``path``: the weights file read here,
+    which registration ships with the model).
+
+    Args:
+        encoder: the loaded :class:`training.encoders.Encoder`.
+        spec: the ``train.encoder`` it was loaded from.
+    """
+    w = encoder.weights
+    return {"spec": spec.model_dump(mode="json"), "id": encoder.id, "dim": int(encoder.dim),
+            "weights": {"source": w.source, "licence": w.licence, "sha256": w.sha256,
+                        "path": None if w.path is None else str(w.path)}}
 
 
 def _print_start(data: Data, meta: dict, device: torch.device) -> None:
@@ -290,11 +318,20 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     utils.init_distributed(device, world_size)
 
     labels = read_labels(workspace / PREPARED)
-    model, pretrained = build_model(labels, cfg)
+    encoder, cache = None, None
+    if uses_encoder(cfg):  # frozen: the embed stage's embeddings, by this encoder's id
+        from training.encoders import load_encoder
+
+        loaded_encoder = load_encoder(cfg.encoder)
+        encoder = encoder_record(loaded_encoder, cfg.encoder)
+        cache = EmbeddingCache(workspace / EMBEDDINGS, loaded_encoder.id)
+        del loaded_encoder  # its weights are not part of the model
+    model, pretrained = build_model(labels, cfg, None if encoder is None else encoder["dim"])
+    pretrained = pretrained or encoder is not None
     init = init_model(workspace, model, labels, cfg)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     data = load_data(workspace / PREPARED, labels, cfg, device, model.image_encoder is not None,
-                     rank, world_size)
+                     rank, world_size, cache)
     criterion, optimizer = make_criterion(cfg), make_optimizer(model, cfg, device)
     steps_per_epoch = len(data.train_loader)
     warm = init["init"] != "scratch"  # a warm start trains train.warm_epochs
@@ -305,7 +342,7 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     kept = ema.module if ema is not None else model  # the weights evaluated and kept
     stopper = utils.EarlyStopping(cfg.early_stopping_patience,
                                   warmup_steps(epochs * steps_per_epoch, cfg.schedule), steps_per_epoch)
-    meta = _checkpoint_meta(params, labels, pretrained, data, world_size, init)
+    meta = _checkpoint_meta(params, labels, pretrained, data, world_size, init, encoder)
     progress = utils.resume(workspace / CHECKPOINT, ckpt, meta, model, optimizer, lr_scheduler, ema, stopper,
                             epochs, rank)
     net = utils.wrap_model(model, device, world_size, cfg.compile)
@@ -350,7 +387,8 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
             utils.atomic_save(utils.final_checkpoint_dict(
                 progress.history[-1]["epoch"], progress.kept_state, stopper.state_dict(), progress.history, meta,
                 ema), workspace / CHECKPOINT)
-        log = _finish(workspace, data, meta, stopper, progress, device, model.weights_source, init)
+        log = _finish(workspace, data, meta, stopper, progress, device,
+                      model.weights_source if encoder is None else encoder["weights"]["source"], init)
         log = _calibrate(workspace, params, log)
     utils.close_distributed(world_size)
     return log
@@ -374,7 +412,23 @@ def _finish(workspace: Path, data: Data, meta: dict, stopper: utils.EarlyStoppin
         "epochs_run": progress.epochs_run,
         "init": init["init"], "init_reason": init["init_reason"],
         "init_heads": (init["init_report"] or {}).get("heads"),
+        **_encoder_log(workspace, meta),
     })
+
+
+def _encoder_log(workspace: Path, meta: dict) -> dict:
+    """The train log's image-encoder entries: ``image_encoder``, and for a frozen encoder its
+    ``encoder_id``, ``weights_licence``, ``weights_sha256`` and the embed stage's counts
+    (``images_embedded`` now, ``images_reused`` from the cache)."""
+    encoder = meta.get("encoder")
+    if encoder is None:
+        return {"image_encoder": "scratch"}
+    embedded = read_embed_log(workspace) or {}
+    same = embedded.get("encoder_id") == encoder["id"]
+    return {"image_encoder": "frozen", "encoder_id": encoder["id"],
+            "weights_licence": encoder["weights"]["licence"], "weights_sha256": encoder["weights"]["sha256"],
+            "images_embedded": embedded.get("embedded") if same else None,
+            "images_reused": embedded.get("reused") if same else None}
 
 
 def _calibrate(workspace: Path, params: Params, log: dict) -> dict:

@@ -25,7 +25,8 @@ INIT_DIR = Path("models") / "init"
 """Where ``ingestion.workspace`` puts the model a run may start from (a DVC-tracked dep of the
 train stage): ``init.json`` always, ``model.pt`` (the champion's checkpoint) when there is one."""
 
-ARCHITECTURE_FIELDS = ("branches", "backbone", "structured", "text_dim", "field_dim")
+ARCHITECTURE_FIELDS = ("branches", "backbone", "structured", "text_dim", "field_dim", "image_encoder",
+                       "encoder", "image_proj_dim")
 """``train`` fields that decide the shape of the fused features: a checkpoint whose values differ
 cannot warm-start this model (its heads read other features), so the run trains from scratch."""
 _DERIVED_BUFFERS = ("ancestors", "level_weights")
@@ -43,7 +44,9 @@ def architecture_difference(old: dict, new: TrainParams) -> str | None:
         e.g. ``"backbone resnet18 -> resnet34"``; None when every field of
         :data:`ARCHITECTURE_FIELDS` that shapes both models is equal (the backbone is compared
         only when both have an image branch, ``structured`` only between models that can have
-        one (fused or image), ``field_dim`` only when both have a structured branch).
+        one (fused or image), ``field_dim`` only when both have a structured branch; the
+        backbone between scratch models, ``encoder`` and ``image_proj_dim`` between frozen ones;
+        a checkpoint from before ``image_encoder`` existed is a scratch one).
     """
     new_values = new.model_dump(mode="json")
     branches = (old.get("branches"), new.branches)
@@ -56,6 +59,14 @@ def architecture_difference(old: dict, new: TrainParams) -> str | None:
         skip.add("structured")  # a text model has no structured branch
     if "structured" in skip or not (old.get("structured") and new.structured):
         skip.add("field_dim")
+    old = {"image_encoder": "scratch", **old}
+    modes = (old["image_encoder"], new.image_encoder)
+    if "backbone" in skip or "scratch" not in modes:
+        skip.add("backbone")
+    if "backbone" in skip and "text" in branches:
+        skip.add("image_encoder")
+    if modes != ("frozen", "frozen") or "text" in branches:
+        skip |= {"encoder", "image_proj_dim"}
     diffs = [f"{name} {old.get(name)!r} -> {new_values[name]!r}" for name in ARCHITECTURE_FIELDS
              if name not in skip and old.get(name) != new_values[name]]
     return ", ".join(diffs) or None
