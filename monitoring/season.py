@@ -6,7 +6,8 @@ Each row is built from the run's typed task results in Airflow's metadata databa
 listings store (new categories) and the MLflow run of the week's model version (golden set size). Nothing is
 recomputed: the table reads what the platform recorded while the weeks ran.
 
-Columns (:data:`COLUMNS`): ``week`` (1 first), ``run_id``, ``logical_date``, ``state``,
+Columns (:data:`COLUMNS`): ``week`` (1 first), ``airflow_run`` (the run's page on the Airflow
+UI: :func:`airflow_run_path` says why not the run id), ``logical_date`` (``YYYY-MM-DD HH:MM:SS+00:00``), ``state``,
 ``batches``; ``accepted`` / ``quarantined`` / ``held_back`` rows (held back: rejected only
 because the category is not in the taxonomy); ``released`` (held-back rows of earlier weeks
 released into the store this week, after a taxonomy addition); ``new_categories`` (leaves first seen in the
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from common.params import Params, load_params
@@ -44,7 +46,7 @@ SEASON_TAG = "lcp.season_model"
 """Run tag naming the registered model a season run reports on (one run per model)."""
 TASKS = ("ingest", "validate", "monitor", "version_data", "train_evaluate", "register", "gate",
          "promote", "review")
-COLUMNS = ("week", "run_id", "logical_date", "state", "batches", "accepted", "quarantined",
+COLUMNS = ("week", "airflow_run", "logical_date", "state", "batches", "accepted", "quarantined",
            "held_back", "released", "new_categories", "new_category_names", "golden_size", "golden_rev",
            "fresh_champion", "fresh_listings", "fresh_accuracy", "fresh_score", "label_issues",
            "version", "challenger_score", "champion_score", "delta", "delta_low", "delta_high",
@@ -53,6 +55,23 @@ SHOWN = ("week", "batches", "accepted", "quarantined", "held_back", "released", 
          "fresh_score", "challenger_score", "champion_score", "delta_low", "delta_high", "decision",
          "seconds_train_evaluate", "seconds_run")
 """The columns :func:`format_table` prints (the CSV has them all)."""
+def airflow_run_path(dag_id: str, run_id: str) -> str:
+    """The page of a DAG run on the Airflow UI, relative to the UI's address (any port):
+    ``dags/<dag_id>/runs/<run_id URL-encoded, as in the UI's address bar>``.
+
+    Why not the bare run id: MLflow's artifact preview reads a CSV with PapaParse's
+    ``dynamicTyping``, which turns any cell holding ``<date>T<hh:mm[:ss]><+hh:mm|Z>`` anywhere
+    in it into a JavaScript Date (the middle alternative of its ISO-date pattern is anchored at
+    neither end), and its table draws a Date as an empty cell: ``backfill__2026-11-09T00:00:00+00:00``
+    and an ISO logical date were blank. No cell of the table holds that pattern: this path
+    encodes ``:`` and ``+``, and the logical date is written with a space before the time
+    (RFC 3339 allows it; pandas reads it back).
+    """
+    from urllib.parse import quote
+
+    return f"dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
 HELD_BACK = UNKNOWN_CATEGORY
 """Rows held back for a category outside the taxonomy: counted apart from the quarantined ones."""
 
@@ -136,13 +155,14 @@ def _golden_size(client, run_id: str | None) -> int | None:
     return int(value) if value is not None else None
 
 
-def season_table(state: State, params: Params, runs: list[dict]):
+def season_table(state: State, params: Params, runs: list[dict], dag_id: str = DAG_ID):
     """The season table from :func:`dag_runs`' records.
 
     Args:
         state: the state folder (listings store, MLflow tracking store).
         params: the params (``registry.model_name``).
         runs: :func:`dag_runs`, oldest first.
+        dag_id: the DAG of the runs (for ``airflow_run``).
 
     Returns:
         A ``pandas.DataFrame`` with :data:`COLUMNS`, one row per run (figures None where the
@@ -172,7 +192,8 @@ def season_table(state: State, params: Params, runs: list[dict]):
         interval = gate.get("interval") or (None, None)
         decision = promoted.get("decision") or gate.get("decision")
         row = {
-            "week": week, "run_id": run["run_id"], "logical_date": run["logical_date"], "state": run["state"],
+            "week": week, "airflow_run": airflow_run_path(dag_id, run["run_id"]),
+            "logical_date": datetime.fromisoformat(run["logical_date"]).isoformat(sep=" "), "state": run["state"],
             "batches": " ".join(sorted(reports)),
             "accepted": sum(r.accepted_rows for r in reports.values()),
             "quarantined": sum(r.rejected_rows for r in reports.values()) - held,
@@ -264,14 +285,12 @@ def plot_season(table, path: Path) -> Path:
 
 
 def season_run(client, experiment_id: str, model_name: str) -> str:
-    """The id of the model's season run, created on first use."""
-    runs = client.search_runs([experiment_id], f"tags.`{SEASON_TAG}` = '{model_name}'", max_results=1)
-    if runs:
-        return runs[0].info.run_id
-    return client.create_run(experiment_id, run_name=f"season/{model_name}", tags={
-        SEASON_TAG: model_name,
-        "mlflow.note.content": "One row per weekly run of the retraining DAG: season/season.csv, "
-                               "and the timeline season/season.png."}).info.run_id
+    """The id of the model's season run (``FINISHED``: a record, not a job), created on first use."""
+    from promotion.registry import record_run
+
+    return record_run(client, experiment_id, SEASON_TAG, model_name, f"season/{model_name}",
+                      "One row per weekly run of the retraining DAG: season/season.csv, "
+                      "and the timeline season/season.png.")
 
 
 def write_season(state: State, params: Params, dag_id: str = DAG_ID) -> tuple[SeasonResult, str]:
@@ -288,7 +307,7 @@ def write_season(state: State, params: Params, dag_id: str = DAG_ID) -> tuple[Se
     runs = dag_runs(dag_id)
     if not runs:
         raise ValueError(f"the DAG {dag_id} has no run in Airflow's metadata database yet")
-    table = season_table(state, params, runs)
+    table = season_table(state, params, runs, dag_id)
     out = state.root / "season"
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "season.csv"

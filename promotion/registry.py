@@ -40,18 +40,62 @@ def mlflow_client(state: State):
     return mlflow.MlflowClient()
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+"""Experiment tag MLflow 3's UI reads to choose an experiment's view (the JS bundle's
+``ExperimentKind`` enum; the UI itself writes it from the experiment's "type" selector)."""
+EXPERIMENT_KIND = "custom_model_development"
+"""Our experiment trains models: its page opens on the runs, not on the GenAI view (traces,
+token dashboards), where an experiment without the tag can land."""
+
+
 def ensure_experiment(state: State, params: Params) -> str:
-    """The experiment id, created with its artifacts in the state folder if missing."""
+    """The experiment id, created with its artifacts in the state folder if missing.
+
+    The experiment carries :data:`EXPERIMENT_KIND_TAG` = :data:`EXPERIMENT_KIND`; an existing
+    experiment without it (made before the tag was set) gets it here.
+    """
     import mlflow
 
     client = mlflow_client(state)
     exp = client.get_experiment_by_name(params.registry.experiment)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     location = None
     if state.tracking_uri.startswith("sqlite:"):
         location = state.artifact_root.as_uri()
-    return mlflow.create_experiment(params.registry.experiment, artifact_location=location)
+    return mlflow.create_experiment(params.registry.experiment, artifact_location=location,
+                                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+
+
+def record_run(client, experiment_id: str, tag: str, value: str, run_name: str, note: str) -> str:
+    """The id of a run that holds a record (one per ``tag`` = ``value``), created on first use.
+
+    Such a run (the season table, the champion's weekly monitoring) trains nothing and is never
+    "running": it is left ``FINISHED`` and its metrics and artifacts are added to it later
+    (MLflow accepts them on an ended run). A record run left ``RUNNING`` by an older version is
+    ended here.
+
+    Args:
+        client: an ``MlflowClient``.
+        experiment_id: the experiment of the run.
+        tag, value: the run tag that finds the run again.
+        run_name: its name on a new run.
+        note: its description (``mlflow.note.content``) on a new run.
+    """
+    from mlflow.entities import RunStatus
+
+    runs = client.search_runs([experiment_id], f"tags.`{tag}` = '{value}'", max_results=1)
+    if runs:
+        run = runs[0].info
+        if run.status == RunStatus.to_string(RunStatus.RUNNING):
+            client.set_terminated(run.run_id, "FINISHED")
+        return run.run_id
+    run_id = client.create_run(experiment_id, run_name=run_name,
+                               tags={tag: value, "mlflow.note.content": note}).info.run_id
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
 
 
 def alias_version(client, name: str, alias: str) -> str | None:
