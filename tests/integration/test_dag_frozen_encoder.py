@@ -1,0 +1,68 @@
+"""The retraining DAG end to end with ``train.image_encoder: frozen``: two weekly ``dag.test()``
+runs (real Airflow, GX, DVC, torch, MLflow, the real EfficientNet-Lite0 weights at 96 px) on a
+couple of hundred real listings. Week 1 embeds the images of its batch, trains on the embeddings,
+registers and promotes; week 2 embeds only its own batch's images, and the monitor and the gate
+score the champion through the shipped encoder with the workspace's cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from common.catalog import load_catalog
+from common.params import load_params, write_params
+from common.state import State
+from ingestion.feed import publish
+from tests.integration.test_dag_end_to_end import WEEK1, WEEK2, _client, dag_test_env, run_dag
+from tests.integration.test_frozen_encoder import ENCODER
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def frozen_pipeline(tmp_path_factory, fashion_dir, airflow_db):
+    root = tmp_path_factory.mktemp("e2e-frozen")
+    state = State(root / "state").ensure()
+    params = load_params().with_overrides({
+        "prepare": {"image_size": 32, "golden_fraction": 0.2, "golden_min_listings": 2},
+        "train": {"epochs": 6, "batch_size": 32, "text_buckets": 16384, "text_dim": 64,
+                  "image_encoder": "frozen", "encoder": ENCODER, "image_proj_dim": 64},
+        "gate": {"floor_score": 0.0, "floor_accuracy": 0.0, "min_improvement": 0.0},
+    })
+    write_params(params, root / "params.yaml")
+    with dag_test_env(state, root / "params.yaml"):
+        publish(fashion_dir, Path(state.feed_url), weeks=2, catalog=load_catalog("catalogs/fashion.yaml"),
+                start=WEEK1.date(), limit=240)
+        week1 = run_dag(WEEK1)
+        embed1 = json.loads((state.workspace / "reports" / "embed_log.json").read_text())
+        week2 = run_dag(WEEK2)
+        embed2 = json.loads((state.workspace / "reports" / "embed_log.json").read_text())
+        yield {"state": state, "runs": [week1, week2], "embed": [embed1, embed2]}
+
+
+def test_two_frozen_weeks_run_and_embed_each_image_once(frozen_pipeline):
+    from common.store import read_store
+
+    state = frozen_pipeline["state"]
+    assert [str(r.state) for r in frozen_pipeline["runs"]] == ["success", "success"]
+    embed1, embed2 = frozen_pipeline["embed"]
+    store = read_store(state.listings_store, columns=["image_sha256", "batch_id"])
+    first = store["batch_id"].min()
+    n1 = store[store["batch_id"] == first]["image_sha256"].nunique()
+    assert embed1["embedded"] == n1 and embed1["reused"] == 0
+    assert embed2["embedded"] == store["image_sha256"].nunique() - n1 and embed2["reused"] == n1
+    log = json.loads((state.workspace / "models" / "train_log.json").read_text())
+    assert log["image_encoder"] == "frozen" and log["images_embedded"] == embed2["embedded"]
+
+    client = _client(state)
+    champion = client.get_model_version_by_alias("listing-classifier", "champion")
+    versions = client.search_model_versions("name = 'listing-classifier'")
+    assert len(versions) == 2
+    for v in versions:
+        assert v.tags["image_encoder"] == "frozen"
+        assert v.tags["encoder_weights_licence"] == "Apache-2.0"
+        assert v.tags["decision"] in {"promoted", "rejected"}
+    assert champion.tags["decision"] == "promoted"
