@@ -99,6 +99,30 @@ def title_features():
     )
 
 
+def title_baseline_predictions(train: pd.DataFrame, golden: pd.DataFrame) -> tuple[str, list[str]]:
+    """Fits :func:`title_baseline`'s model on ``train`` and predicts ``golden``.
+
+    Args:
+        train: training split with ``title`` and ``category_path`` columns.
+        golden: the rows to predict (``title``).
+
+    Returns:
+        ``(model name, predicted category paths in golden's row order)``.
+    """
+    from sklearn.pipeline import make_pipeline
+    from sklearn.svm import LinearSVC
+
+    titles = train["title"].fillna("").astype(str)
+    if train["category_path"].nunique() < 2 or not titles.str.strip().ne("").any():
+        # one class, or a catalog without titles: the majority class
+        return ("majority class (one category, or no titles)",
+                [str(train["category_path"].mode().iloc[0])] * len(golden))
+    model = make_pipeline(title_features(), LinearSVC(C=1.0, random_state=0))
+    model.fit(titles, train["category_path"].astype(str))
+    return ("tfidf(word 1-2, char_wb 2-5) + linear SVM, titles only",
+            list(model.predict(golden["title"].fillna("").astype(str))))
+
+
 def title_baseline(train: pd.DataFrame, golden: pd.DataFrame, score: ScoreParams) -> dict:
     """The reference model: TF-IDF on titles + a linear SVM, scored like the real model.
 
@@ -121,20 +145,8 @@ def title_baseline(train: pd.DataFrame, golden: pd.DataFrame, score: ScoreParams
     """
     import time
 
-    from sklearn.pipeline import make_pipeline
-    from sklearn.svm import LinearSVC
-
     t0 = time.perf_counter()
-    model = make_pipeline(title_features(), LinearSVC(C=1.0, random_state=0))
-    titles = train["title"].fillna("").astype(str)
-    if train["category_path"].nunique() < 2 or not titles.str.strip().ne("").any():
-        # one class, or a catalog without titles: the majority class
-        name = "majority class (one category, or no titles)"
-        predicted = [str(train["category_path"].mode().iloc[0])] * len(golden)
-    else:
-        name = "tfidf(word 1-2, char_wb 2-5) + linear SVM, titles only"
-        model.fit(titles, train["category_path"].astype(str))
-        predicted = list(model.predict(golden["title"].fillna("").astype(str)))
+    name, predicted = title_baseline_predictions(train, golden)
     result = classification_metrics(golden["category_path"].astype(str).tolist(), predicted, score)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     result["model"] = name
