@@ -69,7 +69,8 @@ lint: venv
 status: venv
 	@$(PY) -m promotion.status
 
-## make ui: Airflow UI (airflow standalone) on :$(AIRFLOW_PORT) and MLflow UI on :$(MLFLOW_PORT); Ctrl-C stops both.
+## make ui: Airflow UI on :$(AIRFLOW_PORT) (api-server first, then scheduler, dag-processor, triggerer) and
+## MLflow UI on :$(MLFLOW_PORT); Ctrl-C stops both with every task they run (scripts/stop_airflow.py).
 ui: venv
 	VENV=$(VENV) STATE=$(STATE) AIRFLOW_PORT=$(AIRFLOW_PORT) MLFLOW_PORT=$(MLFLOW_PORT) scripts/ui.sh
 

@@ -151,14 +151,14 @@ def gate_lines(run_id: str) -> list[str]:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """TERM to the process group of ``airflow standalone``, KILL 30 s later."""
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait)
-            return
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            continue
+    """Stops ``airflow standalone`` with every process below it, the tasks' own process groups
+    included (TERM, KILL 30 s later), then marks the task instances and DAG runs it left
+    unfinished failed (:mod:`stop_airflow`): a stopped demo leaves no backfill run "running"."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from stop_airflow import stop_airflow
+
+    stop_airflow([proc.pid], grace_s=30)
+    proc.wait()
 
 
 def latest_start(weeks: int, today: date | None = None) -> date:

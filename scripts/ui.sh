@@ -1,49 +1,70 @@
 #!/usr/bin/env bash
-# make ui: the Airflow UI (airflow standalone) and the MLflow UI on one state folder.
+# make ui: the Airflow UI and the MLflow UI on one state folder.
 #
-# Works from a plain shell: `airflow standalone` starts its components as a bare `airflow`
-# command, so the venv's bin folder goes first on PATH here. Ctrl-C stops both UIs; the MLflow
-# server is never left behind.
+# Airflow's components are started one by one, as `airflow standalone` would (LocalExecutor,
+# the simple auth manager, which writes the admin's password when the api-server starts), but
+# the scheduler, dag-processor and triggerer only once the api-server answers its health check:
+# started together, the scheduler began the weekly run before the api-server listened, and the
+# first ingest try failed with "Connection refused".
+# Ctrl-C or TERM stops everything it started, the tasks' processes included (each task runs in a
+# process group of its own, with `dvc repro` and training below it), and marks the task
+# instances and DAG runs they leave unfinished failed (scripts/stop_airflow.py).
+# Works from a plain shell: the components are bare `airflow` commands, so the venv's bin folder
+# goes first on PATH here.
 # Environment (set by the Makefile): VENV, STATE, AIRFLOW_PORT, MLFLOW_PORT, AIRFLOW_HOME.
 set -euo pipefail
 VENV="$(cd "${VENV:-.venv}" && pwd)"
+HERE="$(cd "$(dirname "$0")" && pwd)"
 export PATH="$VENV/bin:$PATH"
-: "${STATE:?}" "${AIRFLOW_PORT:=8080}" "${MLFLOW_PORT:=5000}"
-mkdir -p "$STATE/mlflow/artifacts"
+: "${STATE:?}" "${AIRFLOW_PORT:=8080}" "${MLFLOW_PORT:=5000}" "${UI_START_TIMEOUT:=180}"
+mkdir -p "$STATE/mlflow/artifacts" "$AIRFLOW_HOME/logs"
 airflow db migrate >/dev/null
+# the workers reach the api-server's Task Execution API on the same port
+export AIRFLOW__API__PORT="$AIRFLOW_PORT"
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://localhost:$AIRFLOW_PORT/execution/"
+export AIRFLOW__CORE__EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}"
 
 pids=()
-stop() {  # TERM to each UI's process group, KILL what is still there 20 s later
+stop() {  # every process below the ones started here; unfinished tasks and runs marked failed
   trap - INT TERM EXIT
-  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-  for _ in $(seq 1 40); do
-    alive=0
-    for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
-    [ "$alive" = 0 ] && return
-    sleep 0.5
-  done
-  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  [ "${#pids[@]}" -gt 0 ] || return 0
+  echo "stopping the UIs and their tasks ..."
+  args=()
+  for pid in "${pids[@]}"; do args+=(--pid "$pid"); done
+  "$VENV/bin/python" "$HERE/stop_airflow.py" "${args[@]}" --grace 20 || true
 }
-trap stop INT TERM EXIT
+trap stop EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-# each UI in its own process group (set -m), so that stop() ends its workers too
-set -m
-mlflow ui --backend-store-uri "sqlite:///$STATE/mlflow/mlflow.db" \
-  --default-artifact-root "$STATE/mlflow/artifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" \
-  >"$STATE/mlflow/ui.log" 2>&1 &
-pids+=($!)
-# the workers reach the api-server's Task Execution API on the same port (default: 8080)
-AIRFLOW__API__PORT="$AIRFLOW_PORT" \
-  AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://localhost:$AIRFLOW_PORT/execution/" \
-  airflow standalone &
-pids+=($!)
-set +m
+start() {  # start LOG COMMAND...: in the background, its output appended to LOG
+  local log="$1"; shift
+  "$@" >>"$log" 2>&1 &
+  pids+=($!)
+}
+start "$STATE/mlflow/ui.log" mlflow ui --backend-store-uri "sqlite:///$STATE/mlflow/mlflow.db" \
+  --default-artifact-root "$STATE/mlflow/artifacts" --host 127.0.0.1 --port "$MLFLOW_PORT"
+start "$AIRFLOW_HOME/logs/api-server.log" airflow api-server --port "$AIRFLOW_PORT"
+
+health="http://localhost:$AIRFLOW_PORT/api/v2/monitor/health"
+healthy() { python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)' "$health" 2>/dev/null; }
+deadline=$((SECONDS + UI_START_TIMEOUT))
+until healthy; do
+  kill -0 "${pids[1]}" 2>/dev/null || { echo "the api-server ended; see $AIRFLOW_HOME/logs/api-server.log" >&2; exit 1; }
+  [ "$SECONDS" -lt "$deadline" ] || { echo "the api-server did not answer $health within ${UI_START_TIMEOUT}s" >&2; exit 1; }
+  sleep 1
+done
+for component in scheduler dag-processor triggerer; do
+  start "$AIRFLOW_HOME/logs/$component.log" airflow "$component"
+done
 
 passwords="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
 cat <<MSG
   Airflow UI  http://localhost:$AIRFLOW_PORT   user admin, password in $passwords
-                                               (written by airflow standalone when it starts)
   MLflow UI   http://localhost:$MLFLOW_PORT   (log: $STATE/mlflow/ui.log)
-  Ctrl-C stops both.
+  Logs        $AIRFLOW_HOME/logs/{api-server,scheduler,dag-processor,triggerer}.log
+  Ctrl-C stops both, with any task they run.
 MSG
-wait "${pids[1]}"
+# returns when a component ends (or a signal arrives): then everything is stopped
+wait -n "${pids[@]}" || true
+echo "a component ended; stopping the others" >&2

@@ -1,0 +1,165 @@
+"""Stops a local Airflow (and whatever else a UI or demo started) with every task it runs, and
+leaves no task instance or DAG run "running" in its metadata database.
+
+Airflow's task supervisor puts each task process in a process group of its own
+(``airflow.sdk.execution_time.supervisor``: ``os.setpgid(0, 0)``), and ``dvc repro`` and
+``python -m training.train`` run below it: a TERM to the process group of ``airflow standalone``
+or of the scheduler left them running, and the DAG run "running" in the database for ever. So the
+processes are found as a tree (``/proc/<pid>/stat``'s parent pid), every process below the given
+roots, taken before any signal (a child whose parent dies first is re-parented and would escape a
+later walk) and again while they stop (children started meanwhile); TERM first, KILL after
+``grace_s``. Then the task instances the stopped processes left unfinished, and their DAG runs,
+are marked ``failed`` through Airflow's ORM on the metadata DB (``$AIRFLOW_HOME``): nothing is
+left that a scheduler would wait on, and the UI shows the run as failed, with its logs.
+
+CLI (``scripts/ui.sh`` calls it from its Ctrl-C/TERM trap)::
+
+    python scripts/stop_airflow.py --pid <root pid> [--pid ...] [--grace 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+UNFINISHED_TI = ("running", "queued", "scheduled", "restarting", "deferred", "up_for_reschedule")
+"""Task instance states of work in flight: a stopped Airflow finishes none of them."""
+
+
+def _parents() -> dict[int, int]:
+    """Every live process's parent pid, from ``/proc/<pid>/stat`` (Linux)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        # the command name (2nd field) is in parentheses and may hold spaces: split after it
+        out[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return out
+
+
+def descendants(roots: Iterable[int]) -> set[int]:
+    """The pids of ``roots`` and of every live process below them."""
+    parents = _parents()
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [r for r in roots if r in parents]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, ()))
+    return found
+
+
+def _signal(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _alive(pids: Iterable[int]) -> set[int]:
+    live = set()
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] != "Z":  # a zombie has ended; its parent reaps it
+            live.add(pid)
+    return live
+
+
+def stop_tree(roots: Iterable[int], grace_s: float = 20.0) -> set[int]:
+    """TERM to every process at or below ``roots``, KILL to those alive ``grace_s`` later.
+
+    Returns:
+        The pids signalled (this process and its ancestors never among them).
+    """
+    me = {os.getpid(), os.getppid()}
+    seen = descendants(roots) - me
+    _signal(seen, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        new = descendants(seen) - seen - me  # started while the others stopped
+        if new:
+            _signal(new, signal.SIGTERM)
+            seen |= new
+        if not _alive(seen):
+            return seen
+        time.sleep(0.25)
+    while live := _alive(seen | (descendants(seen) - me)):
+        logger.warning("killing %d process(es) still alive %.0f s after TERM: %s", len(live), grace_s,
+                       sorted(live))
+        _signal(live, signal.SIGKILL)
+        seen |= live
+        time.sleep(0.5)
+    return seen
+
+
+def fail_unfinished_runs(reason: str = "Airflow was stopped while this ran") -> tuple[int, int]:
+    """Marks the task instances in flight (:data:`UNFINISHED_TI`) and the running or queued DAG
+    runs of the metadata DB (``$AIRFLOW_HOME``'s) ``failed``, with their end date; call it once
+    no scheduler, executor or task process of that DB is alive.
+
+    Airflow 3's CLI has no command that marks a run failed (``tasks clear`` resets a task for a
+    rerun; the REST API's PATCH needs the stopped api-server), so this writes through its ORM.
+
+    Returns:
+        ``(task instances, DAG runs)`` marked failed.
+    """
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils import timezone
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    now = timezone.utcnow()
+    with create_session() as session:
+        tis = session.scalars(select(TaskInstance).where(TaskInstance.state.in_(UNFINISHED_TI))).all()
+        for ti in tis:
+            logger.info("task %s of %s: %s -> failed (%s)", ti.task_id, ti.run_id, ti.state, reason)
+            ti.state, ti.end_date = "failed", now
+        runs = session.scalars(select(DagRun).where(DagRun.state.in_(("running", "queued")))).all()
+        for run in runs:
+            logger.info("DAG run %s: %s -> failed (%s)", run.run_id, run.state, reason)
+            run.state, run.end_date = "failed", now
+    return len(tis), len(runs)
+
+
+def stop_airflow(roots: Iterable[int], grace_s: float = 20.0) -> None:
+    """:func:`stop_tree`, then :func:`fail_unfinished_runs`; prints what it did (for a CLI)."""
+    stopped = stop_tree(roots, grace_s)
+    tis, runs = fail_unfinished_runs()
+    print(f"stopped {len(stopped)} process(es); marked {tis} task instance(s) and {runs} DAG run(s) failed",
+          flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pid", type=int, action="append", required=True, help="root of a tree to stop")
+    parser.add_argument("--grace", type=float, default=20.0, help="seconds between TERM and KILL")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop the stopping
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stop_airflow(args.pid, args.grace)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
