@@ -17,7 +17,8 @@ mlflow.set_tracking_uri(sys.argv[1])
 src = pathlib.Path(sys.argv[2]); src.mkdir()
 for i in range(3):
     (src / f"part{i}.txt").write_text("x" * 100)
-with mlflow.start_run() as run:
+artifacts = (src.parent / "artifacts").as_uri()  # not ./mlruns in the checkout
+with mlflow.start_run(experiment_id=mlflow.create_experiment("logs", artifact_location=artifacts)) as run:
     mlflow.log_artifacts(str(src), "parts")
 mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="parts", dst_path=sys.argv[3])
 print("downloaded")
