@@ -70,7 +70,10 @@ def batch_date(batch_id: str) -> date | None:
         return None
 
 
-def _date_key(batch_id: object) -> str:
+def date_key(batch_id: object) -> str:
+    """The first key of :func:`version_order`: the batch id's date as ``YYYY-MM-DD``, ``""`` for
+    an id without a valid date (ordered before every dated one). Stored per row by the store's
+    index (:mod:`common.store`), so that ordering versions never maps every row's id again."""
     when = batch_date(str(batch_id))
     return when.isoformat() if when else ""
 
@@ -90,6 +93,7 @@ def version_order(frame: pd.DataFrame) -> pd.DataFrame:
     Returns:
         The same rows, reordered (stable sort; index kept).
     """
-    key = pd.DataFrame({"d": frame["batch_id"].map(_date_key), "t": frame["ingested_at"],
+    dates = {b: date_key(b) for b in frame["batch_id"].unique()}  # a date per batch, not per row
+    key = pd.DataFrame({"d": frame["batch_id"].map(dates), "t": frame["ingested_at"],
                         "b": frame["batch_id"]}, index=frame.index)
     return frame.loc[key.sort_values(["d", "t", "b"], kind="stable").index]

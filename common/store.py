@@ -34,15 +34,25 @@ wins: :func:`read_store` keeps the row of the latest batch date (the date in the
 feed's files carry. The older row stays in its batch's partition (the raw history is never
 rewritten); it is only hidden from readers.
 
-The store's index: validation's cross-store checks (duplicate images, label and price drift) need
-``listing_id, image_sha256, category_path, price, catalog`` of the latest versions only. They
-read them with :func:`read_store` and ``columns=INDEX_COLUMNS``: a Parquet column projection of
-each partition (a few bytes per listing), never an image file. Parquet partitions are the index.
+The store's index: validation's cross-store checks (duplicate images, label and price drift),
+the golden set's growth and the listing count need only :data:`INDEX_COLUMNS`. They read the
+index (:func:`read_index`; :func:`read_store` too when asked only for those columns): one Parquet
+file beside the store (``<store>/../.listings-index/versions.parquet``, outside the DVC-tracked
+folder and git-ignored by its own ``.gitignore``) holding those columns for every version of every
+partition, already in version order, and per partition the ``(inode, size, mtime_ns)`` stamp and
+MD5 of its ``listings.parquet`` (the file's schema metadata). A partition writer updates it after
+its rename (:func:`refresh_index` reads only the partitions whose stamp changed: the new batch),
+and every reader checks the stamps first (one ``stat`` per partition), so an index that a killed
+writer left behind, or none at all, is brought up to date from the partitions themselves before
+it is used: the partitions stay the truth, the index is a cache of them. The MD5s let versioning
+find the partitions that changed without hashing the store again (:func:`partition_md5s`).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import logging
 import os
 import re
@@ -54,10 +64,12 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from common.batches import version_order
+from common.batches import date_key, version_order
 from common.catalog import CANONICAL_COLUMNS
+from common.files import atomic_write
 
 INDEX_COLUMNS = ("listing_id", "image_sha256", "category_path", "price", "catalog", "batch_id",
                  "ingested_at")
@@ -72,6 +84,16 @@ IMAGES = "images"
 STORE_SCHEMA = pa.schema([(c, pa.float64() if c == "price" else pa.string()) for c in CANONICAL_COLUMNS])
 """Arrow schema of a partition's table: ``CANONICAL_COLUMNS`` in order, every one a string except
 ``price`` (float64)."""
+
+INDEX_DIR_SUFFIX = "-index"
+"""The index folder is ``<store>/../.<store name>-index`` (:func:`index_path`)."""
+INDEX_FILE = "versions.parquet"
+"""The index table, in its folder."""
+_INDEX_META = b"lcp.partitions"
+"""Schema metadata key of the index: JSON ``{batch_id: {"stamp": [inode, size, mtime_ns],
+"md5": hex, "rows": n}}``."""
+_DATE = "_date"
+"""Index column: :func:`common.batches.date_key` of the row's batch, the first version key."""
 
 _DEBRIS = re.compile(r"^\.(?P<batch>.+)\.[0-9a-f]{32}\.(?P<kind>tmp|old|del)$")
 """Hidden folders of a partition writer: ``.tmp`` being built, ``.old`` the previous partition
@@ -174,6 +196,208 @@ def batch_ids(store: Path) -> list[str]:
                   if not e.name.startswith(".") and e.is_dir() and (Path(e.path) / LISTINGS_FILE).is_file())
 
 
+def index_path(store: Path) -> Path:
+    """The store index's table: ``<store>/../.<store name>-index/versions.parquet``.
+
+    Beside the store, not in it: DVC tracks the store folder, and the index is derived data that
+    every reader can rebuild. Its folder holds a ``.gitignore`` of ``*``, so the workspace's
+    ``git add -A`` never commits it.
+    """
+    store = Path(store)
+    return store.parent / f".{store.name}{INDEX_DIR_SUFFIX}" / INDEX_FILE
+
+
+def _index_schema() -> pa.Schema:
+    return pa.schema([*(STORE_SCHEMA.field(c) for c in INDEX_COLUMNS), pa.field(_DATE, pa.string())])
+
+
+def _partition_stamps(store: Path) -> dict[str, tuple[int, int, int]]:
+    """``{batch_id: (inode, size, mtime_ns)}`` of each partition's table: one ``stat`` each."""
+    stamps = {}
+    for batch in batch_ids(store):
+        try:
+            st = os.stat(batch_file(store, batch))
+        except FileNotFoundError:  # removed since it was listed
+            continue
+        stamps[batch] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return stamps
+
+
+def _load_index(path: Path) -> tuple[pa.Table, dict[str, dict]] | None:
+    """The index table and its per-partition records, or None when missing or unreadable."""
+    try:
+        table = pq.read_table(path)
+        records = json.loads((table.schema.metadata or {})[_INDEX_META])
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return None
+    if not isinstance(records, dict) or table.schema.names != _index_schema().names:
+        return None
+    return table, records
+
+
+def _index_rows(store: Path, batch_id: str) -> tuple[pa.Table, dict]:
+    """One partition's index rows (``INDEX_COLUMNS`` and the date key) and its record, from one
+    read of its table; the stamp is taken from the open file, so it names what was read."""
+    with open(batch_file(store, batch_id), "rb") as fh:
+        st = os.fstat(fh.fileno())
+        data = fh.read()
+    source = pq.ParquetFile(pa.BufferReader(data))
+    table = source.read(columns=[c for c in INDEX_COLUMNS if c in source.schema_arrow.names])
+    columns = []
+    for name in INDEX_COLUMNS:  # a partition written before a column was added lacks it
+        field = STORE_SCHEMA.field(name)
+        columns.append(table.column(name).cast(field.type) if name in table.schema.names
+                       else pa.nulls(table.num_rows, field.type))
+    batches = table.column("batch_id").to_pylist()
+    dates = {b: date_key(b) for b in set(batches)}
+    columns.append(pa.array([dates[b] for b in batches], pa.string()))
+    record = {"stamp": [st.st_ino, st.st_size, st.st_mtime_ns], "md5": hashlib.md5(data).hexdigest(),
+              "rows": table.num_rows}
+    return pa.Table.from_arrays(columns, schema=_index_schema()), record
+
+
+def refresh_index(store: Path) -> tuple[pa.Table, dict[str, dict]]:
+    """Brings the store's index up to date with the partitions and returns it.
+
+    Reads only the partitions whose table's ``(inode, size, mtime_ns)`` differs from the index's
+    record (new or rewritten since), drops the rows of partitions that are gone, and writes the
+    index back atomically when anything changed: a week costs its new partition, plus one
+    ``stat`` per partition. A missing or unreadable index is rebuilt from every partition.
+    Writing is best effort (a read-only store still reads correctly).
+
+    Args:
+        store: the ``data/listings`` folder.
+
+    Returns:
+        ``(table, records)``: the index rows, :data:`INDEX_COLUMNS` plus the version date key,
+        every version of every partition in version order (:func:`common.batches.version_order`,
+        oldest first); and ``{batch_id: {"stamp", "md5", "rows"}}`` per partition, ``md5`` being
+        the MD5 of its ``listings.parquet`` (as DVC hashes files).
+    """
+    path = index_path(store)
+    loaded = _load_index(path)
+    table, records = loaded if loaded else (_index_schema().empty_table(), {})
+    stamps = _partition_stamps(store)
+    stale = sorted(b for b, stamp in stamps.items() if records.get(b, {}).get("stamp") != list(stamp))
+    gone = set(records) - set(stamps)
+    if not stale and not gone:
+        return table, records
+    drop = gone | set(stale)
+    if drop:
+        keep = pc.invert(pc.is_in(table.column("batch_id"), pa.array(sorted(drop), pa.string())))
+        table = table.filter(keep)
+    records = {b: r for b, r in records.items() if b not in drop}
+    parts = [table]
+    for batch in stale:
+        try:
+            rows, records[batch] = _index_rows(store, batch)
+        except FileNotFoundError:  # removed while we read: the next reader sees it gone
+            continue
+        parts.append(rows)
+    table = pa.concat_tables(parts)
+    # the version order of common.batches.version_order, on the stored date key: a stable sort,
+    # so the rows of one partition keep their order
+    order = pc.sort_indices(table, sort_keys=[(_DATE, "ascending", "at_end"),
+                                              ("ingested_at", "ascending", "at_end"),
+                                              ("batch_id", "ascending", "at_end")])
+    table = table.take(order).replace_schema_metadata({_INDEX_META: json.dumps(records).encode()})
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ignore = path.parent / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("# the listings store's index: derived, rebuilt from the store\n*\n")
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    except OSError as exc:
+        log.warning("listings store: index %s not written (%s); rebuilt from the partitions next time",
+                    path, exc)
+    log.debug("listings store: index refreshed (%d partition(s) read, %d gone)", len(stale), len(gone))
+    return table, records
+
+
+def read_index(store: Path, columns: Sequence[str] = INDEX_COLUMNS,
+               exclude_batches: Iterable[str] = ()) -> pd.DataFrame:
+    """The latest version of each listing id, :data:`INDEX_COLUMNS` only, from the store's index.
+
+    The same rows and order as :func:`read_store` with these columns, read from one file instead
+    of every partition (:func:`refresh_index` first reads the partitions written since the index
+    was).
+
+    Args:
+        store: the ``data/listings`` folder.
+        columns: a subset of :data:`INDEX_COLUMNS`.
+        exclude_batches: batch ids whose versions are ignored (the latest remaining version of
+            their listings is returned instead).
+
+    Returns:
+        One row per listing id, sorted by ``listing_id``; ``price`` float64, the rest ``str`` or
+        ``None``; an empty frame with ``columns`` when the store is empty.
+
+    Raises:
+        ValueError: when a column is not in :data:`INDEX_COLUMNS`.
+    """
+    columns = list(columns)
+    unknown = sorted(set(columns) - set(INDEX_COLUMNS))
+    if unknown:
+        raise ValueError(f"the store index holds {list(INDEX_COLUMNS)}, not {unknown}: use read_store")
+    table, _ = refresh_index(store)
+    skip = sorted(set(exclude_batches))
+    if skip:
+        table = table.filter(pc.invert(pc.is_in(table.column("batch_id"),
+                                                                pa.array(skip, pa.string()))))
+    needed = list(dict.fromkeys([*columns, "listing_id"]))
+    frame = table.select(needed).to_pandas()
+    frame = frame.drop_duplicates("listing_id", keep="last")  # rows are in version order
+    return frame.sort_values("listing_id", kind="stable").reset_index(drop=True)[columns]
+
+
+def count_listings(store: Path) -> int:
+    """The number of listing ids in the store (latest versions), from its index."""
+    table, _ = refresh_index(store)
+    return pc.count_distinct(table.column("listing_id")).as_py()
+
+
+def partition_md5s(store: Path) -> dict[str, str]:
+    """``{batch_id: MD5 of its listings.parquet}`` for every partition, from the store's index:
+    the hash DVC records for the file, without reading any table the index already knows."""
+    _, records = refresh_index(store)
+    return {b: r["md5"] for b, r in records.items()}
+
+
+def read_batches(store: Path, batches: Iterable[str], columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every row of the given partitions (every version, none hidden), in version order.
+
+    Args:
+        store: the ``data/listings`` folder.
+        batches: batch ids; one without a partition is skipped.
+        columns: default ``CANONICAL_COLUMNS``; one a partition lacks is ``None`` there.
+
+    Returns:
+        The rows with ``columns``, oldest version first (:func:`common.batches.version_order`).
+    """
+    columns = list(columns or CANONICAL_COLUMNS)
+    needed = list(dict.fromkeys([*columns, "batch_id", "ingested_at"]))
+    parts = [_read_partition(batch_file(store, b), needed) for b in sorted(set(batches))
+             if batch_file(store, b).is_file()]
+    if not parts:
+        return _empty(columns)
+    return version_order(pd.concat(parts, ignore_index=True)).reset_index(drop=True)[columns]
+
+
+def _empty(columns: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="float64" if c == "price" else "object") for c in columns})
+
+
+def _read_partition(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    """One partition's table with ``columns``; one it lacks (written before the column was
+    added) is ``None`` there."""
+    present = set(pq.read_schema(path).names)
+    part = pq.read_table(path, columns=[c for c in columns if c in present]).to_pandas()
+    for column in columns:
+        if column not in present:
+            part[column] = pd.Series([None] * len(part), dtype="float64" if column == "price" else object)
+    return part
+
+
 def read_store(store: Path, columns: Sequence[str] | None = None,
                exclude_batches: Iterable[str] = ()) -> pd.DataFrame:
     """Reads the accepted listings, the latest version of each listing id.
@@ -195,21 +419,14 @@ def read_store(store: Path, columns: Sequence[str] | None = None,
         a column that older partitions lack (written before it was added) is ``None`` there.
     """
     columns = list(columns or CANONICAL_COLUMNS)
+    if set(columns) <= set(INDEX_COLUMNS):  # the index holds them: one file, not every partition
+        return read_index(store, columns, exclude_batches)
     skip = set(exclude_batches)
-    files = [batch_file(store, b) for b in batch_ids(store) if b not in skip]
-    if not files:
-        return pd.DataFrame({c: pd.Series(dtype="float64" if c == "price" else "object")
-                             for c in columns})
+    batches = [b for b in batch_ids(store) if b not in skip]
+    if not batches:
+        return _empty(columns)
     needed = list(dict.fromkeys([*columns, "listing_id", "ingested_at", "batch_id"]))
-    parts = []
-    for f in files:  # a partition written before a column was added lacks it: None there
-        present = set(pq.read_schema(f).names)
-        part = pq.read_table(f, columns=[c for c in needed if c in present]).to_pandas()
-        for column in needed:
-            if column not in present:
-                part[column] = pd.Series([None] * len(part), dtype="float64" if column == "price" else object)
-        parts.append(part)
-    frame = pd.concat(parts, ignore_index=True)
+    frame = pd.concat([_read_partition(batch_file(store, b), needed) for b in batches], ignore_index=True)
     frame = version_order(frame).drop_duplicates("listing_id", keep="last")
     return frame.sort_values("listing_id", kind="stable").reset_index(drop=True)[columns]
 
@@ -285,6 +502,7 @@ def replace_partition(store: Path, batch_id: str, build) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+    refresh_index(store)  # reads this partition only; a kill before it is caught by the stamps
     return final
 
 
@@ -298,6 +516,7 @@ def remove_partition(store: Path, batch_id: str) -> bool:
     gone = final.with_name(f".{batch_id}.{uuid.uuid4().hex}.del")
     os.replace(final, gone)  # readers see the partition or nothing, never half of it
     shutil.rmtree(gone)
+    refresh_index(store)
     return True
 
 

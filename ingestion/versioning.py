@@ -45,13 +45,22 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from common.files import atomic_write, write_json
 from common.params import Params, load_params
 from common.results import DataVersionResult
 from common.state import State
-from common.store import BATCHES, LISTINGS_FILE, disk_full_errors, read_store
+from common.store import (
+    BATCHES,
+    LISTINGS_FILE,
+    batch_ids,
+    disk_full_errors,
+    partition_md5s,
+    read_batches,
+    read_index,
+    read_store,
+)
+from ingestion.dvcfiles import DvcFileError, is_complete, out_md5, parse_dvc_file
 from ingestion.manifest import read_manifest, update_entries
 from ingestion.workspace import (
     GOLDEN,
@@ -80,14 +89,6 @@ PENDING_PUSH = "dvc-push-pending.json"
 log = logging.getLogger(__name__)
 
 
-def _pointer_ok(path: Path) -> bool:
-    try:
-        md5 = yaml.safe_load(path.read_text(encoding="utf-8"))["outs"][0]["md5"]
-    except (yaml.YAMLError, UnicodeDecodeError, LookupError, TypeError):
-        return False
-    return isinstance(md5, str) and bool(md5)
-
-
 def restore_pointers(ws: Path, uncommitted: bool = False) -> list[str]:
     """Puts the ``.dvc`` pointers of the store and the golden set back as the last commit has them.
 
@@ -108,9 +109,9 @@ def restore_pointers(ws: Path, uncommitted: bool = False) -> list[str]:
     done = []
     for name in (LISTINGS, GOLDEN, LABEL_ISSUES):
         path = ws / f"{name}.dvc"
-        if not path.exists() or (_pointer_ok(path) and not uncommitted):
+        if not path.exists() or (is_complete(path) and not uncommitted):
             continue
-        why = "written by a dvc add that failed" if _pointer_ok(path) else "half written"
+        why = "written by a dvc add that failed" if is_complete(path) else "half written"
         try:
             committed = run_git(ws, "show", f"HEAD:{name}.dvc")
         except VersioningError:
@@ -165,6 +166,11 @@ def update_golden(state: State, params: Params) -> tuple[Path | None, bool]:
     with its latest row. Frozen: the set never changes after the first time. ``prepare`` keeps
     every golden id out of training at every revision.
 
+    After the first time, a call reads the store's index (:func:`common.store.read_index`) and
+    the full rows of the partitions that hold something new for the golden set only: the batches
+    not sampled yet, and any other batch now holding the latest version of a golden listing (a
+    partition removed, so an older version is the latest again).
+
     Returns:
         ``(path of golden.parquet or None when the store is still empty, whether it changed)``.
     """
@@ -172,35 +178,40 @@ def update_golden(state: State, params: Params) -> tuple[Path | None, bool]:
     record = state.golden_dir / GOLDEN_BATCHES_FILE
     if path.exists() and params.prepare.golden_policy == "frozen":
         return path, False
-    store = read_store(state.listings_store)
-    if store.empty:
+    store_dir = state.listings_store
+    present = batch_ids(store_dir)
+    if not present:
         return (path if path.exists() else None), False
     if not path.exists():
-        golden, sampled = _stratified_pick(store, params), set(store["batch_id"])
+        store = read_store(store_dir)
+        golden, sampled, before = _stratified_pick(store, params), set(store["batch_id"]), None
     else:
-        golden = pd.read_parquet(path)
-        sampled = set(json.loads(record.read_text())["batches"]) if record.exists() else set(golden["batch_id"])
-        new_batches = set(store["batch_id"]) - sampled
-        earlier = set(read_store(state.listings_store, columns=["listing_id"],
-                                 exclude_batches=new_batches)["listing_id"])
-        candidates = store[store["batch_id"].isin(new_batches) & ~store["listing_id"].isin(earlier)
-                           & ~store["listing_id"].isin(set(golden["listing_id"]))]
-        latest = store[store["listing_id"].isin(set(golden["listing_id"]))]  # updates stay golden
-        kept = golden[~golden["listing_id"].isin(set(latest["listing_id"]))]
-        golden = pd.concat([kept, latest, _stratified_pick(candidates, params)])
+        before = pd.read_parquet(path)
+        sampled = set(json.loads(record.read_text())["batches"]) if record.exists() else set(before["batch_id"])
+        new_batches = set(present) - sampled
+        index = read_index(store_dir, ["listing_id", "batch_id"])
+        golden_ids = set(before["listing_id"])
+        moved = index[index["listing_id"].isin(golden_ids)].merge(
+            before[["listing_id", "batch_id"]], on="listing_id", suffixes=("", "_golden"))
+        moved = set(moved.loc[moved["batch_id"] != moved["batch_id_golden"], "batch_id"])
+        rows = read_batches(store_dir, new_batches | moved)
+        # the latest version of each listing, where it is in one of the partitions read
+        rows = rows.merge(index, on=["listing_id", "batch_id"]).drop_duplicates("listing_id", keep="last")
+        earlier = set(read_index(store_dir, ["listing_id"], exclude_batches=new_batches)["listing_id"])
+        candidates = rows[rows["batch_id"].isin(new_batches) & ~rows["listing_id"].isin(earlier)
+                          & ~rows["listing_id"].isin(golden_ids)]
+        latest = rows[rows["listing_id"].isin(golden_ids)]  # updates stay golden
+        kept = before[~before["listing_id"].isin(set(latest["listing_id"]))]
+        # empty frames left out: their object columns would turn the str columns to object
+        golden = pd.concat([f for f in (kept, latest, _stratified_pick(candidates, params)) if not f.empty]
+                           or [kept])
         sampled |= new_batches
     golden = golden.sort_values("listing_id").reset_index(drop=True)
-    changed = not path.exists() or not pd.read_parquet(path).equals(golden)
+    changed = before is None or not before.equals(golden)
     if changed:
         atomic_write(path, lambda tmp: golden.to_parquet(tmp, index=False))
     write_json(record, {"policy": params.prepare.golden_policy, "batches": sorted(sampled)})
     return path, changed
-
-
-def _out_md5(dvc_file: Path) -> str | None:
-    if not dvc_file.exists():
-        return None
-    return yaml.safe_load(dvc_file.read_text())["outs"][0].get("md5")
 
 
 def _md5(path: Path) -> str:
@@ -217,8 +228,9 @@ def store_changes(ws: Path) -> list[str] | None:
     tracks.
 
     Reads the tracked tree through :class:`dvc.api.DVCFileSystem` (the pointer's directory
-    manifest, from the local cache; no file of the store is hashed except each partition's
-    ``listings.parquet``), so the cost grows with the number of batches, not of listings.
+    manifest, from the local cache) and compares each partition's ``listings.parquet`` MD5 with
+    the one the store's index recorded (:func:`common.store.partition_md5s`: only tables written
+    since the index last saw them are read), so no file of the store is hashed again.
 
     Args:
         ws: the workspace.
@@ -251,14 +263,16 @@ def store_changes(ws: Path) -> list[str] | None:
         on_disk = {e.name for e in os.scandir(folder)
                    if not e.name.startswith(".") and e.is_dir()} if folder.is_dir() else set()
         changed = set(tracked) ^ on_disk  # added or removed partitions
+        # each table's MD5 as the store's index recorded it when it read the table: no
+        # partition is hashed again, only those written since the index last saw them
+        present = partition_md5s(store)
         for name in on_disk & set(tracked):
             table = f"{LISTINGS}/{BATCHES}/{name}/{LISTINGS_FILE}"
             try:
                 recorded = (fs.info(table).get("dvc_info") or {}).get("md5")
             except FileNotFoundError:
                 recorded = None
-            present = store / BATCHES / name / LISTINGS_FILE
-            if recorded is None or not present.is_file() or _md5(present) != recorded:
+            if recorded is None or present.get(name) != recorded:
                 changed.add(name)
     finally:
         fs.close()
@@ -394,8 +408,8 @@ def version_data(state: State, params: Params, note: str = "") -> DataVersionRes
         _write_pending(state, [])
     return DataVersionResult(
         data_rev=rev,
-        listings_md5=_out_md5(ws / f"{LISTINGS}.dvc"),
-        golden_rev=_out_md5(ws / f"{GOLDEN}.dvc"),
+        listings_md5=out_md5(ws / f"{LISTINGS}.dvc"),
+        golden_rev=out_md5(ws / f"{GOLDEN}.dvc"),
         remote=remote,
         workspace=str(ws),
         added=targets,
@@ -425,9 +439,9 @@ def data_version_at(state: State, data_rev: str) -> DataVersionResult:
     ws = state.workspace
     try:
         rev = run_git(ws, "rev-parse", "--verify", "--quiet", f"{data_rev}^{{commit}}").strip()
-        listings, golden = (yaml.safe_load(run_git(ws, "show", f"{rev}:{name}.dvc"))["outs"][0]["md5"]
+        listings, golden = (parse_dvc_file(run_git(ws, "show", f"{rev}:{name}.dvc"), f"{rev}:{name}.dvc").md5
                             for name in (LISTINGS, GOLDEN))
-    except VersioningError as exc:
+    except (VersioningError, DvcFileError) as exc:
         raise VersioningError(f"{data_rev!r} is no data revision of the DVC workspace {ws}: not a "
                               f"commit, or it pins no {LISTINGS}.dvc and {GOLDEN}.dvc") from exc
     return DataVersionResult(data_rev=rev, listings_md5=listings, golden_rev=golden,

@@ -54,9 +54,10 @@ from common.results import BatchReport, RefusedBatch, ValidateResult
 from common.state import State
 from common.store import batch_ids as store_batch_ids
 from common.store import (
+    count_listings,
     disk_full_errors,
     is_disk_full,
-    read_store,
+    read_index,
     recover_partitions,
     remove_partition,
 )
@@ -170,7 +171,7 @@ def validate_staged_batches(state: State, params: Params, batch_ids: Sequence[st
             report.status, report.accepted_rows, report.rejected_rows, report.reasons,
             f" batch_reasons={report.batch_reasons}" if report.status == "quarantined" else "",
             report.data_docs)
-    store_listings = len(read_store(state.listings_store))
+    store_listings = count_listings(state.listings_store)  # from the store's index
     if store_listings == 0:
         raise NothingToTrainError(
             "no valid listing to train on: every batch so far was quarantined "
@@ -401,7 +402,7 @@ def release_held_back(state: State, params: Params, catalog: Catalog,
     ready = ready[ready["category_path"].isin(taxonomy.paths)]
     if ready.empty:
         return []
-    latest = read_store(state.listings_store, ["listing_id", "batch_id", "ingested_at"]).set_index("listing_id")
+    latest = read_index(state.listings_store, ["listing_id", "batch_id", "ingested_at"]).set_index("listing_id")
     release_params = params.validate_.model_copy(update={"max_bad_row_fraction": 1.0, "drift_blocks": False})
     out = []
     for origin, rows in ready.groupby("batch_id", sort=True):

@@ -25,7 +25,7 @@ from common.store import (
     INDEX_COLUMNS,
     batch_file,
     is_disk_full,
-    read_store,
+    read_index,
     remove_partition,
     write_partition,
 )
@@ -310,13 +310,13 @@ def _check(batch_dir: Path, batch_id: str, read: _Read, params: ValidateParams,
     ``source_error``, ``duplicate_image`` (against the store's latest versions) and
     ``previous_category`` (the stored category of a listing seen before)."""
     checks = _check_images(batch_dir, read.canon["image_key"].tolist(), params)
-    store_index = read_store(store, INDEX_COLUMNS, exclude_batches=[batch_id])
+    store_index = read_index(store, INDEX_COLUMNS, exclude_batches=[batch_id])  # one file, not every partition
     frame = read.canon.copy()
     frame["image_error"] = pd.Series([c[0] for c in checks], index=frame.index, dtype=object)
     frame["source_error"] = read.source
     frame["duplicate_image"] = pd.Series(_duplicates(frame, [c[1] for c in checks], store_index),
                                          index=frame.index, dtype=object)
-    stored = store_index.set_index("listing_id")  # read_store: one row (the latest) per id
+    stored = store_index.set_index("listing_id")  # read_index: one row (the latest) per id
     frame[PREVIOUS_CATEGORY] = frame["listing_id"].map(stored["category_path"]).astype(object)
     frame[PREVIOUS_CATEGORY] = frame[PREVIOUS_CATEGORY].where(frame[PREVIOUS_CATEGORY].notna(), None)
     return _Checked(frame, checks, store_index, stored)

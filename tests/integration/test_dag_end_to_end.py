@@ -4,7 +4,6 @@ few hundred real listings from ../shared, two weekly intervals, one batch with m
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from common.params import load_params, write_params
 from common.state import State
 from common.store import batch_file
 from ingestion.feed import publish
+from ingestion.manifest import read_manifest
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -188,11 +188,11 @@ def test_bad_rows_never_reach_training(pipeline):
 
 def test_rerunning_an_interval_ingests_nothing_twice(pipeline):
     state = pipeline["state"]
-    manifest_before = json.loads(state.manifest.read_text())
+    manifest_before = read_manifest(state.manifest)
     versions_before = len(_client(state).search_model_versions("name = 'listing-classifier'"))
     rerun = run_dag(WEEK2)
     assert str(rerun.state) == "success"
-    assert json.loads(state.manifest.read_text()) == manifest_before
+    assert read_manifest(state.manifest) == manifest_before
     # same data, code and params: the same workspace commit, so no new model version either
     assert len(_client(state).search_model_versions("name = 'listing-classifier'")) == versions_before
 
@@ -241,7 +241,7 @@ def test_a_poison_batch_is_quarantined_and_the_week_goes_on(pipeline):
     same run validated and trained on the week's good batch."""
     state = pipeline["state"]
     assert str(pipeline["runs"][1].state) == "success"
-    manifest = json.loads(state.manifest.read_text())
+    manifest = read_manifest(state.manifest)
     assert manifest[POISON]["status"] == "quarantined" and manifest[POISON]["stage"] == "ingest"
     assert manifest[POISON]["report"]["reasons"] == {"batch_holds_link": 1}
     assert (state.quarantine / POISON / "report.json").is_file()

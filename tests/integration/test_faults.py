@@ -44,7 +44,7 @@ from common.state import State
 from common.store import BATCHES, batch_file, batch_ids, partition_dir, read_store
 from ingestion.feed import publish
 from ingestion.ingest import ingest_new_batches
-from ingestion.manifest import read_manifest
+from ingestion.manifest import entries_dir, entry_file, read_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -197,9 +197,9 @@ def _arm(kill: tuple, state: State) -> None:
         real_replace = os.replace
 
         def replace(src, dst, *a, **k):
-            if (what == "manifest" and Path(dst) == state.manifest
-                    and json.loads(Path(src).read_text())[batch]["status"] != "staged"):
-                _die()  # the new manifest written to its temporary file, not renamed yet
+            if (what == "manifest" and Path(dst) == entry_file(state.manifest, batch)
+                    and json.loads(Path(src).read_text())["entry"]["status"] != "staged"):
+                _die()  # the batch's new entry written to its temporary file, not renamed yet
             real_replace(src, dst, *a, **k)
             if what == "swap" and Path(src) == partition_dir(state.listings_store, batch):
                 _die()  # the old partition moved aside, the new one not renamed in yet
@@ -303,7 +303,7 @@ def _assert_store_matches_manifest(state: State) -> None:
     rows = pd.concat(tables, ignore_index=True)
     assert not rows["listing_id"].duplicated().any(), "a listing is in two partitions"
     assert len(read_store(store)) == len(rows)
-    assert not list(state.root.glob(".manifest.*")), "a manifest write was left half done"
+    assert not list(entries_dir(state.manifest).glob(".*")), "a manifest write was left half done"
 
 
 def _git(ws: Path, *args: str) -> str:
@@ -372,7 +372,7 @@ def test_validate_killed_at_four_points_then_retried(snapshots, tmp_path):
     code, log, _ = _worker("validate", state, ("manifest", b2), runs)
     assert code == KILLED, log
     assert batch_ids(store) == [week1, b2] and _hidden(store) == [], "the killed write's debris is gone"
-    assert _statuses(state)[b2] == "staged" and list(state.root.glob(".manifest.*"))
+    assert _statuses(state)[b2] == "staged" and list(entries_dir(state.manifest).glob(".*"))
 
     code, log, _ = _worker("validate", state, ("swap", b2), runs)
     assert code == KILLED, log
@@ -411,7 +411,7 @@ def test_validate_on_a_full_disk_fails_clearly_and_the_retry_succeeds(snapshots,
     state = _copy(snapshots["staged"], small_disk / "state")
     store, params = state.listings_store, _params()
     b2, b3 = sorted(b for b, s in _statuses(state).items() if s == "staged")
-    before, manifest = read_store(store), state.manifest.read_bytes()
+    before, manifest = read_store(store), read_manifest(state.manifest)
     images = sum(p.stat().st_size for p in (state.staging / b2 / "images").iterdir())
     # GX writes its result and Data Docs (~120 KB) first, then the partition: half of it fits
     filler = _fill(small_disk, leave=200_000 + images // 2)
@@ -423,7 +423,7 @@ def test_validate_on_a_full_disk_fails_clearly_and_the_retry_succeeds(snapshots,
     assert f"no space left writing {store / BATCHES}/.{b2}." in message, "the file being written"
     assert _hidden(store) == [] and b2 not in batch_ids(store)
     pd.testing.assert_frame_equal(read_store(store), before)
-    assert state.manifest.read_bytes() == manifest and not list(state.root.glob(".manifest.*"))
+    assert read_manifest(state.manifest) == manifest and not list(entries_dir(state.manifest).glob(".*"))
 
     filler.unlink()
     outcome = validate_staged_batches(state, params).to_dict()

@@ -108,7 +108,8 @@ def test_partial_batch(tmp_path: Path, styles: pd.DataFrame, taxonomy, fashion_d
     assert Path(report.data_docs).name == "index.html" and Path(report.data_docs).is_file()
     assert Path(report.data_docs_page).is_file()
     assert json.loads(Path(report.report).read_text())["status"] == "partial"
-    assert {p.name for p in tmp_path.iterdir()} == {"raw", "store", "quarantine", "gx"}
+    # the store's index lives beside it (common.store.index_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"raw", "store", "quarantine", "gx", ".store-index"}
 
     # Idempotent: the same batch again gives the same outputs.
     files = _snapshot(tmp_path / "store")

@@ -1,0 +1,98 @@
+"""The one reader of DVC's ``.dvc`` pointer files (``data/listings.dvc``, ``data/golden.dvc``...).
+
+A pointer is the YAML DVC writes for ``dvc add`` (https://dvc.org/doc/user-guide/project-structure/dvc-files)::
+
+    outs:
+    - md5: 3a1f...e2.dir        # a directory's hash ends with .dir
+      size: 123456
+      nfiles: 42
+      hash: md5
+      path: listings
+
+Versioning (a pointer's hash, whether one was left half written), the data revision of a
+workspace commit and the gate (the golden set's revision) read pointers through this module only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+class DvcFileError(ValueError):
+    """A ``.dvc`` file that is not a pointer DVC wrote whole (truncated, empty, no ``outs``)."""
+
+
+@dataclass(frozen=True)
+class DvcOut:
+    """The first (only) output of a pointer.
+
+    Attributes:
+        path: the output's path, relative to the pointer's folder (``listings``).
+        md5: DVC's hash: a file's MD5, or ``<md5>.dir`` for a directory (its manifest's hash).
+        size: bytes of the output (all its files), when recorded.
+        nfiles: files of a directory output, when recorded.
+    """
+
+    path: str
+    md5: str
+    size: int | None = None
+    nfiles: int | None = None
+
+
+def parse_dvc_file(text: str, source: str = "<.dvc file>") -> DvcOut:
+    """Parses a pointer's text.
+
+    Args:
+        text: the YAML of the ``.dvc`` file.
+        source: what to name in an error (its path, or ``<rev>:<path>``).
+
+    Raises:
+        DvcFileError: when the text is not YAML, has no ``outs`` list, or its first output has no
+            non-empty ``md5`` (a pointer cut short by a kill or a full disk).
+    """
+    try:
+        data = yaml.safe_load(text)
+        out = data["outs"][0]
+        md5 = out["md5"]
+    except (yaml.YAMLError, LookupError, TypeError) as exc:
+        raise DvcFileError(f"{source} is not a complete DVC pointer ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(md5, str) or not md5:
+        raise DvcFileError(f"{source} is not a complete DVC pointer (md5 {md5!r})")
+    return DvcOut(path=str(out.get("path", "")), md5=md5, size=out.get("size"), nfiles=out.get("nfiles"))
+
+
+def read_dvc_file(path: Path) -> DvcOut | None:
+    """The pointer at ``path``, or None when there is no such file.
+
+    Raises:
+        DvcFileError: as :func:`parse_dvc_file` (also for a file that is not UTF-8).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError as exc:
+        raise DvcFileError(f"{path} is not a complete DVC pointer (not UTF-8: {exc})") from exc
+    return parse_dvc_file(text, str(path))
+
+
+def out_md5(path: Path) -> str | None:
+    """The hash the pointer at ``path`` records, or None when there is no pointer.
+
+    Raises:
+        DvcFileError: when the pointer is not complete.
+    """
+    out = read_dvc_file(path)
+    return out.md5 if out else None
+
+
+def is_complete(path: Path) -> bool:
+    """Whether ``path`` is a pointer DVC wrote whole (False when missing or cut short)."""
+    try:
+        return read_dvc_file(path) is not None
+    except DvcFileError:
+        return False
