@@ -191,8 +191,9 @@ def image_column(frame: pd.DataFrame, root: str | Path | None = None) -> list[st
         frame: the model input.
         root: a folder that confines ``image_path`` (a served model's clients then cannot make
             the server open its other files): relative paths are read from it, and a path that
-            leaves it (``..``, or absolute elsewhere; checked on the normalised path, so links
-            placed inside the folder by its operator are followed) is refused. None: any path.
+            leaves it (``..``, or absolute elsewhere; checked on the normalised path) is refused.
+            None: any path. Either way the file is opened without following a link and must be
+            a regular file (:func:`common.files.open_regular`, through the one image loader).
 
     Returns:
         One encoded image (bytes) or file path (str) per row.
