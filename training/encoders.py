@@ -569,6 +569,9 @@ def embed(encoder: Encoder, images: Iterable[Image.Image], batch_size: int = 128
     Returns:
         float32 array of shape ``(N, encoder.dim)``, in the order of ``images``
         (``(0, dim)`` for no image).
+
+    Raises:
+        ValueError: when an image is not in RGB mode (the shared loader converts every mode).
     """
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -576,7 +579,11 @@ def embed(encoder: Encoder, images: Iterable[Image.Image], batch_size: int = 128
     transform = encoder.preprocessing.to_transform()
     out = [np.zeros((0, encoder.dim), dtype=np.float32)]
     with torch.inference_mode():
-        for batch in _batches(images, batch_size):
+        for start, batch in enumerate(_batches(images, batch_size)):
+            for i, img in enumerate(batch):
+                if img.mode != "RGB":
+                    raise ValueError(f"embed: image {start * batch_size + i} is in mode {img.mode}, not RGB "
+                                     "(read images with common.images.open_rgb)")
             x = torch.stack([transform(img) for img in batch]).to(device, memory_format=memory_format)
             out.append(encoder(x).float().cpu().numpy())
     return np.concatenate(out)

@@ -176,6 +176,8 @@ def test_embed_gives_float32_features_in_order_whatever_the_batching(lite0, phot
     one_by_one = np.concatenate([embed(lite0, [p], channels_last=False) for p in photos[:3]])
     np.testing.assert_allclose(features, one_by_one, atol=1e-4)
     assert embed(lite0, []).shape == (0, 1280)
+    with pytest.raises(ValueError, match="image 3 is in mode L, not RGB"):
+        embed(lite0, [*photos[:3], photos[0].convert("L")], batch_size=2)
 
 
 def test_a_smaller_input_size_keeps_the_weights_normalisation(photos):
