@@ -266,7 +266,11 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
         row_results = [r for r in outcome.results if r["reason"] not in WARNING_REASONS]
         routed = _route(checked, row_results, params, retired, report)
         stage = "store"
-        return _write(batch_dir, batch_id, read, checked, routed, store, qdir, report)
+        report = _write(batch_dir, batch_id, read, checked, routed, store, qdir, report)
+        from validation.data_docs import record_decision  # GX is slow to import; only when needed
+
+        record_decision(gx_dir, report)  # the Data Docs show this decision, not GX's "Failed"
+        return report
     except Exception as exc:  # noqa: BLE001 -- the barrier: one poison batch never stops the feed
         if is_disk_full(exc):
             raise
