@@ -175,7 +175,7 @@ class _Routed:
     row_reasons: dict[int, list[str]]
 
 
-STAGES = ("read", "parse", "images", "gx", "drift", "route", "store")
+STAGES = ("read", "parse", "images", "gx", "drift", "route", "store", "data_docs")
 """The steps of :func:`validate_batch`, in order; a report's ``error.stage`` names one."""
 
 
@@ -267,6 +267,7 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
         routed = _route(checked, row_results, params, retired, report)
         stage = "store"
         report = _write(batch_dir, batch_id, read, checked, routed, store, qdir, report)
+        stage = "data_docs"
         from validation.data_docs import record_decision  # GX is slow to import; only when needed
 
         record_decision(gx_dir, report)  # the Data Docs show this decision, not GX's "Failed"
@@ -274,7 +275,22 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
     except Exception as exc:  # noqa: BLE001 -- the barrier: one poison batch never stops the feed
         if is_disk_full(exc):
             raise
-        return _quarantine_error(exc, stage, batch_id, store, qdir, report)
+        failed = _quarantine_error(exc, stage, batch_id, store, qdir, report)
+        _record_failed_decision(gx_dir, failed)
+        return failed
+
+
+def _record_failed_decision(gx_dir: Path, report: BatchReport) -> None:
+    """Shows a batch quarantined by the barrier as quarantined in Data Docs when GX had already
+    validated it; a failure here is logged, never raised (the batch is already quarantined)."""
+    if report.validation_id is None:
+        return
+    try:
+        from validation.data_docs import record_decision
+
+        record_decision(gx_dir, report)
+    except Exception:  # noqa: BLE001 -- the report and the quarantine are what count
+        logger.exception("batch %s: its Data Docs page could not be marked quarantined", report.batch_id)
 
 
 def _quarantine_error(exc: Exception, stage: str, batch_id: str, store: Path, qdir: Path,

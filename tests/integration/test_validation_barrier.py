@@ -76,6 +76,7 @@ STAGES = {
     "gx": ("validation.checkpoint", "run_checkpoint", lambda frame, suite, gx_dir, run_name, *a: run_name == POISON, False),
     "drift": ("validation.validate", "drift_summary", _calls(2), False),
     "store": ("validation.validate", "write_partition", lambda store, batch_id, *a: batch_id == POISON, True),
+    "data_docs": ("validation.data_docs", "record_decision", lambda gx_dir, report: report.batch_id == POISON, False),
 }
 
 
