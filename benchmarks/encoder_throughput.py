@@ -101,6 +101,16 @@ def _onnx_runner(model, size: int, tmp: Path):
     return lambda x: session.run(None, {"x": x.numpy()})
 
 
+def _print_row(row: dict) -> None:
+    rate = "n/a" if row["images_per_s"] is None else f"{row['images_per_s']:.1f}"
+    gflop = f"{row['gflop_per_image']:.3f}" if "gflop_per_image" in row else ""
+    share = f"{row['of_peak']:.1%}" if "of_peak" in row else ""
+    extra = row.get("runs", row.get("note", ""))
+    if row.get("compile_s") is not None:
+        extra = f"{extra} (compile {row['compile_s']:.0f} s)"
+    print(f"{row['size']:>4}  {row['mode']:<30} {rate:>9} {gflop:>9} {share:>8}  {extra}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict:
     import tempfile
 
@@ -125,8 +135,13 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"encoder": args.arch, "weights": args.weights, "images": len(photos),
                     "batch_size": args.batch_size, "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "load_average": os.getloadavg(), "peak": how, "rows": []}
+    print(f"{args.arch} ({args.weights}), {len(photos)} real photos, batch {args.batch_size}, "
+          f"{result['threads']} threads, torch {torch.__version__}, load average {result['load_average']}")
+    print(f"peak: {how}")
+    print(f"{'size':>4}  {'mode':<30} {'images/s':>9} {'GFLOP/img':>9} {'of peak':>8}  runs", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
+            done = len(result["rows"])
             encoder = load_encoder(EncoderSpec(arch=args.arch, weights=args.weights, image_size=size))
             transform = encoder.preprocessing.to_transform()
             start = time.perf_counter()
@@ -165,18 +180,9 @@ def main(argv: list[str] | None = None) -> dict:
                                        "note": "onnxruntime not installed"})
             result["rows"].append({"size": size, "mode": "preprocessing (PIL -> tensor)",
                                    "images_per_s": preprocess_rate})
-    print(f"{args.arch} ({args.weights}), {len(photos)} real photos, batch {args.batch_size}, "
-          f"{result['threads']} threads, torch {torch.__version__}, load average {result['load_average']}")
-    print(f"peak: {how}")
-    print(f"{'size':>4}  {'mode':<30} {'images/s':>9} {'GFLOP/img':>9} {'of peak':>8}  runs")
-    for row in result["rows"]:
-        rate = "n/a" if row["images_per_s"] is None else f"{row['images_per_s']:.1f}"
-        gflop = f"{row['gflop_per_image']:.3f}" if "gflop_per_image" in row else ""
-        share = f"{row['of_peak']:.1%}" if "of_peak" in row else ""
-        extra = row.get("runs", row.get("note", ""))
-        if row.get("compile_s") is not None:
-            extra = f"{extra} (compile {row['compile_s']:.0f} s)"
-        print(f"{row['size']:>4}  {row['mode']:<30} {rate:>9} {gflop:>9} {share:>8}  {extra}")
+            for row in result["rows"][done:]:
+                _print_row(row)
+    result["load_average_after"] = os.getloadavg()
     print(json.dumps(result))
     return result
 
