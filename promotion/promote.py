@@ -24,12 +24,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from common.cli import configure_logging
 from common.params import Params, load_params
 from common.results import GateResult, PromoteResult, ReviewResult
 from common.state import State
-from promotion.gate import XCOM_DECIMALS, Scores, decide
+from promotion.gate import Decision, Scores, decide
 from promotion.registry import (
     ALIAS_CHALLENGER,
     ALIAS_CHAMPION,
@@ -44,6 +49,8 @@ from promotion.registry import (
 
 SERVING_CHECK_ROWS = 5
 """Golden listings the serving check predicts."""
+
+log = logging.getLogger(__name__)
 
 
 class PromotionError(RuntimeError):
@@ -87,23 +94,153 @@ def leaves_without_golden(state: State, golden) -> tuple[str, ...]:
     return tuple(sorted(stored - set(golden["category_path"])))
 
 
-def _golden_suspects(client, name: str, version: str, golden, golden_rev: str,
-                     run_id: str | None) -> dict | None:
-    """:func:`monitoring.label_issues.golden_suspects` by ``version`` (the champion; the challenger
-    on a first run), on the challenger's run. A failure is reported, never decides the gate."""
-    from monitoring.label_issues import golden_suspects
+def _golden_probabilities(model_name: str, version: str, golden) -> tuple:
+    """A registered version's class probabilities on the golden listings: its checkpoint
+    (``model.pt`` in its model artifacts) loaded as the pyfunc loads it
+    (:func:`training.inference.load_checkpoint`), predicting through the same code.
+
+    Returns:
+        ``(probs, classes)``: float32 ``(N, C)`` probabilities, the C category paths.
+
+    Raises:
+        RuntimeError: when the version cannot be fetched or loaded.
+        ValueError: when an image cannot be read (the row is named).
+    """
+    import mlflow
+
+    from training.inference import load_checkpoint, predict_paths
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}"))
+        loaded = load_checkpoint(next(local.rglob("model.pt")))
+    except Exception as exc:  # any failure to fetch or load the version
+        raise RuntimeError(f"version {version} of {model_name} cannot be loaded: {exc}") from exc
+    _, probs = predict_paths(loaded, golden, golden["image_path"].tolist())
+    return probs, list(loaded.labels)
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """Both sides on the golden set (:func:`promotion.registry.score_version`'s figures and
+    per-listing results); the champion's are None on a first run or when it is the challenger."""
+
+    champion_version: str | None
+    cand: dict
+    cand_listings: Any
+    champ: dict | None = None
+    champ_listings: Any = None
+
+    @property
+    def unchanged(self) -> bool:
+        """The challenger already is the champion (a retried run, or a week with nothing new)."""
+        return self.champ is None and self.champion_version is not None
+
+
+def _score(state: State, params: Params, client, version: str, golden, golden_rev: str) -> _Scored:
+    """Scoring: the challenger, and the champion unless there is none or it is the challenger."""
+    champion_version = alias_version(client, params.registry.model_name, ALIAS_CHAMPION)
+    cand, cand_listings = score_version(state, params, version, golden, golden_rev)
+    if champion_version is None or str(champion_version) == str(version):
+        return _Scored(champion_version, cand, cand_listings)
+    try:
+        champ, champ_listings = score_version(state, params, champion_version, golden, golden_rev)
+    except RuntimeError as exc:
+        raise RuntimeError(f"the champion (version {champion_version}) cannot be re-scored on golden set "
+                           f"{golden_rev}; nothing was decided and no alias moved: {exc}") from exc
+    return _Scored(champion_version, cand, cand_listings, champ, champ_listings)
+
+
+_COVERAGE = ("coverage", "auto_precision", "value_coverage")
+"""Score fields of the coverage guardrail, each at the version's own stored threshold."""
+
+
+def _decide(params: Params, version: str, scored: _Scored) -> Decision:
+    """Decision: :func:`promotion.gate.decide` on both sides' scores (the pure gate)."""
+    cand, champ = scored.cand, scored.champ
+    return decide(
+        Scores(cand["business_weighted_score"], cand["accuracy"], str(version), scored.cand_listings,
+               *(cand[k] for k in _COVERAGE)),
+        Scores(champ["business_weighted_score"], champ["accuracy"], str(scored.champion_version),
+               scored.champ_listings, *(champ[k] for k in _COVERAGE)) if champ else None,
+        params.gate,
+    )
+
+
+def _unchanged(params: Params, version: str, golden_rev: str, scored: _Scored) -> GateResult:
+    """The result for a challenger that already is the champion: scored, not compared; its
+    figures rounded by :meth:`promotion.gate.Decision.to_dict` like every decision's."""
+    score = scored.cand["business_weighted_score"]
+    verdict = Decision(promote=False, decision="unchanged", reason="this version is already the champion",
+                       candidate_score=score, champion_score=score, delta=0.0, mode=params.gate.mode).to_dict()
+    return GateResult(**verdict, version=str(version), champion_version=scored.champion_version,
+                      candidate_accuracy=scored.cand["accuracy"], champion_accuracy=scored.cand["accuracy"],
+                      golden_rev=golden_rev, n_golden=scored.cand["n"])
+
+
+def _serving_check(state: State, client, name: str, version: str, golden, verdict: dict) -> tuple[dict, dict]:
+    """Alias and serving check of a challenger the gate would promote: ``challenger`` moves to
+    it, and it must answer a few golden listings in a fresh process, else it is rejected.
+
+    Returns:
+        ``(verdict, serving_check)``: the verdict (turned into a rejection when the check
+        failed) and ``{"ok", "detail", "seconds"}``.
+    """
+    from promotion.serving_check import check_serving
+    from training.serving import model_input
+
+    if alias_version(client, name, ALIAS_CHALLENGER) != str(version):
+        client.set_registered_model_alias(name, ALIAS_CHALLENGER, version)
+    rows = model_input(golden.head(SERVING_CHECK_ROWS)).to_dict("records")
+    serving = check_serving(state.tracking_uri, f"models:/{name}@{ALIAS_CHALLENGER}", rows)
+    serving_check = {k: serving[k] for k in ("ok", "detail", "seconds")}
+    if not serving["ok"]:
+        verdict = {**verdict, "promote": False, "decision": "rejected",
+                   "reason": f"serving check failed: {serving['detail']} (the gate itself passed: "
+                             f"{verdict['reason']})"}
+    return verdict, serving_check
+
+
+def _golden_label_issues(client, name: str, version: str, golden, golden_rev: str,
+                         run_id: str | None) -> dict | None:
+    """Label issues: :func:`common.label_issues.golden_suspects` by ``version`` (the champion;
+    the challenger on a first run), on the challenger's run. A failure is reported, never
+    decides the gate."""
+    from common.label_issues import golden_suspects
 
     if not run_id:
         return None
     try:
-        return golden_suspects(client, name, str(version), golden, golden_rev, run_id)
+        return golden_suspects(client, str(version), golden, golden_rev, run_id,
+                               lambda: _golden_probabilities(name, str(version), golden))
     except Exception as exc:  # label issues are advice to a person: they never block a promotion
-        print(f"[gate] golden label issues not computed: {exc}")
+        log.warning("[gate] golden label issues not computed: %s", exc)
         return {"error": str(exc)[:500], "scored_by": str(version)}
+
+
+def _record(client, params: Params, name: str, mv, result: GateResult, scored: _Scored) -> None:
+    """Report: the decision tags, the Markdown description and, on the challenger's run, the
+    comparison artifacts (``decision.json`` holding the whole decision)."""
+    from promotion import report
+    from promotion.lineage import load_batches
+
+    per_class = report.per_class_delta(scored.cand_listings, scored.champ_listings)
+    lineage = {**(client.get_run(mv.run_id).data.tags if mv.run_id else {}), **mv.tags}
+    markdown = report.markdown_report(result.to_dict(), per_class, lineage, max(5, params.gate.slice_top_n),
+                                      load_batches(mv.run_id) if mv.run_id else [])
+    for key, value in _decision_tags(result).items():
+        client.set_model_version_tag(name, result.version, key, value)
+    client.update_model_version(name, result.version, description=markdown)
+    if mv.run_id:
+        report.log_comparison(client, mv.run_id, result.golden_rev, result.to_dict(), per_class,
+                              scored.cand_listings, scored.champ_listings, markdown)
 
 
 def gate_challenger(state: State, params: Params, version: str, golden_rev: str) -> GateResult:
     """Re-scores champion and challenger on the golden set, decides, and records the review.
+
+    Steps: scoring (:func:`_score`), decision (:func:`_decide`, the pure gate), alias and serving
+    check (:func:`_serving_check`, only for a challenger the gate would promote), golden label
+    issues (:func:`_golden_label_issues`), report (:func:`_record`).
 
     Records on the version: the tags a reviewer filters by (``decision``, ``reason``, both
     scores, ``delta``, ``delta_interval``, ``champion_version``, ``golden_rev``; lineage tags come
@@ -132,77 +269,32 @@ def gate_challenger(state: State, params: Params, version: str, golden_rev: str)
         mlflow.exceptions.MlflowException: when the tracking server cannot be reached (the task
             fails and Airflow retries it); no alias moves.
     """
-    from promotion import report
-    from promotion.serving_check import check_serving
-
     client = mlflow_client(state)
     name = params.registry.model_name
     golden = golden_frame(state)
-    champion_version = alias_version(client, name, ALIAS_CHAMPION)
-    cand, cand_listings = score_version(state, params, version, golden, golden_rev)
-    if champion_version is not None and str(champion_version) == str(version):
-        score = round(cand["business_weighted_score"], XCOM_DECIMALS)  # as Decision.to_dict rounds
-        result = GateResult(
-            version=str(version), promote=False, decision="unchanged",
-            reason="this version is already the champion", candidate_score=score, champion_score=score,
-            delta=0.0, mode=params.gate.mode, champion_version=champion_version,
-            candidate_accuracy=cand["accuracy"], champion_accuracy=cand["accuracy"],
-            golden_rev=golden_rev, n_golden=cand["n"])
-        print(f"[gate] {result.reason}")
+    scored = _score(state, params, client, version, golden, golden_rev)
+    if scored.unchanged:
+        result = _unchanged(params, version, golden_rev, scored)
+        log.info("[gate] %s", result.reason)
         return result
-    champ, champ_listings = None, None
-    if champion_version is not None:
-        try:
-            champ, champ_listings = score_version(state, params, champion_version, golden, golden_rev)
-        except RuntimeError as exc:
-            raise RuntimeError(f"the champion (version {champion_version}) cannot be re-scored on golden set "
-                               f"{golden_rev}; nothing was decided and no alias moved: {exc}") from exc
-    auto = ("coverage", "auto_precision", "value_coverage")  # each at the version's own threshold
-    decision = decide(
-        Scores(cand["business_weighted_score"], cand["accuracy"], str(version), cand_listings,
-               *(cand[k] for k in auto)),
-        Scores(champ["business_weighted_score"], champ["accuracy"], str(champion_version), champ_listings,
-               *(champ[k] for k in auto))
-        if champ else None,
-        params.gate,
-    )
+    decision = _decide(params, version, scored)
     verdict, serving_check = decision.to_dict(), None
     if decision.promote:
-        if alias_version(client, name, ALIAS_CHALLENGER) != str(version):
-            client.set_registered_model_alias(name, ALIAS_CHALLENGER, version)
-        from training.serving import model_input
-        rows = model_input(golden.head(SERVING_CHECK_ROWS)).to_dict("records")
-        serving = check_serving(state.tracking_uri, f"models:/{name}@{ALIAS_CHALLENGER}", rows)
-        serving_check = {k: serving[k] for k in ("ok", "detail", "seconds")}
-        if not serving["ok"]:
-            verdict.update(promote=False, decision="rejected",
-                           reason=f"serving check failed: {serving['detail']} (the gate itself passed: "
-                                  f"{decision.reason})")
-
+        verdict, serving_check = _serving_check(state, client, name, version, golden, verdict)
     mv = client.get_model_version(name, version)
-    suspects = _golden_suspects(client, name, champion_version or str(version), golden, golden_rev, mv.run_id)
+    suspects = _golden_label_issues(client, name, scored.champion_version or str(version), golden,
+                                    golden_rev, mv.run_id)
     result = GateResult(
-        **verdict, version=str(version), champion_version=champion_version,
-        candidate_accuracy=cand["accuracy"], champion_accuracy=champ["accuracy"] if champ else None,
-        golden_rev=golden_rev, n_golden=cand["n"], serving_check=serving_check,
+        **verdict, version=str(version), champion_version=scored.champion_version,
+        candidate_accuracy=scored.cand["accuracy"],
+        champion_accuracy=scored.champ["accuracy"] if scored.champ else None,
+        golden_rev=golden_rev, n_golden=scored.cand["n"], serving_check=serving_check,
         leaves_without_golden=leaves_without_golden(state, golden), golden_label_issues=suspects,
         experiment_id=client.get_run(mv.run_id).info.experiment_id if mv.run_id else None)
-    per_class = report.per_class_delta(cand_listings, champ_listings)
-    from promotion.lineage import load_batches
-
-    lineage = {**(client.get_run(mv.run_id).data.tags if mv.run_id else {}), **mv.tags}
-    markdown = report.markdown_report(result.to_dict(), per_class, lineage, max(5, params.gate.slice_top_n),
-                                      load_batches(mv.run_id) if mv.run_id else [])
-    for key, value in _decision_tags(result).items():
-        client.set_model_version_tag(name, version, key, value)
-    client.update_model_version(name, version, description=markdown)
-    if mv.run_id:
-        report.log_comparison(client, mv.run_id, golden_rev, result.to_dict(), per_class, cand_listings,
-                              champ_listings, markdown)
-    print(f"[gate] challenger v{version} score={decision.candidate_score:.4f} champion "
-          f"v{champion_version} score={result.champion_score} delta={result.delta} "
-          f"interval={list(result.interval) if result.interval else None} -> {result.decision}: "
-          f"{result.reason}")
+    _record(client, params, name, mv, result, scored)
+    log.info("[gate] challenger v%s score=%.4f champion v%s score=%s delta=%s interval=%s -> %s: %s",
+             version, decision.candidate_score, scored.champion_version, result.champion_score, result.delta,
+             list(result.interval) if result.interval else None, result.decision, result.reason)
     return result
 
 
@@ -228,7 +320,7 @@ def promote(state: State, params: Params, decision: GateResult) -> PromoteResult
     version = decision.version
     current = alias_version(client, name, ALIAS_CHAMPION)
     if not decision.promote:
-        print(f"[promote] v{version} {decision.decision}: champion stays v{current}")
+        log.info("[promote] v%s %s: champion stays v%s", version, decision.decision, current)
         return PromoteResult(champion=current, moved=False, decision=decision.decision)
     if decision.decision == "promoted" and str(current) != str(decision.champion_version):
         if str(current) == str(version):  # a retried task
@@ -240,7 +332,7 @@ def promote(state: State, params: Params, decision: GateResult) -> PromoteResult
         client.set_model_version_tag(name, current, "superseded_by", str(version))
     client.set_model_version_tag(name, version, "promoted_from", str(current))
     client.set_registered_model_alias(name, ALIAS_CHAMPION, version)
-    print(f"[promote] champion -> v{version} (was v{current})")
+    log.info("[promote] champion -> v%s (was v%s)", version, current)
     return PromoteResult(champion=str(version), moved=True, decision=decision.decision)
 
 
@@ -288,7 +380,7 @@ def record_review(state: State, params: Params, decision: GateResult, approval: 
         client.set_model_version_tag(name, version, "reason", f"{why} (gate: {decision.reason})"[:TAG_VALUE_CHARS])
     if status in ("approved", "rejected", "missing"):
         _describe_review(client, name, version, status, reviewer)
-    print(f"[review] v{version}: approval {status}")
+    log.info("[review] v%s: approval %s", version, status)
     return ReviewResult(version=str(version), approval=status)
 
 
@@ -320,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", required=True)
     parser.add_argument("--params", default=None)
     args = parser.parse_args(argv)
+    configure_logging()
     state = State.from_env()
     params = load_params(args.params or state.workspace / "params.yaml")
     golden_rev = _golden_rev(state)
@@ -331,9 +424,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _golden_rev(state: State) -> str:
-    import yaml
+    from ingestion.dvcfiles import out_md5
 
-    return yaml.safe_load((state.workspace / "data" / "golden.dvc").read_text())["outs"][0]["md5"]
+    return out_md5(state.workspace / "data" / "golden.dvc")
 
 
 if __name__ == "__main__":
