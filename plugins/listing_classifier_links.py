@@ -67,6 +67,17 @@ def model_version_url(name: str, version: str | int) -> str:
             f"{quote(str(version), safe='')}")
 
 
+DATA_DOCS_PREFIX = "/data-docs"
+"""Where the plugin's Data Docs app serves the GX site on the api-server."""
+
+
+def data_docs_result_path(validation_id: str) -> str:
+    """The Data Docs page of a GX validation result id (``<suite>/<run name>/<run time>/<batch>``,
+    the result store's key, as ``validation.checkpoint`` records it), as a path on the Airflow UI:
+    the site keeps each result's page at ``validations/<key>.html``."""
+    return f"{_base_path()}{DATA_DOCS_PREFIX}/validations/{quote(validation_id, safe='/')}.html"
+
+
 def mlflow_run_page(run_id: str) -> str:
     """The MLflow UI page of a run (``#/runs/<id>`` redirects to its experiment's run page)."""
     return f"{mlflow_ui_url()}/#/runs/{quote(run_id, safe='')}"

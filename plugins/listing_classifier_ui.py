@@ -24,17 +24,18 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from listing_classifier_links import (
+    DATA_DOCS_PREFIX,
     REDIRECT_PREFIX,
     MlflowChampionLink,
     MlflowModelVersionLink,
     MlflowRunLink,
+    data_docs_result_path,
     mlflow_model_version_page,
     mlflow_run_page,
     mlflow_ui_url,
 )
 
 MODEL_NAME = os.environ.get("LCP_MODEL_NAME", "listing-classifier")
-DATA_DOCS_PREFIX = "/data-docs"
 
 
 def data_docs_dir() -> Path:
@@ -124,13 +125,25 @@ def data_docs_app():
 
 
 def mlflow_redirect_app():
-    """A FastAPI app redirecting the operator links to the MLflow UI of this api-server's config.
+    """A FastAPI app redirecting the operator links to the MLflow UI of this api-server's config,
+    and a GX result id to its Data Docs page.
 
     ``GET /mlflow/runs/<run id>`` and ``GET /mlflow/models/<name>/versions/<version>`` answer
-    ``307`` to the MLflow page; ``LCP_MLFLOW_UI_URL`` is read at each request. Behind the
-    Airflow login like every endpoint of this plugin (:func:`app_behind_airflow_login`).
+    ``307`` to the MLflow page; ``LCP_MLFLOW_UI_URL`` is read at each request.
+    ``GET /data-docs/<validation result id>`` (the links of a model version description,
+    ``promotion.report.data_docs_url``) answers ``307`` to the result's page in the Data Docs
+    app, 404 when this state's site has no such page. Behind the Airflow login like every
+    endpoint of this plugin (:func:`app_behind_airflow_login`).
     """
-    app = app_behind_airflow_login("Listing classifier: links to MLflow")
+    app = app_behind_airflow_login("Listing classifier: links to MLflow and Data Docs")
+
+    @app.get("/data-docs/{validation_id:path}")
+    def data_docs_result(validation_id: str) -> RedirectResponse:
+        page = _inside(data_docs_dir(), f"validations/{validation_id}.html")
+        if page is None or not page.is_file():
+            raise HTTPException(404, f"no Data Docs page for GX validation result {validation_id!r} "
+                                     "in this state folder")
+        return RedirectResponse(data_docs_result_path(validation_id), status_code=307)
 
     @app.get("/mlflow/runs/{run_id}")
     def run(run_id: str) -> RedirectResponse:
@@ -150,7 +163,7 @@ class ListingClassifierUIPlugin(AirflowPlugin):
     operator_extra_links = [MlflowRunLink(), MlflowModelVersionLink(), MlflowChampionLink()]
     fastapi_apps = [
         {"app": data_docs_app(), "url_prefix": DATA_DOCS_PREFIX, "name": "GX Data Docs"},
-        {"app": mlflow_redirect_app(), "url_prefix": REDIRECT_PREFIX, "name": "Links to MLflow"},
+        {"app": mlflow_redirect_app(), "url_prefix": REDIRECT_PREFIX, "name": "Links to MLflow and Data Docs"},
     ]
     external_views = [
         {

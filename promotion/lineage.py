@@ -10,7 +10,9 @@ A reviewer opening the run or the model version reads, without a terminal:
   and business-weighted score, learning rate and img/s, with ``step`` = epoch;
 - the **batches** the training data came from (id, listings in the training data, rows read,
   accepted and rejected by validation, GX result id, Data Docs page): ``lineage/batches.json``
-  on the run and a table in the version description.
+  and ``lineage/batches.csv`` on the run, in the run's whole lineage ``lineage/lineage.md``
+  (``promotion.report.lineage_markdown``: every batch and pin) and, the latest only, in the
+  version description, which links to it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy",
 """Per-epoch entries of ``models/train_log.json`` logged as metric histories (step = epoch)."""
 BATCHES_ARTIFACT = "lineage/batches.json"
 """Run artifact listing the batches of the training data."""
+BATCHES_CSV = "lineage/batches.csv"
+"""The same table as CSV (opens in a spreadsheet, previews in the MLflow UI)."""
+LINEAGE_ARTIFACT = "lineage/lineage.md"
+"""The run's whole lineage in Markdown (every batch, every pin, every GX result linked): the
+version description, bounded, shows a summary and links here."""
 
 
 class DvcDatasetSource(DatasetSource):
@@ -156,8 +163,11 @@ def training_batches(splits: dict[str, pd.DataFrame], manifest: dict[str, dict])
 
 
 def log_batches(client, run_id: str, batches: list[dict]) -> None:
-    """Writes :data:`BATCHES_ARTIFACT` on the run."""
+    """Writes :data:`BATCHES_ARTIFACT` and :data:`BATCHES_CSV` on the run."""
     client.log_text(run_id, json.dumps(batches, indent=2), BATCHES_ARTIFACT)
+    columns = ["batch_id", "listings", "status", "rows", "accepted_rows", "rejected_rows", "validation_id",
+               "data_docs_page"]
+    client.log_text(run_id, pd.DataFrame(batches, columns=columns).to_csv(index=False), BATCHES_CSV)
 
 
 def load_batches(run_id: str) -> list[dict]:

@@ -28,10 +28,10 @@ from ingestion.manifest import read_manifest
 from promotion.registry import (
     ALIAS_CHALLENGER,
     TAG_VALUE_CHARS,
-    VERSION_TAGS,
     ensure_experiment,
     golden_frame,
     mlflow_client,
+    set_version_tags,
 )
 
 
@@ -101,18 +101,19 @@ def lineage_tags(params: Params, data: DataVersionResult, workspace_commit: str,
         run_id: Airflow run id.
 
     Returns:
-        ``{tag: value}``; a hash that is missing is the string ``"None"``.
+        ``{tag: value}``; a hash that is missing has no tag (never the string ``"None"``).
     """
-    return {
+    tags = {
         "git_commit": platform_commit(),
         "data_rev": data.data_rev,
-        "listings_md5": str(data.listings_md5),
-        "golden_rev": str(data.golden_rev),
+        "listings_md5": data.listings_md5,
+        "golden_rev": data.golden_rev,
         "workspace_commit": workspace_commit,
         "params_hash": params.digest(),
         "dag_id": dag_id,
         "airflow_run_id": run_id,
     }
+    return {key: str(value) for key, value in tags.items() if value not in (None, "")}
 
 
 def encoder_entry(checkpoint: Path) -> dict | None:
@@ -124,7 +125,7 @@ def encoder_entry(checkpoint: Path) -> dict | None:
 
 
 def encoder_tags(encoder: dict | None) -> dict[str, str]:
-    """Run and version tags of a frozen encoder: ``image_encoder`` and, when frozen,
+    """Run tags of a frozen encoder (the version description shows them): ``image_encoder`` and, when frozen,
     ``encoder_id``, ``encoder_arch``, ``encoder_image_size``, ``encoder_weights_source``,
     ``encoder_weights_licence``, ``encoder_weights_sha256``."""
     if encoder is None:
@@ -211,8 +212,8 @@ def register_challenger(state: State, params: Params, data: DataVersionResult, w
         lineage.log_epoch_metrics(client, run.info.run_id, log, started_ms)
         splits = lineage.read_splits(ws)
         lineage.log_datasets(splits, ws, workspace_commit)
-        lineage.log_batches(client, run.info.run_id,
-                            lineage.training_batches(splits, read_manifest(state.manifest)))
+        batches = lineage.training_batches(splits, read_manifest(state.manifest))
+        lineage.log_batches(client, run.info.run_id, batches)
         pretrained, source, precision, init = "unknown", "unknown", "unknown", "unknown"
         if train_log.exists():
             pretrained = str(log.get("pretrained", "unknown"))
@@ -229,10 +230,15 @@ def register_challenger(state: State, params: Params, data: DataVersionResult, w
                     "training_precision": precision, "lcp.init": init}
         encoder = encoder_entry(checkpoint)
         run_tags.update(encoder_tags(encoder))
-        if validation is not None:
+        if validation is not None and validation.data_docs:
             run_tags["gx_data_docs"] = str(validation.data_docs)
+        if validation is not None and validation.validation_ids:
             run_tags["gx_validation_ids"] = json.dumps(validation.validation_ids)[:TAG_VALUE_CHARS]
         mlflow.set_tags(run_tags)
+        from promotion.report import lineage_markdown
+
+        client.log_text(run.info.run_id, lineage_markdown({**run_tags, "mlflow_run_id": run.info.run_id}, batches),
+                        lineage.LINEAGE_ARTIFACT)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=ListingClassifierModel(),
@@ -245,12 +251,9 @@ def register_challenger(state: State, params: Params, data: DataVersionResult, w
             registered_model_name=name,
         )
     version = str(info.registered_model_version)
-    version_tags = {**run_tags, "mlflow_run_id": run.info.run_id}
-    for key in VERSION_TAGS:  # the run keeps them all; the version those a reviewer filters by
-        if key in version_tags:
-            client.set_model_version_tag(name, version, key, version_tags[key])
-    for key, value in encoder_tags(encoder).items():  # which weights the version embeds with
-        client.set_model_version_tag(name, version, key, value)
+    # the run keeps them all (the encoder and its weights included, shown in the description);
+    # the version those a reviewer filters by
+    set_version_tags(client, name, version, {**run_tags, "mlflow_run_id": run.info.run_id})
     client.set_registered_model_alias(name, ALIAS_CHALLENGER, version)
     print(f"[register] {name} version {version} (run {run.info.run_id}) -> alias {ALIAS_CHALLENGER}")
     return RegisterResult(version=version, run_id=run.info.run_id, model_uri=f"models:/{name}/{version}")

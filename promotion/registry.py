@@ -23,12 +23,41 @@ DESCRIPTION_CHARS = 4900
 """Longest model version description written (the SQL registry stores at most 5,000 characters;
 ``mlflow.store.model_registry.dbmodels.models``: ``description = Column(String(5000))``)."""
 
-VERSION_TAGS = ("data_rev", "workspace_commit", "mlflow_run_id", "airflow_run_id",
-                "decision", "reason", "candidate_score", "champion_score", "champion_version",
-                "delta", "delta_interval", "golden_rev")
-"""The tags a model version carries for a reviewer to filter by (plus, when they happen, the
-events ``approval``/``approval_by``, ``promoted_from``, ``superseded_by`` and ``rollback_*``).
-Everything else is on the run (its tags, ``lineage/``, ``comparison/``) and in the description."""
+VERSION_TAGS = ("decision", "reason", "candidate_score", "champion_score", "champion_version", "delta",
+                "data_rev", "workspace_commit", "mlflow_run_id", "airflow_run_id")
+"""The tags a model version carries for a reviewer to filter by: the decision, the scores and the
+delta, the data revision, the run ids (plus, when they happen, the events ``approval``/
+``approval_by``, ``promoted_from``, ``superseded_by`` and ``rollback_*``). Short values only: the
+MLflow UI's version table shows them in one narrow column. Everything else (the delta's interval, the golden revision, the encoder and its weights) is in the description, on
+the run (its tags, ``lineage/``, ``comparison/``)."""
+EMPTY_TAG_VALUES = frozenset({"", "none", "None", "null", "nan"})
+"""Values that say "nothing": such a tag is not written (an empty field has no tag)."""
+
+
+def set_version_tags(client, name: str, version: str, tags: dict) -> dict[str, str]:
+    """Writes the :data:`VERSION_TAGS` among ``tags`` on a model version.
+
+    A key outside :data:`VERSION_TAGS` is not written (it belongs on the run). An empty value
+    (None or one of :data:`EMPTY_TAG_VALUES`) is not written either, and removes the tag a
+    retried or repeated gate had left under that key: the version table never shows
+    ``none``/``None``.
+
+    Returns:
+        ``{key: value}`` of the tags written.
+    """
+    current = client.get_model_version(name, version).tags
+    written = {}
+    for key in VERSION_TAGS:
+        if key not in tags:
+            continue
+        value = tags[key]
+        if value is None or str(value).strip() in EMPTY_TAG_VALUES:
+            if key in current:
+                client.delete_model_version_tag(name, version, key)
+            continue
+        written[key] = str(value)[:TAG_VALUE_CHARS]
+        client.set_model_version_tag(name, version, key, written[key])
+    return written
 
 
 def mlflow_client(state: State):

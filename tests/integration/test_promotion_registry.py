@@ -7,6 +7,7 @@ is a challenger that cannot beat it (a tie).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -102,9 +103,10 @@ def test_first_run_promotes_on_value_thresholds_only(registry):
     assert first.serving_check["ok"], first.serving_check
     assert alias(client, "champion") == registry["v1"].version
     tags = client.get_model_version(NAME, registry["v1"].version).tags
-    assert tags["decision"] == "promoted" and tags["champion_score"] == "none"
+    assert tags["decision"] == "promoted" and "champion_score" not in tags  # no champion: no tag, never "none"
+    assert not {"none", "None"} & set(tags.values())
     decision = json.loads(mlflow.artifacts.load_text(
-        f"runs:/{registry['v1'].run_id}/comparison/{tags['golden_rev']}/decision.json"))
+        f"runs:/{registry['v1'].run_id}/comparison/{registry['data'].golden_rev}/decision.json"))
     assert decision["first_run"] is True and decision["serving_check"]["ok"] is True
 
 
@@ -129,7 +131,6 @@ def test_review_material_in_mlflow(registry):
     assert set(t) == set(VERSION_TAGS), sorted(set(t) ^ set(VERSION_TAGS))
     assert all(t[key] not in (None, "") for key in VERSION_TAGS)
     assert t["champion_version"] == registry["v1"].version
-    assert t["golden_rev"] == registry["data"].golden_rev
     assert t["mlflow_run_id"] == v2.run_id
     # the rest of the lineage on the run, the rest of the decision in its artifact
     run_tags = client.get_run(v2.run_id).data.tags
@@ -299,8 +300,16 @@ def test_lineage_a_reviewer_reads_in_the_ui(registry):
     md = v1.description
     assert f"](#/experiments/{run.info.experiment_id}/runs/{v1.run_id})" in md  # any host, any port
     assert "localhost:5000" not in md
-    assert all(f"| {b['batch_id']} | {b['listings']} |" in md for b in batches)
+    assert all(f"| {b['batch_id']} | {b['listings']} |" in md for b in batches[-3:])
     assert "| data: the DVC workspace commit after versioning" in md
+    # the whole lineage is an artifact the description links to, which ends with its Airflow run
+    assert f"](#/experiments/{run.info.experiment_id}/runs/{v1.run_id}/artifacts/lineage/lineage.md)" in md
+    assert md.splitlines()[-1].startswith("| the Airflow run that trained it | `")
+    full = mlflow_text(client, v1.run_id, "lineage/lineage.md")
+    assert all(f"| {b['batch_id']} | {b['listings']} |" in full for b in batches)
+    assert full.rstrip().splitlines()[-1] == f"| the Airflow run that trained it | `{run.data.tags['airflow_run_id']}` |"
+    table = pd.read_csv(io.StringIO(mlflow_text(client, v1.run_id, "lineage/batches.csv")))
+    assert table["batch_id"].tolist() == [b["batch_id"] for b in batches]
 
 
 def mlflow_text(client, run_id: str, path: str) -> str:
