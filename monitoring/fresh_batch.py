@@ -7,8 +7,9 @@ are the out-of-sample test a catalogue team cares about ("how is the champion do
 week's listings?"). Recorded:
 
 * leaf accuracy, business-weighted score (:func:`common.scoring.business_weighted_score`) and
-  per-category leaf recall, as MLflow metrics with ``step`` = the week's index on one
-  monitoring run per registered model (run name ``monitoring/<model>``), so the MLflow UI charts
+  per-category leaf recall, as MLflow metrics with ``step`` = the week's number (1 first, the
+  season table's ``week``: :func:`week_number`) on one monitoring run per registered model (run
+  name ``monitoring/<model>``, ``FINISHED``: a record, not a process), so the MLflow UI charts
   the champion's weekly performance; the champion version is a metric too
   (``fresh_champion_version``);
 * label issues of the fresh listings by confident learning (:mod:`monitoring.label_issues`), a
@@ -81,12 +82,23 @@ def _metric_key(category: str) -> str:
     return "fresh_recall/" + re.sub(r"[^\w\-. /]", "_", category.replace(" > ", "/"))
 
 
-def _week_index(state: State, batch_id: str) -> int:
+def week_number(state: State, batch_id: str) -> int:
+    """The week a batch belongs to, 1 for the feed's first week: the season table's ``week``
+    (``monitoring.season``) and the step of the monitoring charts.
+
+    A batch is named by the Monday of its week (:mod:`common.batches`), so the number is counted
+    in weeks from the earliest batch the manifest holds (quarantined ones included: their week
+    happened too); a batch id without a date is placed by its rank among the manifest's ids.
+    """
+    from common.batches import batch_date, is_release_id
     from ingestion.manifest import read_manifest
 
-    manifest = read_manifest(state.manifest)
-    kept = sorted(b for b, e in manifest.items() if e.get("status") in ("accepted", "partial"))
-    return kept.index(batch_id) if batch_id in kept else len(kept)
+    ids = sorted({*(b for b in read_manifest(state.manifest) if not is_release_id(b)), batch_id})
+    dates = [d for d in map(batch_date, ids) if d is not None]
+    this = batch_date(batch_id)
+    if this is None or not dates:
+        return ids.index(batch_id) + 1
+    return (this - min(dates)).days // 7 + 1
 
 
 def _issues_by_batch(issues, fresh, batches: list[str]) -> dict:
@@ -97,15 +109,13 @@ def _issues_by_batch(issues, fresh, batches: list[str]) -> dict:
 
 
 def monitoring_run(client, experiment_id: str, model_name: str) -> str:
-    """The id of the model's monitoring run, created on first use."""
-    runs = client.search_runs([experiment_id], f"tags.`{MONITORING_TAG}` = '{model_name}'", max_results=1)
-    if runs:
-        return runs[0].info.run_id
-    run = client.create_run(experiment_id, run_name=f"monitoring/{model_name}",
-                            tags={MONITORING_TAG: model_name,
-                                  "mlflow.note.content": "The champion's weekly performance on each fresh "
-                                  "batch (step = week index): fresh_* metrics, label_issues/ artifacts."})
-    return run.info.run_id
+    """The id of the model's monitoring run (``FINISHED``: :func:`promotion.registry.record_run`),
+    created on first use."""
+    from promotion.registry import record_run
+
+    return record_run(client, experiment_id, MONITORING_TAG, model_name, f"monitoring/{model_name}",
+                      "The champion's weekly performance on each fresh batch (step = the week's number, "
+                      "1 first, as in the season table): fresh_* metrics, label_issues/ artifacts.")
 
 
 def score_champion_on_fresh(state: State, params: Params, batch_ids: list[str]) -> FreshBatchResult:
@@ -135,7 +145,7 @@ def score_champion_on_fresh(state: State, params: Params, batch_ids: list[str]) 
     batches = sorted(batch_ids)
     if not batches:
         return FreshBatchResult(batches=(), step=0, skipped="no fresh batch")
-    step = _week_index(state, batches[-1])
+    step = week_number(state, batches[-1])
     client = mlflow_client(state)
     name = params.registry.model_name
     champion = alias_version(client, name, ALIAS_CHAMPION)
@@ -159,7 +169,8 @@ def score_champion_on_fresh(state: State, params: Params, batch_ids: list[str]) 
 
     images = [str(image_path(state.listings_store, k)) for k in fresh["image_key"]]
     try:
-        predicted, probs, classes = version_probabilities(name, champion, fresh, images)
+        predicted, probs, classes = version_probabilities(name, champion, fresh, images,
+                                                          embeddings_dir=state.workspace / "data" / "embeddings")
     except RuntimeError as exc:
         raise RuntimeError(f"the champion (version {champion}) cannot be loaded: {exc.__cause__ or exc}") from exc
     truth = fresh["category_path"].astype(str).tolist()

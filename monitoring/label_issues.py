@@ -144,7 +144,8 @@ def find_label_issues(listing_ids: Sequence[str], titles: Sequence[str], given_l
 
 
 def version_probabilities(model_name: str, version: str, listings: pd.DataFrame,
-                          images: Sequence[str]) -> tuple[list[str], np.ndarray, list[str]]:
+                          images: Sequence[str], embeddings_dir: Path | None = None,
+                          ) -> tuple[list[str], np.ndarray, list[str]]:
     """A registered version's predictions and class probabilities on listings.
 
     The pyfunc serves only the top class's probability; confident learning needs them all, so
@@ -156,6 +157,9 @@ def version_probabilities(model_name: str, version: str, listings: pd.DataFrame,
         version: its version.
         listings: N listings (``title`` and the model's other inputs).
         images: N image file paths.
+        embeddings_dir: a frozen-encoder model's embedding cache root (the state's
+            ``workspace/data/embeddings``): images embedded there before are not embedded again;
+            None: :func:`training.inference.default_embeddings_dir`.
 
     Returns:
         ``(predicted, probs, classes)``: N top-1 category paths, float32 ``(N, C)`` probabilities,
@@ -171,7 +175,7 @@ def version_probabilities(model_name: str, version: str, listings: pd.DataFrame,
 
     try:
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}"))
-        loaded = load_checkpoint(next(local.rglob("model.pt")))
+        loaded = load_checkpoint(next(local.rglob("model.pt")), embeddings_dir=embeddings_dir)
     except Exception as exc:  # any failure to fetch or load the version
         raise RuntimeError(f"version {version} of {model_name} cannot be loaded: {exc}") from exc
     predicted, probs = predict_paths(loaded, listings, list(images))

@@ -98,6 +98,14 @@ def test_one_monitoring_run_charts_the_week_and_a_retry_adds_nothing(monitored):
         [monitored["client"].get_experiment_by_name(monitored["params"].registry.experiment).experiment_id],
         f"tags.`lcp.monitoring_model` = '{NAME}'")
     assert [r.info.run_id for r in runs] == [first.monitoring_run_id]
+    assert runs[0].info.status == "FINISHED"  # a record, never "Running"
+    # the step is the week's number as in the season table: 1 for the feed's first batch's week
+    from common.batches import batch_date
+    from ingestion.manifest import read_manifest
+
+    dates = [batch_date(b) for b in read_manifest(monitored["state"].manifest)]
+    first_week = min(d for d in dates if d is not None)
+    assert first.step == (batch_date(monitored["batches"][-1]) - first_week).days // 7 + 1 >= 1
 
 
 def test_label_issues_of_the_fresh_batch_are_an_artifact(monitored):

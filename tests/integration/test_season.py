@@ -126,7 +126,11 @@ def test_the_champions_fresh_batch_figures_exist_for_every_week(season):
         assert m["listings"] > 0 and 0 <= m["accuracy"] <= 1 and m["champion_version"]
     history = _client(season["state"]).get_metric_history(monitored[1]["monitoring_run_id"], "fresh_accuracy")
     assert sorted(p.step for p in history) == [monitored[1]["step"], monitored[2]["step"]]
-    assert monitored[1]["step"] < monitored[2]["step"]
+    assert [monitored[1]["step"], monitored[2]["step"]] == [2, 3]  # the season table's week numbers
+    from mlflow.entities import RunStatus
+
+    run = _client(season["state"]).get_run(monitored[1]["monitoring_run_id"])
+    assert run.info.status == RunStatus.to_string(RunStatus.FINISHED)
 
 
 def test_a_retry_of_each_task_after_the_season_repeats_nothing(season):
