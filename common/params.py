@@ -333,12 +333,29 @@ class Params(_Frozen):
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
+STATE_PARAMS = "params.yaml"
+"""In a state folder: the params its runs use (written by ``make demo`` and ``make season``)."""
+
+
+def params_path(path: str | Path | None = None) -> Path:
+    """The params file a step reads: ``path``; else ``$LCP_PARAMS``; else the state folder's own
+    ``<$LCP_STATE_DIR>/params.yaml`` when it has one (a state remembers the params it was built
+    with, whoever starts Airflow on it later: ``make ui`` on a season's state keeps the season's
+    profile); else ``params.yaml`` at the project root."""
+    if path or os.environ.get(PARAMS_ENV):
+        return Path(path or os.environ[PARAMS_ENV])
+    state = os.environ.get("LCP_STATE_DIR")  # common.state.STATE_ENV (not imported: no cycle)
+    if state and (Path(state) / STATE_PARAMS).is_file():
+        return Path(state) / STATE_PARAMS
+    return PROJECT_ROOT / "params.yaml"
+
+
 def load_params(path: str | Path | None = None) -> Params:
     """Reads and validates a params file.
 
     Args:
-        path: the YAML file; defaults to ``$LCP_PARAMS`` if set, else ``params.yaml`` at the
-            project root.
+        path: the YAML file; defaults to :func:`params_path`'s choice (``$LCP_PARAMS``, the
+            state folder's ``params.yaml``, the project's ``params.yaml``).
 
     Returns:
         The frozen, validated params.
@@ -347,7 +364,7 @@ def load_params(path: str | Path | None = None) -> Params:
         FileNotFoundError: when the file does not exist.
         pydantic.ValidationError: when a value is missing a constraint or a key is unknown.
     """
-    path = Path(path or os.environ.get(PARAMS_ENV) or PROJECT_ROOT / "params.yaml")
+    path = params_path(path)
     with open(path, encoding="utf-8") as fh:
         data = yaml.safe_load(fh) or {}
     return Params.model_validate(data)

@@ -9,7 +9,8 @@ business-weighted score beats the champion's on the same golden test set by at l
 `min_improvement`.
 
 Tasks: `ingest` -> `validate` -> `monitor` (the champion on the fresh listings) ->
-`version_data` (DVC) -> `train_evaluate` (`dvc repro`) ->
+`version_data` (DVC) -> `retrain_decision` (skips the rest when nothing new was accepted) ->
+`train_evaluate` (`dvc repro`) ->
 `register` -> `gate` -> `needs_approval` -> (`approval`) -> `promote` -> `review`.
 
 Each task calls one function of the platform's packages and passes its typed result
@@ -78,6 +79,10 @@ class RecordedApprovalOperator(ApprovalOperator):
                                          "the next run (empty: params.yaml's ingest.max_batches)."),
         # ["boolean", "null"]: Airflow's form marks a Param required unless its type admits null,
         # and a toggle always has a value; null (from the REST API) means off
+        "retrain": Param(False, type=["boolean", "null"], title="Retrain even with nothing new",
+                         description="On: train, register and gate even when this run accepts no new "
+                                     "listing (after a params or taxonomy change). Off: a run with "
+                                     "nothing new stops after versioning and says so."),
         "require_approval": Param(False, type=["boolean", "null"], title="Require a human approval",
                                   description="On: a reviewer approves in Airflow (HITL) before the "
                                               "champion alias moves. Off: the gate decides alone."),
@@ -126,6 +131,18 @@ def listing_classifier_retraining():
         result = score_champion_on_fresh(state, run, batches).to_xcom()
         candidate_groups(state, run, batches)  # held-back listings grouped for a taxonomy decision
         return result
+
+    @task.branch
+    def retrain_decision(validated: dict, data: dict, params=None, ti=None) -> str | None:
+        from common.params import run_params
+        from common.results import DataVersionResult, ValidateResult
+        from common.state import State
+        from promotion.retrain import decide_retrain
+
+        decision = decide_retrain(State.from_env(), run_params(params), ValidateResult.from_xcom(validated),
+                                  DataVersionResult.from_xcom(data), bool((params or {}).get("retrain")))
+        ti.xcom_push(key="decision", value=decision.to_xcom())
+        return "train_evaluate" if decision.retrain else None  # None: every training task skipped
 
     @task(execution_timeout=timedelta(hours=3))
     def train_evaluate(data: dict) -> dict:
@@ -188,7 +205,9 @@ def listing_classifier_retraining():
     data = version_data(validated)
     # the champion on this week's fresh listings, before anything is retrained on them
     monitor(validated) >> data
+    # a week with nothing new stops here: train_evaluate and everything after it is skipped
     trained = train_evaluate(data)
+    retrain_decision(validated, data) >> trained
     registered = register(data, trained, validated)
     registered.operator.operator_extra_links = REGISTER_LINKS
     decision = gate(registered, data)

@@ -44,6 +44,8 @@ from validation.reasons import UNKNOWN_CATEGORY
 DAG_ID = "listing_classifier_retraining"
 SEASON_TAG = "lcp.season_model"
 """Run tag naming the registered model a season run reports on (one run per model)."""
+RETRAIN_TASK = "retrain_decision"
+"""The DAG's branch that skips training in a week with nothing new (its XCom key ``decision``)."""
 TASKS = ("ingest", "validate", "monitor", "version_data", "train_evaluate", "register", "gate",
          "promote", "review")
 COLUMNS = ("week", "airflow_run", "logical_date", "state", "batches", "accepted", "quarantined",
@@ -125,6 +127,9 @@ def dag_runs(dag_id: str = DAG_ID) -> list[dict]:
             for row in session.scalars(XComModel.get_many(run_id=run.run_id, dag_ids=dag_id,
                                                           key="return_value")):
                 xcom[row.task_id] = _xcom_value(XComModel.deserialize_value(row))
+            for row in session.scalars(XComModel.get_many(run_id=run.run_id, dag_ids=dag_id, key="decision",
+                                                          task_ids=RETRAIN_TASK)):
+                xcom[RETRAIN_TASK] = _xcom_value(XComModel.deserialize_value(row))
             seconds = {ti.task_id: (ti.end_date - ti.start_date).total_seconds()
                        for ti in run.task_instances if ti.start_date and ti.end_date}
             out.append({"run_id": run.run_id, "state": str(run.state),
@@ -190,7 +195,9 @@ def season_table(state: State, params: Params, runs: list[dict], dag_id: str = D
         new = set().union(*(_partition_categories(state, b) for b in stored)) - seen if stored else set()
         seen |= new
         interval = gate.get("interval") or (None, None)
-        decision = promoted.get("decision") or gate.get("decision")
+        retrain = x.get(RETRAIN_TASK) if isinstance(x.get(RETRAIN_TASK), dict) else {}
+        decision = promoted.get("decision") or gate.get("decision") or (
+            "skipped (nothing new)" if retrain.get("retrain") is False else None)
         row = {
             "week": week, "airflow_run": airflow_run_path(dag_id, run["run_id"]),
             "logical_date": datetime.fromisoformat(run["logical_date"]).isoformat(sep=" "), "state": run["state"],

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common.catalog import load_catalog  # noqa: E402
-from common.params import load_params  # noqa: E402
+from common.params import STATE_PARAMS, load_params, write_params  # noqa: E402
 from common.state import State  # noqa: E402
 
 DAG_ID = "listing_classifier_retraining"
@@ -188,6 +188,9 @@ def run_weeks(data: Path, weeks: int, start: date, order: str = "hash", limit: i
         return 2
     state = State.from_env().ensure()
     params = load_params()
+    remembered = state.root / STATE_PARAMS
+    if not remembered.is_file():  # the state remembers its params: a later `make ui` runs with them
+        write_params(params, remembered)
     logs = state.root / "logs"
     logs.mkdir(exist_ok=True)
 

@@ -44,7 +44,8 @@ def test_dagbag_has_no_import_errors_and_the_dag_is_configured(airflow_db, monke
     assert dag.doc_md and "champion" in dag.doc_md
     assert {"epochs", "backbone", "min_improvement", "max_batches"} <= set(dag.params.keys())
     assert [t.task_id for t in dag.topological_sort()] == [
-        "ingest", "validate", "monitor", "version_data", "train_evaluate", "register", "gate", "needs_approval", "approval",
+        "ingest", "validate", "monitor", "version_data", "retrain_decision", "train_evaluate", "register", "gate",
+        "needs_approval", "approval",
         "promote", "review"]
     assert set(dag.tags) == {"ml", "retraining", "listing-classifier"}
     assert dag.default_args["retries"] == DEFAULT_RETRIES

@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from common.results import (
+    BatchReport,
     DataVersionResult,
     GateResult,
     IngestResult,
@@ -60,8 +61,8 @@ def test_a_result_survives_xcom(result):
 
 def test_validation_reports_stay_out_of_xcom():
     full = ValidateResult(accepted=("b1",), partial=(), quarantined=(), store_listings=1, data_docs=None,
-                          validation_ids={"b1": "v"}, reports={"b1": {"rows": 10, "reasons": {}}})
-    assert "reports" not in full.to_xcom() and full.to_dict()["reports"] == {"b1": {"rows": 10, "reasons": {}}}
+                          validation_ids={"b1": "v"}, reports={"b1": BatchReport(batch_id="b1", rows=10)})
+    assert "reports" not in full.to_xcom() and full.to_dict()["reports"]["b1"]["rows"] == 10
     assert ValidateResult.from_xcom(full.to_xcom()).reports == {}
     assert ValidateResult(accepted=("b3", "b1"), partial=("b2",), quarantined=("b4",), store_listings=1,
                           data_docs=None, validation_ids={}).stored_batches == ("b1", "b2", "b3")

@@ -193,7 +193,24 @@ def test_rerunning_an_interval_ingests_nothing_twice(pipeline):
     rerun = run_dag(WEEK2)
     assert str(rerun.state) == "success"
     assert read_manifest(state.manifest) == manifest_before
-    # same data, code and params: the same workspace commit, so no new model version either
+    # nothing new accepted: the run stops after versioning, says why, and trains nothing
+    states = {ti.task_id: str(ti.state) for ti in rerun.get_task_instances()}
+    assert states["retrain_decision"] == "success"
+    assert {states[t] for t in ("train_evaluate", "register", "gate", "promote", "review")} == {"skipped"}
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.scalars(XComModel.get_many(run_id=rerun.run_id, dag_ids=rerun.dag_id, key="decision",
+                                                 task_ids="retrain_decision")).one()
+        decision = XComModel.deserialize_value(row)
+    assert decision["retrain"] is False and decision["reason"].startswith("nothing new this week")
+    assert len(_client(state).search_model_versions("name = 'listing-classifier'")) == versions_before
+    # asked from the trigger form, the same run retrains (same data and params: the same
+    # workspace commit, so DVC reuses its outputs and no new model version is registered)
+    forced = run_dag(WEEK2, {"retrain": True})
+    forced_states = {ti.task_id: str(ti.state) for ti in forced.get_task_instances()}
+    assert str(forced.state) == "success" and forced_states["train_evaluate"] == "success"
     assert len(_client(state).search_model_versions("name = 'listing-classifier'")) == versions_before
 
 

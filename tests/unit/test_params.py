@@ -209,3 +209,19 @@ def test_build_model_passes_every_train_param_the_classifier_takes(monkeypatch):
     for name in config_args - {"level_weights"}:  # level_weights: resolved to the tree's depth
         assert taken[name] == getattr(cfg, name), name
     assert list(taken["level_weights"]) == [1.0, 2.0, 3.0]
+
+
+def test_a_state_folder_remembers_its_params(tmp_path, monkeypatch):
+    """Without LCP_PARAMS, a step reads the state folder's own params.yaml (written by make demo
+    and make season), not the checkout's: make ui on a season's state keeps the season's profile."""
+    from common.params import PROJECT_ROOT, load_params, params_path, write_params
+
+    monkeypatch.delenv("LCP_PARAMS", raising=False)
+    monkeypatch.setenv("LCP_STATE_DIR", str(tmp_path))
+    assert params_path() == PROJECT_ROOT / "params.yaml"  # a state without its own params
+    season = load_params(PROJECT_ROOT / "params.yaml").with_overrides({"train": {"epochs": 3}})
+    write_params(season, tmp_path / "params.yaml")
+    assert params_path() == tmp_path / "params.yaml"
+    assert load_params().train.epochs == 3
+    monkeypatch.setenv("LCP_PARAMS", str(PROJECT_ROOT / "params.yaml"))  # an explicit file wins
+    assert load_params().train.epochs == load_params(PROJECT_ROOT / "params.yaml").train.epochs
