@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 """Root of the project checkout (holds ``params.yaml``, ``dvc.yaml``, ``catalogs/``)."""
@@ -205,11 +205,23 @@ class TrainParams(_Frozen):
         "scratch", description="scratch: the image backbone (train.backbone) trained from the "
                                "pixels of data/prepared; frozen: the pretrained train.encoder embeds "
                                "each image once (data/embeddings, cached by image sha256) and a "
-                               "projection of the embedding is trained; finetune: not implemented yet.")
+                               "projection of the embedding is trained; finetune: the pretrained "
+                               "train.encoder is the image branch, trained end to end from its "
+                               "weights on the prepared pixels (prepare.image_size must equal "
+                               "train.encoder.image_size), normalised as the weights expect.")
     encoder: EncoderSpec = Field(
         default_factory=EncoderSpec,
-        description="The pretrained image encoder of image_encoder frozen (architecture, weights, "
-                    "input size).")
+        description="The pretrained image encoder of image_encoder frozen or finetune (architecture, "
+                    "weights, input size).")
+    encoder_lr_scale: float = Field(
+        0.1, gt=0.0, le=1.0,
+        description="finetune: the encoder's learning rate as a fraction of train.lr (the heads "
+                    "and the other branches train at train.lr): pretrained features move slowly.")
+    head_warmup_epochs: int = Field(
+        0, ge=0,
+        description="finetune: first epochs that train the heads and other branches only, the "
+                    "encoder frozen (weights and BatchNorm statistics), so that random heads do "
+                    "not send large gradients into the pretrained weights. 0: off.")
     image_proj_dim: int = Field(
         256, ge=8, description="frozen: width of the image branch (LayerNorm, dropout, Linear, GELU "
                                "on the encoder's embedding).")
@@ -305,6 +317,18 @@ class Params(_Frozen):
     registry: RegistryParams = RegistryParams()
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _finetune_reads_pixels_at_the_encoder_size(self) -> Params:
+        # finetune trains the encoder on prepare's cached pixels: one size for both, so that the
+        # served model decodes an image at the very size it was trained at
+        if self.train.image_encoder == "finetune" and self.train.branches != "text" \
+                and self.prepare.image_size != self.train.encoder.image_size:
+            raise ValueError(
+                f"train.image_encoder finetune trains the encoder on the prepared images: "
+                f"prepare.image_size ({self.prepare.image_size}) must equal train.encoder.image_size "
+                f"({self.train.encoder.image_size})")
+        return self
 
     def with_overrides(self, overrides: dict[str, dict]) -> Params:
         """Returns a copy with some fields of some groups replaced.

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -38,8 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.cli import configure_logging
 from common.params import Params, ScoreParams, load_params
 from common.scoring import category_value
+
+log = logging.getLogger(__name__)
 
 ECE_BINS = 15
 """Confidence bins of the expected calibration error (Guo et al. 2017 use 15)."""
@@ -298,8 +302,8 @@ def calibrate_checkpoint(checkpoint: Path, prepared: Path, score: ScoreParams,
     reached = (f"threshold {entry['threshold']:.4f} auto-categorises {entry['coverage']:.1%} of val at "
                f"precision {entry['precision']:.4f}" if entry["threshold"] is not None else
                "no threshold reaches the target on val: nothing is auto-categorised")
-    print(f"calibration: T={entry['temperature']:.4f} val ECE {entry['ece_uncalibrated']:.4f} -> "
-          f"{entry['ece']:.4f}; target precision {entry['target_precision']}: {reached}", flush=True)
+    log.info("calibration: T=%.4f val ECE %.4f -> %.4f; target precision %s: %s", entry["temperature"],
+             entry["ece_uncalibrated"], entry["ece"], entry["target_precision"], reached)
     return entry
 
 
@@ -308,6 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--workspace", default=".", help="workspace folder (default: .)")
     args = parser.parse_args(argv)
+    configure_logging()
     params: Params = load_params(args.params)
     ws = Path(args.workspace)
     entry = calibrate_checkpoint(ws / "models" / "model.pt", ws / "data" / "prepared", params.score)

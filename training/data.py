@@ -12,7 +12,8 @@ run, once.
 With ``train.image_encoder: frozen`` a split also holds its rows' image embeddings, looked up by
 ``image_sha256`` in the embed stage's cache (``training.embeddings.EmbeddingCache``), and a batch
 carries them instead of pixels: no pixel is read and nothing is augmented (the embedding of an
-image is fixed).
+image is fixed). With ``finetune`` a batch carries pixels normalised as the pretrained encoder's
+weights expect (the ``norm`` of :func:`load_data`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 from common.params import TrainParams
 from training.embeddings import EmbeddingCache
 from training.hierarchy import LabelTree
-from training.presets import EvalPreset, TrainPreset
+from training.presets import IMAGENET, EvalPreset, Normalization, TrainPreset
 from training.sampler import BatchIndex, EpochBatchSampler
 from training.text import encode_listings, select_bags
 
@@ -194,10 +195,10 @@ def make_loader(dataset: ListingDataset, sampler: torch.utils.data.Sampler, work
 
 
 def eval_loader(split: Split, cfg: TrainParams, device: torch.device,
-                with_images: bool) -> torch.utils.data.DataLoader:
-    """Rows in order, batches of ``2 * train.batch_size``, eval preset, in this process."""
+                with_images: bool, norm: Normalization = IMAGENET) -> torch.utils.data.DataLoader:
+    """Rows in order, batches of ``2 * train.batch_size``, eval preset (``norm``), in this process."""
     sampler = EpochBatchSampler(split.targets, cfg.batch_size * 2, shuffle=False)
-    return make_loader(ListingDataset(split, EvalPreset(), with_images, cfg.channels_last),
+    return make_loader(ListingDataset(split, EvalPreset(norm), with_images, cfg.channels_last),
                        sampler, 0, device)
 
 
@@ -218,7 +219,7 @@ class Data(NamedTuple):
 
 def load_data(prepared: Path, labels: list[str], cfg: TrainParams, device: torch.device,
               with_images: bool, rank: int = 0, world_size: int = 1,
-              embeddings: EmbeddingCache | None = None) -> Data:
+              embeddings: EmbeddingCache | None = None, norm: Normalization = IMAGENET) -> Data:
     """The train and val splits and their loaders, built once per run.
 
     The train loader reads this rank's share of each global batch (:class:`EpochBatchSampler`,
@@ -233,14 +234,16 @@ def load_data(prepared: Path, labels: list[str], cfg: TrainParams, device: torch
         with_images: whether the model reads images (False: no pixels are read).
         rank, world_size: this process's rank and the number of processes.
         embeddings: frozen encoder: the embedding cache (batches carry embeddings, not pixels).
+        norm: the pixels' normalisation (``training.presets.Normalization``): ImageNet's, or a
+            fine-tuned encoder's own.
     """
     train_split = load_split(prepared, "train", labels, cfg, embeddings)
     val_split = load_split(prepared, "val", labels, cfg, embeddings)
     sampler = EpochBatchSampler(train_split.targets, cfg.batch_size, seed=cfg.seed,
                                 sampling=cfg.sampling, balance_power=cfg.balance_power,
                                 rank=rank, world_size=world_size)
-    dataset = ListingDataset(train_split, TrainPreset(0.5, cfg.crop_padding), with_images,
+    dataset = ListingDataset(train_split, TrainPreset(0.5, cfg.crop_padding, norm=norm), with_images,
                              cfg.channels_last)
     return Data(LabelTree(labels), train_split, val_split,
                 make_loader(dataset, sampler, cfg.workers, device, cfg.seed),
-                eval_loader(val_split, cfg, device, with_images))
+                eval_loader(val_split, cfg, device, with_images, norm))

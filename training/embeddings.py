@@ -14,8 +14,8 @@ file held: a week embeds only its new images, and the files of earlier weeks are
 is the ``embed`` stage's output with ``persist: true`` (DVC keeps it between runs instead of
 deleting it before the stage runs), so DVC versions the embeddings with the data and its cache
 stores each file once. ``reports/embed_log.json`` says how many images were embedded now and how
-many were reused; the train stage copies it into its train log. With ``image_encoder: scratch``
-(or a text model) the stage does nothing but write that log.
+many were reused; the train stage copies it into its train log. With ``image_encoder: scratch`` or
+``finetune`` (both read pixels), or a text model, the stage does nothing but write that log.
 
 :func:`read_image` is the one way an image is read for the encoder, here, in evaluation and in
 serving (``training.inference``); :class:`EmbeddingCache` is the lookup they share.
@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
+from common.cli import configure_logging
 from common.files import atomic_write
 from common.params import Params, TrainParams, load_params
 
@@ -55,23 +56,9 @@ EMBED_LOG = Path("reports") / "embed_log.json"
 _FILE = re.compile(r"^(?P<batch>[^.][^/]*?)(?:\+(?P<part>\d+))?\.npz$")
 
 
-class FinetuneNotImplementedError(NotImplementedError):
-    """``train.image_encoder: finetune`` was asked for; only ``scratch`` and ``frozen`` exist."""
-
-    def __init__(self) -> None:
-        super().__init__("train.image_encoder: finetune is not implemented yet; supported: scratch "
-                         "(backbone trained from pixels) and frozen (pretrained train.encoder, "
-                         "embeddings cached in data/embeddings)")
-
-
 def uses_encoder(cfg: TrainParams) -> bool:
-    """Whether the run embeds images with the pretrained encoder (frozen mode, an image branch).
-
-    Raises:
-        FinetuneNotImplementedError: for ``image_encoder: finetune``.
-    """
-    if cfg.image_encoder == "finetune":
-        raise FinetuneNotImplementedError()
+    """Whether the run embeds images with the frozen pretrained encoder (frozen mode, an image
+    branch). A fine-tuned encoder (``finetune``) reads pixels: nothing to embed ahead."""
     return cfg.image_encoder == "frozen" and cfg.branches != "text"
 
 
@@ -222,7 +209,6 @@ def embed_store(workspace: Path, params: Params, batch_size: int = 64) -> dict:
         store already cached), ``files_written``, ``images_per_s``, ``seconds``.
 
     Raises:
-        FinetuneNotImplementedError: for ``train.image_encoder: finetune``.
         common.images.ImageReadError, OSError: an image of the store cannot be read (named).
     """
     import pandas as pd
@@ -278,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workspace", default=".", help="workspace folder (default: .)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     record = embed_store(Path(args.workspace), load_params(args.params), args.batch_size)
     print(json.dumps(record, indent=2))
     return record

@@ -156,6 +156,11 @@ class Preprocessing:
         fields = json.dumps(dataclasses.asdict(self), sort_keys=True)
         return hashlib.sha256(fields.encode()).hexdigest()[:12]
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocessing:
+        """The preprocessing of ``dataclasses.asdict`` output (a checkpoint's plain-data record)."""
+        return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
+
     def at_size(self, crop: int) -> Preprocessing:
         """The same preprocessing for another input size, keeping the resize / crop ratio."""
         return dataclasses.replace(self, crop=crop, resize=round(crop * self.resize / self.crop))
@@ -541,6 +546,19 @@ def load_encoder(spec: EncoderSpec) -> Encoder:
     log.info("encoder %s: %s %s, %d features, weights %s (%s)", encoder.id, spec.library,
              spec.arch, dim, info.source, info.licence)
     return encoder
+
+
+def build_encoder(spec: EncoderSpec, preprocessing: Preprocessing, weights: WeightsInfo) -> Encoder:
+    """The network of ``spec`` with freshly initialised tensors, nothing read from ``spec.weights``:
+    the image branch of a fine-tuned checkpoint, whose state dict then supplies every tensor.
+
+    Args:
+        spec: architecture and library (``weights`` is not read).
+        preprocessing: the input the checkpoint's encoder was trained on (its record).
+        weights: the record of the pretrained weights it started from.
+    """
+    model, dim, _head, _default = _build(spec)
+    return Encoder(model, dim, spec.arch, preprocessing, weights)
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:

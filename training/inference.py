@@ -22,6 +22,13 @@ holds that image for that encoder (:class:`training.embeddings.EmbeddingCache`: 
 others with the recorded encoder, loaded once (:meth:`LoadedClassifier.image_encoder`, from the
 weights named in the checkpoint or a copy shipped with the registered model). Evaluation and
 calibration pass the prepared split's embeddings directly (:func:`split_images`).
+
+A fine-tuned checkpoint (``train.image_encoder: finetune``) reads pixels like a scratch one, decoded
+by the same :func:`decode_image` at its image size (the encoder's input size), but normalised with
+the mean and std of the encoder's weights (its ``encoder`` entry's ``preprocessing``), as in
+training: :func:`checkpoint_normalization`. Its image branch is the encoder's architecture
+(``training.encoders.build_encoder``) with the fine-tuned weights of the checkpoint:
+:func:`checkpoint_model`, shared with ``python -m training.train --test-only``.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import torch
 from common.params import EncoderSpec, TrainParams
 from training.embeddings import EMBEDDINGS, EmbeddingCache, read_image
 from training.model import ListingClassifier, build_model
-from training.presets import EvalPreset, load_image
+from training.presets import IMAGENET, EvalPreset, Normalization, load_image
 from training.text import encode_listings
 
 
@@ -79,12 +86,16 @@ class LoadedClassifier:
     model's artifact); its sha256 must be the recorded one."""
     embeddings: EmbeddingCache | None = None
     """Where embeddings of stored images are looked up before embedding (None: embed all)."""
+    image_mode: str = "scratch"
+    """The checkpoint's ``image_encoder``: ``scratch``, ``frozen`` or ``finetune``."""
+    norm: Normalization = IMAGENET
+    """The pixels' normalisation (a fine-tuned encoder's own, else ImageNet's)."""
     _encoder: object | None = None
 
     @property
     def frozen(self) -> bool:
         """Whether the model reads embeddings of a frozen encoder (not pixels)."""
-        return self.encoder is not None and self.model.image_encoder is not None
+        return self.image_mode == "frozen" and self.encoder is not None and self.model.image_encoder is not None
 
     def image_encoder(self):
         """The recorded frozen encoder (:class:`training.encoders.Encoder`), loaded on first use.
@@ -157,18 +168,58 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     """
     ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
     train_params = TrainParams.model_validate({**ckpt["params"]["train"], "weights": "none"})
-    encoder = ckpt.get("encoder")
-    model, _ = build_model(list(ckpt["labels"]), train_params, None if encoder is None else encoder["dim"])
-    model.load_state_dict(ckpt["model"])
+    encoder, mode = ckpt.get("encoder"), image_mode(ckpt)
+    model = checkpoint_model(ckpt)
     device = torch.device(device)
     model.to(device, memory_format=torch.channels_last).eval()
     cache = None
-    if encoder is not None:
+    if mode == "frozen":
         root = embeddings_dir if embeddings_dir is not None else default_embeddings_dir()
         cache = None if root is None else EmbeddingCache(root, encoder["id"])
     return LoadedClassifier(model, list(ckpt["labels"]), int(ckpt["image_size"]), train_params,
                             device, bool(ckpt.get("pretrained", False)), ckpt.get("calibration"),
-                            encoder, None if encoder_weights is None else Path(encoder_weights), cache)
+                            encoder, None if encoder_weights is None else Path(encoder_weights), cache,
+                            image_mode=mode, norm=checkpoint_normalization(ckpt))
+
+
+def image_mode(ckpt: dict) -> str:
+    """A checkpoint's ``image_encoder`` (``scratch``, ``frozen`` or ``finetune``); one written
+    before the key existed is frozen when it records an encoder, else scratch."""
+    return ckpt.get("image_encoder") or ("frozen" if ckpt.get("encoder") is not None else "scratch")
+
+
+def checkpoint_normalization(ckpt: dict) -> Normalization:
+    """The normalisation of a checkpoint's pixels: a fine-tuned encoder's weights' mean and std
+    (its record's ``preprocessing``), else ImageNet's (``training.presets``)."""
+    if image_mode(ckpt) != "finetune":
+        return IMAGENET
+    pre = ckpt["encoder"]["preprocessing"]
+    return Normalization(tuple(pre["mean"]), tuple(pre["std"]))
+
+
+def checkpoint_model(ckpt: dict) -> ListingClassifier:
+    """The classifier of a checkpoint, with its served weights (``ckpt["model"]``) loaded.
+
+    A scratch backbone is built without pretrained weights and a fine-tuned encoder as its bare
+    architecture (``training.encoders.build_encoder``): the state dict holds every tensor.
+
+    Raises:
+        RuntimeError: when the state dict does not fit the architecture the params describe.
+    """
+    train_params = TrainParams.model_validate({**ckpt["params"]["train"], "weights": "none"})
+    encoder, mode = ckpt.get("encoder"), image_mode(ckpt)
+    pretrained_encoder = None
+    if mode == "finetune" and encoder is not None:
+        from training.encoders import Preprocessing, WeightsInfo, build_encoder
+
+        w = encoder["weights"]
+        pretrained_encoder = build_encoder(
+            EncoderSpec.model_validate(encoder["spec"]), Preprocessing.from_dict(encoder["preprocessing"]),
+            WeightsInfo(w["source"], w["licence"], w["sha256"], None if w["path"] is None else Path(w["path"])))
+    model, _ = build_model(list(ckpt["labels"]), train_params,
+                           encoder["dim"] if mode == "frozen" else None, pretrained_encoder)
+    model.load_state_dict(ckpt["model"])
+    return model
 
 
 def split_images(loaded: LoadedClassifier, prepared: str | Path, name: str,
@@ -339,7 +390,7 @@ def leaf_log_probs(
     if is_array and not loaded.frozen and images.shape[1:] != (loaded.image_size, loaded.image_size, 3):
         raise ValueError(f"images of shape {images.shape[1:]}, the model reads "
                          f"({loaded.image_size}, {loaded.image_size}, 3)")
-    preset = EvalPreset()
+    preset = EvalPreset(loaded.norm)
     n = len(listings)
     t = loaded.temperature if temperature is None else float(temperature)
     log_probs = np.zeros((n, len(loaded.labels)), dtype=np.float32)

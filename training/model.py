@@ -23,6 +23,13 @@ With ``train.image_encoder: frozen`` the image branch reads the pooled features 
 encoder computed once per image (``training.embeddings``) through :class:`EmbeddingProjection`,
 the usual linear-probe head with a normalisation and a non-linearity (feature extraction, as in
 torchvision's transfer-learning tutorial); the encoder itself is not part of the model.
+
+With ``train.image_encoder: finetune`` the image branch is the pretrained encoder itself
+(``training.encoders.Encoder``: the pooled features, e.g. 1280 for EfficientNet-Lite0), loaded
+from its weights and trained end to end on pixels normalised as its weights expect, at a lower
+learning rate than the heads (``training.optim.param_groups``) and optionally frozen for the first
+epochs (:meth:`ListingClassifier.set_encoder_trainable`): fine-tuning as in Kornblith et al. 2019
+("Do Better ImageNet Models Transfer Better?") and torchvision's transfer-learning tutorial.
 """
 
 from __future__ import annotations
@@ -80,10 +87,13 @@ class ListingClassifier(nn.Module):
         text_buckets, text_dim: the text branch.
         field_buckets, field_dim: the structured branch.
         weights: see :func:`build_backbone`.
-        image_encoder: ``"scratch"`` (the backbone reads pixels) or ``"frozen"`` (the image branch
-            is an :class:`EmbeddingProjection` of precomputed embeddings); ``"finetune"`` raises.
+        image_encoder: ``"scratch"`` (the backbone reads pixels), ``"frozen"`` (the image branch
+            is an :class:`EmbeddingProjection` of precomputed embeddings) or ``"finetune"`` (the
+            image branch is ``pretrained_encoder``, trained from its weights).
         image_proj_dim: width of the frozen image branch.
         embedding_dim: width of the precomputed embeddings (frozen only).
+        pretrained_encoder: finetune only: the ``training.encoders.Encoder`` (pixels ``(N, 3, S,
+            S)`` -> ``(N, dim)``) that becomes the image branch, made trainable here.
         dropout: dropout on the fused features (and in the frozen image branch).
         branch_loss_weight: weight of auxiliary leaf heads, one per branch of a fused model,
             trained on that branch's features alone (deep supervision, so that a strong branch
@@ -95,7 +105,7 @@ class ListingClassifier(nn.Module):
                  level_weights: list[float] | None, backbone: str, branches: str, structured: bool,
                  text_buckets: int, text_dim: int, field_buckets: int, field_dim: int, weights: str,
                  dropout: float, branch_loss_weight: float, image_encoder: str, image_proj_dim: int,
-                 embedding_dim: int | None = None) -> None:
+                 embedding_dim: int | None = None, pretrained_encoder: nn.Module | None = None) -> None:
         super().__init__()
         if branches not in ("fused", "image", "text"):
             raise ValueError(f"branches must be fused, image or text, got {branches!r}")
@@ -118,12 +128,17 @@ class ListingClassifier(nn.Module):
         self.image_encoder: nn.Module | None = None
         self.text_encoder: BagEncoder | None = None
         self.field_encoder: FieldEncoder | None = None
-        if image_encoder not in ("scratch", "frozen"):
-            from training.embeddings import FinetuneNotImplementedError
-
-            raise FinetuneNotImplementedError()
+        if image_encoder not in ("scratch", "frozen", "finetune"):
+            raise ValueError(f"image_encoder must be scratch, frozen or finetune, got {image_encoder!r}")
         self.image_mode = image_encoder
-        if branches in ("fused", "image") and image_encoder == "frozen":
+        self.encoder_trainable = True
+        if branches in ("fused", "image") and image_encoder == "finetune":
+            if pretrained_encoder is None:
+                raise ValueError("image_encoder finetune needs the pretrained encoder (pretrained_encoder)")
+            self.image_encoder = pretrained_encoder.requires_grad_(True)
+            self.weights_source = pretrained_encoder.weights.source
+            width += int(pretrained_encoder.dim)
+        elif branches in ("fused", "image") and image_encoder == "frozen":
             if not embedding_dim:
                 raise ValueError("image_encoder frozen needs the embedding width (embedding_dim)")
             self.image_encoder = EmbeddingProjection(embedding_dim, image_proj_dim, dropout)
@@ -151,6 +166,28 @@ class ListingClassifier(nn.Module):
         self.register_buffer("ancestors", ancestors.to(torch.long).clone(), persistent=True)
         self.register_buffer("level_weights", torch.tensor(level_weights, dtype=torch.float32),
                              persistent=True)
+
+    @property
+    def finetunes_encoder(self) -> bool:
+        """Whether the image branch is a pretrained encoder trained end to end (finetune)."""
+        return self.image_mode == "finetune" and self.image_encoder is not None
+
+    def set_encoder_trainable(self, trainable: bool) -> None:
+        """Finetune: unfreezes or freezes the encoder (its gradients, and its BatchNorm statistics,
+        which a frozen encoder keeps in eval mode whatever :meth:`train` is called with).
+        Parameters without a gradient are skipped by AdamW, so the optimizer need not change."""
+        if not self.finetunes_encoder:
+            return
+        self.encoder_trainable = trainable
+        self.image_encoder.requires_grad_(trainable)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> ListingClassifier:
+        """``nn.Module.train``, keeping a frozen fine-tuning encoder in eval mode."""
+        super().train(mode)
+        if self.finetunes_encoder and not self.encoder_trainable:
+            self.image_encoder.eval()
+        return self
 
     @property
     def pretrained(self) -> bool:
@@ -253,14 +290,17 @@ CLASSIFIER_PARAMS = ("backbone", "branches", "structured", "text_buckets", "text
 name (``level_weights``, also one, is resolved to the tree's depth first)."""
 
 
-def build_model(labels: list[str], train_params: TrainParams,
-                embedding_dim: int | None = None) -> tuple[ListingClassifier, bool]:
+def build_model(labels: list[str], train_params: TrainParams, embedding_dim: int | None = None,
+                pretrained_encoder: nn.Module | None = None) -> tuple[ListingClassifier, bool]:
     """The classifier configured by the ``train`` params group.
 
     Args:
         labels: the leaf category paths (class order), e.g. sorted training categories.
         train_params: the ``train`` params group.
         embedding_dim: ``image_encoder: frozen``: the encoder's embedding width.
+        pretrained_encoder: ``image_encoder: finetune``: the ``training.encoders.Encoder`` that
+            becomes the image branch (:func:`training.encoders.load_encoder` for training,
+            ``build_encoder`` for a checkpoint that holds its weights).
 
     Returns:
         ``(model, pretrained)``: whether the image backbone started from pretrained weights.
@@ -276,5 +316,6 @@ def build_model(labels: list[str], train_params: TrainParams,
         sizes, ancestors = tree.sizes, tree.ancestors
         weights = level_weights(train_params.level_weights, tree.depth)
     model = ListingClassifier(sizes, ancestors, level_weights=weights, embedding_dim=embedding_dim,
+                              pretrained_encoder=pretrained_encoder,
                               **{name: getattr(train_params, name) for name in CLASSIFIER_PARAMS})
     return model, model.pretrained

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import os
 import platform
 import time
@@ -30,6 +31,8 @@ from training.hierarchy import LabelTree
 from training.optim import make_optimizer
 from training.sampler import BatchIndex
 from training.utils import unwrap_model
+
+log = logging.getLogger(__name__)
 
 # ``amp: auto`` keeps bf16 on a CPU only when a measured training step is at least this much
 # faster than in fp32: bf16 rounds activations to 8 mantissa bits, which is worth it only for a
@@ -257,8 +260,8 @@ def choose_precision(cfg: TrainParams, device: torch.device, deterministic: bool
         chosen, rates = resolve_precision(cfg, device, deterministic, measure)
         precision = precision_name(chosen)
         if rates:
-            print("precision probe (img/s of a training step): "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()) + f" -> {precision}", flush=True)
+            log.info("precision probe (img/s of a training step): %s -> %s",
+                     ", ".join(f"{k} {v:.1f}" for k, v in rates.items()), precision)
     if world_size > 1:
         shared = [precision]
         dist.broadcast_object_list(shared, src=0)

@@ -7,6 +7,11 @@ function to an incoming image path. The presets then turn uint8 NHWC batches int
 NCHW tensors: :class:`TrainPreset` (random flip and translation) in training, :class:`EvalPreset`
 in validation, evaluation and serving. Shape of the presets follows torchvision's
 ``references/classification/presets.py``.
+
+The normalisation is ImageNet's mean and std for a backbone trained here (``image_encoder:
+scratch``); a fine-tuned pretrained encoder (``finetune``) gets its weights' own
+(``training.encoders.Preprocessing.mean``/``std``, e.g. ``(x * 255 - 127) / 128`` for
+EfficientNet-Lite), passed as :class:`Normalization` to both presets by training and inference.
 """
 
 from __future__ import annotations
@@ -22,6 +27,16 @@ from common.images import open_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Normalization(NamedTuple):
+    """Per-channel ``(pixel / 255 - mean) / std``, RGB, of pixels scaled to [0, 1]."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+IMAGENET = Normalization()
 
 
 def load_image(path: str | Path | BinaryIO, size: int) -> np.ndarray:
@@ -47,11 +62,12 @@ def load_image(path: str | Path | BinaryIO, size: int) -> np.ndarray:
     return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
-def to_tensor_batch(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC batch -> float32 NCHW tensor normalised with the ImageNet mean and std.
+def to_tensor_batch(images: np.ndarray | torch.Tensor, norm: Normalization = IMAGENET) -> torch.Tensor:
+    """uint8 NHWC batch -> float32 NCHW tensor normalised with ``norm`` (default ImageNet's).
 
     Args:
         images: uint8 array or tensor of shape ``(N, H, W, 3)``.
+        norm: the mean and std.
 
     Returns:
         float32 tensor of shape ``(N, 3, H, W)`` in channels_last memory format.
@@ -63,8 +79,8 @@ def to_tensor_batch(images: np.ndarray | torch.Tensor) -> torch.Tensor:
         raise ValueError(f"expected a uint8 (N, H, W, 3) batch, got {tuple(x.shape)} {x.dtype}")
     # permute keeps NHWC storage, i.e. the result is already channels_last
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(norm.mean, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(norm.std, dtype=x.dtype).view(1, 3, 1, 1)
     return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
 
 
@@ -116,7 +132,14 @@ class AugmentParams(NamedTuple):
 
 
 class EvalPreset:
-    """Evaluation and serving transform: normalisation only (images are already resized)."""
+    """Evaluation and serving transform: normalisation only (images are already resized).
+
+    Args:
+        norm: the mean and std (default ImageNet's).
+    """
+
+    def __init__(self, norm: Normalization = IMAGENET) -> None:
+        self.norm = Normalization(*norm)
 
     def get_params(self, n: int, generator: torch.Generator | None = None) -> None:
         """No random draws (the same interface as :meth:`TrainPreset.get_params`)."""
@@ -124,7 +147,7 @@ class EvalPreset:
 
     def __call__(self, images: np.ndarray | torch.Tensor, params: None = None) -> torch.Tensor:
         """uint8 ``(N, S, S, 3)`` -> float32 ``(N, 3, S, S)``, see :func:`to_tensor_batch`."""
-        return to_tensor_batch(images)
+        return to_tensor_batch(images, self.norm)
 
 
 class TrainPreset:
@@ -139,10 +162,12 @@ class TrainPreset:
         hflip_prob: probability of flipping each image.
         crop_padding: pixels of :func:`pad_crop`'s padding; 0: no translation.
         generator: torch generator of the draws when ``__call__`` is given none.
+        norm: the mean and std (default ImageNet's).
     """
 
     def __init__(self, hflip_prob: float = 0.5, crop_padding: int = 0,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, norm: Normalization = IMAGENET) -> None:
+        self.norm = Normalization(*norm)
         self.hflip_prob = hflip_prob
         self.crop_padding = crop_padding
         self.generator = generator
@@ -162,7 +187,7 @@ class TrainPreset:
             images: the batch.
             params: the draws for these images; None: drawn now from ``self.generator``.
         """
-        x = to_tensor_batch(images)
+        x = to_tensor_batch(images, self.norm)
         if params is None:
             params = self.get_params(len(x), self.generator)
         if params.flip.any():

@@ -16,6 +16,11 @@ as the artifact ``encoder_weights`` next to the checkpoint, whose ``encoder`` en
 was trained on (``training.inference.image_embeddings``), and takes the embedding of an image the
 platform's cache already holds from there (``$LCP_EMBEDDINGS_DIR``, see
 ``training.inference.default_embeddings_dir``).
+
+A fine-tuned model (``train.image_encoder: finetune``) needs no weights file: its checkpoint holds
+the fine-tuned encoder, and the served model decodes an image at the checkpoint's image size (the
+encoder's input size) and normalises it with the encoder's mean and std, as in training
+(``training.inference.checkpoint_normalization``).
 """
 
 from __future__ import annotations
@@ -129,7 +134,8 @@ class ListingClassifierModel(mlflow.pyfunc.PythonModel):
         self.loaded: LoadedClassifier | None = None
 
     def load_context(self, context) -> None:
-        # a frozen-encoder model ships its encoder's weights file (artifact "encoder_weights")
+        # a frozen-encoder model ships its encoder's weights file (artifact "encoder_weights");
+        # a fine-tuned one holds its encoder in the checkpoint
         self.loaded = load_checkpoint(context.artifacts["checkpoint"], device="cpu",
                                       encoder_weights=context.artifacts.get("encoder_weights"))
 

@@ -39,6 +39,15 @@ once per image by the embed stage (``training.embeddings``) and read from ``data
 checkpoint's ``encoder`` entry records the encoder (its spec, id, width and weights: source,
 licence, sha256), which inference loads to embed an image it has never seen
 (``training.inference``). The train log says how many images the embed stage embedded and reused.
+``finetune`` makes the pretrained ``train.encoder`` itself the image branch (``load_encoder``, then
+trainable), trained on the prepared pixels (``prepare.image_size`` equals ``train.encoder.image_size``,
+checked when the params are read) normalised with the weights' own mean and std, at
+``train.encoder_lr_scale`` times the heads' learning rate, and frozen for the first
+``train.head_warmup_epochs`` epochs; its checkpoint records the encoder as a frozen one's does
+(the weights it started from) and holds the fine-tuned weights.
+
+Progress (the start line, each epoch, early stopping, warm start, precision probe) is logged
+through ``logging`` (``training.train`` and ``training.utils`` loggers); the CLI sends it to stdout.
 
 Calibration: after the last epoch, rank 0 fits a temperature and the auto-categorisation
 threshold at ``score.target_precision`` on the val split for the kept weights
@@ -61,7 +70,10 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
+import sys
 import time
 from pathlib import Path
 
@@ -69,6 +81,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from common.cli import LOG_FORMAT
 from common.params import Params, ScoreParams, TrainParams, load_params
 from common.scoring import business_weighted_score
 from training import utils
@@ -94,7 +107,10 @@ from training.precision import (
     precision_dtype,
     probe_record,
 )
-from training.warm_start import init_model
+from training.presets import IMAGENET, Normalization
+from training.warm_start import WarmStart, start_model
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = Path("models") / "model.pt"
 TRAIN_LOG = Path("models") / "train_log.json"
@@ -121,7 +137,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         tree: the taxonomy (level targets of the leaf targets).
         ema: when given, updated from the model after every optimizer step.
         dtype: the autocast dtype (``training.precision``); None trains in fp32.
-        print_every: also print progress every this many steps (0: never).
+        print_every: also log progress every this many steps (0: never).
 
     Returns:
         ``{"epoch", "train_loss", "train_accuracy", "img_per_s", "seconds", "lr"}`` of this
@@ -150,8 +166,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         seen += len(targets)
         if print_every and (step + 1) % print_every == 0:
             rate = seen * sampler.world_size / (time.perf_counter() - t0)
-            print(f"epoch {epoch} [{step + 1}/{len(data_loader)}] loss {total_loss / seen:.4f} "
-                  f"{rate:.1f} img/s", flush=True)
+            log.info("epoch %d [%d/%d] loss %.4f %.1f img/s", epoch, step + 1, len(data_loader),
+                     total_loss / seen, rate)
     seconds = time.perf_counter() - t0
     return {"epoch": epoch, "train_loss": total_loss / max(seen, 1),
             "train_accuracy": correct / max(seen, 1),
@@ -214,18 +230,20 @@ def _validate(kept: nn.Module, criterion: nn.Module, data: Data, device: torch.d
 
 def _test_only(workspace: Path, params: Params, ckpt: dict | None, device: torch.device) -> dict:
     """``--test-only``: the checkpoint's kept weights evaluated on the val split, in its precision."""
+    from training.inference import checkpoint_model, checkpoint_normalization
+
     if ckpt is None:
         raise FileNotFoundError(f"--test-only needs a checkpoint at {workspace / CHECKPOINT}")
     cfg, labels, encoder = params.train, ckpt["labels"], ckpt.get("encoder")
-    model, _ = build_model(labels, cfg, None if encoder is None else encoder["dim"])
-    model.load_state_dict(ckpt["model"])
+    model = checkpoint_model(ckpt)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    cache = None if encoder is None else EmbeddingCache(workspace / EMBEDDINGS, encoder["id"])
+    frozen = encoder is not None and ckpt.get("image_encoder", "frozen") == "frozen"
+    cache = EmbeddingCache(workspace / EMBEDDINGS, encoder["id"]) if frozen else None
     loader = eval_loader(load_split(workspace / PREPARED, "val", labels, cfg, cache), cfg, device,
-                         model.image_encoder is not None)
+                         model.image_encoder is not None, checkpoint_normalization(ckpt))
     result = evaluate(model, make_criterion(cfg), loader, device, LabelTree(labels), params.score,
                       precision_dtype(ckpt.get("precision", "float32")))
-    print(json.dumps(result))
+    log.info("test-only: %s", json.dumps(result))
     return result
 
 
@@ -234,25 +252,58 @@ def make_criterion(cfg: TrainParams) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
 
 
-def _checkpoint_meta(params: Params, labels: list[str], pretrained: bool, data: Data, world_size: int,
-                     init: dict, encoder: dict | None = None) -> dict:
-    """What the checkpoint records of the run besides the weights (and what resuming compares:
-    ``utils.resumable``); ``precision``, ``precision_probe`` and ``precision_probe_record``
-    (``training.precision.probe_record``) are added once chosen. A frozen-encoder run adds
-    ``image_encoder`` and ``encoder`` (:func:`encoder_record`)."""
-    meta = {"params": params.to_dict(), "labels": labels, "pretrained": pretrained,
-            "image_size": int(data.train.images.shape[1]),
-            "data_fingerprint": data_fingerprint(data.train.frame), "world_size": world_size,
-            "init": init["init"]}
-    if encoder is not None:
-        meta.update(image_encoder="frozen", encoder=encoder)
-    return meta
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """What the checkpoint records of the run besides the weights, and what resuming compares
+    (``utils.resumable``). :meth:`to_dict` gives the checkpoint's keys.
+
+    Attributes:
+        params: the run's params (``Params.to_dict``).
+        labels: the leaf classes, in class order.
+        pretrained: whether the image branch started from pretrained weights.
+        image_size: side of the prepared images, pixels.
+        data_fingerprint: ``training.data.data_fingerprint`` of the train split.
+        world_size: processes of the run.
+        init: ``"scratch"`` or ``"champion:v<N>"`` (``training.warm_start.WarmStart.init``).
+        image_encoder: ``"scratch"``, ``"frozen"`` or ``"finetune"``.
+        encoder: frozen or finetune: :func:`encoder_record` of the pretrained encoder.
+        precision, precision_probe, precision_probe_record: set once chosen
+            (``training.precision.choose_precision``, ``probe_record``).
+    """
+
+    params: dict
+    labels: list[str]
+    pretrained: bool
+    image_size: int
+    data_fingerprint: str
+    world_size: int
+    init: str
+    image_encoder: str = "scratch"
+    encoder: dict | None = None
+    precision: str | None = None
+    precision_probe: dict | None = None
+    precision_probe_record: dict | None = None
+
+    def to_dict(self) -> dict:
+        """The checkpoint's entries: a scratch run has no ``image_encoder``/``encoder`` keys, and
+        the precision keys appear once chosen (as checkpoints have always been written)."""
+        out = {"params": self.params, "labels": self.labels, "pretrained": self.pretrained,
+               "image_size": self.image_size, "data_fingerprint": self.data_fingerprint,
+               "world_size": self.world_size, "init": self.init}
+        if self.encoder is not None:
+            out.update(image_encoder=self.image_encoder, encoder=self.encoder)
+        if self.precision is not None:
+            out.update(precision=self.precision, precision_probe=self.precision_probe,
+                       precision_probe_record=self.precision_probe_record)
+        return out
 
 
 def encoder_record(encoder, spec) -> dict:
-    """What a checkpoint records of its frozen encoder: ``{"spec", "id", "dim", "weights":
-    {"source", "licence", "sha256", "path"}}`` (plain data; ``path``: the weights file read here,
-    which registration ships with the model).
+    """What a checkpoint records of its pretrained encoder (frozen or fine-tuned): ``{"spec",
+    "id", "dim", "weights": {"source", "licence", "sha256", "path"}, "preprocessing"}`` (plain
+    data; ``path``: the weights file read here, which registration ships with the model;
+    ``preprocessing``: ``training.encoders.Preprocessing`` at the encoder's input size, whose
+    mean and std a fine-tuned model's pixels are normalised with).
 
     Args:
         encoder: the loaded :class:`training.encoders.Encoder`.
@@ -261,15 +312,55 @@ def encoder_record(encoder, spec) -> dict:
     w = encoder.weights
     return {"spec": spec.model_dump(mode="json"), "id": encoder.id, "dim": int(encoder.dim),
             "weights": {"source": w.source, "licence": w.licence, "sha256": w.sha256,
-                        "path": None if w.path is None else str(w.path)}}
+                        "path": None if w.path is None else str(w.path)},
+            "preprocessing": dataclasses.asdict(encoder.preprocessing)}
 
 
-def _print_start(data: Data, meta: dict, device: torch.device) -> None:
+@dataclasses.dataclass(frozen=True)
+class ImageBranch:
+    """How the run's image branch reads images (:func:`image_branch`).
+
+    Attributes:
+        mode: ``train.image_encoder``, or ``"scratch"`` for a model without an image branch.
+        encoder: frozen or finetune: :func:`encoder_record`.
+        cache: frozen: the embed stage's embeddings of this encoder.
+        pretrained: finetune: the loaded ``training.encoders.Encoder``, the model's image branch.
+        norm: the pixels' normalisation (the encoder's for finetune, else ImageNet's).
+    """
+
+    mode: str = "scratch"
+    encoder: dict | None = None
+    cache: EmbeddingCache | None = None
+    pretrained: nn.Module | None = None
+    norm: Normalization = IMAGENET
+
+    @property
+    def embedding_dim(self) -> int | None:
+        """Frozen: the embeddings' width the model reads; else None."""
+        return self.encoder["dim"] if self.mode == "frozen" else None
+
+
+def image_branch(workspace: Path, cfg: TrainParams) -> ImageBranch:
+    """Loads the pretrained ``train.encoder`` of a frozen or finetune run (strictly,
+    ``training.encoders.load_encoder``); a scratch or text run gets the default branch."""
+    if cfg.branches == "text" or cfg.image_encoder == "scratch":
+        return ImageBranch()
+    from training.encoders import load_encoder
+
+    loaded = load_encoder(cfg.encoder)
+    record = encoder_record(loaded, cfg.encoder)
+    if uses_encoder(cfg):  # frozen: the embed stage's embeddings, by this encoder's id
+        return ImageBranch("frozen", record, EmbeddingCache(workspace / EMBEDDINGS, loaded.id))
+    return ImageBranch("finetune", record, pretrained=loaded,
+                       norm=Normalization(loaded.preprocessing.mean, loaded.preprocessing.std))
+
+
+def _log_start(data: Data, meta: RunRecord, device: torch.device) -> None:
     """Rank 0's line before the first epoch: the data, the device and the chosen precision."""
-    print(f"train {len(data.train)} val {len(data.val)} classes {len(meta['labels'])} "
-          f"levels {data.tree.sizes} image {meta['image_size']}px device {device} "
-          f"world {meta['world_size']} threads {torch.get_num_threads()} pretrained {meta['pretrained']} "
-          f"precision {meta['precision']}", flush=True)
+    log.info("train %d val %d classes %d levels %s image %dpx device %s world %d threads %d "
+             "pretrained %s image_encoder %s precision %s", len(data.train), len(data.val), len(meta.labels),
+             data.tree.sizes, meta.image_size, device, meta.world_size, torch.get_num_threads(),
+             meta.pretrained, meta.image_encoder, meta.precision)
 
 
 def train(workspace: Path, params: Params, resume: bool = True, test_only: bool = False,
@@ -286,7 +377,7 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
             resumes to its end: nothing is trained again and the file is left as it is).
         test_only: only evaluate the existing checkpoint on the val split.
         deterministic: force deterministic torch kernels (also ``train.deterministic``).
-        print_every: also print progress every this many steps (0: per epoch only).
+        print_every: also log progress every this many steps (0: per epoch only).
 
     Returns:
         The train log (also written to ``models/train_log.json``): final ``train_loss``,
@@ -318,55 +409,62 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     utils.init_distributed(device, world_size)
 
     labels = read_labels(workspace / PREPARED)
-    encoder, cache = None, None
-    if uses_encoder(cfg):  # frozen: the embed stage's embeddings, by this encoder's id
-        from training.encoders import load_encoder
-
-        loaded_encoder = load_encoder(cfg.encoder)
-        encoder = encoder_record(loaded_encoder, cfg.encoder)
-        cache = EmbeddingCache(workspace / EMBEDDINGS, loaded_encoder.id)
-        del loaded_encoder  # its weights are not part of the model
-    model, pretrained = build_model(labels, cfg, None if encoder is None else encoder["dim"])
-    pretrained = pretrained or encoder is not None
-    init = init_model(workspace, model, labels, cfg)
+    branch = image_branch(workspace, cfg)
+    if branch.mode == "finetune" and cfg.head_warmup_epochs and world_size > 1:
+        raise ValueError("train.head_warmup_epochs needs a single process: DDP fixes the parameters it "
+                         "reduces when it wraps the model; set it to 0 under torchrun")
+    model, pretrained = build_model(labels, cfg, branch.embedding_dim, branch.pretrained)
+    pretrained = pretrained or branch.encoder is not None
+    start = start_model(workspace, model, labels, cfg)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     data = load_data(workspace / PREPARED, labels, cfg, device, model.image_encoder is not None,
-                     rank, world_size, cache)
+                     rank, world_size, branch.cache, branch.norm)
+    image_size = int(data.train.images.shape[1])
+    if branch.mode == "finetune" and image_size != cfg.encoder.image_size:
+        raise ValueError(f"the prepared images are {image_size} px but train.encoder.image_size is "
+                         f"{cfg.encoder.image_size}: finetune trains the encoder at its input size; "
+                         "re-run the prepare stage with prepare.image_size equal to it")
     criterion, optimizer = make_criterion(cfg), make_optimizer(model, cfg, device)
     steps_per_epoch = len(data.train_loader)
-    warm = init["init"] != "scratch"  # a warm start trains train.warm_epochs
-    epochs = planned_epochs(cfg.model_copy(update={"epochs": cfg.warm_epochs}) if warm else cfg,
+    # a warm start trains train.warm_epochs
+    epochs = planned_epochs(cfg.model_copy(update={"epochs": cfg.warm_epochs}) if start.warm else cfg,
                             steps_per_epoch)
     lr_scheduler = make_lr_scheduler(optimizer, cfg.lr, epochs * steps_per_epoch, cfg.schedule)
     ema = utils.make_ema(model, cfg.ema_decay) if rank == 0 else None  # only rank 0 evaluates
     kept = ema.module if ema is not None else model  # the weights evaluated and kept
     stopper = utils.EarlyStopping(cfg.early_stopping_patience,
                                   warmup_steps(epochs * steps_per_epoch, cfg.schedule), steps_per_epoch)
-    meta = _checkpoint_meta(params, labels, pretrained, data, world_size, init, encoder)
-    progress = utils.resume(workspace / CHECKPOINT, ckpt, meta, model, optimizer, lr_scheduler, ema, stopper,
-                            epochs, rank)
+    meta = RunRecord(params.to_dict(), labels, pretrained, image_size, data_fingerprint(data.train.frame),
+                     world_size, start.init, branch.mode, branch.encoder)
+    progress = utils.resume(workspace / CHECKPOINT, ckpt, meta.to_dict(), model, optimizer, lr_scheduler, ema,
+                            stopper, epochs, rank)
+    model.set_encoder_trainable(progress.start_epoch >= cfg.head_warmup_epochs)
     net = utils.wrap_model(model, device, world_size, cfg.compile)
-    inherited = inherited_probe(init.get("probe_record"), cfg, device, meta["image_size"])
+    inherited = inherited_probe(start.probe_record, cfg, device, image_size)
     used = {}
 
     def measure() -> dict[str, float]:
         """The champion's probe when it holds here (same machine and step), else a measurement."""
         if inherited:
-            used["source"] = init["init"]
-            print(f"precision probe of {init['init']} reused (same machine and training step)", flush=True)
+            used["source"] = start.init
+            log.info("precision probe of %s reused (same machine and training step)", start.init)
             return inherited
         return measure_precisions(model, criterion, data.train, data.tree, cfg, device)
 
-    meta["precision"], meta["precision_probe"] = choose_precision(
-        cfg, device, deterministic, measure, progress.precision, rank, world_size)
-    meta["precision_probe_record"] = (
-        (ckpt or {}).get("precision_probe_record") if progress.precision is not None
-        else probe_record(meta["precision_probe"], device, cfg, meta["image_size"], used.get("source", "measured")))
-    dtype = precision_dtype(meta["precision"])
+    precision, probe = choose_precision(cfg, device, deterministic, measure, progress.precision, rank, world_size)
+    meta = dataclasses.replace(
+        meta, precision=precision, precision_probe=probe,
+        precision_probe_record=((ckpt or {}).get("precision_probe_record") if progress.precision is not None
+                                else probe_record(probe, device, cfg, image_size, used.get("source", "measured"))))
+    dtype = precision_dtype(meta.precision)
     if rank == 0:
-        _print_start(data, meta, device)
+        _log_start(data, meta, device)
 
     for epoch in range(progress.start_epoch, epochs):
+        if model.finetunes_encoder and epoch == cfg.head_warmup_epochs and epoch > progress.start_epoch:
+            model.set_encoder_trainable(True)
+            log.info("epoch %d: head warm-up over, the encoder trains from now on (lr x %g)",
+                     epoch, cfg.encoder_lr_scale)
         data.train_loader.sampler.set_epoch(epoch)
         stats = train_one_epoch(net, criterion, optimizer, data.train_loader, device, epoch,
                                 lr_scheduler, data.tree, ema, dtype, print_every if rank == 0 else 0)
@@ -376,56 +474,58 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
             utils.end_epoch(epoch, stats, kept, stopper, progress)
             utils.atomic_save(utils.checkpoint_dict(
                 model, optimizer, lr_scheduler, ema, epoch, progress.kept_state, stopper.state_dict(),
-                progress.history, meta), workspace / CHECKPOINT)
+                progress.history, meta.to_dict()), workspace / CHECKPOINT)
         if utils.broadcast_flag(stopper.stopped, world_size):
             break
 
-    log = {}
+    result = {}
     if rank == 0:
         if not (ckpt is not None and ckpt.get("finished") and not progress.epochs_run):
             # the served checkpoint, without the training state (a resumed finished run keeps its file)
             utils.atomic_save(utils.final_checkpoint_dict(
-                progress.history[-1]["epoch"], progress.kept_state, stopper.state_dict(), progress.history, meta,
-                ema), workspace / CHECKPOINT)
-        log = _finish(workspace, data, meta, stopper, progress, device,
-                      model.weights_source if encoder is None else encoder["weights"]["source"], init)
-        log = _calibrate(workspace, params, log)
+                progress.history[-1]["epoch"], progress.kept_state, stopper.state_dict(), progress.history,
+                meta.to_dict(), ema), workspace / CHECKPOINT)
+        result = _finish(workspace, data, meta, stopper, progress, device,
+                         model.weights_source if branch.encoder is None else branch.encoder["weights"]["source"],
+                         start)
+        result = _calibrate(workspace, params, result)
     utils.close_distributed(world_size)
-    return log
+    return result
 
 
-def _finish(workspace: Path, data: Data, meta: dict, stopper: utils.EarlyStopping, progress: utils.Progress,
-            device: torch.device, weights_source: str | None, init: dict) -> dict:
+def _finish(workspace: Path, data: Data, meta: RunRecord, stopper: utils.EarlyStopping, progress: utils.Progress,
+            device: torch.device, weights_source: str | None, start: WarmStart) -> dict:
     """Writes the train log of a finished run (see :func:`train`'s Returns)."""
     best = next((h for h in reversed(progress.history) if h["epoch"] == stopper.epoch), {})
     return utils.write_train_log(workspace / TRAIN_LOG, progress.history, {
-        "pretrained": meta["pretrained"], "weights_source": weights_source,
-        "num_classes": len(meta["labels"]), "levels": data.tree.sizes,
-        "n_train": len(data.train), "n_val": len(data.val), "image_size": meta["image_size"],
-        "device": device.type, "precision": meta["precision"],
-        "precision_probe": meta["precision_probe"],
-        "precision_probe_source": (meta.get("precision_probe_record") or {}).get("source"),
-        "world_size": meta["world_size"],
+        "pretrained": meta.pretrained, "weights_source": weights_source,
+        "num_classes": len(meta.labels), "levels": data.tree.sizes,
+        "n_train": len(data.train), "n_val": len(data.val), "image_size": meta.image_size,
+        "device": device.type, "precision": meta.precision,
+        "precision_probe": meta.precision_probe,
+        "precision_probe_source": (meta.precision_probe_record or {}).get("source"),
+        "world_size": meta.world_size,
         "best_epoch": stopper.epoch, "stopped_early": stopper.stopped,
         "val_business_weighted_score": best.get("val_business_weighted_score"),
         "best_val_accuracy": best.get("val_accuracy"),
         "epochs_run": progress.epochs_run,
-        "init": init["init"], "init_reason": init["init_reason"],
-        "init_heads": (init["init_report"] or {}).get("heads"),
+        "init": start.init, "init_reason": start.reason,
+        "init_heads": (start.report or {}).get("heads"),
         **_encoder_log(workspace, meta),
     })
 
 
-def _encoder_log(workspace: Path, meta: dict) -> dict:
-    """The train log's image-encoder entries: ``image_encoder``, and for a frozen encoder its
+def _encoder_log(workspace: Path, meta: RunRecord) -> dict:
+    """The train log's image-encoder entries: ``image_encoder``, and for a pretrained encoder its
     ``encoder_id``, ``weights_licence``, ``weights_sha256`` and the embed stage's counts
-    (``images_embedded`` now, ``images_reused`` from the cache)."""
-    encoder = meta.get("encoder")
+    (``images_embedded`` now, ``images_reused`` from the cache; None when fine-tuned: nothing is
+    embedded ahead)."""
+    encoder = meta.encoder
     if encoder is None:
         return {"image_encoder": "scratch"}
     embedded = read_embed_log(workspace) or {}
-    same = embedded.get("encoder_id") == encoder["id"]
-    return {"image_encoder": "frozen", "encoder_id": encoder["id"],
+    same = meta.image_encoder == "frozen" and embedded.get("encoder_id") == encoder["id"]
+    return {"image_encoder": meta.image_encoder, "encoder_id": encoder["id"],
             "weights_licence": encoder["weights"]["licence"], "weights_sha256": encoder["weights"]["sha256"],
             "images_embedded": embedded.get("embedded") if same else None,
             "images_reused": embedded.get("reused") if same else None}
@@ -453,6 +553,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="deterministic torch kernels (also train.deterministic)")
     parser.add_argument("--print-every", type=int, default=0, help="progress every N steps")
     args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:  # the stage's progress on stdout, with its JSON result
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stdout)
     result = train(Path(args.workspace), load_params(args.params), resume=not args.no_resume,
                    test_only=args.test_only, deterministic=args.deterministic,
                    print_every=args.print_every)

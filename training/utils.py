@@ -9,6 +9,7 @@ gloo on CPU); rank 0 evaluates, decides early stopping and writes the checkpoint
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from common.params import TrainParams
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from training.model import ListingClassifier
@@ -290,14 +293,14 @@ def resume(path: Path, ckpt: dict | None, meta: dict, model: nn.Module, optimize
         meta: this run's checkpoint fields (see :func:`resumable`).
         model, optimizer, lr_scheduler, ema, stopper: loaded in place from the checkpoint.
         epochs: the run's planned epochs; a finished or early-stopped run starts there.
-        rank: this process's rank (rank 0 prints).
+        rank: this process's rank (rank 0 logs).
 
     Returns:
         The run's :class:`Progress`; empty when the checkpoint does not continue this run.
     """
     if not resumable(ckpt, meta):
         if ckpt is not None and rank == 0:
-            print(f"ignoring {path}: written with other params or data", flush=True)
+            log.info("ignoring %s: written with other params or data", path)
         return Progress()
     finished = bool(ckpt.get("finished"))
     if not finished:  # a finished run's checkpoint holds no training state: nothing is left to train
@@ -311,8 +314,8 @@ def resume(path: Path, ckpt: dict | None, meta: dict, model: nn.Module, optimize
             torch.set_rng_state(state["rng_state"])
     stopper.load_state_dict(ckpt.get("best", {}))
     if rank == 0:
-        print(f"resuming from {path} after epoch {ckpt['epoch']}" + (" (the run had finished)" if finished else ""),
-              flush=True)
+        log.info("resuming from %s after epoch %s%s", path, ckpt["epoch"],
+                 " (the run had finished)" if finished else "")
     precision = (ckpt["precision"], ckpt.get("precision_probe")) if "precision" in ckpt else None
     start = epochs if stopper.stopped or finished else int(ckpt["epoch"]) + 1
     return Progress(start, list(ckpt.get("history", [])), ckpt["model"], precision)
@@ -324,11 +327,9 @@ def end_epoch(epoch: int, stats: dict, kept: nn.Module, stopper: EarlyStopping,
     if stopper.update(epoch, stats.get("val_business_weighted_score")):
         progress.kept_state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
     progress.history.append(stats)
-    print(f"epoch {epoch}: loss {stats['train_loss']:.4f} "
-          f"val_acc {stats.get('val_accuracy', float('nan')):.4f} "
-          f"val_score {stats.get('val_business_weighted_score', float('nan')):.4f} "
-          f"{stats['img_per_s']:.1f} img/s {stats['seconds']:.1f}s"
-          + (" (best)" if stopper.epoch == epoch else ""), flush=True)
+    log.info("epoch %d: loss %.4f val_acc %.4f val_score %.4f %.1f img/s %.1fs%s", epoch, stats["train_loss"],
+             stats.get("val_accuracy", float("nan")), stats.get("val_business_weighted_score", float("nan")),
+             stats["img_per_s"], stats["seconds"], " (best)" if stopper.epoch == epoch else "")
     if stopper.stopped:
-        print(f"early stopping: no better validation score for {stopper.patience} epochs; "
-              f"keeping epoch {stopper.epoch}", flush=True)
+        log.info("early stopping: no better validation score for %d epochs; keeping epoch %s",
+                 stopper.patience, stopper.epoch)

@@ -1,6 +1,6 @@
 """Warm start: a new model initialised from an earlier checkpoint (``train.init: champion``).
 
-:func:`init_model` is the train stage's step: it reads ``models/init/`` (the champion's checkpoint,
+:func:`start_model` is the train stage's step (:func:`init_model` its plain-data form): it reads ``models/init/`` (the champion's checkpoint,
 put there by ``ingestion.workspace.fetch_init``), checks that the champion's architecture fits
 (:func:`architecture_difference`) and copies its weights into the fresh model
 (:func:`warm_start`: every tensor whose name and shape match, the level heads row by label,
@@ -9,7 +9,9 @@ put there by ``ingestion.workspace.fetch_init``), checks that the champion's arc
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +22,8 @@ from common.params import TrainParams
 
 if TYPE_CHECKING:
     from training.model import ListingClassifier
+
+log = logging.getLogger(__name__)
 
 INIT_DIR = Path("models") / "init"
 """Where ``ingestion.workspace`` puts the model a run may start from (a DVC-tracked dep of the
@@ -45,8 +49,9 @@ def architecture_difference(old: dict, new: TrainParams) -> str | None:
         :data:`ARCHITECTURE_FIELDS` that shapes both models is equal (the backbone is compared
         only when both have an image branch, ``structured`` only between models that can have
         one (fused or image), ``field_dim`` only when both have a structured branch; the
-        backbone between scratch models, ``encoder`` and ``image_proj_dim`` between frozen ones;
-        a checkpoint from before ``image_encoder`` existed is a scratch one).
+        backbone between scratch models, ``encoder`` between frozen or between fine-tuned ones,
+        ``image_proj_dim`` between frozen ones; a checkpoint from before ``image_encoder``
+        existed is a scratch one).
     """
     new_values = new.model_dump(mode="json")
     branches = (old.get("branches"), new.branches)
@@ -65,8 +70,10 @@ def architecture_difference(old: dict, new: TrainParams) -> str | None:
         skip.add("backbone")
     if "backbone" in skip and "text" in branches:
         skip.add("image_encoder")
+    if modes not in (("frozen", "frozen"), ("finetune", "finetune")) or "text" in branches:
+        skip.add("encoder")
     if modes != ("frozen", "frozen") or "text" in branches:
-        skip |= {"encoder", "image_proj_dim"}
+        skip.add("image_proj_dim")
     diffs = [f"{name} {old.get(name)!r} -> {new_values[name]!r}" for name in ARCHITECTURE_FIELDS
              if name not in skip and old.get(name) != new_values[name]]
     return ", ".join(diffs) or None
@@ -202,7 +209,44 @@ def warm_start(model: ListingClassifier, labels: list[str], state: dict[str, tor
     return report
 
 
+@dataclasses.dataclass(frozen=True)
+class WarmStart:
+    """How a run's model started (:func:`start_model`).
+
+    Attributes:
+        init: ``"scratch"`` or ``"champion:v<N>"`` (the checkpoint's and train log's ``init``).
+        reason: why (the train log's ``init_reason``).
+        report: :func:`warm_start`'s report of the copied tensors; None from scratch.
+        probe_record: from a champion, its checkpoint's ``precision_probe_record``
+            (``training.precision.probe_record``; None when it has none).
+        from_champion: whether the weights came from the champion (False from scratch).
+    """
+
+    init: str
+    reason: str
+    report: dict | None = None
+    probe_record: dict | None = None
+    from_champion: bool = False
+
+    @property
+    def warm(self) -> bool:
+        """Whether the run starts from the champion (it then trains ``train.warm_epochs``)."""
+        return self.init != "scratch"
+
+    def to_dict(self) -> dict:
+        """``{"init", "init_reason", "init_report"}``, and from a champion ``probe_record``."""
+        out = {"init": self.init, "init_reason": self.reason, "init_report": self.report}
+        if self.from_champion:
+            out["probe_record"] = self.probe_record
+        return out
+
+
 def init_model(workspace: Path, model: nn.Module, labels: list[str], cfg: TrainParams) -> dict:
+    """:func:`start_model` as plain data (:meth:`WarmStart.to_dict`)."""
+    return start_model(workspace, model, labels, cfg).to_dict()
+
+
+def start_model(workspace: Path, model: nn.Module, labels: list[str], cfg: TrainParams) -> WarmStart:
     """Starts ``model`` from the champion's weights when ``train.init`` is ``champion`` and it fits.
 
     ``<workspace>/models/init/init.json`` (written by ``ingestion.workspace.fetch_init`` before
@@ -218,15 +262,16 @@ def init_model(workspace: Path, model: nn.Module, labels: list[str], cfg: TrainP
         labels: the run's leaf paths, in class order.
         cfg: the ``train`` params group.
 
+    A fine-tuned champion (``image_encoder: finetune``) starts a fine-tuned run with the same
+    ``train.encoder`` whole, its encoder included; another encoder or mode is another architecture.
+
     Returns:
-        ``{"init": "scratch" | "champion:v<N>", "init_reason": str, "init_report": dict | None}``
-        (the report of :func:`warm_start`, None from scratch), and from a champion
-        ``probe_record``: its checkpoint's ``precision_probe_record``
-        (``training.precision.probe_record``; None when it has none).
+        The :class:`WarmStart`: ``init`` ``"scratch"`` or ``"champion:v<N>"``, its reason, and
+        from a champion the copy report and the champion's precision probe record.
     """
-    def scratch(reason: str) -> dict:
-        print(f"init: scratch ({reason})", flush=True)
-        return {"init": "scratch", "init_reason": reason, "init_report": None}
+    def scratch(reason: str) -> WarmStart:
+        log.info("init: scratch (%s)", reason)
+        return WarmStart("scratch", reason)
 
     if cfg.init == "scratch":
         return scratch("train.init is scratch")
@@ -254,6 +299,5 @@ def init_model(workspace: Path, model: nn.Module, labels: list[str], cfg: TrainP
               f"{len(report['not_copied'])} of other shape, {len(report['fresh'])} new; leaf head "
               f"{leaf.get('copied', 0)}/{leaf.get('rows', 0)} rows copied, {len(leaf.get('new', []))} new "
               f"leaves, {len(leaf.get('dropped', []))} dropped")
-    print(f"init: {reason}", flush=True)
-    return {"init": f"champion:v{version}", "init_reason": reason, "init_report": report,
-            "probe_record": ckpt.get("precision_probe_record")}
+    log.info("init: %s", reason)
+    return WarmStart(f"champion:v{version}", reason, report, ckpt.get("precision_probe_record"), True)
