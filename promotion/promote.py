@@ -45,6 +45,7 @@ from promotion.registry import (
     golden_frame,
     mlflow_client,
     score_version,
+    set_version_tags,
 )
 
 SERVING_CHECK_ROWS = 5
@@ -62,18 +63,15 @@ def _decision_tags(result: GateResult) -> dict[str, str]:
     of the decision (accuracies, slices, serving check, mode, floors) is in the description and
     the run's ``comparison/<golden_rev>/decision.json``."""
     def num(x, spec=".6f"):
-        return "none" if x is None else format(x, spec)
+        return None if x is None else format(x, spec)
 
-    interval = result.interval
     return {
         "decision": result.decision,
         "reason": result.reason[:TAG_VALUE_CHARS],
         "candidate_score": num(result.candidate_score),
         "champion_score": num(result.champion_score),
-        "champion_version": str(result.champion_version or "none"),
+        "champion_version": str(result.champion_version) if result.champion_version else None,
         "delta": num(result.delta, "+.6f"),
-        "delta_interval": "none" if not interval else f"[{interval[0]:+.6f}, {interval[1]:+.6f}]",
-        "golden_rev": str(result.golden_rev),
     }
 
 
@@ -227,8 +225,7 @@ def _record(client, params: Params, name: str, mv, result: GateResult, scored: _
     lineage = {**(client.get_run(mv.run_id).data.tags if mv.run_id else {}), **mv.tags}
     markdown = report.markdown_report(result.to_dict(), per_class, lineage, max(5, params.gate.slice_top_n),
                                       load_batches(mv.run_id) if mv.run_id else [])
-    for key, value in _decision_tags(result).items():
-        client.set_model_version_tag(name, result.version, key, value)
+    set_version_tags(client, name, result.version, _decision_tags(result))  # no empty value written
     client.update_model_version(name, result.version, description=markdown)
     if mv.run_id:
         report.log_comparison(client, mv.run_id, result.golden_rev, result.to_dict(), per_class,
@@ -243,7 +240,8 @@ def gate_challenger(state: State, params: Params, version: str, golden_rev: str)
     issues (:func:`_golden_label_issues`), report (:func:`_record`).
 
     Records on the version: the tags a reviewer filters by (``decision``, ``reason``, both
-    scores, ``delta``, ``delta_interval``, ``champion_version``, ``golden_rev``; lineage tags come
+    scores, ``delta``, ``champion_version``; the interval and the golden revision are in the
+    description and the run's comparison artifacts; lineage tags come
     from registration), the Markdown description (:func:`promotion.report.markdown_report`), and
     on its run the comparison artifacts, ``decision.json`` holding the whole decision.
     A challenger the gate would promote must also pass the serving check
@@ -330,7 +328,8 @@ def promote(state: State, params: Params, decision: GateResult) -> PromoteResult
     if current is not None and str(current) != str(version):
         client.set_registered_model_alias(name, ALIAS_PREVIOUS, current)
         client.set_model_version_tag(name, current, "superseded_by", str(version))
-    client.set_model_version_tag(name, version, "promoted_from", str(current))
+    if current is not None:  # the first champion was promoted from nothing: no tag, never "None"
+        client.set_model_version_tag(name, version, "promoted_from", str(current))
     client.set_registered_model_alias(name, ALIAS_CHAMPION, version)
     log.info("[promote] champion -> v%s (was v%s)", version, current)
     return PromoteResult(champion=str(version), moved=True, decision=decision.decision)

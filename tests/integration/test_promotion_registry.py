@@ -104,7 +104,7 @@ def test_first_run_promotes_on_value_thresholds_only(registry):
     assert alias(client, "champion") == registry["v1"].version
     tags = client.get_model_version(NAME, registry["v1"].version).tags
     assert tags["decision"] == "promoted" and "champion_score" not in tags  # no champion: no tag, never "none"
-    assert not {"none", "None"} & set(tags.values())
+    assert not {"none", "None"} & set(tags.values()), sorted(k for k, v in tags.items() if v in ("none", "None"))
     decision = json.loads(mlflow.artifacts.load_text(
         f"runs:/{registry['v1'].run_id}/comparison/{registry['data'].golden_rev}/decision.json"))
     assert decision["first_run"] is True and decision["serving_check"]["ok"] is True
