@@ -117,21 +117,25 @@ def lineage_tags(params: Params, data: DataVersionResult, workspace_commit: str,
 
 
 def encoder_entry(checkpoint: Path) -> dict | None:
-    """The checkpoint's frozen-encoder record (``training.train.encoder_record``), None for a
-    model that reads pixels."""
+    """The checkpoint's pretrained-encoder record (``training.train.encoder_record``) with its
+    mode under ``"image_encoder"`` (``frozen`` or ``finetune``), None for a model whose image
+    branch was trained from scratch."""
     import torch
 
-    return torch.load(checkpoint, map_location="cpu", weights_only=True).get("encoder")
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    encoder = ckpt.get("encoder")
+    return None if encoder is None else {**encoder, "image_encoder": ckpt.get("image_encoder", "frozen")}
 
 
 def encoder_tags(encoder: dict | None) -> dict[str, str]:
-    """Run tags of a frozen encoder (the version description shows them): ``image_encoder`` and, when frozen,
-    ``encoder_id``, ``encoder_arch``, ``encoder_image_size``, ``encoder_weights_source``,
-    ``encoder_weights_licence``, ``encoder_weights_sha256``."""
+    """Run tags of a pretrained encoder (the version description shows them): ``image_encoder``
+    (``scratch``, ``frozen`` or ``finetune``) and, for a pretrained one, ``encoder_id``,
+    ``encoder_arch``, ``encoder_image_size``, ``encoder_weights_source``,
+    ``encoder_weights_licence``, ``encoder_weights_sha256`` (the weights it started from)."""
     if encoder is None:
         return {"image_encoder": "scratch"}
     w = encoder["weights"]
-    return {"image_encoder": "frozen", "encoder_id": encoder["id"], "encoder_arch": encoder["spec"]["arch"],
+    return {"image_encoder": encoder.get("image_encoder", "frozen"), "encoder_id": encoder["id"], "encoder_arch": encoder["spec"]["arch"],
             "encoder_image_size": str(encoder["spec"]["image_size"]),
             "encoder_weights_source": w["source"], "encoder_weights_licence": w["licence"],
             "encoder_weights_sha256": w["sha256"]}

@@ -123,3 +123,6 @@ def test_evaluation_and_serving_decode_at_the_encoder_size_with_its_normalisatio
     assert ((out["probability"] > 0) & (out["probability"] <= 1)).all()
     served = model.unwrap_python_model().loaded
     assert served.image_mode == "finetune" and served.norm == loaded.norm
+    run_tags = mlflow.MlflowClient().get_run(registered.run_id).data.tags
+    assert run_tags["image_encoder"] == "finetune"  # not the frozen mode's tag
+    assert run_tags["encoder_weights_licence"] == "Apache-2.0"
