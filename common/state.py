@@ -9,7 +9,7 @@ variable, else ``<project>/.state``::
       dvc-remote/              default DVC remote
       feed/                    default local feed: <feed>/<batch_id>/ (see README, "Feed layout")
       staging/<batch_id>/      raw copy of each ingested batch, kept unchanged
-      manifest.json            ingested batches, keyed by batch id
+      manifest.d/              ingested batches, one JSON entry per batch id (a legacy manifest.json is split on first read)
       quarantine/<batch_id>/   rejected rows and the validation report of a batch
       gx/                      Great Expectations project (suites, results, Data Docs)
       workspace/               git + DVC repository where the pipeline runs:

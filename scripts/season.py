@@ -60,8 +60,9 @@ def main() -> int:
     args = parser.parse_args()
     started = time.time()
     state = State.from_env().ensure()
-    if (state.manifest.exists() and state.manifest.read_text().strip() not in ("", "{}")) or \
-            any(Path(state.feed_url).glob("*-*")):
+    from ingestion.manifest import read_manifest
+
+    if read_manifest(state.manifest) or any(Path(state.feed_url).glob("*-*")):
         print(f"the state folder {state.root} already holds batches: a season starts from an empty "
               "one (make clean-state, or make season STATE=<new folder>)")
         return 2
