@@ -210,7 +210,7 @@ def test_categories_too_rare_to_judge_are_named_in_one_line_not_warned_by_number
 
     rng = np.random.default_rng(1)
     true = np.concatenate([rng.integers(0, 3, size=120), [3]])  # one watch: too few to judge
-    with caplog.at_level(logging.INFO, logger="monitoring.label_issues"):
+    with caplog.at_level(logging.INFO, logger="common.label_issues"):
         find_label_issues([f"L{i}" for i in range(len(true))], ["t"] * len(true),
                           [CLASSES[t] for t in true], _probs(true, rng), CLASSES)
     assert not [w for w in recwarn if "May not flag all label issues" in str(w.message)]
