@@ -21,6 +21,9 @@ from promotion.gate import PerListing
 from promotion.lineage import LINEAGE_ARTIFACT
 from promotion.registry import DESCRIPTION_CHARS
 
+AIRFLOW_UI_ENV = "LCP_AIRFLOW_UI_URL"
+"""The Airflow UI's public base URL, when the api-server's own settings do not give it."""
+
 
 def airflow_ui_url() -> str:
     """Base URL of the Airflow UI a reviewer opens, for the links of a version description (read in
@@ -36,8 +39,8 @@ def airflow_ui_url() -> str:
     import sys
 
     env = os.environ
-    if env.get("LCP_AIRFLOW_UI_URL"):
-        return env["LCP_AIRFLOW_UI_URL"].rstrip("/")
+    if env.get(AIRFLOW_UI_ENV):
+        return env[AIRFLOW_UI_ENV].rstrip("/")
     conf = getattr(sys.modules.get("airflow.configuration"), "conf", None)  # loaded in a task: cheap
     base = env.get("AIRFLOW__API__BASE_URL") or (conf.get("api", "base_url", fallback="") if conf else "")
     if base:
