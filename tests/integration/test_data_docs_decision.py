@@ -10,7 +10,6 @@ import re
 import shutil
 import sys
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +19,7 @@ from common.catalog import PATH_SEP, load_catalog
 from common.params import ValidateParams
 from common.results import BatchReport
 from tests.conftest import PROJECT_ROOT
+from tests.html_page import Page, parse_html
 from validation.validate import validate_batch
 
 pytestmark = pytest.mark.integration
@@ -30,40 +30,8 @@ LEVELS = ["masterCategory", "subCategory", "articleType"]
 N = 10
 
 
-class _Page(HTMLParser):
-    """A page's elements (tag, attributes), its visible text and the bodies of its scripts."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.elements: list[tuple[str, dict]] = []
-        self.text: list[str] = []
-        self.scripts: list[str] = []
-        self._script = False
-
-    def handle_starttag(self, tag, attrs) -> None:
-        self.elements.append((tag, dict(attrs)))
-        self._script = tag == "script"
-        if self._script:
-            self.scripts.append("")
-
-    def handle_endtag(self, tag) -> None:
-        self._script = self._script and tag != "script"
-
-    def handle_data(self, data) -> None:
-        if self._script:
-            self.scripts[-1] += data
-        else:
-            self.text.append(data)
-
-    def visible(self) -> str:
-        return " ".join(" ".join(self.text).split())
-
-
-def parse(html: str) -> _Page:
-    page = _Page()
-    page.feed(html)
-    page.close()
-    return page
+def parse(html: str) -> Page:
+    return parse_html(html)
 
 
 def _first_text(html: str) -> str:

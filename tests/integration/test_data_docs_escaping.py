@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +13,7 @@ import pytest
 
 from common.catalog import PATH_SEP, load_catalog
 from common.params import ValidateParams
+from tests.html_page import Page, parse_html
 from validation.validate import validate_batch
 
 pytestmark = pytest.mark.integration
@@ -29,37 +29,8 @@ BATCH_ID = "b0002<svg onload=alert(1)>"
 PAYLOADS = (SCRIPT_TITLE, SVG_ID, IMG_CATEGORY, RELABEL_TYPE, BATCH_ID)
 
 
-class _Page(HTMLParser):
-    """Elements (tag, attributes) of a page, its visible text, and the bodies of its scripts."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.elements: list[tuple[str, dict]] = []
-        self.text: list[str] = []
-        self.scripts: list[str] = []
-        self._script = False
-
-    def handle_starttag(self, tag, attrs) -> None:
-        self.elements.append((tag, dict(attrs)))
-        self._script = tag == "script"
-        if self._script:
-            self.scripts.append("")
-
-    def handle_endtag(self, tag) -> None:
-        self._script = self._script and tag != "script"
-
-    def handle_data(self, data) -> None:
-        if self._script:
-            self.scripts[-1] += data
-        else:
-            self.text.append(data)
-
-
-def parse(path: Path) -> _Page:
-    page = _Page()
-    page.feed(path.read_text(encoding="utf-8"))
-    page.close()
-    return page
+def parse(path: Path) -> Page:
+    return parse_html(path.read_text(encoding="utf-8"))
 
 
 @dataclass
