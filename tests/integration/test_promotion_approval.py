@@ -244,8 +244,10 @@ def reviewed(tmp_path_factory, fashion_dir, airflow_db):
         client = _client(state)
         after_reject = {"aliases": _aliases(state), "versions": {str(v.version): dict(v.tags) for v in listed},
                         "run_tags": {str(v.version): client.get_run(v.run_id).data.tags for v in listed},
+                        # the golden revision is a run tag (the version keeps the reviewer's tags)
                         "decisions": {str(v.version): json.loads(mlflow.artifacts.load_text(
-                            f"runs:/{v.run_id}/comparison/{v.tags['golden_rev']}/decision.json")) for v in listed},
+                            f"runs:/{v.run_id}/comparison/{client.get_run(v.run_id).data.tags['golden_rev']}"
+                            "/decision.json")) for v in listed},
                         "descriptions": {str(v.version): v.description or "" for v in listed}}
         approved = _run_with_review(server, "Approve", {"require_approval": True, "epochs": 3})
         print(f"[approval] rejected run {rejected['seconds']:.0f}s, approved run {approved['seconds']:.0f}s")
