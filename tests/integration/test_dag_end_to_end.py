@@ -88,7 +88,9 @@ def run_dag(logical_date: datetime, conf: dict | None = None):
 def pipeline(tmp_path_factory, fashion_dir, airflow_db):
     root = tmp_path_factory.mktemp("e2e")
     state = State(root / "state").ensure()
-    with dag_test_env(state, small_params(root / "params.yaml")):
+    # floor 0: a first model on ~180 listings can land under a 5% accuracy floor (2.9% seen: 1 of
+    # 34 golden listings), and these tests are about the runs, not the model's quality
+    with dag_test_env(state, small_params(root / "params.yaml", floor=0.0)):
         publish(fashion_dir, Path(state.feed_url), weeks=2, catalog=load_catalog("catalogs/fashion.yaml"),
                 start=WEEK1.date(), limit=360)
         bad = mutate_batch(Path(state.feed_url) / BATCH2)
@@ -248,7 +250,7 @@ def test_a_worse_challenger_is_rejected_and_the_champion_stays(pipeline):
     assert decision.candidate_score < decision.champion_score
     assert client.get_model_version_by_alias("listing-classifier", "champion").version == champion_before
     tags = client.get_model_version("listing-classifier", registered.version).tags
-    assert tags["golden_rev"] == data.golden_rev
+    assert client.get_run(registered.run_id).data.tags["golden_rev"] == data.golden_rev  # on the run
     assert tags["decision"] == "rejected" and tags["reason"]
     assert float(tags["delta"]) < 0
 
