@@ -18,6 +18,8 @@ Commands::
 
     .venv/bin/python benchmarks/classifier_modes.py --workspace <state>/workspace \\
         --modes scratch frozen --seeds 1 2 3 --json out.json
+    .venv/bin/python benchmarks/classifier_modes.py --workspace <state>/workspace \
+        --branches image --modes scratch frozen --seeds 1 2 3
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def _workspace_copy(source: Path, target: Path, cache: Path) -> None:
     (target / "models" / "init" / "init.json").write_text(json.dumps({"init": "scratch"}))
 
 
-def run_mode(source: Path, mode: str, seed: int, cache: Path) -> dict:
+def run_mode(source: Path, mode: str, seed: int, cache: Path, branches: str | None = None) -> dict:
     """Embeds (frozen), trains and evaluates one configuration in a scratch workspace.
 
     Returns:
@@ -64,7 +66,8 @@ def run_mode(source: Path, mode: str, seed: int, cache: Path) -> dict:
     from training.train import train
 
     params = load_params(source / "params.yaml").with_overrides(
-        {"train": {"image_encoder": mode, "seed": seed, "init": "scratch"}})
+        {"train": {"image_encoder": mode, "seed": seed, "init": "scratch",
+                   **({"branches": branches} if branches else {})}})
     with tempfile.TemporaryDirectory(prefix=f"modes-{mode}-{seed}-") as tmp:
         ws = Path(tmp)
         _workspace_copy(source, ws, cache)
@@ -102,6 +105,9 @@ def main() -> int:
     parser.add_argument("--workspace", type=Path, required=True)
     parser.add_argument("--modes", nargs="+", default=["scratch", "frozen"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--branches", choices=["fused", "image", "text"], default=None,
+                        help="train.branches for every run (default: the workspace's); image: the "
+                             "image-only model (titles unread), as for a catalog without titles")
     parser.add_argument("--cache", type=Path, default=None,
                         help="embedding cache to share (default: the workspace's data/embeddings)")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
@@ -122,7 +128,7 @@ def main() -> int:
     runs = []
     for mode in args.modes:
         for seed in args.seeds:
-            run = run_mode(source, mode, seed, cache)
+            run = run_mode(source, mode, seed, cache, args.branches)
             runs.append(run)
             m = run["metrics"]
             vs_base = accuracy_interval(golden, run["predictions"], baseline["predictions"])
