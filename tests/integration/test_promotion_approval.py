@@ -249,7 +249,8 @@ def reviewed(tmp_path_factory, fashion_dir, airflow_db):
                             f"runs:/{v.run_id}/comparison/{client.get_run(v.run_id).data.tags['golden_rev']}"
                             "/decision.json")) for v in listed},
                         "descriptions": {str(v.version): v.description or "" for v in listed}}
-        approved = _run_with_review(server, "Approve", {"require_approval": True, "epochs": 3})
+        # the same week again, nothing new in the feed: retrained because the form asks for it
+        approved = _run_with_review(server, "Approve", {"require_approval": True, "epochs": 3, "retrain": True})
         print(f"[approval] rejected run {rejected['seconds']:.0f}s, approved run {approved['seconds']:.0f}s")
         yield {"state": state, "rejected": rejected, "after_reject": after_reject, "approved": approved}
     finally:
