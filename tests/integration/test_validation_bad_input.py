@@ -170,7 +170,8 @@ def test_bad_row_quarantined_with_reason(case, tmp_path, source, taxonomy, flipk
     stored = read_store(tmp_path / "store")
     assert bad_id not in set(stored["listing_id"]) and len(stored) == N - 1
     assert _snapshot(batch) == before, "the raw batch must be left unchanged"
-    assert {p.name for p in tmp_path.iterdir()} == {"raw", "store", "quarantine", "gx"}
+    # nothing written outside the store (and its index beside it), quarantine and GX
+    assert {p.name for p in tmp_path.iterdir()} == {"raw", "store", "quarantine", "gx", ".store-index"}
     json.dumps(report)
     if case == "huge_image":
         assert rejected["reasons"].item() == "image_too_large: 20000x20000"
