@@ -71,7 +71,7 @@ BATCH_ID = "b-2026-11-02"
 INGESTED_AT = "2026-11-02T00:00:00+00:00"
 POOL = 16  # real rows per catalog to draw from
 MIN_ROWS, MAX_ROWS = 6, 8
-STATE = ("store", "quarantine", "gx")  # the folders validate_batch may write
+STATE = ("store", ".store-index", "quarantine", "gx")  # the folders validate_batch may write
 
 
 class Source(NamedTuple):
