@@ -427,7 +427,7 @@ def reproduce(state: State, note: str = "") -> ReproduceResult:
         fetch_init(state, load_params(ws / "params.yaml"))
         run_dvc(ws, "add", "-q", INIT)
         out = run_dvc(ws, "repro")
-        print(out[-6000:])
+        log.info("dvc repro:\n%s", out[-6000:])
         rev = commit(ws, f"repro: prepare -> train -> evaluate {note}".strip())
         run_dvc(ws, "push")
     metrics = json.loads((ws / "metrics.json").read_text())

@@ -24,6 +24,7 @@ CLI::
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,8 @@ from common.cli import run_command, step_parser
 from common.params import Params, load_params
 from common.results import StepResult
 from common.state import State
+
+logger = logging.getLogger(__name__)
 
 CANDIDATES_FILE = "candidate_groups.json"
 """In ``<state>/quarantine/``: the latest candidate groups."""
@@ -165,7 +168,7 @@ def candidate_groups(state: State, params: Params, batch_ids: Sequence[str] = ()
     name = params.registry.model_name
     champion = alias_version(client, name, ALIAS_CHAMPION)
     if champion is None:
-        print(f"[monitor] candidate groups: skipped, no champion yet ({len(rows)} held-back "
+        logger.info(f"[monitor] candidate groups: skipped, no champion yet ({len(rows)} held-back "
               "listing(s) wait for a taxonomy change)")
         return CandidateGroupsResult(held_back=len(rows), skipped="no champion yet")
     key = sorted(batch_ids)[-1] if batch_ids else (sorted(read_manifest(state.manifest)) or ["none"])[-1]
@@ -197,7 +200,7 @@ def candidate_groups(state: State, params: Params, batch_ids: Sequence[str] = ()
     artifact = f"{ARTIFACT_DIR}/{key}.json"
     client.log_text(run_id, json.dumps(record, indent=2), artifact)
     shown = "; ".join(f"{g['given_category']!r} x{g['size']} ({g['given_share']:.0%})" for g in groups[:5])
-    print(f"[monitor] candidate groups: {readable.size} held-back listing(s), {len(groups)} group(s)"
+    logger.info(f"[monitor] candidate groups: {readable.size} held-back listing(s), {len(groups)} group(s)"
           + (f": {shown}" if shown else "") + f", {len(rows) - grouped} ungrouped; champion "
           f"v{champion}; {path} (artifact {artifact} on run {run_id})")
     return CandidateGroupsResult(held_back=int(readable.size), grouped=grouped, groups=tuple(groups),

@@ -30,15 +30,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 from typing import ClassVar
 
 from pydantic import Field
 
+from common.cli import configure_logging
 from common.params import Params, load_params
 from common.results import StepResult
 from common.state import State
+
+logger = logging.getLogger(__name__)
 
 MONITORING_TAG = "lcp.monitoring_model"
 """Run tag naming the registered model a monitoring run watches (one run per model)."""
@@ -206,13 +210,14 @@ def score_champion_on_fresh(state: State, params: Params, batch_ids: list[str]) 
         "flagged": len(per_batch[b]), "csv": f, "artifact": f"runs:/{run_id}/label_issues/{b}.csv",
         "champion_version": str(champion)}} for b, f in zip(batches, files, strict=True)})
     client.set_tag(run_id, done_tag, json.dumps(result.to_xcom()))
-    print(f"[monitor] champion v{champion} on {len(fresh)} fresh listings of {', '.join(batches)} "
+    logger.info(f"[monitor] champion v{champion} on {len(fresh)} fresh listings of {', '.join(batches)} "
           f"(week {step}): leaf accuracy {accuracy:.4f}, business-weighted score {score:.4f}, "
           f"{len(issues.issues)} label issue(s) (monitoring run {run_id})")
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     parser = argparse.ArgumentParser(prog="python -m monitoring.fresh_batch", description=__doc__.split("\n")[0])
     parser.add_argument("--batches", nargs="+", required=True)
     parser.add_argument("--params", default=None)

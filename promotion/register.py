@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+from common.cli import configure_logging
 from common.params import PROJECT_ROOT, Params, load_params
 from common.results import DataVersionResult, RegisterResult, ValidateResult
 from common.state import State
@@ -33,6 +35,8 @@ from promotion.registry import (
     mlflow_client,
     set_version_tags,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def model_signature(params: Params):
@@ -259,12 +263,13 @@ def register_challenger(state: State, params: Params, data: DataVersionResult, w
     # the version those a reviewer filters by
     set_version_tags(client, name, version, {**run_tags, "mlflow_run_id": run.info.run_id})
     client.set_registered_model_alias(name, ALIAS_CHALLENGER, version)
-    print(f"[register] {name} version {version} (run {run.info.run_id}) -> alias {ALIAS_CHALLENGER}")
+    logger.info(f"[register] {name} version {version} (run {run.info.run_id}) -> alias {ALIAS_CHALLENGER}")
     return RegisterResult(version=version, run_id=run.info.run_id, model_uri=f"models:/{name}/{version}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI (module docstring); prints the result as JSON and returns 0."""
+    configure_logging()
     from ingestion.versioning import data_version_at
 
     parser = argparse.ArgumentParser(prog="python -m promotion.register", description=__doc__.split("\n")[0])

@@ -16,12 +16,15 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
-from common.cli import run_command
+from common.cli import configure_logging, run_command
 from common.params import Params, load_params
 from common.state import State
 from promotion.registry import ALIAS_CHAMPION, ALIAS_PREVIOUS, alias_version, mlflow_client
+
+logger = logging.getLogger(__name__)
 
 PREVIOUS = "previous-champion"
 
@@ -68,7 +71,7 @@ def rollback(state: State, params: Params, to: str, reason: str = "", actor: str
         except MlflowException as exc:
             raise RollbackError(f"{name} has no version {target}") from exc
     if str(target) == str(current):
-        print(f"[rollback] v{target} is already the champion: nothing to do")
+        logger.info(f"[rollback] v{target} is already the champion: nothing to do")
         return {"champion": current, "previous_champion": alias_version(client, name, ALIAS_PREVIOUS),
                 "moved": False}
     golden = state.golden_dir / "golden.parquet"
@@ -88,11 +91,12 @@ def rollback(state: State, params: Params, to: str, reason: str = "", actor: str
     client.set_model_version_tag(name, target, "rollback_reason", reason or "(none given)")
     client.set_model_version_tag(name, target, "rollback_by", actor)
     client.set_registered_model_alias(name, ALIAS_CHAMPION, target)
-    print(f"[rollback] champion -> v{target} (was v{current}); reason: {reason or '(none given)'}")
+    logger.info(f"[rollback] champion -> v{target} (was v{current}); reason: {reason or '(none given)'}")
     return {"champion": str(target), "previous_champion": current, "moved": True}
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     parser = argparse.ArgumentParser(prog="python -m promotion.rollback", description=__doc__.split("\n")[0])
     parser.add_argument("--to", required=True, help="a version number, or previous-champion")
     parser.add_argument("--reason", default="")
