@@ -85,6 +85,5 @@ def decide_retrain(state: State, params: Params, validated: ValidateResult, data
 def _registered(state: State, model_name: str) -> bool:
     from promotion.registry import mlflow_client
 
-    client = mlflow_client(state)
-    return bool(client.search_registered_models(filter_string=f"name = '{model_name}'")) and bool(
-        client.search_model_versions(f"name = '{model_name}'", max_results=1))
+    # the search lists only what exists: no model (or no version) is an empty list, not an error
+    return bool(mlflow_client(state).search_model_versions(f"name = '{model_name}'", max_results=1))

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.batches import batch_date
+from common.batches import date_key
 from common.catalog import Catalog, load_catalog
 from common.cli import run_command, step_parser
 from common.csv_safe import read_safe_csv
@@ -261,9 +261,8 @@ def _stored_is_newer(rows: pd.DataFrame, origin: str, latest: pd.DataFrame) -> n
     Returns:
         bool ``(len(rows),)``.
     """
-    def key(batch_id: object, ingested_at: pd.Timestamp) -> tuple:
-        when = batch_date(str(batch_id))
-        return (when.isoformat() if when else "", ingested_at, str(batch_id))
+    def key(batch_id: object, ingested_at: pd.Timestamp) -> tuple:  # version_order's keys
+        return (date_key(batch_id), ingested_at, str(batch_id))
 
     stored = latest.reindex(rows["listing_id"])
     oldest = pd.Timestamp.min.tz_localize("UTC")
