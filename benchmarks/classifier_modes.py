@@ -17,7 +17,7 @@ against ``scratch``, the paired bootstrap 95% interval of the leaf-accuracy diff
 Commands::
 
     .venv/bin/python benchmarks/classifier_modes.py --workspace <state>/workspace \\
-        --modes scratch frozen --seeds 1 2 3 --json out.json
+        --modes scratch frozen --seeds 1 2 3 --json out.json [--set train.epochs=20]
     .venv/bin/python benchmarks/classifier_modes.py --workspace <state>/workspace \
         --branches image --modes scratch frozen --seeds 1 2 3
 """
@@ -51,7 +51,23 @@ def _workspace_copy(source: Path, target: Path, cache: Path) -> None:
     (target / "models" / "init" / "init.json").write_text(json.dumps({"init": "scratch"}))
 
 
-def run_mode(source: Path, mode: str, seed: int, cache: Path, branches: str | None = None) -> dict:
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["train.epochs=20", "train.sampling=balanced"]`` -> ``{"train": {"epochs": 20, ...}}``
+    (values read as YAML, so numbers and lists keep their types)."""
+    import yaml
+
+    overrides: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or "." not in key:
+            raise SystemExit(f"--set wants group.key=value, got {pair!r}")
+        group, name = key.split(".", 1)
+        overrides.setdefault(group, {})[name] = yaml.safe_load(value)
+    return overrides
+
+
+def run_mode(source: Path, mode: str, seed: int, cache: Path, branches: str | None = None,
+             overrides: dict | None = None) -> dict:
     """Embeds (frozen), trains and evaluates one configuration in a scratch workspace.
 
     Returns:
@@ -65,9 +81,10 @@ def run_mode(source: Path, mode: str, seed: int, cache: Path, branches: str | No
     from training.evaluate import PREDICTIONS, evaluate
     from training.train import train
 
+    overrides = overrides or {}
     params = load_params(source / "params.yaml").with_overrides(
-        {"train": {"image_encoder": mode, "seed": seed, "init": "scratch",
-                   **({"branches": branches} if branches else {})}})
+        {**overrides, "train": {**overrides.get("train", {}), "image_encoder": mode, "seed": seed,
+                                "init": "scratch", **({"branches": branches} if branches else {})}})
     with tempfile.TemporaryDirectory(prefix=f"modes-{mode}-{seed}-") as tmp:
         ws = Path(tmp)
         _workspace_copy(source, ws, cache)
@@ -110,6 +127,8 @@ def main() -> int:
                              "image-only model (titles unread), as for a catalog without titles")
     parser.add_argument("--cache", type=Path, default=None,
                         help="embedding cache to share (default: the workspace's data/embeddings)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="GROUP.KEY=VALUE",
+                        help="params overrides for every run, e.g. train.epochs=20 train.sampling=balanced")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = parser.parse_args()
     source = args.workspace.resolve()
@@ -128,7 +147,7 @@ def main() -> int:
     runs = []
     for mode in args.modes:
         for seed in args.seeds:
-            run = run_mode(source, mode, seed, cache, args.branches)
+            run = run_mode(source, mode, seed, cache, args.branches, parse_overrides(args.set))
             runs.append(run)
             m = run["metrics"]
             vs_base = accuracy_interval(golden, run["predictions"], baseline["predictions"])

@@ -164,7 +164,8 @@ def listing_classifier_retraining():
             ReproduceResult.from_xcom(trained).workspace_commit, dag.dag_id, run_id,
             validation=ValidateResult.from_xcom(validated)).to_xcom()
 
-    @task
+    # the decision is logged first by gate_challenger; the whole result is in XCom, not the log
+    @task(show_return_value_in_logs=False)
     def gate(registered: dict, data: dict, params=None) -> dict:
         from common.params import run_params
         from common.results import DataVersionResult, RegisterResult

@@ -279,6 +279,11 @@ def gate_challenger(state: State, params: Params, version: str, golden_rev: str)
     verdict, serving_check = decision.to_dict(), None
     if decision.promote:
         verdict, serving_check = _serving_check(state, client, name, version, golden, verdict)
+    # the decision is the first line of ours a reviewer reads in the task log
+    log.info("[gate] %s v%s (champion v%s): %s | challenger score=%.4f champion score=%s delta=%s "
+             "interval=%s", verdict["decision"], version, scored.champion_version, verdict["reason"],
+             decision.candidate_score, verdict.get("champion_score"), verdict.get("delta"),
+             list(verdict["interval"]) if verdict.get("interval") else None)
     mv = client.get_model_version(name, version)
     suspects = _golden_label_issues(client, name, scored.champion_version or str(version), golden,
                                     golden_rev, mv.run_id)
@@ -290,9 +295,6 @@ def gate_challenger(state: State, params: Params, version: str, golden_rev: str)
         leaves_without_golden=leaves_without_golden(state, golden), golden_label_issues=suspects,
         experiment_id=client.get_run(mv.run_id).info.experiment_id if mv.run_id else None)
     _record(client, params, name, mv, result, scored)
-    log.info("[gate] challenger v%s score=%.4f champion v%s score=%s delta=%s interval=%s -> %s: %s",
-             version, decision.candidate_score, scored.champion_version, result.champion_score, result.delta,
-             list(result.interval) if result.interval else None, result.decision, result.reason)
     return result
 
 

@@ -28,6 +28,7 @@ one promise on those records.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -116,6 +117,26 @@ def aliases(client) -> dict[str, str | None]:
     return {a: alias_version(client, NAME, a) for a in ALIASES}
 
 
+@contextmanager
+def captured_records():
+    """The log records (INFO and up, every logger) emitted inside the block, in order."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    root, handler = logging.getLogger(), Keep(logging.INFO)
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO) if level else logging.INFO)
+    try:
+        yield records
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
 @pytest.fixture(scope="module")
 def flow(tiny_trained, tmp_path_factory):
     """Runs the module docstring's steps; returns what each returned or raised, and the aliases."""
@@ -164,7 +185,8 @@ def flow(tiny_trained, tmp_path_factory):
     with timed(t, "strong: register, gate"):
         strong = register_challenger(state, strong_params, data, strong_commit, "test_dag", "strong")
         out["strong"] = strong.version
-        out["strong_gate"] = gate_challenger(state, strong_params, strong.version, golden_rev)
+        with captured_records() as out["strong_gate_log"]:
+            out["strong_gate"] = gate_challenger(state, strong_params, strong.version, golden_rev)
     client.set_registered_model_alias(NAME, "champion", broken.version)  # someone else's move
     try:
         promote(state, strong_params, out["strong_gate"])
@@ -269,3 +291,14 @@ def test_rollback_refuses_a_target_failing_the_serving_check(flow):
     client = client_for(flow["state"])
     assert not {"rollback_from", "rollback_reason", "rollback_by"} & set(client.get_model_version(NAME, weak).tags)
     assert "rolled_back_to" not in client.get_model_version(NAME, strong).tags
+
+
+def test_the_gate_logs_its_decision_before_anything_else_of_ours(flow):
+    """A reviewer opens the gate's task log: the first line of the platform's own loggers is the
+    decision (promoted, the version, the reason), before the golden label issues and the record."""
+    ours = [r for r in flow["strong_gate_log"]
+            if r.name.split(".")[0] in {"promotion", "training", "common", "monitoring", "ingestion"}]
+    assert ours, [r.getMessage() for r in flow["strong_gate_log"]]
+    first = ours[0].getMessage()
+    assert first.startswith(f"[gate] {flow['strong_gate'].decision} v{flow['strong']} "), first
+    assert flow["strong_gate"].reason in first
