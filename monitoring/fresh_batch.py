@@ -173,8 +173,11 @@ def score_champion_on_fresh(state: State, params: Params, batch_ids: list[str]) 
 
     images = [str(image_path(state.listings_store, k)) for k in fresh["image_key"]]
     try:
+        # a frozen-encoder champion embeds the fresh images into the workspace's cache, under the
+        # newest batch's name: the embed stage of this run reuses them (each image embedded once)
         predicted, probs, classes = version_probabilities(name, champion, fresh, images,
-                                                          embeddings_dir=state.workspace / "data" / "embeddings")
+                                                          embeddings_dir=state.workspace / "data" / "embeddings",
+                                                          cache_as=batches[-1])
     except RuntimeError as exc:
         raise RuntimeError(f"the champion (version {champion}) cannot be loaded: {exc.__cause__ or exc}") from exc
     truth = fresh["category_path"].astype(str).tolist()

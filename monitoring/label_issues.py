@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 def version_probabilities(model_name: str, version: str, listings: pd.DataFrame,
                           images: Sequence[str], embeddings_dir: Path | None = None,
-                          ) -> tuple[list[str], np.ndarray, list[str]]:
+                          cache_as: str | None = None) -> tuple[list[str], np.ndarray, list[str]]:
     """A registered version's predictions and class probabilities on listings.
 
     The pyfunc serves only the top class's probability; confident learning needs them all, so
@@ -62,6 +62,9 @@ def version_probabilities(model_name: str, version: str, listings: pd.DataFrame,
         embeddings_dir: a frozen-encoder model's embedding cache root (the state's
             ``workspace/data/embeddings``): images embedded there before are not embedded again;
             None: :func:`training.inference.default_embeddings_dir`.
+        cache_as: a store partition (batch id) under which the images embedded now are added to
+            that cache (``LoadedClassifier.keep_embeddings_as``), so the embed stage does not
+            embed them again; None: the cache is only read.
 
     Returns:
         ``(predicted, probs, classes)``: N top-1 category paths, float32 ``(N, C)`` probabilities,
@@ -78,6 +81,7 @@ def version_probabilities(model_name: str, version: str, listings: pd.DataFrame,
     try:
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}"))
         loaded = load_checkpoint(next(local.rglob("model.pt")), embeddings_dir=embeddings_dir)
+        loaded.keep_embeddings_as = cache_as
     except Exception as exc:  # any failure to fetch or load the version
         raise RuntimeError(f"version {version} of {model_name} cannot be loaded: {exc}") from exc
     predicted, probs = predict_paths(loaded, listings, list(images))

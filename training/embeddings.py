@@ -10,7 +10,10 @@ sha256, preprocessing). Layout, in the DVC workspace::
 
 One file per store partition (``common.store``), holding the images of that batch that no earlier
 file held: a week embeds only its new images, and the files of earlier weeks are never rewritten
-(a partition replaced later with new images gets a second file, ``<batch_id>+1.npz``). The folder
+(a partition replaced later with new images gets a second file, ``<batch_id>+1.npz``). The
+monitor, which scores a frozen-encoder champion on a new batch before this stage runs, writes the
+embeddings it computed as that batch's file (``training.inference.LoadedClassifier.keep_embeddings_as``),
+and this stage then embeds only the batch's images the monitor did not score. The folder
 is the ``embed`` stage's output with ``persist: true`` (DVC keeps it between runs instead of
 deleting it before the stage runs), so DVC versions the embeddings with the data and its cache
 stores each file once. ``reports/embed_log.json`` says how many images were embedded now and how

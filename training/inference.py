@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,8 @@ from training.embeddings import EMBEDDINGS, EmbeddingCache, read_image
 from training.model import ListingClassifier, build_model
 from training.presets import IMAGENET, EvalPreset, Normalization, load_image
 from training.text import encode_listings
+
+log = logging.getLogger(__name__)
 
 
 class ListingImageError(ValueError):
@@ -86,6 +89,10 @@ class LoadedClassifier:
     model's artifact); its sha256 must be the recorded one."""
     embeddings: EmbeddingCache | None = None
     """Where embeddings of stored images are looked up before embedding (None: embed all)."""
+    keep_embeddings_as: str | None = None
+    """A store partition (batch id): images embedded by :func:`image_embeddings` that
+    :attr:`embeddings` lacked are added to it as that batch's file, so that the embed stage reuses
+    them (the monitor scores a new batch before the embed stage runs). None: nothing is written."""
     image_mode: str = "scratch"
     """The checkpoint's ``image_encoder``: ``scratch``, ``frozen`` or ``finetune``."""
     norm: Normalization = IMAGENET
@@ -259,7 +266,8 @@ def image_embeddings(loaded: LoadedClassifier, images: Sequence[str | Path | byt
 
     Each image's bytes are hashed (SHA-256); an image the cache (:attr:`LoadedClassifier.embeddings`)
     holds is not embedded again, the others are read by :func:`training.embeddings.read_image` and
-    embedded by the recorded encoder (the embed stage's path).
+    embedded by the recorded encoder (the embed stage's path), and added to the cache when
+    :attr:`LoadedClassifier.keep_embeddings_as` names a batch.
 
     Raises:
         ListingImageError: (a ValueError, with the row) an image is missing or unreadable.
@@ -282,6 +290,13 @@ def image_embeddings(loaded: LoadedClassifier, images: Sequence[str | Path | byt
             except (OSError, ValueError) as exc:
                 raise ListingImageError(f"cannot read its image: {exc}", i) from exc
         out[missing] = embed(encoder, pictures, batch_size=batch_size, device=loaded.device)
+        if loaded.embeddings is not None and loaded.keep_embeddings_as:
+            first = {}
+            for i in missing:  # an image listed twice is cached once
+                first.setdefault(shas[i], i)
+            rows = list(first.values())
+            path = loaded.embeddings.add(loaded.keep_embeddings_as, [shas[i] for i in rows], out[rows])
+            log.info("cached the embeddings of %d new images as %s", len(rows), path.name)
     return out
 
 

@@ -1,8 +1,9 @@
 """The retraining DAG end to end with ``train.image_encoder: frozen``: two weekly ``dag.test()``
 runs (real Airflow, GX, DVC, torch, MLflow, the real EfficientNet-Lite0 weights at 96 px) on a
 couple of hundred real listings. Week 1 embeds the images of its batch, trains on the embeddings,
-registers and promotes; week 2 embeds only its own batch's images, and the monitor and the gate
-score the champion through the shipped encoder with the workspace's cache.
+registers and promotes; in week 2 the monitor scores the champion on the new batch through the
+shipped encoder and caches those images' embeddings, the embed stage embeds only the rest, and the
+gate scores from the workspace's cache: each image is embedded once.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from common.catalog import load_catalog
@@ -53,7 +55,17 @@ def test_two_frozen_weeks_run_and_embed_each_image_once(frozen_pipeline):
     first = store["batch_id"].min()
     n1 = store[store["batch_id"] == first]["image_sha256"].nunique()
     assert embed1["embedded"] == n1 and embed1["reused"] == 0
-    assert embed2["embedded"] == store["image_sha256"].nunique() - n1 and embed2["reused"] == n1
+    # week 2: the monitor scored the champion on the new batch first and cached the embeddings of
+    # its images under the batch's name; the embed stage embedded only what the monitor had not
+    second = store["batch_id"].max()
+    folder = state.workspace / "data" / "embeddings" / embed2["encoder_id"]
+    with np.load(folder / f"{second}.npz") as data:
+        by_monitor = len(data["image_sha256"])
+    assert by_monitor > 0 and f"{second}.npz" not in embed2["files_written"]
+    assert embed2["embedded"] + by_monitor == store["image_sha256"].nunique() - n1
+    assert embed2["reused"] == store["image_sha256"].nunique() - embed2["embedded"]
+    cached = np.concatenate([np.load(f)["image_sha256"] for f in sorted(folder.glob("*.npz"))])
+    assert len(cached) == len(set(cached.tolist())) == store["image_sha256"].nunique()  # each image once
     log = json.loads((state.workspace / "models" / "train_log.json").read_text())
     assert log["image_encoder"] == "frozen" and log["images_embedded"] == embed2["embedded"]
 
