@@ -112,6 +112,22 @@ def wait_for_dags(timeout_s: float = 300) -> None:
     raise TimeoutError(f"the dag-processor did not parse {DAG_ID} within {timeout_s:.0f} s")
 
 
+def wait_for_api(port: int, timeout_s: float = 300) -> None:
+    """Waits until the api-server answers its health check (``/api/v2/monitor/health``): a task
+    started before would fail its first try with "Connection refused" (its log then not found)."""
+    import urllib.request
+
+    url = f"http://localhost:{port}/api/v2/monitor/health"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=3):
+                return
+        except OSError:
+            time.sleep(2)
+    raise TimeoutError(f"the api-server did not answer {url} within {timeout_s:.0f} s")
+
+
 def weekly_runs(weeks_wanted: int, timeout_s: float) -> list[dict]:
     """Polls the backfill's DAG runs (``monitoring.season.dag_runs``, read from the metadata DB
     in this process) until each has ended; prints each as it ends."""
@@ -219,6 +235,7 @@ def run_weeks(data: Path, weeks: int, start: date, order: str = "hash", limit: i
     try:
         os.environ.update(airflow_env(port))
         wait_for_dags()
+        wait_for_api(port)  # no run starts (unpause, backfill) before the api-server answers
         for dag_id in (DAG_ID, ROLLBACK_DAG_ID):
             airflow("dags", "unpause", dag_id, log=logs / "airflow-unpause.log")
         # one weekly data interval per batch: the scheduler's logical dates, not ours

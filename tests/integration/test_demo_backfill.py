@@ -86,3 +86,44 @@ def test_any_other_backfill_failure_is_returned_at_once(own_airflow, tmp_path, c
     assert code != 0
     assert "attempt" not in capsys.readouterr().out
     assert _backfill_runs(own_airflow) == 2
+
+
+def test_the_demo_waits_for_the_api_server_before_any_run_starts():
+    """``wait_for_api`` returns only once the health endpoint answers (here a real HTTP server
+    started 3 s late on the port), and names the URL when nothing answers in time."""
+    import http.server
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the stdlib's name)
+            self.send_response(200 if self.path == "/api/v2/monitor/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    servers = []
+
+    def serve_late():
+        time.sleep(3)
+        server = http.server.HTTPServer(("127.0.0.1", port), Health)
+        servers.append(server)
+        server.serve_forever()
+
+    threading.Thread(target=serve_late, daemon=True).start()
+    start = time.monotonic()
+    try:
+        demo.wait_for_api(port, timeout_s=60)
+        waited = time.monotonic() - start
+    finally:
+        while not servers:
+            time.sleep(0.1)
+        servers[0].shutdown()
+    assert waited >= 2.5  # it did not go on before the server answered
+
+    with pytest.raises(TimeoutError, match=f"localhost:{port}/api/v2/monitor/health"):
+        demo.wait_for_api(port, timeout_s=1)
