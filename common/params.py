@@ -225,6 +225,12 @@ class TrainParams(_Frozen):
     image_proj_dim: int = Field(
         256, ge=8, description="frozen: width of the image branch (LayerNorm, dropout, Linear, GELU "
                                "on the encoder's embedding).")
+    title_expert: bool = Field(
+        True, description="After training, fit a linear TF-IDF title model (the evaluate stage's "
+                          "baseline: word 1-2 and char 2-5 grams, linear SVM) on the training "
+                          "titles and join it to the heads' leaf scores as a weighted product of "
+                          "experts, its temperature and weight chosen on validation (weight 0: "
+                          "off); training.title_expert. No effect without titles or with branches image.")
 
 
 _EXAMPLE_VALUE_TABLE = {

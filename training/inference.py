@@ -51,6 +51,7 @@ from training.embeddings import EMBEDDINGS, EmbeddingCache, read_image
 from training.model import ListingClassifier, build_model
 from training.presets import IMAGENET, EvalPreset, Normalization, load_image
 from training.text import encode_listings
+from training.title_expert import TITLE_EXPERT_KEY, TitleExpert
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,9 @@ class LoadedClassifier:
     """The checkpoint's ``image_encoder``: ``scratch``, ``frozen`` or ``finetune``."""
     norm: Normalization = IMAGENET
     """The pixels' normalisation (a fine-tuned encoder's own, else ImageNet's)."""
+    title_expert: TitleExpert | None = None
+    """The checkpoint's linear title model joined to the heads' scores (``training.title_expert``);
+    None: the heads alone."""
     _encoder: object | None = None
 
     @property
@@ -183,10 +187,16 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     if mode == "frozen":
         root = embeddings_dir if embeddings_dir is not None else default_embeddings_dir()
         cache = None if root is None else EmbeddingCache(root, encoder["id"])
-    return LoadedClassifier(model, list(ckpt["labels"]), int(ckpt["image_size"]), train_params,
+    labels = list(ckpt["labels"])
+    expert = None
+    if ckpt.get(TITLE_EXPERT_KEY):
+        expert = TitleExpert.from_entry(ckpt[TITLE_EXPERT_KEY])
+        if expert.labels != labels:
+            raise ValueError("the checkpoint's title expert was fitted on other categories than its heads")
+    return LoadedClassifier(model, labels, int(ckpt["image_size"]), train_params,
                             device, bool(ckpt.get("pretrained", False)), ckpt.get("calibration"),
                             encoder, None if encoder_weights is None else Path(encoder_weights), cache,
-                            image_mode=mode, norm=checkpoint_normalization(ckpt))
+                            image_mode=mode, norm=checkpoint_normalization(ckpt), title_expert=expert)
 
 
 def image_mode(ckpt: dict) -> str:
@@ -376,7 +386,8 @@ def leaf_log_probs(
 
     Returns:
         float32 ``(N, C)`` leaf log-probabilities over ``loaded.labels``: the level heads
-        combined by ``ListingClassifier.leaf_log_probs``, then ``log_softmax(. / T)``.
+        combined by ``ListingClassifier.leaf_log_probs``, joined to the checkpoint's title expert
+        when it has one (:attr:`LoadedClassifier.title_expert`), then ``log_softmax(. / T)``.
 
     Raises:
         ValueError: when the lengths differ, an array has another image size, images are
@@ -411,6 +422,8 @@ def leaf_log_probs(
     log_probs = np.zeros((n, len(loaded.labels)), dtype=np.float32)
     decoded = (_decoded_batches(images, loaded.image_size, batch_size)
                if needs_images and not is_array else None)
+    expert = (torch.from_numpy(loaded.title_expert.log_probs(listings["title"].tolist()))
+              if loaded.title_expert is not None else None)
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
@@ -423,6 +436,8 @@ def leaf_log_probs(
             inputs = encode_listings(listings.iloc[start:stop], loaded.train_params)
             level_logits = model(x, *(t.to(loaded.device) for t in inputs))
             leaf = model.leaf_log_probs(level_logits)
+            if expert is not None:  # the product of experts (training.title_expert)
+                leaf = torch.log_softmax(leaf + expert[start:stop].to(leaf.device), dim=1)
             if t != 1.0:  # softmax(log p / T) == softmax(score / T): the leaf scores, scaled
                 leaf = torch.log_softmax(leaf / t, dim=1)
             log_probs[start:stop] = leaf.cpu().numpy()

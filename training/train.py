@@ -49,7 +49,11 @@ checked when the params are read) normalised with the weights' own mean and std,
 Progress (the start line, each epoch, early stopping, warm start, precision probe) is logged
 through ``logging`` (``training.train`` and ``training.utils`` loggers); the CLI sends it to stdout.
 
-Calibration: after the last epoch, rank 0 fits a temperature and the auto-categorisation
+Title expert: after the last epoch, with ``train.title_expert`` (the default), rank 0 fits the
+linear TF-IDF title model of ``training.title_expert`` on the training titles and stores it in the
+checkpoint; every prediction then joins it to the heads' leaf scores.
+
+Calibration: after the title expert, rank 0 fits a temperature and the auto-categorisation
 threshold at ``score.target_precision`` on the val split for the kept weights
 (``training.calibration``) and stores them in the checkpoint, so that the served probability
 is the calibrated one.
@@ -388,7 +392,8 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
         nothing was measured), ``pretrained``, ``weights_source``
         (see ``training.backbones.build_backbone``), ``init`` (``"scratch"`` or
         ``"champion:v<N>"``), ``init_reason`` and ``init_heads`` (see
-        :func:`training.warm_start.init_model`), ``num_classes``, ``world_size``, ``calibration``
+        :func:`training.warm_start.init_model`), ``num_classes``, ``world_size``, ``title_expert``
+        (:func:`training.title_expert.fit_title_expert`'s report), ``calibration``
         (the temperature and auto threshold fitted on val and stored in the checkpoint:
         ``training.calibration.calibrate``), the per-epoch ``epochs`` list, and ``epochs_run``
         (the epochs this call trained: fewer than ``epochs`` when it resumed). Empty on ranks
@@ -488,6 +493,8 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
         result = _finish(workspace, data, meta, stopper, progress, device,
                          model.weights_source if branch.encoder is None else branch.encoder["weights"]["source"],
                          start)
+        if params.train.title_expert and params.train.branches != "image":  # an image model reads no title
+            result = _title_expert(workspace, result)
         result = _calibrate(workspace, params, result)
     utils.close_distributed(world_size)
     return result
@@ -529,6 +536,16 @@ def _encoder_log(workspace: Path, meta: RunRecord) -> dict:
             "weights_licence": encoder["weights"]["licence"], "weights_sha256": encoder["weights"]["sha256"],
             "images_embedded": embedded.get("embedded") if same else None,
             "images_reused": embedded.get("reused") if same else None}
+
+
+def _title_expert(workspace: Path, log: dict) -> dict:
+    """Fits the linear title expert of the kept weights (``training.title_expert``), stores it in
+    the checkpoint before calibration, and adds its report to the train log as ``title_expert``."""
+    from training.title_expert import attach_title_expert
+
+    report = attach_title_expert(workspace / CHECKPOINT, workspace / PREPARED)
+    return utils.write_train_log(workspace / TRAIN_LOG, log["epochs"],
+                                 {**{k: v for k, v in log.items() if k != "epochs"}, "title_expert": report})
 
 
 def _calibrate(workspace: Path, params: Params, log: dict) -> dict:
