@@ -15,7 +15,8 @@ values of the linear model. The linear model is the evaluate stage's title basel
 sublinear tf; scikit-learn's ``LinearSVC``, C = 1), fitted on the training split's titles after
 the heads have trained. ``T`` and ``weight`` are chosen on the validation split from a small grid
 (:data:`TEMPERATURES` x :data:`WEIGHTS`, weight 0 included: an expert that does not help on
-validation is dropped) by validation accuracy, ties broken by the lower validation log loss.
+validation is dropped) by validation accuracy, ties broken by the lower validation log loss (to
+4 decimals; a full tie keeps the expert off).
 The checkpoint's calibration (``training.calibration``) is then fitted on the combined scores.
 
 The expert is stored in the checkpoint under :data:`TITLE_EXPERT_KEY` as plain tensors, lists and
@@ -190,7 +191,8 @@ def fit_title_expert(train_titles: Sequence[str | None], train_paths: Sequence[s
             return 0.0, 0.0
         logp = _log_softmax(combined[known])
         acc = float(np.mean(logp.argmax(1) == targets[known]))
-        return acc, float(-np.mean(logp[np.arange(int(known.sum())), targets[known]]))
+        # the log loss to 4 decimals: a difference below that is no reason to switch the expert on
+        return acc, round(float(-np.mean(logp[np.arange(int(known.sum())), targets[known]])), 4)
 
     deep_acc, deep_nll = figures(deep)
     best = (deep_acc, -deep_nll, 1.0, 0.0)
