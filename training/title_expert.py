@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 TITLE_EXPERT_KEY = "title_expert"
 """The checkpoint's entry holding the expert (see :meth:`TitleExpert.to_entry`)."""
+REPORT_KEY = "title_expert_report"
+"""The checkpoint's entry holding :func:`fit_title_expert`'s report (a checkpoint that has it is
+not fitted again: a resumed, finished run leaves the file as it was)."""
 TEMPERATURES = (0.05, 0.1, 0.2, 0.5, 1.0)
 """Candidate temperatures of the linear model's decision values (their scale is the SVM's margin)."""
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
@@ -221,6 +224,7 @@ def attach_title_expert(checkpoint, prepared, batch_size: int = 256) -> dict:
     model's validation scores come from :func:`training.inference.leaf_log_probs` without the
     checkpoint's calibration nor any expert it already holds. The entry is written atomically
     (None when the expert is off), so a calibration fitted afterwards sees the combined scores.
+    A checkpoint that already holds an expert's report is left as it is (its report is returned).
 
     Args:
         checkpoint: ``models/model.pt``.
@@ -241,6 +245,9 @@ def attach_title_expert(checkpoint, prepared, batch_size: int = 256) -> dict:
     from training.inference import leaf_log_probs, load_checkpoint, split_images
 
     checkpoint, prepared = Path(checkpoint), Path(prepared)
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if REPORT_KEY in ckpt:  # fitted on these weights already (training rewrites the file without it)
+        return dict(ckpt[REPORT_KEY])
     loaded = load_checkpoint(checkpoint)
     loaded.title_expert = None  # the deep heads alone
     train = pd.read_parquet(prepared / "train.parquet", columns=["title", "category_path"])
@@ -250,8 +257,8 @@ def attach_title_expert(checkpoint, prepared, batch_size: int = 256) -> dict:
     targets = np.array([index.get(p, -1) for p in val["category_path"].astype(str)], dtype=np.int64)
     expert, report = fit_title_expert(train["title"].tolist(), train["category_path"].astype(str).tolist(),
                                       loaded.labels, val["title"].tolist(), deep, targets)
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     ckpt[TITLE_EXPERT_KEY] = expert.to_entry() if expert is not None and expert.weight else None
+    ckpt[REPORT_KEY] = report
     tmp = checkpoint.with_suffix(".title-expert.tmp")  # never a half-written checkpoint
     torch.save(ckpt, tmp)
     os.replace(tmp, checkpoint)
