@@ -26,6 +26,9 @@ from tests.integration.test_dag_end_to_end import small_params
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.stack]
 
 RUN_TIMEOUT_S = 420
+WEEKS = 3
+"""Weekly batches in the feed: a state of three weeks, as a reviewer meets it (issue 29)."""
+OUR_LOGGERS = ("promotion", "training", "common", "monitoring", "ingestion", "validation")
 SCREENSHOTS = PROJECT_ROOT / "tests" / "output" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
 REVIEWER = ("reviewer", "reviewer-" + os.urandom(6).hex())
@@ -41,13 +44,14 @@ def skip_unless_ci(reason: str) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, fashion_dir):
-    """The running stack on ~200 real fashion listings (one weekly batch on S3)."""
+    """The running stack on 240 real fashion listings (three weekly batches on S3; each run below
+    takes one: the REST API's two runs, then the one triggered from the UI)."""
     if reason := service_available():
         skip_unless_ci(reason)
     root = tmp_path_factory.mktemp("native-stack")
     feed = root / "feed"
-    publish(fashion_dir, feed, weeks=1, catalog=load_catalog("catalogs/fashion.yaml"),
-            start=date(2026, 11, 2), limit=200)
+    publish(fashion_dir, feed, weeks=WEEKS, catalog=load_catalog("catalogs/fashion.yaml"),
+            start=date(2026, 11, 2), limit=240)
     # floors at 0: the subject is the topology, and a 4-epoch first model on ~150 listings can
     # score under small_params' 5% accuracy floor (4.9% in one CI run), which the gate rejects
     running = start_stack(root, small_params(root / "params.yaml", floor=0.0), feed)
@@ -93,7 +97,7 @@ def _mlflow_status(stack: NativeStack, method: str, path: str, body: dict | None
 
 
 def test_dag_run_through_the_rest_api_on_celery_registers_a_model(stack):
-    conf = {"epochs": 4}
+    conf = {"epochs": 4, "max_batches": 1}
     status, run = stack.api("POST", f"/dags/{DAG_ID}/dagRuns",
                             {"dag_run_id": "api-triggered", "logical_date": datetime.now(UTC).isoformat(),
                              "conf": conf})
@@ -184,6 +188,14 @@ def test_dag_run_through_the_rest_api_on_celery_registers_a_model(stack):
         with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": auth}),
                                     timeout=30) as page:
             assert page.status == 200, link
+
+    # week 2, through the REST API as well (the UI's run below takes week 3)
+    status, run = stack.api("POST", f"/dags/{DAG_ID}/dagRuns",
+                            {"dag_run_id": "api-week-2", "logical_date": datetime.now(UTC).isoformat(),
+                             "conf": conf})
+    assert status in (200, 201), run
+    ended = stack.wait_for_run("api-week-2", RUN_TIMEOUT_S)
+    assert ended["state"] == "success", (ended["task_states"], stack.task_logs("api-week-2"))
 
 
 def _redirect(url: str, token: str | None = None) -> str | int:
@@ -291,6 +303,92 @@ def test_airflow_and_mlflow_uis_in_headless_chromium(stack, tmp_path):
             page.context.unroute("**/*")
         except Exception:
             _shot(page, tmp_path, "zz-failure")
+            raise
+        finally:
+            browser.close()
+
+
+def _our_events(log: dict) -> list[str]:
+    """The events of a task log (REST API ``.../logs/1``) logged by the platform's own loggers."""
+    events = []
+    for entry in log.get("content", []):
+        if isinstance(entry, dict) and str(entry.get("logger", "")).split(".")[0] in OUR_LOGGERS:
+            events.append(str(entry.get("event", "")))
+    return events
+
+
+def test_a_reviewer_after_three_weeks(stack, tmp_path):
+    """After three weekly runs (two through the REST API, one from the UI): every version's
+    description ends with its last lineage row; no MLflow run of ours is left "Running"; the Data
+    Docs index shows the platform's decision of each batch, never GX's "Failed" for an accepted
+    one; each gate log's first line of ours is the decision, and the return value is not logged.
+    Screenshots of each in tests/output/browser."""
+    if not CHROMIUM.exists():
+        skip_unless_ci(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from mlflow.entities import ViewType
+
+    runs = [r for r in stack.api("GET", f"/dags/{DAG_ID}/dagRuns")[1]["dag_runs"] if r["state"] == "success"]
+    assert len(runs) >= WEEKS, [(r["dag_run_id"], r["state"]) for r in runs]
+
+    # the gate's log, as the UI reads it: the decision first, no return value dumped after it
+    for run in runs:
+        status, log = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances/gate/logs/1")
+        assert status == 200, log
+        ours = _our_events(log)
+        assert ours and ours[0].startswith(("[gate] promoted v", "[gate] rejected v", "[gate] unchanged")), ours[:3]
+        assert "Returned value was" not in json.dumps(log)
+
+    client = _mlflow(stack)
+    versions = client.search_model_versions("name = 'listing-classifier'")
+    assert len(versions) >= WEEKS, [v.version for v in versions]
+    for version in versions:
+        last = version.description.rstrip().splitlines()[-1]
+        assert last.startswith("| the Airflow run that trained it |"), (version.version, last)
+        assert len(version.description) <= 5000
+    experiments = client.search_experiments(view_type=ViewType.ALL)
+    running = client.search_runs([e.experiment_id for e in experiments], "attributes.status = 'RUNNING'",
+                                 run_view_type=ViewType.ALL)
+    assert not running, [(r.info.run_name, r.data.tags.get("kind")) for r in running]
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000},
+                                http_credentials={"username": REVIEWER[0], "password": REVIEWER[1],
+                                                  "origin": stack.mlflow_url})
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(f"{stack.airflow_url}/")
+            page.get_by_label("Username").fill("admin")
+            page.get_by_label("Password").fill(stack.admin_password)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(lambda url: "/auth/login" not in url)
+
+            newest = max(versions, key=lambda v: int(v.version))
+            page.goto(f"{stack.mlflow_url}/#/models/listing-classifier/versions/{newest.version}")
+            page.get_by_text("the Airflow run that trained it").first.wait_for()  # the description's end
+            _shot(page, tmp_path, "09-reviewer-version-description")
+
+            info = client.get_run(newest.run_id).info
+            page.goto(f"{stack.mlflow_url}/#/experiments/{info.experiment_id}")
+            page.get_by_text(info.run_name).first.wait_for()  # the runs table (none of ours running)
+            _shot(page, tmp_path, "10-reviewer-experiment-runs")
+
+            page.goto(f"{stack.airflow_url}/data-docs/index.html")
+            page.get_by_role("cell", name="listings_batch").first.wait_for()
+            decided = page.locator(".lcp-accepted-icon, .lcp-partial-icon, .lcp-quarantined-icon")
+            assert decided.count() >= WEEKS, page.content()[-3000:]
+            status_cells = page.locator("td").filter(has_text="Failed")
+            assert status_cells.count() == 0, status_cells.all_inner_texts()
+            _shot(page, tmp_path, "11-reviewer-data-docs-statuses")
+
+            gate_of = runs[-1]["dag_run_id"]
+            page.goto(f"{stack.airflow_url}/dags/{DAG_ID}/runs/{gate_of}/tasks/gate")
+            page.get_by_text("[gate] ").first.wait_for()
+            _shot(page, tmp_path, "12-reviewer-gate-log")
+        except Exception:
+            _shot(page, tmp_path, "zz-reviewer-failure")
             raise
         finally:
             browser.close()
