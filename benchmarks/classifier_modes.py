@@ -122,6 +122,9 @@ def main() -> int:
     parser.add_argument("--workspace", type=Path, required=True)
     parser.add_argument("--modes", nargs="+", default=["scratch", "frozen"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--scratch-seeds", nargs="+", type=int, default=None,
+                        help="seeds of mode scratch (default: --seeds); a CNN from scratch costs "
+                             "minutes a seed where the heads on embeddings cost seconds")
     parser.add_argument("--branches", choices=["fused", "image", "text"], default=None,
                         help="train.branches for every run (default: the workspace's); image: the "
                              "image-only model (titles unread), as for a catalog without titles")
@@ -146,12 +149,16 @@ def main() -> int:
           f"{baseline['metrics']['accuracy']:.4f}, macro-F1 {baseline['metrics']['macro_f1']:.4f}")
     runs = []
     for mode in args.modes:
-        for seed in args.seeds:
+        for seed in (args.scratch_seeds or args.seeds) if mode == "scratch" else args.seeds:
             run = run_mode(source, mode, seed, cache, args.branches, parse_overrides(args.set))
             runs.append(run)
             m = run["metrics"]
             vs_base = accuracy_interval(golden, run["predictions"], baseline["predictions"])
             run["vs_baseline"] = vs_base
+            if args.json:  # every run so far, with its golden predictions: a stopped run keeps its figures
+                args.json.write_text(json.dumps({"baseline": {"model": name, **baseline["metrics"]},
+                                                 "golden_predictions_of": "listing_id", "runs": runs},
+                                                indent=1, default=str))
             print(f"{mode:8s} seed {seed}: accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} "
                   f"score {m['business_weighted_score']:.4f} train {run['train_seconds']:.0f} s "
                   f"embedded {run['embed'].get('embedded')} in {run['embed'].get('seconds')} s | "
@@ -161,7 +168,9 @@ def main() -> int:
         for mode, mode_runs in by_mode.items():
             if mode == "scratch":
                 continue
-            for run, ref in zip(mode_runs, by_mode["scratch"], strict=False):
+            scratch_runs = by_mode["scratch"]
+            for i, run in enumerate(mode_runs):  # the scratch run of the same position, else the first
+                ref = scratch_runs[i] if i < len(scratch_runs) else scratch_runs[0]
                 run["vs_scratch"] = accuracy_interval(golden, run["predictions"], ref["predictions"])
                 d = run["vs_scratch"]
                 print(f"{mode} seed {run['seed']} vs scratch seed {ref['seed']}: "
@@ -172,8 +181,6 @@ def main() -> int:
         print(f"{mode}: accuracy mean {sum(acc) / len(acc):.4f} (min {min(acc):.4f}, max {max(acc):.4f}); "
               f"macro-F1 mean {sum(f1) / len(f1):.4f} (min {min(f1):.4f}, max {max(f1):.4f}); n={len(acc)}")
     if args.json:
-        for run in runs:
-            run.pop("predictions")
         args.json.write_text(json.dumps({"baseline": {"model": name, **baseline["metrics"]}, "runs": runs},
                                         indent=2, default=str))
     return 0
