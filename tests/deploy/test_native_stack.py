@@ -372,7 +372,9 @@ def test_a_reviewer_after_three_weeks(stack, tmp_path):
 
             info = client.get_run(newest.run_id).info
             page.goto(f"{stack.mlflow_url}/#/experiments/{info.experiment_id}")
-            page.get_by_text(info.run_name).first.wait_for()  # the runs table (none of ours running)
+            # the runs table (none of ours running): the newest run's link is there (its cell may be
+            # scrolled out of the table's view, so attached rather than visible)
+            page.locator(f"a[href*='{newest.run_id}']").first.wait_for(state="attached")
             _shot(page, tmp_path, "10-reviewer-experiment-runs")
 
             page.goto(f"{stack.airflow_url}/data-docs/index.html")
@@ -385,7 +387,7 @@ def test_a_reviewer_after_three_weeks(stack, tmp_path):
 
             gate_of = runs[-1]["dag_run_id"]
             page.goto(f"{stack.airflow_url}/dags/{DAG_ID}/runs/{gate_of}/tasks/gate")
-            page.get_by_text("[gate] ").first.wait_for()
+            page.get_by_text("[gate] ").first.wait_for(state="attached")  # the log view, as the API read it
             _shot(page, tmp_path, "12-reviewer-gate-log")
         except Exception:
             _shot(page, tmp_path, "zz-reviewer-failure")
