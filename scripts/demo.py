@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common.catalog import load_catalog  # noqa: E402
-from common.params import STATE_PARAMS, load_params, write_params  # noqa: E402
+from common.params import PARAMS_ENV, STATE_PARAMS, load_params, write_params  # noqa: E402
 from common.state import State  # noqa: E402
 
 DAG_ID = "listing_classifier_retraining"
@@ -255,13 +255,39 @@ def run_weeks(data: Path, weeks: int, start: date, order: str = "hash", limit: i
     return 0
 
 
+DEMO_PROFILE = ROOT / "profiles" / "demo.yaml"
+
+
+def profile_params(state: State, profile: Path) -> Path:
+    """The state's ``params.yaml``: ``params.yaml`` with the profile's overrides, written when the
+    state has none yet (a state keeps the params it was built with); returns its path.
+
+    Raises:
+        FileNotFoundError: when the profile does not exist.
+        pydantic.ValidationError: when an override names no parameter or has a bad value.
+    """
+    import yaml
+
+    path = state.root / STATE_PARAMS
+    if not path.is_file():
+        overrides = yaml.safe_load(profile.read_text(encoding="utf-8")) or {}
+        write_params(load_params(ROOT / "params.yaml").with_overrides(overrides), path)
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="source catalog folder")
     parser.add_argument("--weeks", type=int, default=2)
     parser.add_argument("--start", type=date.fromisoformat, default=date(2026, 11, 2))
+    parser.add_argument("--profile", type=Path, default=DEMO_PROFILE,
+                        help="params overrides of the demo (default: profiles/demo.yaml); "
+                             "ignored when LCP_PARAMS names a params file")
     args = parser.parse_args()
     started = time.time()
+    if not os.environ.get(PARAMS_ENV):
+        os.environ[PARAMS_ENV] = str(profile_params(State.from_env().ensure(), args.profile))
+        print(f"== demo profile {args.profile} -> {os.environ[PARAMS_ENV]}")
     if run_weeks(args.data, args.weeks, args.start) != 0:
         return 1
     print_summary(State.from_env(), load_params(), time.time() - started)

@@ -225,3 +225,22 @@ def test_a_state_folder_remembers_its_params(tmp_path, monkeypatch):
     assert load_params().train.epochs == 3
     monkeypatch.setenv("LCP_PARAMS", str(PROJECT_ROOT / "params.yaml"))  # an explicit file wins
     assert load_params().train.epochs == load_params(PROJECT_ROOT / "params.yaml").train.epochs
+
+
+def test_the_demo_writes_its_profile_once_and_a_state_keeps_its_params(tmp_path):
+    """``make demo`` trains with ``profiles/demo.yaml`` over params.yaml, written to the state's
+    params.yaml; a state that already has one keeps it (``make ui`` and a rerun use what it was
+    built with)."""
+    import sys
+
+    sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
+    from demo import DEMO_PROFILE, profile_params
+
+    from common.state import State
+
+    state = State(tmp_path / "state").ensure()
+    path = profile_params(state, DEMO_PROFILE)
+    assert load_params(path).train.image_encoder == "frozen"
+    path.write_text(path.read_text().replace("image_encoder: frozen", "image_encoder: scratch"))
+    assert profile_params(state, DEMO_PROFILE) == path
+    assert load_params(path).train.image_encoder == "scratch"
