@@ -49,9 +49,10 @@ def model_signature(params: Params):
 
 
 SERVING_DISTRIBUTIONS = ("mlflow", "cloudpickle", "torch", "torchvision", "numpy", "pandas", "pillow",
-                         "pydantic", "pyyaml")
+                         "pydantic", "pyyaml", "scikit-learn", "scipy")
 """The distributions the served model's code (``training/`` and ``common/``, shipped as
-``code_paths``) imports when MLflow loads it: its pip requirements."""
+``code_paths``) imports when MLflow loads it: its pip requirements (scikit-learn and SciPy for
+the title expert's TF-IDF features, ``training.title_expert``)."""
 
 
 ENCODER_DISTRIBUTIONS = ("timm",)

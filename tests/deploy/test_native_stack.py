@@ -222,6 +222,28 @@ def _shot(page, tmp_path: Path, name: str) -> None:
     shutil.copy(path, SCREENSHOTS / path.name)
 
 
+def _logged_in_page(pw, stack: NativeStack):
+    """Debian's Chromium, headless, logged in to the Airflow UI as admin (the simple auth
+    manager's form); the MLflow UI's basic-auth login is the reviewer's, sent to MLflow's origin
+    only. Returns ``(browser, page)``; close the browser when done."""
+    browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                 args=["--no-sandbox", "--disable-dev-shm-usage"])
+    page = browser.new_page(viewport={"width": 1400, "height": 1000},
+                            http_credentials={"username": REVIEWER[0], "password": REVIEWER[1],
+                                              "origin": stack.mlflow_url})
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(f"{stack.airflow_url}/")
+        page.get_by_label("Username").fill("admin")
+        page.get_by_label("Password").fill(stack.admin_password)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(lambda url: "/auth/login" not in url)
+    except Exception:
+        browser.close()
+        raise
+    return browser, page
+
+
 def test_airflow_and_mlflow_uis_in_headless_chromium(stack, tmp_path):
     """Log in, trigger through the Params form with a changed value, see success; then MLflow."""
     if not CHROMIUM.exists():
@@ -230,20 +252,8 @@ def test_airflow_and_mlflow_uis_in_headless_chromium(stack, tmp_path):
     before = {r["dag_run_id"] for r in stack.api("GET", f"/dags/{DAG_ID}/dagRuns")[1]["dag_runs"]}
 
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
-        # the MLflow UI asks for a login (basic-auth): the reviewer's, sent to MLflow's origin only
-        page = browser.new_page(viewport={"width": 1400, "height": 1000},
-                                http_credentials={"username": REVIEWER[0], "password": REVIEWER[1],
-                                                  "origin": stack.mlflow_url})
-        page.set_default_timeout(60_000)
+        browser, page = _logged_in_page(pw, stack)
         try:
-            # Airflow: the simple auth manager's login form
-            page.goto(f"{stack.airflow_url}/")
-            page.get_by_label("Username").fill("admin")
-            page.get_by_label("Password").fill(stack.admin_password)
-            page.get_by_role("button", name="Sign in").click()
-            page.wait_for_url(lambda url: "/auth/login" not in url)
             _shot(page, tmp_path, "01-airflow-home")
 
             page.goto(f"{stack.airflow_url}/dags/{DAG_ID}")
@@ -352,19 +362,8 @@ def test_a_reviewer_after_three_weeks(stack, tmp_path):
     assert not running, [(r.info.run_name, r.data.tags.get("kind")) for r in running]
 
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000},
-                                http_credentials={"username": REVIEWER[0], "password": REVIEWER[1],
-                                                  "origin": stack.mlflow_url})
-        page.set_default_timeout(60_000)
+        browser, page = _logged_in_page(pw, stack)
         try:
-            page.goto(f"{stack.airflow_url}/")
-            page.get_by_label("Username").fill("admin")
-            page.get_by_label("Password").fill(stack.admin_password)
-            page.get_by_role("button", name="Sign in").click()
-            page.wait_for_url(lambda url: "/auth/login" not in url)
-
             newest = max(versions, key=lambda v: int(v.version))
             page.goto(f"{stack.mlflow_url}/#/models/listing-classifier/versions/{newest.version}")
             page.get_by_text("the Airflow run that trained it").first.wait_for()  # the description's end

@@ -433,4 +433,5 @@ def test_the_version_lists_its_pinned_serving_requirements(registry):
     requirements = [line for line in listed.splitlines() if line and not line.startswith("#")]
     assert requirements == serving_requirements()
     assert any(r.startswith("torch==") for r in requirements)
+    assert any(r.startswith("scikit-learn==") for r in requirements)  # the title expert's features
     assert not any(r.startswith("listing-classifier-platform") for r in requirements)
