@@ -21,29 +21,26 @@ import time
 from datetime import date
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from common.params import PARAMS_ENV, load_params, write_params  # noqa: E402
+from common.params import PARAMS_ENV, load_params  # noqa: E402
 from common.state import State  # noqa: E402
 
 DEFAULT_PROFILE = ROOT / "profiles" / "season.yaml"
 
 
 def season_params(state: State, profile: Path) -> Path:
-    """Writes ``params.yaml`` with the profile's overrides into the state folder; returns it.
+    """The state folder's ``params.yaml``: params.yaml with the profile's overrides (``demo.profile_params``).
 
     Raises:
         FileNotFoundError: when the profile does not exist.
         pydantic.ValidationError: when an override names no parameter or has a bad value.
     """
-    overrides = yaml.safe_load(profile.read_text(encoding="utf-8")) or {}
-    path = state.root / "params.yaml"
-    write_params(load_params(ROOT / "params.yaml").with_overrides(overrides), path)
-    return path
+    import demo  # the state's params.yaml with a profile: one merge for the demo and the season
+
+    return demo.profile_params(state, profile)
 
 
 def main() -> int:
