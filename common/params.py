@@ -189,6 +189,10 @@ class TrainParams(_Frozen):
     num_threads: int = Field(0, ge=0, description="torch intra-op threads; 0: torch's default.")
     workers: int = Field(
         0, ge=0, description="DataLoader worker processes assembling batches (CUDA: 4-8).")
+    nproc_per_node: int = Field(
+        1, ge=1, description="Training processes on this machine: above 1 the train stage runs "
+                             "under torchrun (DDP; one per GPU, or gloo processes on the CPU), "
+                             "each process taking its share of every global batch.")
     amp: bool | Literal["auto"] = Field(
         "auto", description="bf16 autocast. true: on CUDA and on a CPU with native bf16 (AVX512-BF16 "
                             "or AMX); auto: the same, but on such a CPU only when a measured "
@@ -201,6 +205,21 @@ class TrainParams(_Frozen):
                                "another architecture falls back to scratch), for warm_epochs epochs.")
     warm_epochs: int = Field(
         3, ge=1, description="Training epochs of a run that starts from the champion (train.init).")
+    replay_size: int = Field(
+        5000, ge=0,
+        description="A run that starts from the champion (train.init champion, same architecture) "
+                    "trains on the listings of the batches the champion never trained on plus "
+                    "a sample of this many earlier listings, stratified by leaf (replay; "
+                    "training.replay). 0: every run trains on the whole store.")
+    replay_min_per_leaf: int = Field(
+        5, ge=1, description="Replay: earlier listings of each leaf kept at least (all of them when "
+                             "the leaf has fewer), so that rare categories are not forgotten.")
+    full_retrain_every: int = Field(
+        4, ge=0, description="Replay: every k-th run from the champion trains on the whole store "
+                             "(k - 1 replay runs after each full one). 0: only on request.")
+    full_retrain: bool = Field(
+        False, description="This run trains on the whole store (the trigger form's 'Train on the "
+                           "whole store'); the replay schedule restarts from it.")
     image_encoder: Literal["scratch", "frozen", "finetune"] = Field(
         "scratch", description="scratch: the image backbone (train.backbone) trained from the "
                                "pixels of data/prepared; frozen: the pretrained train.encoder embeds "
@@ -411,8 +430,13 @@ FORM_FIELDS = {
     "branches": ("train", "branches"),
     "min_improvement": ("gate", "min_improvement"),
     "max_batches": ("ingest", "max_batches"),
+    "full_retrain": ("train", "full_retrain"),
 }
 """Airflow trigger-form fields -> (params.yaml group, field) they override."""
+
+FORM_TOGGLES = frozenset({"full_retrain"})
+"""Form fields that are toggles: on overrides the file, off keeps the file's value (a toggle
+always sends a value, so off cannot mean "set false")."""
 
 
 def run_params(form: dict | None = None, path: str | Path | None = None) -> Params:
@@ -428,7 +452,7 @@ def run_params(form: dict | None = None, path: str | Path | None = None) -> Para
     """
     overrides: dict[str, dict] = {}
     for key, value in (form or {}).items():
-        if key in FORM_FIELDS and value is not None:
+        if key in FORM_FIELDS and value is not None and not (key in FORM_TOGGLES and not value):
             group, field = FORM_FIELDS[key]
             overrides.setdefault(group, {})[field] = value
     return load_params(path).with_overrides(overrides)

@@ -83,6 +83,11 @@ class RecordedApprovalOperator(ApprovalOperator):
                          description="On: train, register and gate even when this run accepts no new "
                                      "listing (after a params or taxonomy change). Off: a run with "
                                      "nothing new stops after versioning and says so."),
+        "full_retrain": Param(False, type=["boolean", "null"], title="Train on the whole store",
+                              description="On: this run trains on every listing of the store. Off: "
+                                          "a run from the champion trains on the new listings plus "
+                                          "a replay sample of earlier ones (train.replay_size), and "
+                                          "on the whole store every train.full_retrain_every runs."),
         "require_approval": Param(False, type=["boolean", "null"], title="Require a human approval",
                                   description="On: a reviewer approves in Airflow (HITL) before the "
                                               "champion alias moves. Off: the gate decides alone."),

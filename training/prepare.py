@@ -1,8 +1,10 @@
 """Prepare stage: splits and an image cache.
 
 Reads the listings store, removes every golden listing (golden listings never enter training),
-splits the rest into train/val (stratified by leaf, deterministic), and decodes every image once
-into a uint8 array ``(N, S, S, 3)`` so that training never decodes a JPEG again.
+splits the rest into train/val (stratified by leaf, deterministic), keeps, in a run from the
+champion, the new batches' listings and a replay sample of earlier ones (``training.replay``),
+and decodes those images once into a uint8 array ``(N, S, S, 3)`` so that training never decodes
+a JPEG again.
 
 Outputs under ``data/prepared/``: ``{train,val,golden}.parquet`` (the rows, canonical columns) and
 ``{train,val,golden}_images.npy`` (same row order).
@@ -32,8 +34,9 @@ import pandas as pd
 
 from common.images import ImageReadError
 from common.params import Params, load_params
-from common.store import image_path, read_store
+from common.store import batch_ids, image_path, read_store
 from training.presets import load_image
+from training.replay import plan_replay, select_replay, write_plan
 
 SPLITS = ("train", "val", "golden")
 LABEL_ISSUES_DIR = Path("data") / "label_issues"
@@ -174,7 +177,9 @@ def prepare(workspace: Path, params: Params, workers: int | None = None) -> dict
         ``{"train": n, "val": n, "golden": n, "classes": n, "dropped_golden": n,
         "excluded_label_issues": n, "image_size": S, "seconds": s, "out_dir": str}``; the
         label-issue record is ``data/prepared/excluded.json`` (``policy``, ``flagged``,
-        ``excluded``, ``cleared_by_relabel``, ``excluded_ids``).
+        ``excluded``, ``cleared_by_relabel``, ``excluded_ids``); with ``replay`` (``"full"``
+        or ``"replay"``) and ``replay_counts`` (:func:`training.replay.select_replay`), the
+        plan in ``data/prepared/replay.json``.
 
     Raises:
         FileNotFoundError: when the golden set is missing.
@@ -215,13 +220,15 @@ def prepare(workspace: Path, params: Params, workers: int | None = None) -> dict
                     "excluded_ids": excluded}
 
     side = stratified_split(pool, cfg.val_fraction, cfg.seed)
-    frames = {
-        "train": pool.loc[side == "train"].reset_index(drop=True),
-        "val": pool.loc[side == "val"].reset_index(drop=True),
-        "golden": golden,
-    }
+    # replay (training.replay): a run from the champion keeps the new batches' listings and a
+    # stratified sample of earlier ones; only their images are decoded
+    plan = plan_replay(workspace, params, batch_ids(store))
+    kept, plan = select_replay({"train": pool.loc[side == "train"].reset_index(drop=True),
+                                "val": pool.loc[side == "val"].reset_index(drop=True)}, plan, params)
+    frames = {**kept, "golden": golden}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / EXCLUDED_FILE).write_text(json.dumps(label_record, indent=1))
+    write_plan(out_dir, plan)
     workers = workers or min(2, os.cpu_count() or 1)
     summary: dict = {}
     for name in SPLITS:
@@ -235,6 +242,8 @@ def prepare(workspace: Path, params: Params, workers: int | None = None) -> dict
         dropped_golden=int(in_golden.sum()),
         dropped_retired=int(in_retired.sum()),
         excluded_label_issues=len(excluded),
+        replay=plan.mode,
+        replay_counts=plan.counts,
         image_size=cfg.image_size,
         seconds=round(time.perf_counter() - t0, 2),
         out_dir=str(out_dir),

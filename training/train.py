@@ -58,9 +58,10 @@ threshold at ``score.target_precision`` on the val split for the kept weights
 (``training.calibration``) and stores them in the checkpoint, so that the served probability
 is the calibrated one.
 
-Multi-GPU / multi-process (DDP)::
+Multi-GPU / multi-process (DDP): ``train.nproc_per_node`` above 1 makes the stage start itself
+again under torchrun (what ``dvc repro`` runs), the same as::
 
-    torchrun --nproc_per_node 4 -m training.train --params params.yaml
+    torchrun --standalone --nproc_per_node 4 -m training.train --params params.yaml
 
 The sampler gives each process every ``world_size``-th row of each global batch (so the global
 batch size stays ``train.batch_size`` and the processes' shares of an epoch are disjoint); rank 0
@@ -77,6 +78,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -112,6 +114,7 @@ from training.precision import (
     probe_record,
 )
 from training.presets import IMAGENET, Normalization
+from training.replay import ReplayPlan, read_plan
 from training.warm_start import WarmStart, start_model
 
 log = logging.getLogger(__name__)
@@ -144,8 +147,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         print_every: also log progress every this many steps (0: never).
 
     Returns:
-        ``{"epoch", "train_loss", "train_accuracy", "img_per_s", "seconds", "lr"}`` of this
-        rank's rows; img/s counts the images of all processes.
+        ``{"epoch", "train_loss", "train_accuracy", "rows", "img_per_s", "seconds", "lr"}`` of
+        this rank's rows (``rows``: how many it trained on); img/s counts the images of all processes.
     """
     model.train()
     raw = utils.unwrap_model(model)
@@ -174,7 +177,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
                      total_loss / seen, rate)
     seconds = time.perf_counter() - t0
     return {"epoch": epoch, "train_loss": total_loss / max(seen, 1),
-            "train_accuracy": correct / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1), "rows": seen,
             "img_per_s": seen * sampler.world_size / seconds if seconds > 0 else 0.0,
             "seconds": seconds, "lr": optimizer.param_groups[0]["lr"]}
 
@@ -273,6 +276,8 @@ class RunRecord:
         encoder: frozen or finetune: :func:`encoder_record` of the pretrained encoder.
         precision, precision_probe, precision_probe_record: set once chosen
             (``training.precision.choose_precision``, ``probe_record``).
+        replay: what the next run's replay plan reads (``training.replay.ReplayPlan.record``:
+            the batches this model has trained on, replay runs since the last full one).
     """
 
     params: dict
@@ -287,6 +292,7 @@ class RunRecord:
     precision: str | None = None
     precision_probe: dict | None = None
     precision_probe_record: dict | None = None
+    replay: dict | None = None
 
     def to_dict(self) -> dict:
         """The checkpoint's entries: a scratch run has no ``image_encoder``/``encoder`` keys, and
@@ -299,6 +305,8 @@ class RunRecord:
         if self.precision is not None:
             out.update(precision=self.precision, precision_probe=self.precision_probe,
                        precision_probe_record=self.precision_probe_record)
+        if self.replay is not None:
+            out["replay"] = self.replay
         return out
 
 
@@ -421,6 +429,10 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     model, pretrained = build_model(labels, cfg, branch.embedding_dim, branch.pretrained)
     pretrained = pretrained or branch.encoder is not None
     start = start_model(workspace, model, labels, cfg)
+    plan = read_plan(workspace / PREPARED)
+    if plan is not None and plan.mode == "replay" and not start.warm:
+        raise ValueError(f"the prepared data is a replay sample ({plan.reason}) but this run starts from "
+                         f"scratch ({start.reason}): re-run the prepare stage")
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     data = load_data(workspace / PREPARED, labels, cfg, device, model.image_encoder is not None,
                      rank, world_size, branch.cache, branch.norm)
@@ -440,7 +452,8 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
     stopper = utils.EarlyStopping(cfg.early_stopping_patience,
                                   warmup_steps(epochs * steps_per_epoch, cfg.schedule), steps_per_epoch)
     meta = RunRecord(params.to_dict(), labels, pretrained, image_size, data_fingerprint(data.train.frame),
-                     world_size, start.init, branch.mode, branch.encoder)
+                     world_size, start.init, branch.mode, branch.encoder,
+                     replay=plan.record if plan is not None else None)
     progress = utils.resume(workspace / CHECKPOINT, ckpt, meta.to_dict(), model, optimizer, lr_scheduler, ema,
                             stopper, epochs, rank)
     model.set_encoder_trainable(progress.start_epoch >= cfg.head_warmup_epochs)
@@ -474,6 +487,7 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
         stats = train_one_epoch(net, criterion, optimizer, data.train_loader, device, epoch,
                                 lr_scheduler, data.tree, ema, dtype, print_every if rank == 0 else 0)
         progress.epochs_run.append(epoch)
+        stats["rows_per_rank"] = utils.gather_counts(stats.pop("rows"), world_size)  # each rank's share
         if rank == 0:
             stats.update(_validate(kept, criterion, data, device, params.score, dtype))
             utils.end_epoch(epoch, stats, kept, stopper, progress)
@@ -492,7 +506,7 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
                 meta.to_dict(), ema), workspace / CHECKPOINT)
         result = _finish(workspace, data, meta, stopper, progress, device,
                          model.weights_source if branch.encoder is None else branch.encoder["weights"]["source"],
-                         start)
+                         start, plan)
         if params.train.title_expert and params.train.branches != "image":  # an image model reads no title
             result = _title_expert(workspace, result)
         result = _calibrate(workspace, params, result)
@@ -501,7 +515,7 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
 
 
 def _finish(workspace: Path, data: Data, meta: RunRecord, stopper: utils.EarlyStopping, progress: utils.Progress,
-            device: torch.device, weights_source: str | None, start: WarmStart) -> dict:
+            device: torch.device, weights_source: str | None, start: WarmStart, plan: ReplayPlan | None) -> dict:
     """Writes the train log of a finished run (see :func:`train`'s Returns)."""
     best = next((h for h in reversed(progress.history) if h["epoch"] == stopper.epoch), {})
     return utils.write_train_log(workspace / TRAIN_LOG, progress.history, {
@@ -518,6 +532,8 @@ def _finish(workspace: Path, data: Data, meta: RunRecord, stopper: utils.EarlySt
         "epochs_run": progress.epochs_run,
         "init": start.init, "init_reason": start.reason,
         "init_heads": (start.report or {}).get("heads"),
+        "replay": plan.mode if plan else None, "replay_reason": plan.reason if plan else None,
+        "replay_counts": plan.counts if plan else None,
         **_encoder_log(workspace, meta),
     })
 
@@ -560,6 +576,24 @@ def _calibrate(workspace: Path, params: Params, log: dict) -> dict:
                                   "calibration": calibration})
 
 
+def _launch_torchrun(nproc: int, argv: list[str], workspace: Path) -> dict:
+    """Runs this stage again under ``torchrun --standalone --nproc_per_node nproc`` (the same
+    arguments, this Python) and returns the train log rank 0 wrote.
+
+    Raises:
+        SystemExit: with torchrun's exit status when a process failed.
+    """
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "training.train", *argv]
+    log.info("train.nproc_per_node %d: %s", nproc, " ".join(cmd[1:]))
+    done = subprocess.run(cmd, check=False)
+    if done.returncode:
+        raise SystemExit(done.returncode)
+    return json.loads((workspace / TRAIN_LOG).read_text(encoding="utf-8"))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -572,7 +606,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:  # the stage's progress on stdout, with its JSON result
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stdout)
-    result = train(Path(args.workspace), load_params(args.params), resume=not args.no_resume,
+    params = load_params(args.params)
+    if params.train.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ and not args.test_only:
+        return _launch_torchrun(params.train.nproc_per_node, sys.argv[1:] if argv is None else argv,
+                                Path(args.workspace))
+    result = train(Path(args.workspace), params, resume=not args.no_resume,
                    test_only=args.test_only, deterministic=args.deterministic,
                    print_every=args.print_every)
     if result:

@@ -69,6 +69,15 @@ def broadcast_flag(flag: bool, world_size: int) -> bool:
     return bool(shared[0])
 
 
+def gather_counts(count: int, world_size: int) -> list[int]:
+    """Every rank's ``count``, in rank order, on every rank (``[count]`` in one process)."""
+    if world_size <= 1:
+        return [int(count)]
+    counts: list = [None] * world_size
+    dist.all_gather_object(counts, int(count))
+    return [int(c) for c in counts]
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seeds Python, NumPy and torch; optionally forces deterministic kernels."""
     random.seed(seed)

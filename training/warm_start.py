@@ -241,6 +241,48 @@ class WarmStart:
         return out
 
 
+def champion_checkpoint(workspace: Path, cfg: TrainParams) -> tuple[dict | None, str | None, str]:
+    """The champion's checkpoint when this run starts from it, else why not.
+
+    ``<workspace>/models/init/init.json`` (written by ``ingestion.workspace.fetch_init`` before
+    ``dvc repro``) says whether there is a champion: ``{"init": "champion", "version": "3", ...}``
+    with its checkpoint in ``models/init/model.pt``, or ``{"init": "scratch", "reason": ...}``.
+    ``train.init: scratch``, no champion, a missing or unreadable checkpoint, or a champion of
+    another architecture (:func:`architecture_difference`) mean a run from scratch. The prepare
+    stage asks too (``training.replay``): only a run that starts from the champion replays.
+
+    Args:
+        workspace: the workspace folder.
+        cfg: the ``train`` params group.
+
+    Returns:
+        ``(checkpoint, version, reason)``: the checkpoint dict (read with ``weights_only``,
+        memory-mapped) and the champion's version, or ``(None, version or None, why not)``.
+    """
+    if cfg.init == "scratch":
+        return None, None, "train.init is scratch"
+    spec_file, ckpt_file = workspace / INIT_DIR / "init.json", workspace / INIT_DIR / "model.pt"
+    if not spec_file.is_file():
+        return None, None, (f"train.init is champion but {INIT_DIR / 'init.json'} is missing "
+                            "(ingestion.workspace.fetch_init writes it before dvc repro)")
+    spec = json.loads(spec_file.read_text(encoding="utf-8"))
+    if spec.get("init") != "champion":
+        return None, None, spec.get("reason") or "no champion"
+    version = str(spec.get("version"))
+    if not ckpt_file.is_file():
+        return None, version, f"champion v{version}: no checkpoint at {INIT_DIR / 'model.pt'}"
+    try:
+        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=True, mmap=True)
+        old_train = ckpt["params"]["train"]
+        ckpt["labels"], ckpt["model"]  # noqa: B018 -- both must be there
+    except Exception as exc:  # noqa: BLE001 -- any unreadable checkpoint: a new model is still a model
+        return None, version, f"champion v{version}: checkpoint unreadable ({type(exc).__name__}: {exc})"
+    diff = architecture_difference(old_train, cfg)
+    if diff:
+        return None, version, f"champion v{version} has another architecture ({diff})"
+    return ckpt, version, f"champion v{version}"
+
+
 def init_model(workspace: Path, model: nn.Module, labels: list[str], cfg: TrainParams) -> dict:
     """:func:`start_model` as plain data (:meth:`WarmStart.to_dict`)."""
     return start_model(workspace, model, labels, cfg).to_dict()
@@ -249,10 +291,7 @@ def init_model(workspace: Path, model: nn.Module, labels: list[str], cfg: TrainP
 def start_model(workspace: Path, model: nn.Module, labels: list[str], cfg: TrainParams) -> WarmStart:
     """Starts ``model`` from the champion's weights when ``train.init`` is ``champion`` and it fits.
 
-    ``<workspace>/models/init/init.json`` (written by ``ingestion.workspace.fetch_init`` before
-    ``dvc repro``) says whether there is a champion: ``{"init": "champion", "version": "3", ...}``
-    with its checkpoint in ``models/init/model.pt``, or ``{"init": "scratch", "reason": ...}``.
-    The weights are copied by :func:`warm_start` (heads row by label); a champion of another
+    Whether it fits: :func:`champion_checkpoint`. The weights are copied by :func:`warm_start` (heads row by label); a champion of another
     architecture (:func:`architecture_difference`), a missing or unreadable checkpoint, or
     ``train.init: scratch`` leave the fresh model as built.
 
@@ -269,31 +308,11 @@ def start_model(workspace: Path, model: nn.Module, labels: list[str], cfg: Train
         The :class:`WarmStart`: ``init`` ``"scratch"`` or ``"champion:v<N>"``, its reason, and
         from a champion the copy report and the champion's precision probe record.
     """
-    def scratch(reason: str) -> WarmStart:
-        log.info("init: scratch (%s)", reason)
-        return WarmStart("scratch", reason)
-
-    if cfg.init == "scratch":
-        return scratch("train.init is scratch")
-    spec_file, ckpt_file = workspace / INIT_DIR / "init.json", workspace / INIT_DIR / "model.pt"
-    if not spec_file.is_file():
-        return scratch(f"train.init is champion but {INIT_DIR / 'init.json'} is missing "
-                       "(ingestion.workspace.fetch_init writes it before dvc repro)")
-    spec = json.loads(spec_file.read_text(encoding="utf-8"))
-    if spec.get("init") != "champion":
-        return scratch(spec.get("reason") or "no champion")
-    version = str(spec.get("version"))
-    if not ckpt_file.is_file():
-        return scratch(f"champion v{version}: no checkpoint at {INIT_DIR / 'model.pt'}")
-    try:
-        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=True)
-        old_train, old_labels, state = ckpt["params"]["train"], list(ckpt["labels"]), ckpt["model"]
-    except Exception as exc:  # noqa: BLE001 -- any unreadable checkpoint: a new model is still a model
-        return scratch(f"champion v{version}: checkpoint unreadable ({type(exc).__name__}: {exc})")
-    diff = architecture_difference(old_train, cfg)
-    if diff:
-        return scratch(f"champion v{version} has another architecture ({diff})")
-    report = warm_start(model, labels, state, old_labels)
+    ckpt, version, why = champion_checkpoint(workspace, cfg)
+    if ckpt is None:
+        log.info("init: scratch (%s)", why)
+        return WarmStart("scratch", why)
+    report = warm_start(model, labels, ckpt["model"], list(ckpt["labels"]))
     leaf = report["heads"].get(f"heads.{len(model.heads) - 1}", {})
     reason = (f"champion v{version}: {len(report['copied'])} tensors copied, "
               f"{len(report['not_copied'])} of other shape, {len(report['fresh'])} new; leaf head "

@@ -39,7 +39,7 @@ def test_every_field_has_a_title_and_says_what_empty_means(dags):
 def test_a_toggle_is_not_a_required_field(dags):
     retraining = dags[0]
     toggles = [n for n in retraining.params if "boolean" in retraining.params.get_param(n).schema["type"]]
-    assert toggles == ["retrain", "require_approval"]
+    assert toggles == ["retrain", "full_retrain", "require_approval"]
     for toggle in toggles:
         schema = retraining.params.get_param(toggle).schema
         assert not ui_marks_required(schema), schema

@@ -104,6 +104,7 @@ def warm(tiny_trained, fashion_dir, tmp_path_factory):
     out["log"] = json.loads((ws / "models" / "train_log.json").read_text())
     out["ckpt"] = torch.load(ws / "models" / "model.pt", map_location="cpu", weights_only=True)
     out["lock"] = yaml.safe_load((ws / "dvc.lock").read_text())
+    out["train_split"] = pd.read_parquet(ws / "data" / "prepared" / "train.parquet", columns=["batch_id"])
     warm_params = params.with_overrides({"train": {"lr": WARM_LR}})
     v2 = register_challenger(state, warm_params, data, commit, "test_dag", "v2-warm")
     out["v2"], out["run_tags"] = v2.version, client.get_run(v2.run_id).data.tags
@@ -147,6 +148,22 @@ def test_warm_run_trains_warm_epochs_and_knows_the_new_leaf(warm):
     leaf_head = log["init_heads"][f"heads.{len(log['levels']) - 1}"]
     assert leaf_head["new"] == [warm["new_leaf"]] and leaf_head["dropped"] == []
     assert leaf_head["copied"] == len(warm["champion_ckpt"]["labels"])
+
+
+def test_the_warm_run_replays_the_new_batch_and_records_what_it_trained_on(warm):
+    """The champion (trained from scratch on the whole store) lists its batches; the warm run
+    keeps every listing of the new batch and replays the earlier ones (all of them: the tiny
+    store holds fewer than train.replay_size), and its checkpoint lists the batches for the
+    next week's plan."""
+    log, ckpt, old = warm["log"], warm["ckpt"], warm["champion_ckpt"]
+    assert old["replay"]["runs_since_full"] == 0 and NEW_BATCH not in old["replay"]["trained_batches"]
+    assert log["replay"] == "replay" and f"champion v{warm['v1']}" in log["replay_reason"]
+    train = warm["train_split"]
+    counts = log["replay_counts"]["train"]
+    assert counts["new"] == int((train["batch_id"] == NEW_BATCH).sum()) > 0
+    assert counts["replayed"] == counts["earlier"] == int((train["batch_id"] != NEW_BATCH).sum())
+    assert ckpt["replay"] == {"trained_batches": sorted([*old["replay"]["trained_batches"], NEW_BATCH]),
+                              "runs_since_full": 1}
 
 
 def test_the_warm_run_reuses_the_champions_precision_probe(warm):

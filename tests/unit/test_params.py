@@ -31,6 +31,14 @@ def test_form_overrides_only_given_fields():
     assert p.digest() != base.digest()
 
 
+def test_the_full_retrain_toggle_asks_when_on_and_keeps_the_files_value_when_off(tmp_path):
+    assert run_params({"full_retrain": True}).train.full_retrain is True
+    assert run_params({"full_retrain": False}).digest() == load_params().digest()
+    on = tmp_path / "params.yaml"
+    on.write_text((PROJECT_ROOT / "params.yaml").read_text().replace("full_retrain: false", "full_retrain: true"))
+    assert run_params({"full_retrain": False}, on).train.full_retrain is True
+
+
 def test_invalid_form_value_is_a_clear_error():
     with pytest.raises(pydantic.ValidationError, match="epochs"):
         run_params({"epochs": 0})
