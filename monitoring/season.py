@@ -32,9 +32,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from datetime import datetime
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from common.params import Params, load_params
 from common.results import BatchReport, StepResult
@@ -44,6 +47,8 @@ from validation.reasons import UNKNOWN_CATEGORY
 DAG_ID = "listing_classifier_retraining"
 SEASON_TAG = "lcp.season_model"
 """Run tag naming the registered model a season run reports on (one run per model)."""
+log = logging.getLogger(__name__)
+
 RETRAIN_TASK = "retrain_decision"
 """The DAG's branch that skips training in a week with nothing new (its XCom key ``decision``)."""
 TASKS = ("ingest", "validate", "monitor", "version_data", "train_evaluate", "register", "gate",
@@ -183,44 +188,75 @@ def season_table(state: State, params: Params, runs: list[dict], dag_id: str = D
     seen: set[str] = set()
     rows = []
     for week, run in enumerate(runs, start=1):
-        x = run["xcom"]
-        validated, monitored, data = x.get("validate") or {}, x.get("monitor") or {}, x.get("version_data") or {}
-        registered, gate, promoted = x.get("register") or {}, x.get("gate") or {}, x.get("promote") or {}
+        typed = _typed_results(run["xcom"])
+        validated, monitored, data = typed["validate"], typed["monitor"], typed["version_data"]
+        registered, gate, promoted = typed["register"], typed["gate"], typed["promote"]
+        retrain = typed[RETRAIN_TASK]
         # the batches' reports stay out of XCom (too big): the manifest holds each batch's
-        ids = [*validated.get("accepted", ()), *validated.get("partial", ()), *validated.get("quarantined", ())]
+        ids = [*validated.accepted, *validated.partial, *validated.quarantined] if validated else []
         reports = {b: BatchReport.from_entry(manifest.get(b)) or BatchReport(batch_id=b) for b in ids}
-        stored = sorted({*validated.get("accepted", ()), *validated.get("partial", ()),
-                         *validated.get("released", ())})
+        stored = sorted({*validated.accepted, *validated.partial, *validated.released}) if validated else []
         held = sum(r.reasons.get(HELD_BACK, 0) for r in reports.values())
         new = set().union(*(_partition_categories(state, b) for b in stored)) - seen if stored else set()
         seen |= new
-        interval = gate.get("interval") or (None, None)
-        retrain = x.get(RETRAIN_TASK) if isinstance(x.get(RETRAIN_TASK), dict) else {}
-        decision = promoted.get("decision") or gate.get("decision") or (
-            "skipped (nothing new)" if retrain.get("retrain") is False else None)
+        interval = (gate.interval if gate else None) or (None, None)
+        decision = (promoted.decision if promoted else None) or (gate.decision if gate else None) or (
+            "skipped (nothing new)" if retrain is not None and retrain.retrain is False else None)
         row = {
             "week": week, "airflow_run": airflow_run_path(dag_id, run["run_id"]),
             "logical_date": datetime.fromisoformat(run["logical_date"]).isoformat(sep=" "), "state": run["state"],
             "batches": " ".join(sorted(reports)),
             "accepted": sum(r.accepted_rows for r in reports.values()),
             "quarantined": sum(r.rejected_rows for r in reports.values()) - held,
-            "held_back": held, "released": int(validated.get("released_listings", 0)),
+            "held_back": held, "released": validated.released_listings if validated else 0,
             "new_categories": len(new),
             "new_category_names": "; ".join(sorted(new)) if week > 1 else f"({len(new)} at start)",
-            "golden_size": _golden_size(client, registered.get("run_id")),
-            "golden_rev": data.get("golden_rev"),
-            "fresh_champion": monitored.get("champion_version"), "fresh_listings": monitored.get("listings"),
-            "fresh_accuracy": monitored.get("accuracy"), "fresh_score": monitored.get("business_weighted_score"),
-            "label_issues": monitored.get("label_issues"),
-            "version": gate.get("version") or registered.get("version"),
-            "challenger_score": gate.get("candidate_score"), "champion_score": gate.get("champion_score"),
-            "delta": gate.get("delta"), "delta_low": interval[0], "delta_high": interval[1],
+            "golden_size": _golden_size(client, registered.run_id if registered else None),
+            "golden_rev": data.golden_rev if data else None,
+            "fresh_champion": monitored.champion_version if monitored else None,
+            "fresh_listings": monitored.listings if monitored else None,
+            "fresh_accuracy": monitored.accuracy if monitored else None,
+            "fresh_score": monitored.business_weighted_score if monitored else None,
+            "label_issues": monitored.label_issues if monitored else None,
+            "version": (gate.version if gate else None) or (registered.version if registered else None),
+            "challenger_score": gate.candidate_score if gate else None,
+            "champion_score": gate.champion_score if gate else None,
+            "delta": gate.delta if gate else None, "delta_low": interval[0], "delta_high": interval[1],
             "decision": decision,
             **{f"seconds_{t}": run["seconds"].get(t) for t in TASKS},
             "seconds_run": run["run_seconds"],
         }
         rows.append(row)
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def _typed_results(xcom: dict) -> dict[str, StepResult | None]:
+    """Each task's XCom as its typed step result (``common.results``, ``FreshBatchResult``,
+    ``RetrainDecision``); None for a task that pushed nothing (skipped, failed) or whose value is
+    not that result (a run of an older DAG version: logged, the week's row keeps what it can)."""
+    from common.results import (
+        DataVersionResult,
+        GateResult,
+        PromoteResult,
+        RegisterResult,
+        ValidateResult,
+    )
+    from monitoring.fresh_batch import FreshBatchResult
+    from promotion.retrain import RetrainDecision
+
+    types = {"validate": ValidateResult, "monitor": FreshBatchResult, "version_data": DataVersionResult,
+             "register": RegisterResult, "gate": GateResult, "promote": PromoteResult,
+             RETRAIN_TASK: RetrainDecision}
+    out: dict[str, StepResult | None] = {}
+    for task, cls in types.items():
+        value = xcom.get(task)
+        try:
+            out[task] = cls.from_xcom(value) if isinstance(value, dict) else None
+        except ValidationError as exc:
+            log.warning("season: %s's XCom is not a %s (%s): left out of its week's row", task, cls.__name__,
+                        str(exc).splitlines()[0])
+            out[task] = None
+    return out
 
 
 def format_table(table) -> str:

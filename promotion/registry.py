@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,8 @@ from common.scoring import business_weighted_score, listing_credits
 from common.state import State
 from common.store import image_path
 from promotion.gate import PerListing, per_listing
+
+log = logging.getLogger(__name__)
 
 ALIAS_CHAMPION = "champion"
 ALIAS_CHALLENGER = "challenger"
@@ -167,7 +170,9 @@ def score_version(state: State, params: Params, version: str, golden: pd.DataFra
     predicted_path, probability, auto``), from which the summary, the paired bootstrap, the slice
     checks and the coverage are computed. A cache that is missing, unreadable, of the format
     before ``auto`` (no such column) or whose listing ids differ from the golden frame's is
-    ignored and the version re-scored.
+    ignored, and the version's predictions come from its per-listing cache
+    (:data:`LISTING_CACHE`): only golden listings it has not scored before (or whose inputs
+    changed) go through the model.
 
     Coverage comes from the served ``auto`` column, i.e. the version's *own* stored calibration
     and threshold (``training.calibration``); a version whose served output has no ``auto``
@@ -211,18 +216,7 @@ def score_version(state: State, params: Params, version: str, golden: pd.DataFra
             pred_paths = None
     fresh = pred_paths is None
     if fresh:
-        try:
-            model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-            from training.serving import model_input
-            predicted = model.predict(model_input(golden))
-            pred_paths = [str(p) for p in predicted["category_path"]]
-            probability = [float(p) for p in predicted["probability"]]
-            auto = [bool(a) for a in predicted["auto"]] if "auto" in predicted.columns else None
-        except Exception as exc:  # any failure to load or predict must stop the gate
-            raise RuntimeError(f"model version {name}/{version} cannot be loaded or scored: {exc}") from exc
-        if len(pred_paths) != len(ids):
-            raise RuntimeError(f"model version {name}/{version} returned {len(pred_paths)} predictions "
-                               f"for {len(ids)} golden listings")
+        pred_paths, probability, auto = _predict_through_cache(client, name, version, mv.run_id, golden)
     s = params.score
     values, credits = listing_credits(true_paths, pred_paths, s.value_table, s.level_credit, s.default_value)
     listings = per_listing(ids, true_paths, pred_paths, values, credits)
@@ -240,6 +234,76 @@ def score_version(state: State, params: Params, version: str, golden: pd.DataFra
                               "auto": auto if auto is not None else [""] * len(ids)})
         client.log_text(mv.run_id, frame.to_csv(index=False), artifact)
     return result, listings
+
+
+LISTING_CACHE = "golden_predictions/by_listing.parquet"
+"""A version's predictions per golden listing, on its run: ``key`` (:func:`listing_keys`),
+``predicted_path``, ``probability``, ``auto`` ("" when the version serves no flag)."""
+
+
+def listing_keys(listings: pd.DataFrame) -> list[str]:
+    """A key per listing that changes when anything the served model reads of it changes: a
+    64-bit hash (``pandas.util.hash_pandas_object``) of its id, its image's SHA-256 and its
+    other input fields (``training.serving.INPUT_COLUMNS``, as text), 16 hex digits each."""
+    from training.serving import INPUT_COLUMNS
+
+    fields = {"listing_id": listings["listing_id"], "image_sha256": listings["image_sha256"],
+              **{c: listings[c] if c in listings.columns else None for c in INPUT_COLUMNS if c != "image_path"}}
+    frame = pd.DataFrame(fields, index=listings.index).astype(str)
+    return [f"{h:016x}" for h in pd.util.hash_pandas_object(frame, index=False)]
+
+
+def _predict_through_cache(client, name: str, version: str, run_id: str | None,
+                           golden: pd.DataFrame) -> tuple[list[str], list[float], list[bool] | None]:
+    """The version's served predictions on ``golden``: the listings its run's
+    :data:`LISTING_CACHE` holds (same key) are read from it, only the others are predicted
+    through its pyfunc, and the cache is written back with them. A week's gate therefore scores
+    the champion on the golden listings added since its last gate, not on the whole set.
+
+    Raises:
+        RuntimeError: when the version cannot be loaded or fails to predict.
+    """
+    import tempfile
+
+    import mlflow
+
+    from training.serving import model_input
+
+    keys = listing_keys(golden)
+    cache = pd.DataFrame(columns=["key", "predicted_path", "probability", "auto"])
+    if run_id:
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                cache = pd.read_parquet(mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=LISTING_CACHE, dst_path=tmp))
+        except Exception:  # noqa: BLE001 -- no cache yet, or unreadable: the listings are predicted
+            pass
+    cache = cache.drop_duplicates("key", keep="last").set_index("key")
+    missing = [i for i, k in enumerate(keys) if k not in cache.index]
+    if missing:
+        try:
+            model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+            predicted = model.predict(model_input(golden.iloc[missing]))
+        except Exception as exc:  # any failure to load or predict must stop the gate
+            raise RuntimeError(f"model version {name}/{version} cannot be loaded or scored: {exc}") from exc
+        if len(predicted) != len(missing):
+            raise RuntimeError(f"model version {name}/{version} returned {len(predicted)} predictions "
+                               f"for {len(missing)} golden listings")
+        new = pd.DataFrame({"predicted_path": [str(p) for p in predicted["category_path"]],
+                            "probability": [float(p) for p in predicted["probability"]],
+                            "auto": ([str(bool(a)) for a in predicted["auto"]] if "auto" in predicted.columns
+                                     else [""] * len(missing))}, index=[keys[i] for i in missing])
+        cache = pd.concat([cache, new])
+        if run_id:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / Path(LISTING_CACHE).name
+                cache.rename_axis("key").reset_index().to_parquet(path, index=False)
+                client.log_artifact(run_id, str(path), str(Path(LISTING_CACHE).parent))
+    log.info("%s v%s on %d golden listings: %d from its prediction cache, %d predicted", name, version,
+             len(keys), len(keys) - len(missing), len(missing))
+    rows = cache.loc[keys]
+    auto = None if (rows["auto"] == "").all() else (rows["auto"] == "True").tolist()
+    return rows["predicted_path"].tolist(), rows["probability"].astype(float).tolist(), auto
 
 
 def _coverage(auto: list[bool] | None, pred_paths: list[str], true_paths: list[str], values) -> dict:

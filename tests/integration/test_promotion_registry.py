@@ -153,7 +153,8 @@ def test_review_material_in_mlflow(registry):
     assert_comparison_artifacts(client, registry["v2"].version, registry["second"],
                                 golden_frame(registry["state"]), registry["params"])
     cached = client.list_artifacts(v2.run_id, "golden_predictions")
-    assert [Path(f.path).name for f in cached] == [f"{registry['data'].golden_rev}.csv"]
+    assert sorted(Path(f.path).name for f in cached) == sorted(["by_listing.parquet",
+                                                                f"{registry['data'].golden_rev}.csv"])
 
 
 def test_champion_scores_are_cached_per_golden_revision(registry):
@@ -170,6 +171,32 @@ def test_champion_scores_are_cached_per_golden_revision(registry):
     run_id = client_for(state).get_model_version(NAME, registry["v1"].version).run_id
     cached = {Path(f.path).name for f in client_for(state).list_artifacts(run_id, "golden_predictions")}
     assert {f"{rev}.csv", "another-revision.csv"} <= cached
+
+
+def test_a_version_is_scored_only_on_golden_listings_it_has_not_scored(registry, caplog):
+    """The per-listing cache: on a golden set where three listings' titles changed (another
+    revision), only those three go through the model; the others' predictions are the cached
+    ones, and the changed listings' are what a full scoring gives."""
+    import logging
+
+    from promotion.registry import golden_frame, score_version
+
+    state, params, version = registry["state"], registry["params"], registry["v1"].version
+    golden = golden_frame(state)
+    first, before = score_version(state, params, version, golden, registry["data"].golden_rev)
+    changed = golden.copy()
+    changed.loc[changed.index[:3], "title"] = ["Wrist watch", "Leather handbag", "Cotton t-shirt"]
+    with caplog.at_level(logging.INFO, logger="promotion.registry"):
+        _, after = score_version(state, params, version, changed, "three-titles-changed")
+    assert f"on {len(golden)} golden listings: {len(golden) - 3} from its prediction cache, 3 predicted" \
+        in caplog.text
+    assert after.predicted_paths[3:] == before.predicted_paths[3:]
+    import mlflow
+
+    from training.serving import model_input
+
+    full = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}").predict(model_input(changed.head(3)))
+    assert list(after.predicted_paths[:3]) == [str(p) for p in full["category_path"]]
 
 
 def test_an_unloadable_champion_fails_the_gate_and_moves_nothing(registry, tmp_path):
