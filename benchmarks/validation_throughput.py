@@ -25,7 +25,7 @@ from common.catalog import load_catalog  # noqa: E402
 from common.params import load_params  # noqa: E402
 from ingestion.feed import catalog_taxonomy  # noqa: E402
 from validation.adapt import find_listings_file, read_listings_file, to_canonical  # noqa: E402
-from validation.validate import _check_images, validate_batch  # noqa: E402
+from validation.validate import check_images, validate_batch  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     canon = to_canonical(raw, catalog, "bench", "2026-11-02T00:00:00+00:00")
     taxonomy = frozenset(catalog_taxonomy(raw.fillna(""), catalog))
     start = time.perf_counter()
-    checks = _check_images(args.source, canon["image_key"].tolist(), params)
+    checks = check_images(args.source, canon["image_key"].tolist(), params)
     images_s = time.perf_counter() - start
 
     with tempfile.TemporaryDirectory(prefix="lcp-bench-") as tmp:

@@ -82,6 +82,9 @@ class ValidateParams(_Frozen):
         "flag", description="Listings the champion's confident learning flags as likely mislabelled "
                             "(monitor task): flag lists them only; exclude_from_training also keeps them "
                             "out of train/val (prepare) until a relabel changes their category.")
+    image_shard_size: int = Field(
+        2000, ge=1, description="Rows of a staged batch whose images one mapped check_images task "
+                                "checks (the DAG's fan-out over workers; validation.image_shards).")
 
 
 class PrepareParams(_Frozen):

@@ -8,7 +8,9 @@ model in MLflow as `challenger`, and moves the `champion` alias only when the ch
 business-weighted score beats the champion's on the same golden test set by at least
 `min_improvement`.
 
-Tasks: `ingest` -> `validate` -> `monitor` (the champion on the fresh listings) ->
+Tasks: `ingest` -> `plan_image_checks` -> `check_images` (mapped: one instance per shard of
+`validate.image_shard_size` rows of a staged batch, shared by the workers) -> `validate` (the
+reduce step: duplicates, GX, routing, the store) -> `monitor` (the champion on the fresh listings) ->
 `version_data` (DVC) -> `retrain_decision` (skips the rest when nothing new was accepted) ->
 `train_evaluate` (`dvc repro`) ->
 `register` -> `gate` -> `needs_approval` -> (`approval`) -> `promote` -> `review`.
@@ -104,6 +106,31 @@ def listing_classifier_retraining():
         return ingest_new_batches(State.from_env(), run_params(params), cutoff).to_xcom()
 
     @task
+    def plan_image_checks(ingested: dict, params=None) -> list[dict]:
+        from common.params import run_params
+        from common.results import IngestResult
+        from common.state import State
+        from validation.image_shards import plan_image_shards
+
+        shards = plan_image_shards(State.from_env(), run_params(params), IngestResult.from_xcom(ingested).staged)
+        return [shard.to_xcom() for shard in shards]
+
+    # mapped: one task instance per shard, spread over the workers; the label names the shard
+    @task(map_index_template="{{ shard_label }}")
+    def check_images(shard: dict, params=None) -> dict:
+        from airflow.sdk import get_current_context
+
+        from common.params import run_params
+        from common.state import State
+        from validation.image_shards import ImageShard, check_image_shard
+
+        piece = ImageShard.from_xcom(shard)
+        get_current_context()["shard_label"] = f"{piece.batch_id} [{piece.start}:{piece.stop}]"
+        return check_image_shard(State.from_env(), run_params(params), piece).to_xcom()
+
+    # the reduce step: duplicates, GX, routing and the store, batch after batch (none_failed:
+    # it runs when nothing was staged, so no shard was mapped)
+    @task(trigger_rule="none_failed")
     def validate(ingested: dict, params=None) -> dict:
         from common.params import run_params
         from common.results import IngestResult
@@ -207,7 +234,10 @@ def listing_classifier_retraining():
         return record_review(State.from_env(), run_params(params), GateResult.from_xcom(decision), approval_result,
                              bool((params or {}).get("require_approval"))).to_xcom()
 
-    validated = validate(ingest())
+    ingested = ingest()
+    checked = check_images.expand(shard=plan_image_checks(ingested))
+    validated = validate(ingested)
+    checked >> validated
     data = version_data(validated)
     # the champion on this week's fresh listings, before anything is retrained on them
     monitor(validated) >> data

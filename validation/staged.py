@@ -62,6 +62,7 @@ from common.store import (
     remove_partition,
 )
 from ingestion.manifest import read_manifest, update_entry
+from validation.image_shards import checks_dir
 from validation.reasons import UNKNOWN_CATEGORY
 from validation.taxonomy import Taxonomy, effective_taxonomy, write_retired
 from validation.validate import validate_batch, write_rejected
@@ -159,7 +160,9 @@ def validate_staged_batches(state: State, params: Params, batch_ids: Sequence[st
                 quarantine_dir=state.quarantine,
                 gx_dir=state.gx_dir,
                 retired=taxonomy.retired,
+                image_checks=checks_dir(state, batch_id),  # the DAG's mapped check_images tasks
             )
+            shutil.rmtree(checks_dir(state, batch_id), ignore_errors=True)
             # after the partition: a kill before this line leaves the batch staged, retried whole
             update_entry(state.manifest, batch_id, status=report.status, report=report.to_json(),
                          data_rev=None)

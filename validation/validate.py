@@ -44,6 +44,7 @@ from validation.errors import (
     BatchError,
     shorten,
 )
+from validation.image_shards import load_image_checks
 from validation.images import check_image, resolve_image
 from validation.reasons import (
     BAD_ROW_FRACTION,
@@ -60,9 +61,21 @@ logger = logging.getLogger(__name__)
 _IMAGE_THREADS = min(8, os.cpu_count() or 1)
 
 
-def _check_images(batch_dir: Path, keys: list, params: ValidateParams) -> list[tuple]:
+def check_images(batch_dir: Path, keys: list, params: ValidateParams) -> list[tuple]:
+    """:func:`validation.images.check_image` of each key, in threads, in the keys' order."""
     with ThreadPoolExecutor(max_workers=_IMAGE_THREADS) as pool:
         return list(pool.map(lambda key: check_image(batch_dir, key, params), keys))
+
+
+def image_keys(batch_dir: Path, catalog: Catalog, batch_id: str, ingested_at: str) -> tuple[Path, list]:
+    """A staged batch's listings file and each row's ``image_key``, as :func:`validate_batch`
+    parses them (the image shards of ``validation.image_shards`` are cut along these rows).
+
+    Raises:
+        BatchError, OSError: when the file cannot be found, read or adapted.
+    """
+    path = find_listings_file(batch_dir, catalog.listings_file)
+    return path, _parse(read_listings_file(path), catalog, batch_id, ingested_at).canon["image_key"].tolist()
 
 
 def _duplicates(frame: pd.DataFrame, shas: list[str | None], store_index: pd.DataFrame) -> list:
@@ -182,7 +195,7 @@ STAGES = ("read", "parse", "images", "gx", "drift", "route", "store", "data_docs
 def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Catalog,
                    taxonomy: frozenset[str], params: ValidateParams, store: Path,
                    quarantine_dir: Path, gx_dir: Path,
-                   retired: frozenset[str] = frozenset()) -> BatchReport:
+                   retired: frozenset[str] = frozenset(), image_checks: Path | None = None) -> BatchReport:
     """Validates one batch and routes its rows to the store or to quarantine.
 
     Steps (:data:`STAGES`): read the listings file (:func:`~validation.adapt.read_listings_file`)
@@ -229,6 +242,9 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
         gx_dir: the GX project root.
         retired: retired category paths (:func:`validation.taxonomy.effective_taxonomy`): their
             rows are accepted but flagged (a ``retired_category`` warning, ``retired_rows``).
+        image_checks: the batch's shard results folder (``validation.image_shards.checks_dir``):
+            the image checks found there for this listings file and these params are used, the
+            other rows are checked here. None: every image is checked here.
 
     Returns:
         The batch's :class:`common.results.BatchReport`.
@@ -242,7 +258,8 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
     stage = STAGES[0]
     try:
         try:
-            raw = read_listings_file(find_listings_file(batch_dir, catalog.listings_file))
+            listings_file = find_listings_file(batch_dir, catalog.listings_file)
+            raw = read_listings_file(listings_file)
             report.rows = len(raw)
             stage = "parse"
             read = _parse(raw, catalog, batch_id, ingested_at)
@@ -254,7 +271,7 @@ def validate_batch(batch_dir: Path, batch_id: str, ingested_at: str, catalog: Ca
             _remove_stale(qdir / "rejected.csv")
             return _write_report(report, qdir)
         stage = "images"
-        checked = _check(batch_dir, batch_id, read, params, store)
+        checked = _check(batch_dir, batch_id, read, params, store, image_checks, listings_file)
         stage = "gx"
         outcome = _run_gx(checked, catalog, taxonomy, params, gx_dir, batch_id, ingested_at, report)
         stage = "drift"
@@ -325,11 +342,18 @@ def _parse(raw: pd.DataFrame, catalog: Catalog, batch_id: str, ingested_at: str)
 
 
 def _check(batch_dir: Path, batch_id: str, read: _Read, params: ValidateParams,
-           store: Path) -> _Checked:
+           store: Path, image_checks: Path | None = None, listings_file: Path | None = None) -> _Checked:
     """Checks every image (in threads) and adds the columns the suite checks: ``image_error``,
     ``source_error``, ``duplicate_image`` (against the store's latest versions) and
     ``previous_category`` (the stored category of a listing seen before)."""
-    checks = _check_images(batch_dir, read.canon["image_key"].tolist(), params)
+    keys = read.canon["image_key"].tolist()
+    done = load_image_checks(image_checks, listings_file, keys, params) if listings_file else {}
+    todo = [i for i in range(len(keys)) if i not in done]
+    done.update(zip(todo, check_images(batch_dir, [keys[i] for i in todo], params), strict=True))
+    checks = [done[i] for i in range(len(keys))]
+    if image_checks is not None:
+        logger.info("batch %s: %d image checks from its shards, %d checked here", batch_id,
+                    len(keys) - len(todo), len(todo))
     store_index = read_index(store, INDEX_COLUMNS, exclude_batches=[batch_id])  # one file, not every partition
     frame = read.canon.copy()
     frame["image_error"] = pd.Series([c[0] for c in checks], index=frame.index, dtype=object)
