@@ -6,6 +6,7 @@ import io
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from common.params import Params
@@ -216,7 +217,7 @@ def score_version(state: State, params: Params, version: str, golden: pd.DataFra
             pred_paths = None
     fresh = pred_paths is None
     if fresh:
-        pred_paths, probability, auto = _predict_through_cache(client, name, version, mv.run_id, golden)
+        pred_paths, probability, auto = _predict_through_cache(client, name, version, mv.run_id, golden, golden_rev)
     s = params.score
     values, credits = listing_credits(true_paths, pred_paths, s.value_table, s.level_credit, s.default_value)
     listings = per_listing(ids, true_paths, pred_paths, values, credits)
@@ -236,6 +237,10 @@ def score_version(state: State, params: Params, version: str, golden: pd.DataFra
     return result, listings
 
 
+EVALUATED = "evaluation/predictions.csv"
+"""On a registered run: the evaluate stage's ``reports/predictions.csv`` (``promotion.register``)."""
+PROBE_ROWS = 32
+"""Evaluate-stage predictions checked against the served model before a gate uses them."""
 LISTING_CACHE = "golden_predictions/by_listing.parquet"
 """A version's predictions per golden listing, on its run: ``key`` (:func:`listing_keys`),
 ``predicted_path``, ``probability``, ``auto`` ("" when the version serves no flag)."""
@@ -253,12 +258,35 @@ def listing_keys(listings: pd.DataFrame) -> list[str]:
     return [f"{h:016x}" for h in pd.util.hash_pandas_object(frame, index=False)]
 
 
+def _evaluated(client, run_id: str, golden: pd.DataFrame, golden_rev: str, keys: list[str]) -> pd.DataFrame:
+    """The evaluate stage's golden predictions of a run (its ``evaluation/predictions.csv``,
+    what ``register`` logs: the served path, on the cached images or embeddings) as cache rows,
+    when the run was trained on this golden revision (its ``golden_rev`` tag); else empty."""
+    import mlflow
+
+    if client.get_run(run_id).data.tags.get("golden_rev") != golden_rev:
+        return pd.DataFrame(columns=["predicted_path", "probability", "auto"])
+    frame = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{run_id}/{EVALUATED}")),
+                        dtype={"listing_id": str, "predicted_path": str, "auto": str}, keep_default_na=False)
+    key_of = dict(zip(golden["listing_id"].astype(str), keys, strict=True))
+    frame = frame[frame["listing_id"].isin(key_of)]
+    return pd.DataFrame({"predicted_path": frame["predicted_path"].tolist(),
+                         "probability": frame["probability"].astype(float).tolist(),
+                         "auto": frame["auto"].tolist()}, index=[key_of[i] for i in frame["listing_id"]])
+
+
 def _predict_through_cache(client, name: str, version: str, run_id: str | None,
-                           golden: pd.DataFrame) -> tuple[list[str], list[float], list[bool] | None]:
+                           golden: pd.DataFrame, golden_rev: str) -> tuple[list[str], list[float], list[bool] | None]:
     """The version's served predictions on ``golden``: the listings its run's
     :data:`LISTING_CACHE` holds (same key) are read from it, only the others are predicted
     through its pyfunc, and the cache is written back with them. A week's gate therefore scores
     the champion on the golden listings added since its last gate, not on the whole set.
+
+    A challenger without a cache starts it from its own evaluate stage's predictions when it was
+    evaluated on this golden revision (:func:`_evaluated`), after a probe: :data:`PROBE_ROWS`
+    of them, spread over the golden set, are predicted through the pyfunc and must agree (path,
+    ``auto`` flag, probability within 1e-3); otherwise (a checkpoint changed after evaluate, a
+    version served without ``auto``) they are discarded and every listing is predicted.
 
     Raises:
         RuntimeError: when the version cannot be loaded or fails to predict.
@@ -270,6 +298,23 @@ def _predict_through_cache(client, name: str, version: str, run_id: str | None,
     from training.serving import model_input
 
     keys = listing_keys(golden)
+    model = None
+
+    def predict(rows: list[int]) -> pd.DataFrame:
+        nonlocal model
+        try:
+            model = model or mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+            predicted = model.predict(model_input(golden.iloc[rows]))
+        except Exception as exc:  # any failure to load or predict must stop the gate
+            raise RuntimeError(f"model version {name}/{version} cannot be loaded or scored: {exc}") from exc
+        if len(predicted) != len(rows):
+            raise RuntimeError(f"model version {name}/{version} returned {len(predicted)} predictions "
+                               f"for {len(rows)} golden listings")
+        return pd.DataFrame({"predicted_path": [str(p) for p in predicted["category_path"]],
+                             "probability": [float(p) for p in predicted["probability"]],
+                             "auto": ([str(bool(a)) for a in predicted["auto"]] if "auto" in predicted.columns
+                                      else [""] * len(rows))}, index=[keys[i] for i in rows])
+
     cache = pd.DataFrame(columns=["key", "predicted_path", "probability", "auto"])
     if run_id:
         try:
@@ -279,28 +324,37 @@ def _predict_through_cache(client, name: str, version: str, run_id: str | None,
         except Exception:  # noqa: BLE001 -- no cache yet, or unreadable: the listings are predicted
             pass
     cache = cache.drop_duplicates("key", keep="last").set_index("key")
+    seeded, probed = 0, 0
+    if run_id and cache.empty:
+        try:
+            evaluated = _evaluated(client, run_id, golden, golden_rev, keys)
+        except Exception as exc:  # noqa: BLE001 -- no evaluate predictions: the listings are predicted
+            log.info("%s v%s: no evaluate predictions to start from (%s)", name, version, exc)
+            evaluated = pd.DataFrame()
+        if len(evaluated):
+            rows = [i for i, k in enumerate(keys) if k in evaluated.index]
+            probe = predict(sorted({rows[j * len(rows) // min(PROBE_ROWS, len(rows))]
+                                    for j in range(min(PROBE_ROWS, len(rows)))}))
+            probed, ref = len(probe), evaluated.loc[probe.index]
+            if ((probe["predicted_path"] == ref["predicted_path"]).all() and (probe["auto"] == ref["auto"]).all()
+                    and np.allclose(probe["probability"], ref["probability"].astype(float), atol=1e-3)):
+                cache, seeded = pd.concat([evaluated.drop(index=probe.index), probe]), len(evaluated) - len(probe)
+            else:
+                log.warning("%s v%s: its evaluate stage's golden predictions differ from what it serves on %d "
+                            "probed listings: not used, every golden listing is predicted", name, version,
+                            len(probe))
+                cache = probe
     missing = [i for i, k in enumerate(keys) if k not in cache.index]
     if missing:
-        try:
-            model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-            predicted = model.predict(model_input(golden.iloc[missing]))
-        except Exception as exc:  # any failure to load or predict must stop the gate
-            raise RuntimeError(f"model version {name}/{version} cannot be loaded or scored: {exc}") from exc
-        if len(predicted) != len(missing):
-            raise RuntimeError(f"model version {name}/{version} returned {len(predicted)} predictions "
-                               f"for {len(missing)} golden listings")
-        new = pd.DataFrame({"predicted_path": [str(p) for p in predicted["category_path"]],
-                            "probability": [float(p) for p in predicted["probability"]],
-                            "auto": ([str(bool(a)) for a in predicted["auto"]] if "auto" in predicted.columns
-                                     else [""] * len(missing))}, index=[keys[i] for i in missing])
-        cache = pd.concat([cache, new])
-        if run_id:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / Path(LISTING_CACHE).name
-                cache.rename_axis("key").reset_index().to_parquet(path, index=False)
-                client.log_artifact(run_id, str(path), str(Path(LISTING_CACHE).parent))
-    log.info("%s v%s on %d golden listings: %d from its prediction cache, %d predicted", name, version,
-             len(keys), len(keys) - len(missing), len(missing))
+        cache = pd.concat([cache, predict(missing)])
+    if run_id and (missing or probed):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(LISTING_CACHE).name
+            cache.rename_axis("key").reset_index().to_parquet(path, index=False)
+            client.log_artifact(run_id, str(path), str(Path(LISTING_CACHE).parent))
+    log.info("%s v%s on %d golden listings: %d from its prediction cache (%d of them from its evaluate "
+             "stage, %d probed), %d predicted", name, version, len(keys), len(keys) - len(missing) - probed,
+             seeded, probed, len(missing) + probed)
     rows = cache.loc[keys]
     auto = None if (rows["auto"] == "").all() else (rows["auto"] == "True").tolist()
     return rows["predicted_path"].tolist(), rows["probability"].astype(float).tolist(), auto

@@ -153,15 +153,49 @@ def title_baseline(train: pd.DataFrame, golden: pd.DataFrame, score: ScoreParams
     return result
 
 
+def top_k_hits(scores: np.ndarray, labels: list[str], true_paths: list[str], k: int = 5) -> np.ndarray:
+    """bool ``(N,)``: whether each row's true path is among its ``k`` highest ``scores``
+    (probabilities or log-probabilities, ``(N, C)``; a true path outside ``labels`` never is)."""
+    if len(true_paths) == 0:
+        return np.zeros(0, dtype=bool)
+    index = {label: i for i, label in enumerate(labels)}
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return np.array([index.get(t, -1) in row for t, row in zip(true_paths, top, strict=True)])
+
+
 def top_k_accuracy(probs: np.ndarray, labels: list[str], true_paths: list[str], k: int = 5) -> float:
     """Share of rows whose true path is among the k most probable labels."""
-    if len(true_paths) == 0:
-        return 0.0
-    index = {label: i for i, label in enumerate(labels)}
-    k = min(k, probs.shape[1])
-    top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
-    hits = [index.get(t, -1) in row for t, row in zip(true_paths, top, strict=True)]
-    return float(np.mean(hits))
+    return float(np.mean(top_k_hits(probs, labels, true_paths, k))) if len(true_paths) else 0.0
+
+
+EVAL_CHUNK = 4096
+"""Golden listings scored at a time: the stage holds ``EVAL_CHUNK x classes`` float32 scores at
+most (a chunk's raw and calibrated log-probabilities), never ``golden x classes``: at 150,000
+golden listings and 3,000 leaves a whole array would be 1.8 GB per copy."""
+
+
+def score_chunks(loaded, golden: pd.DataFrame, images: np.ndarray | None, batch_size: int,
+                 chunk: int = EVAL_CHUNK) -> dict[str, np.ndarray]:
+    """What the metrics need of every golden listing, ``chunk`` rows at a time.
+
+    Returns:
+        ``{"top1": int64 (N,) class index, "confidence": float32 (N,) calibrated top-1
+        probability, "raw_confidence": float32 (N,) uncalibrated top-1 probability,
+        "top5": bool (N,) true path among the 5 most probable}``.
+    """
+    true_paths = golden["category_path"].tolist()
+    parts: dict[str, list] = {"top1": [], "confidence": [], "raw_confidence": [], "top5": []}
+    for start in range(0, len(golden), chunk):
+        rows = slice(start, start + chunk)
+        raw = leaf_log_probs(loaded, golden.iloc[rows].reset_index(drop=True),
+                             None if images is None else images[rows], batch_size, temperature=1.0)
+        calibrated = apply_temperature(raw, loaded.temperature)
+        parts["top1"].append(calibrated.argmax(axis=1))
+        parts["confidence"].append(np.exp(calibrated.max(axis=1)).astype(np.float32))
+        parts["raw_confidence"].append(np.exp(raw.max(axis=1)).astype(np.float32))
+        parts["top5"].append(top_k_hits(calibrated, loaded.labels, true_paths[rows], 5))
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
 
 
 def plot_confusion(true_paths: list[str], predicted: list[str], score: ScoreParams, out: Path,
@@ -233,22 +267,21 @@ def evaluate(workspace: Path, params: Params, batch_size: int = 256) -> dict:
         raise ValueError("the golden set is empty")
     loaded = load_checkpoint(workspace / "models" / "model.pt")
     images = split_images(loaded, prepared, "golden", golden)
-    # one forward pass: the uncalibrated leaf log-probabilities, then the served (calibrated) ones
-    raw = leaf_log_probs(loaded, golden, images, batch_size, temperature=1.0)
-    probs = np.exp(apply_temperature(raw, loaded.temperature))
-    top = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
-    predicted = [loaded.labels[i] for i in top]
+    # one forward pass per chunk: the uncalibrated leaf log-probabilities, then the served
+    # (calibrated) ones, reduced to what the metrics need (score_chunks)
+    scored = score_chunks(loaded, golden, images, batch_size)
+    predicted = [loaded.labels[i] for i in scored["top1"]]
     true_paths = golden["category_path"].tolist()
     correct = np.array([p == t for p, t in zip(predicted, true_paths, strict=True)])
-    confidence = probs.max(axis=1)
+    confidence = scored["confidence"]
     auto = auto_mask(confidence, loaded.threshold)
 
     score = params.score
     metrics = {
         **classification_metrics(true_paths, predicted, score),
-        "top5_accuracy": top_k_accuracy(probs, loaded.labels, true_paths, 5),
+        "top5_accuracy": float(np.mean(scored["top5"])),
         "n_golden": len(golden),
-        "ece_uncalibrated": expected_calibration_error(np.exp(raw.max(axis=1)), correct),
+        "ece_uncalibrated": expected_calibration_error(scored["raw_confidence"], correct),
         "ece": expected_calibration_error(confidence, correct),
         "temperature": loaded.temperature,
         "target_precision": (loaded.calibration or {}).get("target_precision"),

@@ -3,7 +3,7 @@
 Started as child processes from the project's venv: an MLflow tracking server (backend store on
 PostgreSQL, artifacts proxied to S3, MLflow's basic-auth app as in docker-compose: the tasks use
 their own account, :func:`promotion.tracking_auth.ensure_task_account`), and Airflow 3 with the CeleryExecutor (api-server,
-scheduler, dag-processor, one Celery worker; Redis broker, PostgreSQL metadata and result
+scheduler, dag-processor, two Celery workers on one queue; Redis broker, PostgreSQL metadata and result
 backend). S3 (the feed and MLflow's artifacts) is a moto server in the test process. Each stack
 gets its own databases, Redis database number and Celery queue, so it shares nothing with other
 users of the machine's PostgreSQL and Redis; :meth:`NativeStack.stop` stops every process it
@@ -33,6 +33,8 @@ REDIS_URL = os.environ.get("LCP_TEST_REDIS", "redis://127.0.0.1:6379")
 BIN = Path(sys.executable).parent
 DAG_ID = "listing_classifier_retraining"
 BUCKET = "listing-classifier"
+WORKERS = ("worker1", "worker2")
+"""The Celery workers of a stack (their log names; ``<name>@<host>`` their Celery hostnames)."""
 
 
 def free_port() -> int:
@@ -310,11 +312,14 @@ def start_stack(root: Path, params_file: Path, feed_dir: Path) -> NativeStack:
         stack.spawn("api-server", [airflow, "api-server", "--port", str(api_port)])
         stack.spawn("scheduler", [airflow, "scheduler"])
         stack.spawn("dag-processor", [airflow, "dag-processor"])
-        stack.spawn("worker", [airflow, "celery", "worker", "--queues", tag, "--concurrency", "1"])
+        for worker in WORKERS:  # two workers on one queue: mapped tasks spread over both
+            stack.spawn(worker, [airflow, "celery", "worker", "--queues", tag, "--concurrency", "1",
+                                 "--celery-hostname", f"{worker}@%h"])
         stack.wait_for("Airflow api-server",
                        lambda: http_json("GET", f"{stack.airflow_url}/api/v2/monitor/health")[0] == 200, 240)
         stack.wait_for("the DAG to be parsed", lambda: stack.api("GET", f"/dags/{DAG_ID}")[0] == 200, 240)
-        stack.wait_for("the Celery worker", lambda: "ready." in stack.tail("worker", 100_000), 180)
+        for worker in WORKERS:
+            stack.wait_for(f"the Celery {worker}", lambda w=worker: "ready." in stack.tail(w, 100_000), 180)
         return stack
     except BaseException:
         stack.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import time
 import urllib.error
@@ -18,14 +19,17 @@ from pathlib import Path
 import pytest
 
 from common.catalog import load_catalog
+from common.params import load_params, write_params
 from ingestion.feed import publish
 from tests.conftest import PROJECT_ROOT
-from tests.deploy.native_stack import DAG_ID, NativeStack, service_available, start_stack
+from tests.deploy.native_stack import DAG_ID, WORKERS, NativeStack, service_available, start_stack
 from tests.integration.test_dag_end_to_end import small_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.stack]
 
 RUN_TIMEOUT_S = 420
+SHARD = 25
+"""``validate.image_shard_size`` of the stack's runs."""
 WEEKS = 3
 """Weekly batches in the feed: a state of three weeks, as a reviewer meets it (issue 29)."""
 OUR_LOGGERS = ("promotion", "training", "common", "monitoring", "ingestion", "validation")
@@ -54,7 +58,10 @@ def stack(tmp_path_factory, fashion_dir):
             start=date(2026, 11, 2), limit=240)
     # floors at 0: the subject is the topology, and a 4-epoch first model on ~150 listings can
     # score under small_params' 5% accuracy floor (4.9% in one CI run), which the gate rejects
-    running = start_stack(root, small_params(root / "params.yaml", floor=0.0), feed)
+    params = small_params(root / "params.yaml", floor=0.0)
+    # shards of SHARD rows: each weekly batch (~80 listings) maps check_images over a few of them
+    write_params(load_params(params).with_overrides({"validate": {"image_shard_size": SHARD}}), params)
+    running = start_stack(root, params, feed)
     try:
         # this test reads the registry as a reviewer would: an account of its own, READ only
         from mlflow.server.auth.client import AuthServiceClient
@@ -107,8 +114,8 @@ def test_dag_run_through_the_rest_api_on_celery_registers_a_model(stack):
     ended = stack.wait_for_run("api-triggered", RUN_TIMEOUT_S)
     assert ended["state"] == "success", (ended["task_states"], stack.task_logs("api-triggered"))
     print(f"[native] DAG run on Celery: {time.monotonic() - started:.0f}s")
-    # the tasks ran on the Celery worker (its log names them), not in-process
-    assert "listing_classifier_retraining" in stack.tail("worker", 1_000_000)
+    # the tasks ran on the Celery workers (their logs name them), not in-process
+    assert "listing_classifier_retraining" in "".join(stack.tail(w, 1_000_000) for w in WORKERS)
 
     client = _mlflow(stack)
     versions = [v for v in client.search_model_versions("name = 'listing-classifier'")
@@ -167,8 +174,6 @@ def test_dag_run_through_the_rest_api_on_celery_registers_a_model(stack):
 
     # every link in the version description: MLflow-relative ones (#/...) and the Data Docs on
     # the Airflow UI, which answer a reviewer (MLflow login) and a logged-in Airflow user
-    import re
-
     description = client.get_model_version("listing-classifier", version.version).description
     links = re.findall(r"\]\(([^)\s]+)\)", description)
     assert any(link.startswith("#/experiments/") for link in links), links
@@ -196,6 +201,21 @@ def test_dag_run_through_the_rest_api_on_celery_registers_a_model(stack):
     assert status in (200, 201), run
     ended = stack.wait_for_run("api-week-2", RUN_TIMEOUT_S)
     assert ended["state"] == "success", (ended["task_states"], stack.task_logs("api-week-2"))
+
+    # the image checks were mapped over the batches' shards (SHARD rows each) and the two
+    # workers shared them: each worker's own log names the mapped task instances it executed
+    ran = {w: set(re.findall(r"task_id='check_images'.*?run_id='([^']+)'.*?map_index=(-?\d+)",
+                             stack.tail(w, 10_000_000))) for w in WORKERS}
+    for run_id in ("api-triggered", "api-week-2"):
+        status, mapped = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/check_images/listMapped")
+        assert status == 200, mapped
+        indexes = {str(ti["map_index"]) for ti in mapped["task_instances"]}
+        assert len(indexes) >= 2 and all(ti["state"] == "success" for ti in mapped["task_instances"]), mapped
+        assert all(ti["rendered_map_index"].startswith("fashion-") for ti in mapped["task_instances"]), mapped
+        executed = {w: {i for r, i in ran[w] if r == run_id} for w in WORKERS}
+        assert set().union(*executed.values()) == indexes, (run_id, executed, indexes)
+    assert all(ran[w] for w in WORKERS), {w: sorted(ran[w]) for w in WORKERS}  # both workers took some
+    print(f"[native] mapped check_images per worker: { {w: len(ran[w]) for w in WORKERS} }")
 
 
 def _redirect(url: str, token: str | None = None) -> str | int:

@@ -188,8 +188,8 @@ def test_a_version_is_scored_only_on_golden_listings_it_has_not_scored(registry,
     changed.loc[changed.index[:3], "title"] = ["Wrist watch", "Leather handbag", "Cotton t-shirt"]
     with caplog.at_level(logging.INFO, logger="promotion.registry"):
         _, after = score_version(state, params, version, changed, "three-titles-changed")
-    assert f"on {len(golden)} golden listings: {len(golden) - 3} from its prediction cache, 3 predicted" \
-        in caplog.text
+    assert f"on {len(golden)} golden listings: {len(golden) - 3} from its prediction cache" in caplog.text
+    assert "), 3 predicted" in caplog.text
     assert after.predicted_paths[3:] == before.predicted_paths[3:]
     import mlflow
 
@@ -197,6 +197,27 @@ def test_a_version_is_scored_only_on_golden_listings_it_has_not_scored(registry,
 
     full = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}").predict(model_input(changed.head(3)))
     assert list(after.predicted_paths[:3]) == [str(p) for p in full["category_path"]]
+
+
+def test_a_new_version_starts_its_scores_from_its_evaluate_stage(registry, caplog):
+    """A version registered from a run evaluated on this golden revision is not predicted again
+    on the whole golden set: a probe of PROBE_ROWS listings is, and the rest are its evaluate
+    stage's predictions; the figures are those of the evaluate stage's predictions.csv."""
+    import logging
+
+    from promotion.registry import PROBE_ROWS, golden_frame, score_version
+
+    state, params, rev = registry["state"], registry["params"], registry["data"].golden_rev
+    v3 = register_tiny(registry, "evaluated-again", "run-3")
+    golden = golden_frame(state)
+    with caplog.at_level(logging.INFO, logger="promotion.registry"):
+        summary, listings = score_version(state, params, v3.version, golden, rev)
+    probed = min(PROBE_ROWS, len(golden))
+    assert (f"from its prediction cache ({len(golden) - probed} of them from its evaluate stage, {probed} "
+            f"probed), {probed} predicted") in caplog.text
+    evaluated = pd.read_csv(state.workspace / "reports" / "predictions.csv", dtype={"listing_id": str})
+    assert list(listings.predicted_paths) == evaluated["predicted_path"].tolist()
+    assert summary["accuracy"] == pytest.approx(float((evaluated["predicted_path"] == evaluated["true_path"]).mean()))
 
 
 def test_an_unloadable_champion_fails_the_gate_and_moves_nothing(registry, tmp_path):

@@ -199,6 +199,30 @@ def test_evaluate_outputs(workspace):
     assert per_class["support"].sum() == len(golden)
 
 
+def test_evaluation_in_chunks_scores_as_one_pass(workspace):
+    """The evaluate stage scores the golden set a chunk at a time (never golden x classes at
+    once): chunks of 7 rows give what one pass over the whole set gives, and the whole set's
+    top-5 hits are those of the full probability matrix."""
+    import numpy as np
+
+    from training.calibration import apply_temperature
+    from training.evaluate import score_chunks, top_k_hits
+    from training.inference import leaf_log_probs, load_checkpoint, split_images
+
+    ws, _, _ = workspace
+    golden = pd.read_parquet(ws / "data" / "prepared" / "golden.parquet")
+    loaded = load_checkpoint(ws / "models" / "model.pt")
+    images = split_images(loaded, ws / "data" / "prepared", "golden", golden)
+    small, whole = (score_chunks(loaded, golden, images, 32, chunk=c) for c in (7, len(golden)))
+    assert np.array_equal(small["top1"], whole["top1"]) and np.array_equal(small["top5"], whole["top5"])
+    assert np.allclose(small["confidence"], whole["confidence"], atol=1e-5)
+    full = apply_temperature(leaf_log_probs(loaded, golden, images, 32, temperature=1.0), loaded.temperature)
+    assert np.array_equal(whole["top1"], full.argmax(axis=1))
+    assert np.array_equal(whole["top5"], top_k_hits(full, loaded.labels, golden["category_path"].tolist(), 5))
+    metrics = json.loads((ws / "metrics.json").read_text())
+    assert metrics["top5_accuracy"] == pytest.approx(float(np.mean(whole["top5"])))
+
+
 def test_evaluate_reports_calibration_and_coverage_at_the_stored_threshold(workspace):
     """metrics.json's confidence figures agree with predictions.csv and the checkpoint: ECE of
     the served (calibrated) probabilities, ECE of the uncalibrated ones recomputed from the
