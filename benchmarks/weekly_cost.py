@@ -66,7 +66,8 @@ COPY_STRIDE = 1_000_000
 """Copy ``k`` of listing ``id`` is listing ``k * COPY_STRIDE + id`` (fashion ids are < 100,000)."""
 FIRST_WEEK = date(2026, 1, 5)
 """The Monday of the store's first partition; the new batch is dated ``--weeks`` weeks later."""
-TASKS = ("ingest", "validate", "monitor", "version_data", "train_evaluate", "register", "gate", "promote")
+TASKS = ("ingest", "check_images", "validate", "monitor", "version_data", "train_evaluate", "register", "gate",
+         "promote")
 """The DAG's tasks in its order (``monitor`` runs before ``version_data`` there)."""
 
 
@@ -270,6 +271,11 @@ def run_task(name: str, work: Path) -> None:
 
         cutoff = datetime.fromisoformat(json.loads((work / "week.json").read_text())["cutoff"])
         result = ingest_new_batches(state, params, cutoff).to_xcom()
+    elif name == "check_images":  # the DAG's plan_image_checks and its mapped tasks, one after the other here
+        from validation.image_shards import check_image_shard, plan_image_shards
+
+        shards = plan_image_shards(state, params, IngestResult.from_xcom(prev("ingest")).staged)
+        result = {"shards": len(shards), "checked": sum(check_image_shard(state, params, s).checked for s in shards)}
     elif name == "validate":
         from validation.staged import validate_staged_batches
 
