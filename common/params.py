@@ -326,6 +326,17 @@ class RegistryParams(_Frozen):
     experiment: str = Field("listing-classifier", description="MLflow experiment name.")
 
 
+class RetentionParams(_Frozen):
+    """``retention``: what ``dvc gc`` keeps after a run (``promotion.collect``)."""
+
+    keep_commits: int = Field(
+        6, ge=0, description="Workspace commits from HEAD whose DVC data stays in the cache (about two "
+                             "a week), besides the champion's and the previous champion's. 0: "
+                             "nothing is collected.")
+    cloud: bool = Field(False, description="Also remove the collected data from the DVC remote "
+                                           "(older versions can then no longer be reproduced).")
+
+
 class Params(_Frozen):
     """All of ``params.yaml``; each field is one stage's group.
 
@@ -343,6 +354,7 @@ class Params(_Frozen):
     score: ScoreParams = ScoreParams()
     gate: GateParams = GateParams()
     registry: RegistryParams = RegistryParams()
+    retention: RetentionParams = RetentionParams()
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 

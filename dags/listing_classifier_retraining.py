@@ -13,7 +13,8 @@ Tasks: `ingest` -> `plan_image_checks` -> `check_images` (mapped: one instance p
 reduce step: duplicates, GX, routing, the store) -> `monitor` (the champion on the fresh listings) ->
 `version_data` (DVC) -> `retrain_decision` (skips the rest when nothing new was accepted) ->
 `train_evaluate` (`dvc repro`) ->
-`register` -> `gate` -> `needs_approval` -> (`approval`) -> `promote` -> `review`.
+`register` -> `gate` -> `needs_approval` -> (`approval`) -> `promote` -> `review` ->
+`collect_garbage` (`dvc gc`: keeps the champion's, the previous champion's and recent commits' data).
 
 Each task calls one function of the platform's packages and passes its typed result
 (`common.results`) through XCom as small references (batch ids, data revision, model version);
@@ -235,6 +236,14 @@ def listing_classifier_retraining():
                              bool((params or {}).get("require_approval"))).to_xcom()
 
     ingested = ingest()
+    @task(trigger_rule="none_failed_min_one_success")
+    def collect_garbage(params=None) -> dict:
+        from common.params import run_params
+        from common.state import State
+        from promotion.collect import collect_garbage as collect
+
+        return collect(State.from_env(), run_params(params)).to_xcom()
+
     checked = check_images.expand(shard=plan_image_checks(ingested))
     validated = validate(ingested)
     checked >> validated
@@ -262,7 +271,7 @@ def listing_classifier_retraining():
     moved.operator.operator_extra_links = PROMOTE_LINKS
     needs_approval(decision) >> [approval, moved]
     approval >> moved
-    moved >> review(decision)
+    moved >> review(decision) >> collect_garbage()
 
 
 listing_classifier_retraining()

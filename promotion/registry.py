@@ -352,7 +352,8 @@ def _predict_through_cache(client, name: str, version: str, run_id: str | None,
             path = Path(tmp) / Path(LISTING_CACHE).name
             cache.rename_axis("key").reset_index().to_parquet(path, index=False)
             client.log_artifact(run_id, str(path), str(Path(LISTING_CACHE).parent))
-    log.info("%s v%s on %d golden listings: %d from its prediction cache (%d of them from its evaluate "
+    # DEBUG: the gate's first line in a task log is its decision (a reviewer reads it first)
+    log.debug("%s v%s on %d golden listings: %d from its prediction cache (%d of them from its evaluate "
              "stage, %d probed), %d predicted", name, version, len(keys), len(keys) - len(missing) - probed,
              seeded, probed, len(missing) + probed)
     rows = cache.loc[keys]

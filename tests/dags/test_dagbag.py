@@ -46,7 +46,7 @@ def test_dagbag_has_no_import_errors_and_the_dag_is_configured(airflow_db, monke
     assert [t.task_id for t in dag.topological_sort()] == [
         "ingest", "plan_image_checks", "check_images", "validate", "monitor", "version_data", "retrain_decision", "train_evaluate", "register", "gate",
         "needs_approval", "approval",
-        "promote", "review"]
+        "promote", "review", "collect_garbage"]
     check = dag.get_task("check_images")  # mapped over the image shards, validate reduces them
     assert check.is_mapped and check.map_index_template == "{{ shard_label }}"
     assert dag.get_task("validate").trigger_rule == "none_failed"

@@ -186,7 +186,7 @@ def test_a_version_is_scored_only_on_golden_listings_it_has_not_scored(registry,
     first, before = score_version(state, params, version, golden, registry["data"].golden_rev)
     changed = golden.copy()
     changed.loc[changed.index[:3], "title"] = ["Wrist watch", "Leather handbag", "Cotton t-shirt"]
-    with caplog.at_level(logging.INFO, logger="promotion.registry"):
+    with caplog.at_level(logging.DEBUG, logger="promotion.registry"):
         _, after = score_version(state, params, version, changed, "three-titles-changed")
     assert f"on {len(golden)} golden listings: {len(golden) - 3} from its prediction cache" in caplog.text
     assert "), 3 predicted" in caplog.text
@@ -210,7 +210,7 @@ def test_a_new_version_starts_its_scores_from_its_evaluate_stage(registry, caplo
     state, params, rev = registry["state"], registry["params"], registry["data"].golden_rev
     v3 = register_tiny(registry, "evaluated-again", "run-3")
     golden = golden_frame(state)
-    with caplog.at_level(logging.INFO, logger="promotion.registry"):
+    with caplog.at_level(logging.DEBUG, logger="promotion.registry"):
         summary, listings = score_version(state, params, v3.version, golden, rev)
     probed = min(PROBE_ROWS, len(golden))
     assert (f"from its prediction cache ({len(golden) - probed} of them from its evaluate stage, {probed} "
