@@ -26,6 +26,7 @@ CLI::
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from common.cli import run_command, step_parser
@@ -85,8 +86,8 @@ def collect_garbage(state: State, params: Params) -> CollectResult:
         if commit:
             run_git(ws, "tag", "-f", tag, commit)
             kept[tag] = commit
-        else:
-            run_git(ws, "tag", "-d", tag) if tag in run_git(ws, "tag", "--list", tag).split() else None
+        elif tag in run_git(ws, "tag", "--list", tag).split():  # the alias is gone: so is its keep
+            run_git(ws, "tag", "-d", tag)
     args = ["gc", "--force", "--workspace", "--all-tags", "--rev", "HEAD", "--num", str(cfg.keep_commits)]
     out = run_dvc(ws, *args, *(["--cloud"] if cfg.cloud else []))
     removed = _count_removed(out)
@@ -97,8 +98,6 @@ def collect_garbage(state: State, params: Params) -> CollectResult:
 
 def _count_removed(out: str) -> int:
     """The count in ``dvc gc``'s summary (``Removed 12 objects from local cache.``), else 0."""
-    import re
-
     return sum(int(m) for m in re.findall(r"Removed (\d+) objects?", out))
 
 

@@ -332,9 +332,9 @@ def _predict_through_cache(client, name: str, version: str, run_id: str | None,
             log.info("%s v%s: no evaluate predictions to start from (%s)", name, version, exc)
             evaluated = pd.DataFrame()
         if len(evaluated):
-            rows = [i for i, k in enumerate(keys) if k in evaluated.index]
-            probe = predict(sorted({rows[j * len(rows) // min(PROBE_ROWS, len(rows))]
-                                    for j in range(min(PROBE_ROWS, len(rows)))}))
+            known = [i for i, k in enumerate(keys) if k in evaluated.index]
+            n = min(PROBE_ROWS, len(known))
+            probe = predict(sorted({known[j * len(known) // n] for j in range(n)}))  # spread over the set
             probed, ref = len(probe), evaluated.loc[probe.index]
             if ((probe["predicted_path"] == ref["predicted_path"]).all() and (probe["auto"] == ref["auto"]).all()
                     and np.allclose(probe["probability"], ref["probability"].astype(float), atol=1e-3)):
@@ -354,11 +354,11 @@ def _predict_through_cache(client, name: str, version: str, run_id: str | None,
             client.log_artifact(run_id, str(path), str(Path(LISTING_CACHE).parent))
     # DEBUG: the gate's first line in a task log is its decision (a reviewer reads it first)
     log.debug("%s v%s on %d golden listings: %d from its prediction cache (%d of them from its evaluate "
-             "stage, %d probed), %d predicted", name, version, len(keys), len(keys) - len(missing) - probed,
-             seeded, probed, len(missing) + probed)
-    rows = cache.loc[keys]
-    auto = None if (rows["auto"] == "").all() else (rows["auto"] == "True").tolist()
-    return rows["predicted_path"].tolist(), rows["probability"].astype(float).tolist(), auto
+              "stage, %d probed), %d predicted", name, version, len(keys), len(keys) - len(missing) - probed,
+              seeded, probed, len(missing) + probed)
+    scored = cache.loc[keys]
+    auto = None if (scored["auto"] == "").all() else (scored["auto"] == "True").tolist()
+    return scored["predicted_path"].tolist(), scored["probability"].astype(float).tolist(), auto
 
 
 def _coverage(auto: list[bool] | None, pred_paths: list[str], true_paths: list[str], values) -> dict:

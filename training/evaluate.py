@@ -164,11 +164,6 @@ def top_k_hits(scores: np.ndarray, labels: list[str], true_paths: list[str], k: 
     return np.array([index.get(t, -1) in row for t, row in zip(true_paths, top, strict=True)])
 
 
-def top_k_accuracy(probs: np.ndarray, labels: list[str], true_paths: list[str], k: int = 5) -> float:
-    """Share of rows whose true path is among the k most probable labels."""
-    return float(np.mean(top_k_hits(probs, labels, true_paths, k))) if len(true_paths) else 0.0
-
-
 EVAL_CHUNK = 4096
 """Golden listings scored at a time: the stage holds ``EVAL_CHUNK x classes`` float32 scores at
 most (a chunk's raw and calibrated log-probabilities), never ``golden x classes``: at 150,000

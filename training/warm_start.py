@@ -291,9 +291,9 @@ def init_model(workspace: Path, model: nn.Module, labels: list[str], cfg: TrainP
 def start_model(workspace: Path, model: nn.Module, labels: list[str], cfg: TrainParams) -> WarmStart:
     """Starts ``model`` from the champion's weights when ``train.init`` is ``champion`` and it fits.
 
-    Whether it fits: :func:`champion_checkpoint`. The weights are copied by :func:`warm_start` (heads row by label); a champion of another
-    architecture (:func:`architecture_difference`), a missing or unreadable checkpoint, or
-    ``train.init: scratch`` leave the fresh model as built.
+    Whether it fits: :func:`champion_checkpoint` (no champion, another architecture, a missing
+    or unreadable checkpoint, or ``train.init: scratch`` leave the fresh model as built). The
+    weights are copied by :func:`warm_start` (heads row by label).
 
     Args:
         workspace: the workspace folder.

@@ -10,11 +10,12 @@ crosses shards and batches, one batch after the other: duplicate images (within 
 against the store), the GX checkpoint, routing and the store partition.
 
 A shard's result is ``<state>/image_checks/<batch_id>/<start>-<stop>.json``, outside the batch's
-staging folder (a feed cannot plant one). ``validate`` uses a result only when it was made from
+staging folder (a feed cannot plant one); the batch's image keys, parsed once when the shards are
+planned, are ``keys.json`` there. ``validate`` uses a result only when it was made from
 the same listings file (SHA-256), with the same image checks' params and for the same image
 keys; any row without one (a shard that failed, was never run, or is stale) is checked there
 as before. A shard never fails its task for a bad image (that is the row's reason); a shard
-that cannot be checked at all (an unreadable listings file) logs why and leaves no result.
+whose batch was not planned (an unreadable listings file) logs why and leaves no result.
 
 CLI (one shard by hand)::
 
@@ -97,18 +98,26 @@ def file_sha256(path: Path) -> str:
 
 def _staged_keys(state: State, params: Params, batch_id: str) -> tuple[Path, list]:
     """The batch's listings file and its rows' image keys, read as validation reads them."""
-    from ingestion.manifest import read_manifest
+    from ingestion.manifest import read_entry
     from validation.validate import image_keys
 
-    entry = read_manifest(state.manifest)[batch_id]
+    entry = read_entry(state.manifest, batch_id)
+    if entry is None:
+        raise KeyError(f"batch {batch_id} is not in the manifest")
     return image_keys(state.staging / batch_id, load_catalog(params.catalog), batch_id, entry["ingested_at"])
+
+
+KEYS_FILE = "keys.json"
+"""In :func:`checks_dir`: the batch's image keys and its listings file's SHA-256, written once by
+:func:`plan_image_shards` so that no shard parses the whole listings file again."""
 
 
 def plan_image_shards(state: State, params: Params, batch_ids: list[str] | tuple[str, ...]) -> list[ImageShard]:
     """Cuts each staged batch into shards of ``validate.image_shard_size`` rows.
 
-    A batch whose listings file cannot be read gets no shard (``validate`` quarantines it with
-    the reason); stale results of earlier attempts are removed first.
+    The batch is parsed once here; its image keys go to :data:`KEYS_FILE`, from which each shard
+    takes its slice. A batch whose listings file cannot be read gets no shard (``validate``
+    quarantines it with the reason); stale results of earlier attempts are removed first.
 
     Args:
         state: the state folder.
@@ -123,11 +132,14 @@ def plan_image_shards(state: State, params: Params, batch_ids: list[str] | tuple
     for batch_id in sorted(set(batch_ids)):
         shutil.rmtree(checks_dir(state, batch_id), ignore_errors=True)
         try:
-            _, keys = _staged_keys(state, params, batch_id)
+            listings_file, keys = _staged_keys(state, params, batch_id)
         except Exception as exc:  # noqa: BLE001 -- validate reports the batch's own reason
             logger.warning("[check_images] %s: no image shards (%s: %s); validate checks it whole",
                            batch_id, type(exc).__name__, str(exc)[:300])
             continue
+        checks_dir(state, batch_id).mkdir(parents=True, exist_ok=True)
+        write_json(checks_dir(state, batch_id) / KEYS_FILE,
+                   {"listings_sha256": file_sha256(listings_file), "keys": keys})
         shards += [ImageShard(batch_id=batch_id, start=i, stop=min(i + size, len(keys)))
                    for i in range(0, len(keys), size)]
     logger.info("[check_images] %d shard(s) of at most %d rows over %d batch(es)", len(shards), size,
@@ -148,17 +160,17 @@ def check_image_shard(state: State, params: Params, shard: ImageShard) -> ImageS
     from validation.validate import check_images
 
     try:
-        listings_file, keys = _staged_keys(state, params, shard.batch_id)
-    except Exception as exc:  # noqa: BLE001 -- validate reports the batch's own reason
+        planned = json.loads((checks_dir(state, shard.batch_id) / KEYS_FILE).read_text(encoding="utf-8"))
+        listings_sha256, part = planned["listings_sha256"], planned["keys"][shard.start:shard.stop]
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # not planned: validate checks the rows
         logger.warning("[check_images] %s [%d:%d]: not checked (%s: %s)", shard.batch_id, shard.start,
                        shard.stop, type(exc).__name__, str(exc)[:300])
         return ImageShardResult(**shard.to_dict(), skipped=f"{type(exc).__name__}: {str(exc)[:300]}")
-    part = keys[shard.start:shard.stop]
     checks = check_images(state.staging / shard.batch_id, part, params.validate_)
     path = checks_dir(state, shard.batch_id) / f"{shard.start}-{shard.stop}.json"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, {"listings_sha256": file_sha256(listings_file),
+        write_json(path, {"listings_sha256": listings_sha256,
                           "params": check_params_digest(params.validate_), "start": shard.start,
                           "stop": shard.stop, "keys": part, "checks": [list(c) for c in checks]})
     except OSError as exc:
@@ -189,7 +201,7 @@ def load_image_checks(folder: Path | None, listings_file: Path, keys: list, para
     if folder is None or not Path(folder).is_dir():
         return {}
     sha, digest, out = None, check_params_digest(params), {}
-    for path in sorted(Path(folder).glob("*.json")):
+    for path in sorted(Path(folder).glob("*-*.json")):  # the shards' results, not KEYS_FILE
         try:
             result = json.loads(path.read_text(encoding="utf-8"))
             start, stop = int(result["start"]), int(result["stop"])
