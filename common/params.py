@@ -253,6 +253,11 @@ class TrainParams(_Frozen):
                           "titles and join it to the heads' leaf scores as a weighted product of "
                           "experts, its temperature and weight chosen on validation (weight 0: "
                           "off); training.title_expert. No effect without titles or with branches image.")
+    title_max_rows: int = Field(
+        100_000, ge=0, description="Most distinct (title, category) pairs the title expert and the "
+                                  "evaluate stage's title baseline are fitted on (each pair once, "
+                                  "weighted by its count); above it a leaf-stratified sample "
+                                  "(training.evaluate.fit_title_svm). 0: no cap.")
 
 
 _EXAMPLE_VALUE_TABLE = {

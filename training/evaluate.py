@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,8 @@ from training.calibration import (
     expected_calibration_error,
 )
 from training.inference import leaf_log_probs, load_checkpoint, split_images
+
+log = logging.getLogger(__name__)
 
 METRICS = Path("metrics.json")
 PREDICTIONS = Path("reports") / "predictions.csv"
@@ -99,31 +103,104 @@ def title_features():
     )
 
 
-def title_baseline_predictions(train: pd.DataFrame, golden: pd.DataFrame) -> tuple[str, list[str]]:
+TITLE_SAMPLE_SALT = "title-model"
+"""Salt of the leaf-stratified sample :func:`fit_title_svm` takes above its row cap."""
+
+
+def title_training_set(titles: Sequence[str], paths: Sequence[str], max_rows: int,
+                       min_per_leaf: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows a title model is fitted on: each distinct (title, category path) pair once,
+    weighted by how often it occurs, and at most about ``max_rows`` pairs.
+
+    A squared-hinge linear SVM fitted on a pair once with weight ``w`` has the optimum it has on
+    ``w`` copies of it (the loss is a sum over rows), but liblinear's dual coordinate descent
+    converges far more slowly on copies: stores repeat titles (re-listed products, variants,
+    the benchmark's copied stores) and the fit grew faster than the rows (docs/measurements.md,
+    2026-12-06 session 20). Above ``max_rows`` distinct pairs, a leaf-stratified sample of them
+    (:func:`training.replay.stratified_sample`: each leaf its share, at least ``min_per_leaf``,
+    stable order by SHA-256 of the title) bounds the fit on any store.
+
+    Args:
+        titles: N titles (None or NaN read as ``""``).
+        paths: N category paths.
+        max_rows: most distinct pairs fitted on (0: no cap).
+        min_per_leaf: a leaf's floor in the sample.
+
+    Returns:
+        ``(rows, pairs, weights)``: int64 indices into the N rows whose titles the features are
+        fitted on (every row of a kept pair), int64 ``(P,)`` index of one row per kept pair, and
+        float64 ``(P,)`` its number of rows.
+    """
+    from training.replay import stratified_sample
+
+    frame = pd.DataFrame({"title": [t if isinstance(t, str) else "" for t in titles],
+                          "category_path": [str(p) for p in paths]})
+    pair = frame.groupby(["title", "category_path"], sort=False).ngroup().to_numpy()
+    first = pd.Series(np.arange(len(frame))).groupby(pair).first().to_numpy()
+    weights = np.bincount(pair).astype(np.float64)
+    if max_rows and len(first) > max_rows:
+        distinct = frame.iloc[first].assign(listing_id=frame["title"].iloc[first].to_numpy(),
+                                           _pair=np.arange(len(first)))
+        kept = stratified_sample(distinct.reset_index(drop=True), max_rows, min_per_leaf,
+                                 TITLE_SAMPLE_SALT)["_pair"].to_numpy()
+        first, weights = first[kept], weights[kept]
+        rows = np.flatnonzero(np.isin(pair, kept))
+    else:
+        rows = np.arange(len(frame))
+    return rows.astype(np.int64), first.astype(np.int64), weights
+
+
+def fit_title_svm(titles: Sequence[str], paths: Sequence[str], max_rows: int = 0):
+    """Fits the title model (:func:`title_features` + ``LinearSVC``, C = 1) on
+    :func:`title_training_set`'s rows: the features on the titles of every kept row, the SVM on
+    each distinct pair once with its weight.
+
+    Returns:
+        ``(features, svm, report)``: the fitted ``FeatureUnion``, the fitted ``LinearSVC`` and
+        ``{"rows", "distinct_pairs", "fitted_pairs", "capped"}``.
+    """
+    from sklearn.svm import LinearSVC
+
+    titles = [t if isinstance(t, str) else "" for t in titles]
+    paths = [str(p) for p in paths]
+    rows, pairs, weights = title_training_set(titles, paths, max_rows)
+    position = np.full(len(titles), -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    features = title_features()
+    x = features.fit_transform([titles[i] for i in rows])[position[pairs]]
+    svm = LinearSVC(C=1.0, random_state=0).fit(x, [paths[i] for i in pairs], sample_weight=weights)
+    distinct = len(set(zip(titles, paths, strict=True)))
+    report = {"rows": len(titles), "distinct_pairs": distinct, "fitted_pairs": len(pairs),
+              "capped": len(pairs) < distinct}
+    if report["capped"]:
+        log.info("title model: %d distinct (title, category) pairs, fitted on a leaf-stratified "
+                 "sample of %d (train.title_max_rows)", distinct, len(pairs))
+    return features, svm, report
+
+
+def title_baseline_predictions(train: pd.DataFrame, golden: pd.DataFrame,
+                               max_rows: int = 0) -> tuple[str, list[str]]:
     """Fits :func:`title_baseline`'s model on ``train`` and predicts ``golden``.
 
     Args:
         train: training split with ``title`` and ``category_path`` columns.
         golden: the rows to predict (``title``).
+        max_rows: :func:`fit_title_svm`'s cap on distinct (title, category) pairs (0: none).
 
     Returns:
         ``(model name, predicted category paths in golden's row order)``.
     """
-    from sklearn.pipeline import make_pipeline
-    from sklearn.svm import LinearSVC
-
     titles = train["title"].fillna("").astype(str)
     if train["category_path"].nunique() < 2 or not titles.str.strip().ne("").any():
         # one class, or a catalog without titles: the majority class
         return ("majority class (one category, or no titles)",
                 [str(train["category_path"].mode().iloc[0])] * len(golden))
-    model = make_pipeline(title_features(), LinearSVC(C=1.0, random_state=0))
-    model.fit(titles, train["category_path"].astype(str))
+    features, svm, _ = fit_title_svm(titles.tolist(), train["category_path"].astype(str).tolist(), max_rows)
     return ("tfidf(word 1-2, char_wb 2-5) + linear SVM, titles only",
-            list(model.predict(golden["title"].fillna("").astype(str))))
+            list(svm.predict(features.transform(golden["title"].fillna("").astype(str)))))
 
 
-def title_baseline(train: pd.DataFrame, golden: pd.DataFrame, score: ScoreParams) -> dict:
+def title_baseline(train: pd.DataFrame, golden: pd.DataFrame, score: ScoreParams, max_rows: int = 0) -> dict:
     """The reference model: TF-IDF on titles + a linear SVM, scored like the real model.
 
     Word 1-2 grams and character 2-5 grams (``char_wb``), sublinear tf, and scikit-learn's
@@ -138,6 +215,8 @@ def title_baseline(train: pd.DataFrame, golden: pd.DataFrame, score: ScoreParams
         train: training split with ``title`` and ``category_path`` columns.
         golden: golden split with the same columns.
         score: score params.
+        max_rows: cap on the distinct (title, category) pairs fitted on (``train.title_max_rows``;
+            0: none), see :func:`fit_title_svm`.
 
     Returns:
         :func:`classification_metrics` of the baseline on the golden set, plus ``seconds`` and
@@ -146,7 +225,7 @@ def title_baseline(train: pd.DataFrame, golden: pd.DataFrame, score: ScoreParams
     import time
 
     t0 = time.perf_counter()
-    name, predicted = title_baseline_predictions(train, golden)
+    name, predicted = title_baseline_predictions(train, golden, max_rows)
     result = classification_metrics(golden["category_path"].astype(str).tolist(), predicted, score)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     result["model"] = name
@@ -284,7 +363,7 @@ def evaluate(workspace: Path, params: Params, batch_size: int = 256) -> dict:
         **coverage_figures(auto, correct, true_paths, score),
     }
     baseline = title_baseline(pd.read_parquet(prepared / "train.parquet", columns=["title", "category_path"]),
-                              golden, score)
+                              golden, score, params.train.title_max_rows)
     metrics.update({f"baseline_{k}": v for k, v in baseline.items()
                     if k in ("accuracy", "macro_f1", "business_weighted_score")})
     (workspace / BASELINE).parent.mkdir(parents=True, exist_ok=True)

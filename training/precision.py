@@ -129,7 +129,7 @@ def measure_precisions(model: nn.Module, criterion: nn.Module, split: Split, tre
 PROBE_IRRELEVANT_KEYS = frozenset({"epochs", "warm_epochs", "init", "seed", "lr", "schedule",
                                    "label_smoothing", "early_stopping_patience", "min_steps", "deterministic",
                                    "weights", "replay_size", "replay_min_per_leaf", "full_retrain_every",
-                                   "full_retrain"})
+                                   "full_retrain", "title_max_rows"})
 """``train`` params that do not change what a training step costs: a champion's probe is reused
 (:func:`inherited_probe`) when every *other* ``train`` param is the same."""
 

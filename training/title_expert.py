@@ -144,7 +144,7 @@ class TitleExpert:
 
 def fit_title_expert(train_titles: Sequence[str | None], train_paths: Sequence[str], labels: Sequence[str],
                      val_titles: Sequence[str | None], val_log_probs: np.ndarray,
-                     val_targets: np.ndarray) -> tuple[TitleExpert | None, dict]:
+                     val_targets: np.ndarray, max_rows: int = 0) -> tuple[TitleExpert | None, dict]:
     """Fits the linear title model and chooses its temperature and weight on validation.
 
     Args:
@@ -153,29 +153,28 @@ def fit_title_expert(train_titles: Sequence[str | None], train_paths: Sequence[s
         val_titles: the validation split's titles, length M.
         val_log_probs: float ``(M, C)`` the deep model's uncalibrated leaf log-probabilities.
         val_targets: int ``(M,)`` label index of each validation listing (-1: unknown category).
+        max_rows: cap on the distinct (title, category) pairs the SVM is fitted on
+            (``train.title_max_rows``; 0: none): :func:`training.evaluate.fit_title_svm`.
 
     Returns:
         ``(expert, report)``: the expert (None when the titles cannot train one: no title, or fewer
         than two categories) and ``{"model", "terms", "temperature", "weight", "val_accuracy_deep",
         "val_accuracy", "reason"}`` for the train log.
     """
-    from sklearn.svm import LinearSVC
-
-    from training.evaluate import title_features
+    from training.evaluate import fit_title_svm
 
     titles = _titles(train_titles)
     paths = [str(p) for p in train_paths]
     if len(set(paths)) < 2 or not any(t.strip() for t in titles):
         return None, {"model": None, "reason": "no titles, or fewer than two categories"}
-    union = title_features()
-    x = union.fit_transform(titles)
-    svm = LinearSVC(C=1.0, random_state=0).fit(x, paths)
+    union, svm, fitted = fit_title_svm(titles, paths, max_rows)
+    width = sum(len(t.vocabulary_) for _, t in union.transformer_list)
     index = {label: i for i, label in enumerate(labels)}
-    coef = np.zeros((len(labels), x.shape[1]), dtype=np.float32)
+    coef = np.zeros((len(labels), width), dtype=np.float32)
     intercept = np.full(len(labels), -1e3, dtype=np.float32)  # a leaf the SVM never saw: never its pick
     classes = [str(c) for c in svm.classes_]
     if len(classes) == 2:  # one hyperplane: decision > 0 means classes[1]
-        rows = {classes[0]: (np.zeros(x.shape[1]), 0.0),
+        rows = {classes[0]: (np.zeros(width), 0.0),
                 classes[1]: (svm.coef_[0], float(svm.intercept_[0]))}
     else:
         rows = {c: (svm.coef_[i], float(svm.intercept_[i])) for i, c in enumerate(classes)}
@@ -206,18 +205,18 @@ def fit_title_expert(train_titles: Sequence[str | None], train_paths: Sequence[s
             if (acc, -nll) > best[:2]:
                 best = (acc, -nll, t, w)
     expert.temperature, expert.weight = best[2], best[3]
-    report = {"model": MODEL, "terms": int(x.shape[1]), "temperature": expert.temperature,
+    report = {"model": MODEL, "terms": int(width), "fitted": fitted, "temperature": expert.temperature,
               "weight": expert.weight, "val_accuracy_deep": round(deep_acc, 6),
               "val_accuracy": round(best[0], 6),
               "reason": ("chosen on validation" if expert.weight else
                          "no weight improved validation: the expert is off")}
     log.info("title expert: %s on %d titles (%d terms); on %d validation listings the deep heads "
-             "score %.4f, with the expert (T=%s, weight %s) %.4f", MODEL, len(titles), x.shape[1],
+             "score %.4f, with the expert (T=%s, weight %s) %.4f", MODEL, len(titles), width,
              int(known.sum()), deep_acc, expert.temperature, expert.weight, best[0])
     return expert, report
 
 
-def attach_title_expert(checkpoint, prepared, batch_size: int = 256) -> dict:
+def attach_title_expert(checkpoint, prepared, batch_size: int = 256, max_rows: int = 0) -> dict:
     """Fits the title expert of a trained checkpoint and stores it in the checkpoint.
 
     Reads ``<prepared>/train.parquet`` (titles, category paths) and ``val.parquet``; the deep
@@ -230,6 +229,7 @@ def attach_title_expert(checkpoint, prepared, batch_size: int = 256) -> dict:
         checkpoint: ``models/model.pt``.
         prepared: ``data/prepared``.
         batch_size: rows per forward pass.
+        max_rows: :func:`fit_title_expert`'s cap on distinct (title, category) pairs.
 
     Returns:
         :func:`fit_title_expert`'s report.
@@ -256,7 +256,7 @@ def attach_title_expert(checkpoint, prepared, batch_size: int = 256) -> dict:
     index = {label: i for i, label in enumerate(loaded.labels)}
     targets = np.array([index.get(p, -1) for p in val["category_path"].astype(str)], dtype=np.int64)
     expert, report = fit_title_expert(train["title"].tolist(), train["category_path"].astype(str).tolist(),
-                                      loaded.labels, val["title"].tolist(), deep, targets)
+                                      loaded.labels, val["title"].tolist(), deep, targets, max_rows)
     ckpt[TITLE_EXPERT_KEY] = expert.to_entry() if expert is not None and expert.weight else None
     ckpt[REPORT_KEY] = report
     tmp = checkpoint.with_suffix(".title-expert.tmp")  # never a half-written checkpoint

@@ -508,7 +508,7 @@ def train(workspace: Path, params: Params, resume: bool = True, test_only: bool 
                          model.weights_source if branch.encoder is None else branch.encoder["weights"]["source"],
                          start, plan)
         if params.train.title_expert and params.train.branches != "image":  # an image model reads no title
-            result = _title_expert(workspace, result)
+            result = _title_expert(workspace, result, params.train.title_max_rows)
         result = _calibrate(workspace, params, result)
     utils.close_distributed(world_size)
     return result
@@ -554,12 +554,12 @@ def _encoder_log(workspace: Path, meta: RunRecord) -> dict:
             "images_reused": embedded.get("reused") if same else None}
 
 
-def _title_expert(workspace: Path, log: dict) -> dict:
+def _title_expert(workspace: Path, log: dict, max_rows: int) -> dict:
     """Fits the linear title expert of the kept weights (``training.title_expert``), stores it in
     the checkpoint before calibration, and adds its report to the train log as ``title_expert``."""
     from training.title_expert import attach_title_expert
 
-    report = attach_title_expert(workspace / CHECKPOINT, workspace / PREPARED)
+    report = attach_title_expert(workspace / CHECKPOINT, workspace / PREPARED, max_rows=max_rows)
     return utils.write_train_log(workspace / TRAIN_LOG, log["epochs"],
                                  {**{k: v for k, v in log.items() if k != "epochs"}, "title_expert": report})
 

@@ -53,7 +53,12 @@ def test_the_stored_expert_rebuilds_scikit_learns_own_model(listings):
     entry = torch.load(buffer, weights_only=True)["title_expert"]  # no pickle needed
     rebuilt = TitleExpert.from_entry(entry)
 
-    reference = make_pipeline(title_features(), LinearSVC(C=1.0, random_state=0)).fit(train["title"], train["path"])
+    # scikit-learn's own pipeline: features on every training title, the SVM on each distinct
+    # (title, path) pair once, weighted by its count (what the expert is fitted on)
+    reference = make_pipeline(title_features(), LinearSVC(C=1.0, random_state=0))
+    reference[0].fit(train["title"])
+    pairs = train.groupby(["title", "path"], sort=False).size().reset_index(name="n")
+    reference[1].fit(reference[0].transform(pairs["title"]), pairs["path"], sample_weight=pairs["n"])
     titles = val["title"].tolist() + ["", "Nike Men Navy Blue Shirt ✓ 日本", None]
     ours = rebuilt.decision(titles)
     theirs = reference.decision_function([t or "" for t in titles])
@@ -105,3 +110,43 @@ def test_an_entry_whose_parts_do_not_fit_is_refused(listings):
         TitleExpert.from_entry({**entry, "labels": labels[:-1]})
     with pytest.raises(ValueError, match="IDF values"):
         TitleExpert.from_entry({**entry, "word_idf": entry["word_idf"][:-1]})
+
+
+def test_copies_of_a_title_weigh_like_copies_and_the_cap_keeps_every_leaf(listings):
+    """Fitting each distinct (title, path) pair once with its count as weight gives the model that
+    fitting the copies gives (the same optimum; liblinear converges much faster); above
+    ``max_rows`` distinct pairs a leaf-stratified sample is fitted, every leaf kept."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.svm import LinearSVC
+
+    from training.evaluate import fit_title_svm, title_features, title_training_set
+
+    train, val, _, _ = _split(listings)
+    titles = train["title"].tolist() * 3 + train["title"].tolist()[:100]
+    paths = train["path"].tolist() * 3 + train["path"].tolist()[:100]
+    rows, pairs, weights = title_training_set(titles, paths, max_rows=0)
+    distinct = len(set(zip(titles, paths, strict=True)))
+    assert len(rows) == len(titles) and len(pairs) == distinct and weights.sum() == len(titles)
+    assert weights.max() >= 4  # a pair of the first 100 rows: 3 copies + 1
+    features, svm, report = fit_title_svm(titles, paths)
+    assert report == {"rows": len(titles), "distinct_pairs": distinct, "fitted_pairs": distinct,
+                      "capped": False}
+    copies = make_pipeline(title_features(), LinearSVC(C=1.0, random_state=0, max_iter=20_000)).fit(titles, paths)
+    ours = svm.decision_function(features.transform(val["title"]))
+    theirs = copies.decision_function(val["title"])
+    assert list(svm.classes_) == list(copies.classes_)
+    assert np.mean(ours.argmax(1) == theirs.argmax(1)) > 0.99
+    np.testing.assert_allclose(ours, theirs, atol=0.05)
+
+    cap = 120
+    rows, pairs, weights = title_training_set(titles, paths, max_rows=cap, min_per_leaf=5)
+    kept = {paths[i] for i in pairs}
+    assert kept == set(paths)  # every leaf keeps its floor
+    assert cap - len(kept) <= len(pairs) <= cap + 5 * len(kept)  # quotas rounded per leaf
+    assert weights.sum() == len(rows) < len(titles)  # features from the kept pairs' rows only
+    assert {(titles[i], paths[i]) for i in rows} == {(titles[i], paths[i]) for i in pairs}
+    again = title_training_set(titles, paths, max_rows=cap, min_per_leaf=5)
+    np.testing.assert_array_equal(again[1], pairs)  # stable
+    _, svm, report = fit_title_svm(titles, paths, max_rows=cap)
+    assert report["capped"] and report["fitted_pairs"] == len(pairs)
+    assert set(svm.classes_) == set(paths)
