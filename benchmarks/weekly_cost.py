@@ -140,13 +140,13 @@ Its weights are not what the benchmark measures; that it has trained on every ba
 def _first_champion(state, params, quick: bool = False) -> int:
     """Versions the store as it is, trains, registers and promotes a first model; its version."""
     from ingestion.versioning import version_data
-    from ingestion.workspace import reproduce
     from promotion.promote import gate_challenger, promote
     from promotion.register import register_challenger
+    from training.pipeline import run_pipeline
 
     params = params.with_overrides(QUICK_CHAMPION) if quick else params
     data = version_data(state, params, note="benchmark champion's store")
-    trained = reproduce(state, note="benchmark champion")
+    trained = run_pipeline(state, note="benchmark champion")
     registered = register_challenger(state, params, data, trained.workspace_commit, "benchmark", "build")
     decision = gate_challenger(state, params, registered.version, data.golden_rev)
     return promote(state, params, decision).champion
@@ -294,9 +294,9 @@ def run_task(name: str, work: Path) -> None:
         note = " ".join(ValidateResult.from_xcom(prev("validate")).stored_batches)
         result = versioning.version_data(state, params, note=note).to_xcom()
     elif name == "train_evaluate":
-        from ingestion.workspace import reproduce
+        from training.pipeline import run_pipeline
 
-        result = reproduce(state, note=DataVersionResult.from_xcom(prev("version_data")).data_rev[:10]).to_xcom()
+        result = run_pipeline(state, note=DataVersionResult.from_xcom(prev("version_data")).data_rev[:10]).to_xcom()
     elif name == "register":
         from promotion.register import register_challenger
 

@@ -1,7 +1,7 @@
 """What each step of the retraining DAG returns: one small typed result per step.
 
 A step function (``ingestion.ingest.ingest_new_batches``, ``validation.staged.
-validate_staged_batches``, ``ingestion.versioning.version_data``, ``ingestion.workspace.reproduce``,
+validate_staged_batches``, ``ingestion.versioning.version_data``, ``training.pipeline.run_pipeline``,
 ``promotion.register.register_challenger``, ``promotion.promote.gate_challenger``, ``promote``,
 ``record_review``) returns its result object. The DAG task returns :meth:`StepResult.to_xcom`, a
 dict of JSON types holding small references (batch ids, paths, revisions, run ids, counts), and
@@ -251,7 +251,7 @@ class DataVersionResult(StepResult):
 
 
 class ReproduceResult(StepResult):
-    """``train_evaluate``'s result (:func:`ingestion.workspace.reproduce`, ``dvc repro``).
+    """``train_evaluate``'s result (:func:`training.pipeline.run_pipeline`, ``dvc repro``).
 
     Attributes:
         workspace_commit: the workspace commit after ``dvc repro`` (data + code + params +

@@ -181,9 +181,9 @@ def listing_classifier_retraining():
     def train_evaluate(data: dict) -> dict:
         from common.results import DataVersionResult
         from common.state import State
-        from ingestion.workspace import reproduce
+        from training.pipeline import run_pipeline
 
-        return reproduce(State.from_env(), note=DataVersionResult.from_xcom(data).data_rev[:10]).to_xcom()
+        return run_pipeline(State.from_env(), note=DataVersionResult.from_xcom(data).data_rev[:10]).to_xcom()
 
     @task
     def register(data: dict, trained: dict, validated: dict, params=None, dag=None, run_id=None) -> dict:

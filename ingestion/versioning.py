@@ -30,8 +30,8 @@ state folder.
 CLI::
 
     python -m ingestion.versioning version      # dvc add + git commit + dvc push
-    python -m ingestion.versioning repro        # dvc repro (prepare -> train -> evaluate):
-                                                # ingestion.workspace.reproduce
+
+(``dvc repro`` of prepare -> train -> evaluate in the same workspace is ``training.pipeline``.)
 """
 
 from __future__ import annotations
@@ -71,7 +71,6 @@ from ingestion.workspace import (
     configure_remote,
     init_workspace,
     remote_url,
-    reproduce,
     run_dvc,
     run_git,
     sync_snapshot,
@@ -449,16 +448,15 @@ def data_version_at(state: State, data_rev: str) -> DataVersionResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ingestion.versioning {version,repro} [--params FILE]``: prints the result as JSON."""
+    """``python -m ingestion.versioning version [--params FILE]``: prints the result as JSON."""
     parser = argparse.ArgumentParser(prog="python -m ingestion.versioning", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["version", "repro"])
     parser.add_argument("--params", default=None)
     args = parser.parse_args(argv)
+    if args.command == "repro":  # where it was until 2026-12: the pipeline's run is training's
+        parser.error("`repro` moved: run `python -m training.pipeline` (dvc repro: prepare -> train -> evaluate)")
     state = State.from_env()
-    if args.command == "version":
-        result = version_data(state, load_params(args.params))
-    else:
-        result = reproduce(state)
+    result = version_data(state, load_params(args.params))
     print(json.dumps(result.to_dict()))
     return 0
 

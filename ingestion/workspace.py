@@ -5,8 +5,8 @@ The pipeline runs in a DVC workspace, ``<state>/workspace``: its own git reposit
 (``common/``, ``training/``, :data:`SNAPSHOT_PACKAGES`), the ``.dvc`` pointers of
 ``data/listings`` and ``data/golden`` and ``dvc.lock``. One commit of the workspace therefore
 pins data, code and params: :mod:`ingestion.versioning` commits the data (its sha is the *data
-revision* passed on through XCom and tagged on every model version) and :func:`reproduce` runs
-``dvc repro`` and commits ``dvc.lock``. Nothing is ever committed into the developer's checkout.
+revision* passed on through XCom and tagged on every model version) and
+:func:`training.pipeline.run_pipeline` runs ``dvc repro`` and commits ``dvc.lock``. Nothing is ever committed into the developer's checkout.
 
 The DVC remote is ``<state>/dvc-remote`` unless ``LCP_DVC_REMOTE_URL`` names another one: a
 folder, or ``s3://bucket/prefix`` (dvc-s3) with the same configuration shape. S3 credentials
@@ -28,7 +28,8 @@ files (``.dvc/tmp/lock``, ``rwlock.lock``) are OS locks (``zc.lockfile``) releas
 Every git and DVC command goes through :func:`run_command` (:func:`run_git`, :func:`run_dvc`),
 which turns a failure into :class:`VersioningError` and a full disk into ``ENOSPC``.
 
-CLI: ``python -m ingestion.versioning repro`` runs :func:`reproduce`.
+The pipeline's run in the workspace (``dvc repro``, after fetching the model training starts
+from) is :mod:`training.pipeline`.
 """
 
 from __future__ import annotations
@@ -45,11 +46,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from common.files import atomic_write
-from common.params import PROJECT_ROOT, Params, load_params, write_params
-from common.results import ReproduceResult
+from common.params import PROJECT_ROOT, Params, write_params
 from common.state import State
-from common.store import BATCHES, disk_full_errors, is_disk_full
+from common.store import BATCHES, is_disk_full
 
 SNAPSHOT_PACKAGES = ("common", "training")
 """Packages the DVC stages run; copied into the workspace so its commit pins them."""
@@ -69,11 +68,6 @@ DVCIGNORE = f"/{LISTINGS}/{BATCHES}/.*"
 """``.dvcignore`` pattern: partitions being written (hidden temporary folders) are never data."""
 DVC_RWLOCK = ".dvc/tmp/rwlock"
 """DVC's read/write lock of workspace paths (JSON, relative to the workspace)."""
-INIT = "models/init"
-"""The model a run may start from (``train.init``), relative to the workspace: one DVC output
-(``models/init.dvc``) and a dependency of the train stage, so a new champion re-runs training and
-a workspace commit pins the start too (``promotion.reproduce`` pulls it). It holds ``init.json``
-always and the champion's ``model.pt`` when a run starts from it (:func:`fetch_init`)."""
 
 log = logging.getLogger(__name__)
 
@@ -315,120 +309,3 @@ def sync_snapshot(state: State, params: Params) -> None:
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
-def fetch_init(state: State, params: Params) -> dict:
-    """Puts the model the train stage starts from into ``<workspace>/models/init`` (:data:`INIT`).
-
-    With ``train.init: champion`` and a registered version holding the alias ``champion``, its
-    checkpoint (the ``model.pt`` of its MLflow model) is downloaded there and ``init.json`` says
-    ``{"init": "champion", "model": name, "version": "N", "run_id": ...}``; otherwise ``init.json``
-    says ``{"init": "scratch", "reason": ...}`` and no checkpoint is left there. The file holds no
-    time stamp: the same champion gives the same bytes, so ``dvc repro`` re-runs train only when
-    the champion (or the choice) changed. Whether the champion's architecture fits is the train
-    stage's decision (``training.warm_start.init_model``), made with the params it trains with.
-
-    Args:
-        state: the state folder (its workspace and tracking store).
-        params: the effective params (``train.init``, ``registry.model_name``).
-
-    Returns:
-        The ``init.json`` content written.
-
-    Raises:
-        RuntimeError: when the champion exists but its checkpoint cannot be downloaded (an
-            unreachable store must not silently turn a warm start into a cold one).
-        mlflow.exceptions.MlflowException: when the registry cannot be asked (see
-            ``promotion.registry.alias_version``).
-    """
-    folder = state.workspace / INIT
-    folder.mkdir(parents=True, exist_ok=True)
-    # the line `dvc add` writes, written first: a commit between this and the add (a failed add,
-    # then the next run's version_data) must not put a checkpoint into git
-    ignore = folder.parent / ".gitignore"
-    lines = ignore.read_text().splitlines() if ignore.exists() else []
-    if f"/{folder.name}" not in lines:
-        ignore.write_text("".join(f"{line}\n" for line in [*lines, f"/{folder.name}"]))
-    checkpoint = folder / "model.pt"
-    spec: dict = {"init": "scratch", "reason": "train.init is scratch"}
-    if params.train.init == "champion":
-        import tempfile
-
-        import mlflow
-
-        # promotion owns the registry helpers; imported here, where the workspace needs them
-        from promotion.registry import ALIAS_CHAMPION, alias_version, mlflow_client
-
-        name = params.registry.model_name
-        client = mlflow_client(state)
-        version = alias_version(client, name, ALIAS_CHAMPION)
-        if version is None:
-            spec = {"init": "scratch", "reason": f"no {ALIAS_CHAMPION} of {name} yet"}
-        else:
-            with tempfile.TemporaryDirectory(dir=state.root) as tmp:
-                try:
-                    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp))
-                    found = next(local.rglob("model.pt"))
-                except Exception as exc:  # any failure to fetch the champion's checkpoint
-                    raise RuntimeError(f"the {ALIAS_CHAMPION} (version {version}) checkpoint cannot be "
-                                       f"downloaded for train.init champion: {exc}") from exc
-                os.replace(found, checkpoint)
-            spec = {"init": "champion", "model": name, "version": version,
-                    "run_id": client.get_model_version(name, version).run_id}
-    if spec["init"] == "scratch":
-        checkpoint.unlink(missing_ok=True)
-    (folder / "init.json").write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    log.info("train init: %s", spec)
-    return spec
-
-
-RETIRED = Path("data") / "retired_categories.json"
-"""The retired categories (``validation.taxonomy.write_retired``), a dependency of prepare."""
-
-
-def ensure_retired_file(ws: Path) -> bool:
-    """Writes an empty retired-categories file when the workspace has none (nothing was ever
-    retired), in the format ``validation.taxonomy.write_retired`` writes, so that prepare's DVC
-    dependency exists and a later retirement re-runs prepare.
-
-    Returns:
-        Whether the file was written.
-    """
-    path = ws / RETIRED
-    if path.exists():
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps({"retired": []}, indent=1) + "\n", encoding="utf-8"))
-    return True
-
-
-def reproduce(state: State, note: str = "") -> ReproduceResult:
-    """Runs ``dvc repro`` (prepare -> train -> evaluate), commits ``dvc.lock``, pushes outputs.
-
-    Before the run, :func:`fetch_init` puts the model training starts from (``train.init`` of
-    the workspace's params) into ``models/init``, which is added to DVC (``models/init.dvc``).
-
-    Args:
-        state: the state folder; its workspace must have been versioned once.
-        note: appended to the commit message (e.g. the start of the data revision).
-
-    Returns:
-        The workspace commit after the run, ``metrics.json`` and the workspace folder.
-
-    Raises:
-        VersioningError: when there is no workspace yet, or a stage or DVC fails (the stage's
-            output is in the message).
-        common.store.DiskFullError: when the state folder's disk is full.
-    """
-    ws = state.workspace
-    if not (ws / "dvc.yaml").exists():
-        raise VersioningError(f"no DVC workspace at {ws}: run the version_data step first")
-    with workspace_lock(state), disk_full_errors(state.root, "dvc repro"):
-        clear_stale_locks(ws)
-        ensure_retired_file(ws)
-        fetch_init(state, load_params(ws / "params.yaml"))
-        run_dvc(ws, "add", "-q", INIT)
-        out = run_dvc(ws, "repro")
-        log.info("dvc repro:\n%s", out[-6000:])
-        rev = commit(ws, f"repro: prepare -> train -> evaluate {note}".strip())
-        run_dvc(ws, "push")
-    metrics = json.loads((ws / "metrics.json").read_text())
-    return ReproduceResult(workspace_commit=rev, metrics=metrics, workspace=str(ws))

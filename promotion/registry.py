@@ -13,13 +13,17 @@ from common.params import Params
 from common.scoring import business_weighted_score, listing_credits
 from common.state import State
 from common.store import image_path
+from common.tracking import (  # noqa: F401 (re-exported: the registry's names)
+    ALIAS_CHALLENGER,
+    ALIAS_CHAMPION,
+    ALIAS_PREVIOUS,
+    alias_version,
+    mlflow_client,
+)
 from promotion.gate import PerListing, per_listing
 
 log = logging.getLogger(__name__)
 
-ALIAS_CHAMPION = "champion"
-ALIAS_CHALLENGER = "challenger"
-ALIAS_PREVIOUS = "previous-champion"
 
 TAG_VALUE_CHARS = 4900
 """Longest tag value written (MLflow's limit on a model version tag value is 5,000 characters)."""
@@ -62,15 +66,6 @@ def set_version_tags(client, name: str, version: str, tags: dict) -> dict[str, s
         written[key] = str(value)[:TAG_VALUE_CHARS]
         client.set_model_version_tag(name, version, key, written[key])
     return written
-
-
-def mlflow_client(state: State):
-    """Points MLflow at the state's tracking store and returns a client."""
-    import mlflow
-
-    mlflow.set_tracking_uri(state.tracking_uri)
-    mlflow.set_registry_uri(state.tracking_uri)
-    return mlflow.MlflowClient()
 
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -129,27 +124,6 @@ def record_run(client, experiment_id: str, tag: str, value: str, run_name: str, 
                                tags={tag: value, "mlflow.note.content": note}).info.run_id
     client.set_terminated(run_id, "FINISHED")
     return run_id
-
-
-def alias_version(client, name: str, alias: str) -> str | None:
-    """The version an alias points to, or None (also when the model is not registered yet).
-
-    Raises:
-        mlflow.exceptions.MlflowException: for any other failure (e.g. the tracking server is
-            unreachable): an unknown champion must never read as "no champion".
-    """
-    from mlflow.exceptions import MlflowException
-
-    # a tracking server with MLflow's basic-auth answers a model that does not exist yet with
-    # 403 (no permission on it), not 404: ask the search, which lists only what exists
-    if not client.search_registered_models(filter_string=f"name = '{name}'"):
-        return None
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise
 
 
 def golden_frame(state: State) -> pd.DataFrame:

@@ -23,7 +23,7 @@ updated after every optimizer step (``torch.optim.swa_utils.AveragedModel``, as 
 reference ``--model-ema``); the average is what is evaluated, early-stopped on and kept.
 
 Warm start (``train.init: champion``): the new model starts from the champion's checkpoint,
-which ``ingestion.workspace.fetch_init`` puts into ``models/init/`` (a DVC dep of this stage, so a
+which ``training.pipeline.fetch_init`` puts into ``models/init/`` (a DVC dep of this stage, so a
 new champion re-runs it), and trains ``train.warm_epochs`` epochs instead of ``train.epochs``.
 Parameters whose name and shape match are copied, the level heads row by label (new categories
 get fresh rows, vanished ones are dropped); a champion of another architecture, or none, means

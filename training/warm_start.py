@@ -1,7 +1,7 @@
 """Warm start: a new model initialised from an earlier checkpoint (``train.init: champion``).
 
 :func:`start_model` is the train stage's step (:func:`init_model` its plain-data form): it reads ``models/init/`` (the champion's checkpoint,
-put there by ``ingestion.workspace.fetch_init``), checks that the champion's architecture fits
+put there by ``training.pipeline.fetch_init``), checks that the champion's architecture fits
 (:func:`architecture_difference`) and copies its weights into the fresh model
 (:func:`warm_start`: every tensor whose name and shape match, the level heads row by label,
 :func:`head_row_labels`). A champion that does not fit, or none, leaves the model as built.
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INIT_DIR = Path("models") / "init"
-"""Where ``ingestion.workspace`` puts the model a run may start from (a DVC-tracked dep of the
+"""Where ``training.pipeline`` puts the model a run may start from (a DVC-tracked dep of the
 train stage): ``init.json`` always, ``model.pt`` (the champion's checkpoint) when there is one."""
 
 ARCHITECTURE_FIELDS = ("branches", "backbone", "structured", "text_dim", "field_dim", "image_encoder",
@@ -244,7 +244,7 @@ class WarmStart:
 def champion_checkpoint(workspace: Path, cfg: TrainParams) -> tuple[dict | None, str | None, str]:
     """The champion's checkpoint when this run starts from it, else why not.
 
-    ``<workspace>/models/init/init.json`` (written by ``ingestion.workspace.fetch_init`` before
+    ``<workspace>/models/init/init.json`` (written by ``training.pipeline.fetch_init`` before
     ``dvc repro``) says whether there is a champion: ``{"init": "champion", "version": "3", ...}``
     with its checkpoint in ``models/init/model.pt``, or ``{"init": "scratch", "reason": ...}``.
     ``train.init: scratch``, no champion, a missing or unreadable checkpoint, or a champion of
@@ -264,7 +264,7 @@ def champion_checkpoint(workspace: Path, cfg: TrainParams) -> tuple[dict | None,
     spec_file, ckpt_file = workspace / INIT_DIR / "init.json", workspace / INIT_DIR / "model.pt"
     if not spec_file.is_file():
         return None, None, (f"train.init is champion but {INIT_DIR / 'init.json'} is missing "
-                            "(ingestion.workspace.fetch_init writes it before dvc repro)")
+                            "(training.pipeline.fetch_init writes it before dvc repro)")
     spec = json.loads(spec_file.read_text(encoding="utf-8"))
     if spec.get("init") != "champion":
         return None, None, spec.get("reason") or "no champion"

@@ -46,10 +46,10 @@ def flow(tiny_trained, tmp_path_factory):
     """Runs the module docstring's steps; returns what each returned."""
     import torch
 
-    from ingestion.workspace import reproduce
     from promotion.promote import gate_challenger, promote
     from promotion.register import register_challenger
     from training.calibration import calibrate_checkpoint
+    from training.pipeline import run_pipeline
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     state = copy_state(tiny_trained["state"], tmp_path_factory.mktemp("coverage") / "state")
@@ -84,7 +84,7 @@ def flow(tiny_trained, tmp_path_factory):
     values["train"]["epochs"] = STRONG_EPOCHS
     values["score"]["target_precision"] = 1.0
     path.write_text(yaml.safe_dump(values, sort_keys=False))
-    strict_commit = reproduce(state, note="test: strict").workspace_commit
+    strict_commit = run_pipeline(state, note="test: strict").workspace_commit
     strict_params = params.with_overrides({"train": {"epochs": STRONG_EPOCHS},
                                            "score": {"target_precision": 1.0}})
     out["strict_metrics"] = json.loads((ws / "metrics.json").read_text())

@@ -41,9 +41,10 @@ def _files(folder: Path) -> dict[str, tuple[int, str]]:
 
 @pytest.fixture(scope="module")
 def weeks(fashion_dir, tmp_path_factory):
-    from ingestion.versioning import reproduce, version_data
+    from ingestion.versioning import version_data
     from tests.integration.test_promotion_registry import build_and_train
     from tests.integration.test_warm_start import NEW_BATCH, add_new_leaf_batch
+    from training.pipeline import run_pipeline
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     params = frozen_params()
@@ -55,7 +56,7 @@ def weeks(fashion_dir, tmp_path_factory):
     ckpt1 = torch.load(ws / "models" / "model.pt", map_location="cpu", weights_only=True)
     add_new_leaf_batch(fashion_dir, state.listings_store)
     data2 = version_data(state, params, note="week 2")
-    trained2 = reproduce(state, note="week 2")
+    trained2 = run_pipeline(state, note="week 2")
     log2 = json.loads((ws / "models" / "train_log.json").read_text())
     return {"state": state, "params": params, "data": data2, "trained": trained2, "log1": log1,
             "log2": log2, "folders": folders, "week1_files": week1_files, "ckpt1": ckpt1,

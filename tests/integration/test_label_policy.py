@@ -97,10 +97,11 @@ def flow(tiny_trained, fashion_dir, tmp_path_factory):
 
     from common.store import read_store
     from ingestion.ingest import ingest_new_batches
-    from ingestion.versioning import reproduce, version_data
+    from ingestion.versioning import version_data
     from monitoring.fresh_batch import score_champion_on_fresh
     from promotion.promote import gate_challenger, promote
     from promotion.register import register_challenger
+    from training.pipeline import run_pipeline
     from validation.staged import validate_staged_batches
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -145,7 +146,7 @@ def flow(tiny_trained, fashion_dir, tmp_path_factory):
     out["store"] = read_store(state.listings_store)
     out["golden_before_gate"] = pd.read_parquet(state.golden_dir / "golden.parquet")
     with timed(t, "dvc repro (exclude)"):
-        trained_x = reproduce(state, note="exclude")
+        trained_x = run_pipeline(state, note="exclude")
     out["x"] = _prepared(state)
     with timed(t, "challenger: register, gate"):
         v2 = register_challenger(state, exclude, out["data_x"], trained_x.workspace_commit, "test_dag", "run-2")
@@ -161,7 +162,7 @@ def flow(tiny_trained, fashion_dir, tmp_path_factory):
     # 4. flag: the param alone re-runs prepare
     with timed(t, "version_data, dvc repro (flag)"):
         out["data_f"] = version_data(state, flag, note="flag")
-        reproduce(state, note="flag")
+        run_pipeline(state, note="flag")
     out["f"] = _prepared(state)
     return out
 

@@ -93,13 +93,13 @@ def retrain(state, **train) -> str:
     The params file is edited as YAML (not rewritten from this checkout's Params) so that it stays
     what the workspace's own code snapshot reads.
     """
-    from ingestion.workspace import reproduce
+    from training.pipeline import run_pipeline
 
     path = state.workspace / "params.yaml"
     values = yaml.safe_load(path.read_text())
     values["train"].update(train)
     path.write_text(yaml.safe_dump(values, sort_keys=False))
-    return reproduce(state, note=f"test: {train}").workspace_commit
+    return run_pipeline(state, note=f"test: {train}").workspace_commit
 
 
 @contextmanager

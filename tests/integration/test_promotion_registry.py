@@ -44,13 +44,14 @@ def build_and_train(fashion_dir: Path, root: Path, params: Params) -> tuple[Stat
     Returns:
         ``(state, version_data result, reproduce result)``.
     """
-    from ingestion.versioning import reproduce, version_data
+    from ingestion.versioning import version_data
     from tests.integration.test_training_stages import build_workspace
+    from training.pipeline import run_pipeline
 
     state = State(root / "state").ensure()
     build_workspace(fashion_dir, state.workspace)
     data = version_data(state, params, note="test")
-    trained = reproduce(state, note="test")
+    trained = run_pipeline(state, note="test")
     return state, data, trained
 
 

@@ -2,7 +2,7 @@
 
 The session's tiny state (~300 real fashion listings) is copied; its workspace's params ask for
 two training processes (the text branch, one epoch, to keep it short) and the pipeline runs
-through ``ingestion.workspace.reproduce`` (``dvc repro``), as the DAG's ``train_evaluate`` runs
+through ``training.pipeline.run_pipeline`` (``dvc repro``), as the DAG's ``train_evaluate`` runs
 it. The train log and checkpoint say two processes trained, and every epoch's ``rows_per_rank``
 (each rank's own count, gathered from the ranks) shows two disjoint halves of the split: the
 counts sum to the training split and each is half of it within one row per global batch.

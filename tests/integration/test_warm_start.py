@@ -75,8 +75,9 @@ def add_new_leaf_batch(fashion_dir: Path, store: Path) -> str:
 @pytest.fixture(scope="module")
 def warm(tiny_trained, fashion_dir, tmp_path_factory):
     from ingestion.versioning import version_data
-    from ingestion.workspace import INIT, fetch_init, run_dvc
+    from ingestion.workspace import run_dvc
     from promotion.register import register_challenger
+    from training.pipeline import INIT, fetch_init
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     state = copy_state(tiny_trained["state"], tmp_path_factory.mktemp("warm") / "state")

@@ -237,7 +237,7 @@ def test_group_labels_finds_dense_groups_and_leaves_noise():
 def test_repro_writes_the_empty_retired_file_prepare_depends_on(tmp_path):
     """prepare's DVC dependency always exists: repro writes the empty list in write_retired's own
     format (so un-retiring everything later changes nothing), and a retirement changes its bytes."""
-    from ingestion.workspace import RETIRED, ensure_retired_file
+    from training.pipeline import RETIRED, ensure_retired_file
     from training.prepare import retired_categories
     from validation.taxonomy import RETIRED_FILE, write_retired
 

@@ -200,7 +200,7 @@ def test_a_checkpoint_resumes_only_a_run_with_the_same_start(ckpt_init, run_init
 def test_fetch_init_from_scratch_writes_a_stable_spec_and_keeps_checkpoints_out_of_git(tmp_path):
     from common.params import Params
     from common.state import State
-    from ingestion.workspace import fetch_init
+    from training.pipeline import fetch_init
 
     state = State(tmp_path / "state").ensure()
     stale = state.workspace / "models" / "init" / "model.pt"
