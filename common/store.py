@@ -399,7 +399,7 @@ def _read_partition(path: Path, columns: Sequence[str]) -> pd.DataFrame:
 
 
 def read_store(store: Path, columns: Sequence[str] | None = None,
-               exclude_batches: Iterable[str] = ()) -> pd.DataFrame:
+               exclude_batches: Iterable[str] = (), only_batches: Iterable[str] | None = None) -> pd.DataFrame:
     """Reads the accepted listings, the latest version of each listing id.
 
     Args:
@@ -409,6 +409,9 @@ def read_store(store: Path, columns: Sequence[str] | None = None,
             from the partitions (Parquet column projection).
         exclude_batches: batch ids whose partitions are ignored (e.g. the batch being
             re-validated, so it is not compared with itself).
+        only_batches: when given, only these batches' partitions are read (the latest version
+            among them: what a week's new batches hold, in O(their rows), not O(store)); an id
+            without a partition is skipped.
 
     The latest version of a listing is the row of its latest batch date (ties: ``ingested_at``,
     then batch id; :func:`common.batches.version_order`).
@@ -419,10 +422,13 @@ def read_store(store: Path, columns: Sequence[str] | None = None,
         a column that older partitions lack (written before it was added) is ``None`` there.
     """
     columns = list(columns or CANONICAL_COLUMNS)
-    if set(columns) <= set(INDEX_COLUMNS):  # the index holds them: one file, not every partition
+    if only_batches is None and set(columns) <= set(INDEX_COLUMNS):  # the index holds them: one file
         return read_index(store, columns, exclude_batches)
     skip = set(exclude_batches)
     batches = [b for b in batch_ids(store) if b not in skip]
+    if only_batches is not None:
+        wanted = set(only_batches)
+        batches = [b for b in batches if b in wanted]
     if not batches:
         return _empty(columns)
     needed = list(dict.fromkeys([*columns, "listing_id", "ingested_at", "batch_id"]))

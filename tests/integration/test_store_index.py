@@ -64,11 +64,13 @@ class _Reads:
 
     def __init__(self, monkeypatch, store: Path):
         self.count = 0
+        self.sources: set[str] = set()
         real_read, real_file = pq.read_table, pq.ParquetFile
         index = str(store.parent / f".{store.name}-index" / "versions.parquet")
 
         def count(source) -> None:
             self.count += str(source) != index
+            self.sources.add(str(source))
 
         def read_table(source, *args, **kwargs):
             count(source)
@@ -172,3 +174,29 @@ def test_growing_the_golden_set_reads_the_new_partitions_only(tmp_path, styles, 
     assert (golden.set_index("listing_id")["category_path"] == latest["category_path"]).all()
     added = set(golden["listing_id"]) - set(before["listing_id"])
     assert added and set(store.set_index("listing_id").loc[sorted(added), "batch_id"]) == {NEW}
+
+
+def test_the_monitors_fresh_listings_read_only_the_weeks_partitions(tmp_path, styles, fashion_dir, monkeypatch):
+    """The monitor scores the champion on the week's fresh listings (in no other batch, not
+    golden): it reads the new partition, the index and the golden ids, not every partition, and
+    finds what the whole store's latest versions give."""
+    from monitoring.fresh_batch import fresh_listings
+
+    state = State(tmp_path / "state")
+    store = _store(state.workspace, styles, fashion_dir)  # <state>/workspace/data/listings
+    assert store == state.listings_store
+    state.golden_dir.mkdir(parents=True)
+    golden = styles["id"].iloc[[121, 125]].tolist()
+    pd.DataFrame({"listing_id": golden}).to_parquet(state.golden_dir / "golden.parquet")
+    # the new batch: 30 new listings and 3 that earlier batches hold (updates: not fresh)
+    _partition(store, NEW, pd.concat([styles.iloc[120:150], styles.iloc[0:3]]), fashion_dir)
+    read_store(store, INDEX_COLUMNS)  # the index is current (the week's validation did this)
+    reads = _Reads(monkeypatch, store)
+    fresh = fresh_listings(state, [NEW])
+    read = {Path(s).relative_to(store).parts[1] for s in reads.sources if Path(s).is_relative_to(store)}
+    monkeypatch.undo()
+    whole = read_store(store)
+    seen = set(read_store(store, ["listing_id", "title"], exclude_batches=[NEW])["listing_id"])
+    expected = whole[(whole["batch_id"] == NEW) & ~whole["listing_id"].isin(seen | set(golden))].reset_index(drop=True)
+    pd.testing.assert_frame_equal(fresh, expected)
+    assert len(fresh) == 28 and read == {NEW}  # of the store, only the week's partition
