@@ -2,8 +2,9 @@
 
 Reads two state folders built by ``make season`` on the same catalog and weeks (e.g. one with
 ``train.replay_size: 1000``, one with ``0``, training on everything), and for each week in which
-both registered a challenger evaluated on the same golden revision pairs the two challengers'
-golden predictions (each run's ``evaluation/predictions.csv``, what its evaluate stage scored)
+both registered a challenger evaluated on the same golden listings (same ids and true paths;
+two states' golden revisions differ in bytes) pairs the two challengers' golden predictions (each
+run's ``evaluation/predictions.csv``, what its evaluate stage scored)
 listing by listing and prints:
 
 * leaf accuracy and business-weighted score of A and B (``params.score`` of A's state);
@@ -80,7 +81,7 @@ def _trained(train_log: dict) -> str:
 
 
 def compare(a_dir: Path, b_dir: Path) -> pd.DataFrame:
-    """One row per week both seasons trained on the same golden revision (see the module doc)."""
+    """One row per week of the two seasons, compared where both trained (see the module doc)."""
     from common.params import load_params
     from common.scoring import listing_credits
     from promotion.gate import paired_bootstrap_delta
@@ -92,8 +93,8 @@ def compare(a_dir: Path, b_dir: Path) -> pd.DataFrame:
         row = {"week": int(a["week"]), "a_seconds_train_evaluate": a.get("seconds_train_evaluate"),
                "b_seconds_train_evaluate": b.get("seconds_train_evaluate"),
                "a_seconds_run": a.get("seconds_run"), "b_seconds_run": b.get("seconds_run")}
-        if pd.isna(a["version"]) or pd.isna(b["version"]) or a["golden_rev"] != b["golden_rev"]:
-            rows.append({**row, "note": "not compared (a season did not train, or other golden sets)"})
+        if pd.isna(a["version"]) or pd.isna(b["version"]):
+            rows.append({**row, "note": "not compared (a season did not train this week)"})
             continue
         pa, log_a = _predictions(a_dir, str(a["version"]))
         pb, log_b = _predictions(b_dir, str(b["version"]))

@@ -16,11 +16,26 @@ ALIAS_PREVIOUS = "previous-champion"
 
 
 def mlflow_client(state: State):
-    """Points MLflow at the state's tracking store and returns a client."""
+    """Points MLflow at the state's tracking store and returns a client.
+
+    ``mlflow.set_tracking_uri`` also exports the URI as ``MLFLOW_TRACKING_URI`` (for
+    subprocesses), and :attr:`common.state.State.tracking_uri` lets that variable win (a tracking
+    server configured by the user): in a process that opens a second state (a benchmark comparing
+    two seasons, a test) the second state's client would then read the first state's store,
+    silently. The variable is put back as it was, so only a user's setting ever wins.
+    """
+    import os
+
     import mlflow
 
-    mlflow.set_tracking_uri(state.tracking_uri)
-    mlflow.set_registry_uri(state.tracking_uri)
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = state.tracking_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
     return mlflow.MlflowClient()
 
 
