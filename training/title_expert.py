@@ -168,7 +168,7 @@ def fit_title_expert(train_titles: Sequence[str | None], train_paths: Sequence[s
     if len(set(paths)) < 2 or not any(t.strip() for t in titles):
         return None, {"model": None, "reason": "no titles, or fewer than two categories"}
     union, svm, fitted = fit_title_svm(titles, paths, max_rows)
-    width = sum(len(t.vocabulary_) for _, t in union.transformer_list)
+    width = svm.coef_.shape[1]  # the union's terms, word then char
     index = {label: i for i, label in enumerate(labels)}
     coef = np.zeros((len(labels), width), dtype=np.float32)
     intercept = np.full(len(labels), -1e3, dtype=np.float32)  # a leaf the SVM never saw: never its pick
