@@ -229,9 +229,11 @@ def run_weeks(data: Path, weeks: int, start: date, order: str = "hash", limit: i
         proc = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"],
                                 env=airflow_env(port), stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    # a TERM (a killed make, a CI timeout) unwinds through ``finally`` like Ctrl-C, so that
-    # ``airflow standalone`` and its components are stopped instead of left running
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # a TERM (a killed make, a CI timeout) or HUP (a closed terminal) unwinds through ``finally``
+    # like Ctrl-C, so that ``airflow standalone`` (a session of its own: no signal meant for make
+    # reaches it) and its components are stopped instead of left running
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     try:
         os.environ.update(airflow_env(port))
         wait_for_dags()

@@ -6,9 +6,13 @@
 # the scheduler, dag-processor and triggerer only once the api-server answers its health check:
 # started together, the scheduler began the weekly run before the api-server listened, and the
 # first ingest try failed with "Connection refused".
-# Ctrl-C or TERM stops everything it started, the tasks' processes included (each task runs in a
-# process group of its own, with `dvc repro` and training below it), and marks the task
-# instances and DAG runs they leave unfinished failed (scripts/stop_airflow.py).
+# Ctrl-C, TERM or a closed terminal (HUP) stops everything it started, the tasks' processes
+# included (each task runs in a process group of its own, with `dvc repro` and training below it),
+# and marks the task instances and DAG runs they leave unfinished failed (scripts/stop_airflow.py).
+# Each component runs in a session of its own (setsid): the signal reaches only make and this
+# script, whose stop finds every process of a component's session (a task whose supervisor died
+# first included) before it signals any of them, instead of the components dying in an order
+# that re-parents their tasks out of reach.
 # Works from a plain shell: the components are bare `airflow` commands, so the venv's bin folder
 # goes first on PATH here.
 # Environment (set by the Makefile): VENV, STATE, AIRFLOW_PORT, MLFLOW_PORT, AIRFLOW_HOME.
@@ -26,7 +30,12 @@ export AIRFLOW__CORE__EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}"
 
 pids=()
 stop() {  # every process below the ones started here; unfinished tasks and runs marked failed
-  trap - INT TERM EXIT
+  # INT, TERM and HUP ignored while stopping, here and (inherited) in stop_airflow.py: GNU make, on a
+  # TERM, sends this script a second one, and an impatient user presses Ctrl-C again; with the
+  # traps merely reset, that second signal killed the shell before it started the stop, and the
+  # running task stayed "running" in the metadata DB
+  trap '' INT TERM HUP
+  trap - EXIT
   [ "${#pids[@]}" -gt 0 ] || return 0
   echo "stopping the UIs and their tasks ..."
   args=()
@@ -36,10 +45,11 @@ stop() {  # every process below the ones started here; unfinished tasks and runs
 trap stop EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+trap 'exit 129' HUP
 
-start() {  # start LOG COMMAND...: in the background, its output appended to LOG
+start() {  # start LOG COMMAND...: in the background, in a session of its own, output appended to LOG
   local log="$1"; shift
-  "$@" >>"$log" 2>&1 &
+  setsid "$@" >>"$log" 2>&1 </dev/null &
   pids+=($!)
 }
 start "$STATE/mlflow/ui.log" mlflow ui --backend-store-uri "sqlite:///$STATE/mlflow/mlflow.db" \

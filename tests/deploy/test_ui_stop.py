@@ -1,6 +1,7 @@
 """`make ui` stops cleanly: a TERM to make's process group while a task runs (a task process in a
 process group of its own, with a child process below it, as `dvc repro` and training are) leaves
-no process of the state alive and no task instance or DAG run "running" in its metadata DB.
+no process of the state alive and no task instance or DAG run "running" in its metadata DB, also
+when more TERMs and Ctrl-Cs come while it stops.
 
 Real `make ui` (api-server, then scheduler, dag-processor, triggerer; MLflow UI) on a fresh state
 whose DAG folder holds one small DAG: its task starts a child that sleeps for ten minutes.
@@ -105,6 +106,14 @@ def test_term_to_make_ui_stops_every_process_and_fails_the_running_task(tmp_path
         assert any("time.sleep(600)" in c for c in processes_of(state).values()), processes_of(state)
 
         os.killpg(make.pid, signal.SIGTERM)  # as a CI timeout or `kill -- -<pgid>` does
+        # and more while it stops, as GNU make's own TERM to its recipe and a user's second
+        # Ctrl-C: before ui.sh ignored them in its stop, one killed the shell before the stop began
+        for sig in [signal.SIGTERM, signal.SIGINT] * 8:
+            time.sleep(0.15)
+            try:
+                os.killpg(make.pid, sig)
+            except ProcessLookupError:
+                break
         deadline = time.monotonic() + 60
         while processes_of(state) and time.monotonic() < deadline:
             time.sleep(1)
