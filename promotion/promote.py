@@ -27,7 +27,6 @@ import json
 import logging
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from common.cli import configure_logging
@@ -43,6 +42,7 @@ from promotion.registry import (
     TAG_VALUE_CHARS,
     alias_version,
     golden_frame,
+    golden_probabilities,
     mlflow_client,
     score_version,
     set_version_tags,
@@ -90,31 +90,6 @@ def leaves_without_golden(state: State, golden) -> tuple[str, ...]:
 
     stored = set(read_store(state.listings_store, columns=["category_path"])["category_path"].dropna())
     return tuple(sorted(stored - set(golden["category_path"])))
-
-
-def _golden_probabilities(model_name: str, version: str, golden) -> tuple:
-    """A registered version's class probabilities on the golden listings: its checkpoint
-    (``model.pt`` in its model artifacts) loaded as the pyfunc loads it
-    (:func:`training.inference.load_checkpoint`), predicting through the same code.
-
-    Returns:
-        ``(probs, classes)``: float32 ``(N, C)`` probabilities, the C category paths.
-
-    Raises:
-        RuntimeError: when the version cannot be fetched or loaded.
-        ValueError: when an image cannot be read (the row is named).
-    """
-    import mlflow
-
-    from training.inference import load_checkpoint, predict_paths
-
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}"))
-        loaded = load_checkpoint(next(local.rglob("model.pt")))
-    except Exception as exc:  # any failure to fetch or load the version
-        raise RuntimeError(f"version {version} of {model_name} cannot be loaded: {exc}") from exc
-    _, probs = predict_paths(loaded, golden, golden["image_path"].tolist())
-    return probs, list(loaded.labels)
 
 
 @dataclass(frozen=True)
@@ -209,7 +184,7 @@ def _golden_label_issues(client, name: str, version: str, golden, golden_rev: st
         return None
     try:
         return golden_suspects(client, str(version), golden, golden_rev, run_id,
-                               lambda: _golden_probabilities(name, str(version), golden))
+                               lambda: golden_probabilities(client, name, str(version), golden))
     except Exception as exc:  # label issues are advice to a person: they never block a promotion
         log.warning("[gate] golden label issues not computed: %s", exc)
         return {"error": str(exc)[:500], "scored_by": str(version)}

@@ -335,6 +335,93 @@ def _predict_through_cache(client, name: str, version: str, run_id: str | None,
     return scored["predicted_path"].tolist(), scored["probability"].astype(float).tolist(), auto
 
 
+PROBABILITY_CACHE = "golden_predictions/probabilities.npz"
+"""A version's class probabilities per golden listing, on its run (:func:`golden_probabilities`):
+``keys`` (:func:`listing_keys`), ``probs`` float16 ``(M, C)``, ``classes`` (C category paths)."""
+PROBABILITY_CACHE_MAX_BYTES = 256 * 2**20
+"""Largest :data:`PROBABILITY_CACHE` written (float16: N x C x 2 bytes; 256 MiB holds e.g. 44,000
+golden listings x 3,000 leaves); above it the whole golden set is predicted each time."""
+
+
+def golden_probabilities(client, name: str, version: str, golden: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """A registered version's class probabilities on the golden listings (what golden label
+    issues need: cleanlab reads every class's probability), predicting only the listings its
+    run's :data:`PROBABILITY_CACHE` does not hold (same :func:`listing_keys` key): a week's gate
+    predicts the champion on the golden listings added since, not on the whole set.
+
+    The probabilities are those of its checkpoint (``model.pt`` in its model artifacts) loaded
+    as the pyfunc loads it (:func:`training.inference.load_checkpoint`,
+    :func:`training.inference.predict_paths`), rounded to float16 whether they come from the cache
+    or were just predicted, so a result never depends on what was cached. The cache is written
+    back (the current golden listings only) unless it would pass :data:`PROBABILITY_CACHE_MAX_BYTES`;
+    a cache that is unreadable or of other classes is ignored.
+
+    Returns:
+        ``(probs, classes)``: float32 ``(N, C)`` probabilities in ``golden``'s row order (float16
+        precision: about 3 significant digits), the C category paths.
+
+    Raises:
+        RuntimeError: when the version cannot be fetched or loaded.
+        ValueError: when an image cannot be read (the row is named).
+    """
+    import tempfile
+
+    import mlflow
+
+    from training.inference import load_checkpoint, predict_paths
+
+    keys = listing_keys(golden)
+    run_id = client.get_model_version(name, version).run_id
+    cached_keys, cached, classes = np.array([], dtype=str), None, None
+    if run_id:
+        try:
+            with tempfile.TemporaryDirectory() as tmp, np.load(mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=PROBABILITY_CACHE, dst_path=tmp), allow_pickle=False) as npz:
+                cached_keys, cached, classes = npz["keys"], npz["probs"], [str(c) for c in npz["classes"]]
+            if cached.shape != (len(cached_keys), len(classes)):
+                raise ValueError(f"probabilities of shape {cached.shape} for {len(cached_keys)} keys")
+        except Exception as exc:  # noqa: BLE001 -- no cache yet, or unreadable: the listings are predicted
+            if not isinstance(exc, (OSError, mlflow.exceptions.MlflowException)):
+                log.warning("%s v%s: golden probability cache ignored: %s", name, version, exc)
+            cached_keys, cached, classes = np.array([], dtype=str), None, None
+    row_of = {str(k): i for i, k in enumerate(cached_keys)}
+    missing = [i for i, k in enumerate(keys) if k not in row_of]
+    fresh = None
+    if missing:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}"))
+            loaded = load_checkpoint(next(local.rglob("model.pt")))
+        except Exception as exc:  # any failure to fetch or load the version
+            raise RuntimeError(f"version {version} of {name} cannot be loaded: {exc}") from exc
+        if classes is not None and list(loaded.labels) != classes:
+            log.warning("%s v%s: golden probability cache of other classes ignored", name, version)
+            row_of, missing, cached = {}, list(range(len(keys))), None
+        classes = list(loaded.labels)
+        rows = golden.iloc[missing]
+        _, probs = predict_paths(loaded, rows, rows["image_path"].tolist())
+        fresh = probs.astype(np.float16)
+    out = np.empty((len(keys), len(classes)), dtype=np.float16)
+    if missing:
+        out[missing] = fresh
+    known = [i for i, k in enumerate(keys) if k in row_of]
+    if known:
+        out[known] = cached[[row_of[keys[i]] for i in known]]
+    size = out.nbytes
+    log.info("%s v%s golden probabilities on %d listings: %d from its cache, %d predicted", name, version,
+             len(keys), len(known), len(missing))
+    if run_id and (missing or len(cached_keys) != len(keys)):
+        if size > PROBABILITY_CACHE_MAX_BYTES:
+            log.info("%s v%s: golden probabilities (%d x %d, %d bytes as float16) not cached: over %d bytes, "
+                     "the whole golden set is predicted each time", name, version, *out.shape, size,
+                     PROBABILITY_CACHE_MAX_BYTES)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / Path(PROBABILITY_CACHE).name
+                np.savez(path, keys=np.array(keys, dtype=str), probs=out, classes=np.array(classes, dtype=str))
+                client.log_artifact(run_id, str(path), str(Path(PROBABILITY_CACHE).parent))
+    return out.astype(np.float32), classes
+
+
 def _coverage(auto: list[bool] | None, pred_paths: list[str], true_paths: list[str], values) -> dict:
     """Golden ``coverage``, ``auto_precision`` and ``value_coverage`` of the served ``auto`` flags
     (as ``training.calibration.coverage_figures``; ``values`` are ``v(y_i)``); all None without."""

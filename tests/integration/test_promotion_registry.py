@@ -200,6 +200,45 @@ def test_a_version_is_scored_only_on_golden_listings_it_has_not_scored(registry,
     assert list(after.predicted_paths[:3]) == [str(p) for p in full["category_path"]]
 
 
+def test_golden_label_issue_probabilities_are_predicted_only_for_new_golden_listings(registry, caplog):
+    """The champion's class probabilities for golden label issues (the gate computed them on the
+    fixture's golden set) come from its run's probability cache; on a golden set where three
+    listings' titles changed, only those three are predicted, and every row equals what its
+    checkpoint predicts (float16 precision) in the new set's order."""
+    import logging
+
+    import numpy as np
+
+    from promotion.registry import PROBABILITY_CACHE, golden_frame, golden_probabilities
+    from training.inference import load_checkpoint, predict_paths
+
+    state, version = registry["state"], registry["v1"].version
+    client = client_for(state)
+    golden = golden_frame(state)
+    changed = golden.copy()
+    changed.loc[changed.index[:3], "title"] = ["Wrist watch", "Leather handbag", "Cotton t-shirt"]
+    changed = changed.iloc[::-1]  # another order: rows follow the frame, not the cache
+    with caplog.at_level(logging.INFO, logger="promotion.registry"):
+        before, classes = golden_probabilities(client, NAME, version, golden)
+        after, classes_after = golden_probabilities(client, NAME, version, changed)
+    n = len(golden)
+    assert f"golden probabilities on {n} listings: {n} from its cache, 0 predicted" in caplog.text
+    assert f"golden probabilities on {n} listings: {n - 3} from its cache, 3 predicted" in caplog.text
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version}"))
+    loaded = load_checkpoint(next(local.rglob("model.pt")))
+    assert classes == classes_after == list(loaded.labels)
+    _, direct = predict_paths(loaded, changed, changed["image_path"].tolist())
+    assert after.shape == (n, len(classes)) and after.dtype == np.float32
+    np.testing.assert_array_equal(after, direct.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(after[:-3], before[::-1][:-3])  # the untouched rows, cached
+    assert np.allclose(after.sum(axis=1), 1.0, atol=5e-3)
+    run_id = client.get_model_version(NAME, version).run_id
+    with np.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=PROBABILITY_CACHE)) as npz:
+        from promotion.registry import listing_keys
+
+        assert sorted(npz["keys"].tolist()) == sorted(listing_keys(changed)) and npz["probs"].dtype == np.float16
+
+
 def test_a_new_version_starts_its_scores_from_its_evaluate_stage(registry, caplog):
     """A version registered from a run evaluated on this golden revision is not predicted again
     on the whole golden set: a probe of PROBE_ROWS listings is, and the rest are its evaluate
