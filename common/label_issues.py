@@ -17,6 +17,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -53,6 +54,61 @@ class LabelIssues:
         return {"flagged": int(len(self.issues)), "checked": self.checked,
                 "unknown_label": self.unknown_label,
                 "flagged_share": round(len(self.issues) / self.checked, 6) if self.checked else 0.0}
+
+
+PROBS_MAX_BYTES = 256 * 2**20
+"""Largest table of golden class probabilities kept for label issues (float16: N x C x 2 bytes;
+256 MiB holds e.g. 44,000 golden listings x 3,000 leaves): the evaluate stage's
+``reports/golden_probs.npz`` and the gate's per-version cache (``promotion.registry``). Above it
+none is kept and the gate predicts the whole golden set for its label issues."""
+
+
+@dataclass(frozen=True)
+class ProbabilityTable:
+    """Class probabilities per listing, as kept between runs (:func:`write_probabilities`).
+
+    Attributes:
+        keys: M listing keys (``training.serving.listing_keys``), str.
+        probs: float16 ``(M, C)`` probabilities, rows in ``keys`` order.
+        classes: the C category paths, the columns.
+    """
+
+    keys: list[str]
+    probs: np.ndarray
+    classes: list[str]
+
+
+def write_probabilities(path: Path, table: ProbabilityTable) -> None:
+    """Writes ``table`` as an ``.npz`` (arrays ``keys``, ``probs`` float16, ``classes``; no
+    pickled objects).
+
+    Raises:
+        ValueError: when the shapes disagree.
+    """
+    probs = np.asarray(table.probs, dtype=np.float16)
+    if probs.shape != (len(table.keys), len(table.classes)):
+        raise ValueError(f"probabilities of shape {probs.shape} for {len(table.keys)} keys and "
+                         f"{len(table.classes)} classes")
+    with open(path, "wb") as fh:  # np.savez adds ".npz" to a str path without it
+        np.savez(fh, keys=np.array(table.keys, dtype=str), probs=probs, classes=np.array(table.classes, dtype=str))
+
+
+def read_probabilities(path: Path) -> ProbabilityTable:
+    """Reads a :func:`write_probabilities` file.
+
+    Raises:
+        OSError: when it cannot be read.
+        ValueError: when it is not such a file (a missing array, pickled objects, bad shapes).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys, probs, classes = npz["keys"], npz["probs"], npz["classes"]
+    except KeyError as exc:
+        raise ValueError(f"{path}: no array {exc} in it") from exc
+    if probs.dtype != np.float16 or probs.shape != (len(keys), len(classes)):
+        raise ValueError(f"{path}: probabilities {probs.dtype} {probs.shape} for {len(keys)} keys and "
+                         f"{len(classes)} classes")
+    return ProbabilityTable([str(k) for k in keys], probs, [str(c) for c in classes])
 
 
 def find_label_issues(listing_ids: Sequence[str], titles: Sequence[str], given_labels: Sequence[str],

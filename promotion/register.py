@@ -231,7 +231,8 @@ def register_challenger(state: State, params: Params, data: DataVersionResult, w
                                                         else "none: trained from scratch"))
             precision = f"{log.get('device', 'unknown')} {log.get('precision', 'unknown')}"
             mlflow.log_artifact(str(train_log), "training")
-        for report in ("reports/confusion_matrix.png", "reports/predictions.csv", "metrics.json"):
+        for report in ("reports/confusion_matrix.png", "reports/predictions.csv", "reports/golden_probs.npz",
+                       "metrics.json"):
             if (ws / report).exists():
                 mlflow.log_artifact(str(ws / report), "evaluation")
         run_tags = {**tags, "pretrained_weights": pretrained, "pretrained_weights_source": source,

@@ -9,6 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.label_issues import (
+    PROBS_MAX_BYTES,
+    ProbabilityTable,
+    read_probabilities,
+    write_probabilities,
+)
 from common.params import Params
 from common.scoring import business_weighted_score, listing_credits
 from common.state import State
@@ -221,15 +227,11 @@ LISTING_CACHE = "golden_predictions/by_listing.parquet"
 
 
 def listing_keys(listings: pd.DataFrame) -> list[str]:
-    """A key per listing that changes when anything the served model reads of it changes: a
-    64-bit hash (``pandas.util.hash_pandas_object``) of its id, its image's SHA-256 and its
-    other input fields (``training.serving.INPUT_COLUMNS``, as text), 16 hex digits each."""
-    from training.serving import INPUT_COLUMNS
+    """:func:`training.serving.listing_keys` (a key per listing that changes when anything the
+    served model reads of it changes)."""
+    from training.serving import listing_keys as keys
 
-    fields = {"listing_id": listings["listing_id"], "image_sha256": listings["image_sha256"],
-              **{c: listings[c] if c in listings.columns else None for c in INPUT_COLUMNS if c != "image_path"}}
-    frame = pd.DataFrame(fields, index=listings.index).astype(str)
-    return [f"{h:016x}" for h in pd.util.hash_pandas_object(frame, index=False)]
+    return keys(listings)
 
 
 def _evaluated(client, run_id: str, golden: pd.DataFrame, golden_rev: str, keys: list[str]) -> pd.DataFrame:
@@ -336,11 +338,28 @@ def _predict_through_cache(client, name: str, version: str, run_id: str | None,
 
 
 PROBABILITY_CACHE = "golden_predictions/probabilities.npz"
-"""A version's class probabilities per golden listing, on its run (:func:`golden_probabilities`):
-``keys`` (:func:`listing_keys`), ``probs`` float16 ``(M, C)``, ``classes`` (C category paths)."""
-PROBABILITY_CACHE_MAX_BYTES = 256 * 2**20
-"""Largest :data:`PROBABILITY_CACHE` written (float16: N x C x 2 bytes; 256 MiB holds e.g. 44,000
-golden listings x 3,000 leaves); above it the whole golden set is predicted each time."""
+"""A version's class probabilities per golden listing, on its run (:func:`golden_probabilities`;
+:func:`common.label_issues.write_probabilities`: listing keys, float16 rows, classes)."""
+EVALUATED_PROBS = "evaluation/golden_probs.npz"
+"""On a registered run: the evaluate stage's ``reports/golden_probs.npz`` (``promotion.register``)."""
+
+
+def _read_table(run_id: str, artifact: str) -> ProbabilityTable | None:
+    """A run's probability table artifact; None when it has none or it cannot be read (logged)."""
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp)
+        except Exception:  # noqa: BLE001 -- not logged (the stores raise their own error types)
+            return None
+        try:
+            return read_probabilities(Path(path))
+        except (OSError, ValueError) as exc:
+            log.warning("run %s: %s ignored: %s", run_id, artifact, exc)
+            return None
 
 
 def golden_probabilities(client, name: str, version: str, golden: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
@@ -349,12 +368,17 @@ def golden_probabilities(client, name: str, version: str, golden: pd.DataFrame) 
     run's :data:`PROBABILITY_CACHE` does not hold (same :func:`listing_keys` key): a week's gate
     predicts the champion on the golden listings added since, not on the whole set.
 
+    A version without that cache starts it from its evaluate stage's table
+    (:data:`EVALUATED_PROBS`, the golden set it was evaluated on), after a probe: :data:`PROBE_ROWS`
+    of its rows, spread over it, are predicted through the checkpoint and must agree within 2e-3
+    (two float16 steps);
+    otherwise (a checkpoint changed after evaluate) the table is discarded.
+
     The probabilities are those of its checkpoint (``model.pt`` in its model artifacts) loaded
     as the pyfunc loads it (:func:`training.inference.load_checkpoint`,
-    :func:`training.inference.predict_paths`), rounded to float16 whether they come from the cache
-    or were just predicted, so a result never depends on what was cached. The cache is written
-    back (the current golden listings only) unless it would pass :data:`PROBABILITY_CACHE_MAX_BYTES`;
-    a cache that is unreadable or of other classes is ignored.
+    :func:`training.inference.predict_paths`), float16 whether they come from a table or were
+    just predicted. The cache is written back (the current golden listings only) unless it would
+    pass :data:`common.label_issues.PROBS_MAX_BYTES`; a table of other classes is ignored.
 
     Returns:
         ``(probs, classes)``: float32 ``(N, C)`` probabilities in ``golden``'s row order (float16
@@ -362,7 +386,7 @@ def golden_probabilities(client, name: str, version: str, golden: pd.DataFrame) 
 
     Raises:
         RuntimeError: when the version cannot be fetched or loaded.
-        ValueError: when an image cannot be read (the row is named).
+        ValueError: when the golden set is empty, or an image cannot be read (the row is named).
     """
     import tempfile
 
@@ -370,54 +394,66 @@ def golden_probabilities(client, name: str, version: str, golden: pd.DataFrame) 
 
     from training.inference import load_checkpoint, predict_paths
 
+    if golden.empty:
+        raise ValueError("the golden set is empty")
     keys = listing_keys(golden)
     run_id = client.get_model_version(name, version).run_id
-    cached_keys, cached, classes = np.array([], dtype=str), None, None
-    if run_id:
-        try:
-            with tempfile.TemporaryDirectory() as tmp, np.load(mlflow.artifacts.download_artifacts(
-                    run_id=run_id, artifact_path=PROBABILITY_CACHE, dst_path=tmp), allow_pickle=False) as npz:
-                cached_keys, cached, classes = npz["keys"], npz["probs"], [str(c) for c in npz["classes"]]
-            if cached.shape != (len(cached_keys), len(classes)):
-                raise ValueError(f"probabilities of shape {cached.shape} for {len(cached_keys)} keys")
-        except Exception as exc:  # noqa: BLE001 -- no cache yet, or unreadable: the listings are predicted
-            if not isinstance(exc, (OSError, mlflow.exceptions.MlflowException)):
-                log.warning("%s v%s: golden probability cache ignored: %s", name, version, exc)
-            cached_keys, cached, classes = np.array([], dtype=str), None, None
-    row_of = {str(k): i for i, k in enumerate(cached_keys)}
+    loaded = None
+
+    def predict(rows: list[int]) -> np.ndarray:
+        nonlocal loaded
+        if loaded is None:
+            try:
+                local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}"))
+                loaded = load_checkpoint(next(local.rglob("model.pt")))
+            except Exception as exc:  # any failure to fetch or load the version
+                raise RuntimeError(f"version {version} of {name} cannot be loaded: {exc}") from exc
+        frame = golden.iloc[rows]
+        _, probs = predict_paths(loaded, frame, frame["image_path"].tolist())
+        return probs.astype(np.float16)
+
+    table = _read_table(run_id, PROBABILITY_CACHE) if run_id else None
+    seeded = probed = 0
+    if table is None and run_id and (seed := _read_table(run_id, EVALUATED_PROBS)) is not None:
+        row_of = {k: i for i, k in enumerate(seed.keys)}
+        known = [i for i, k in enumerate(keys) if k in row_of]
+        if known:
+            n = min(PROBE_ROWS, len(known))
+            rows = sorted({known[j * len(known) // n] for j in range(n)})  # spread over the set
+            probe = predict(rows)
+            probed = len(rows)
+            ref = seed.probs[[row_of[keys[i]] for i in rows]]
+            if list(loaded.labels) == seed.classes and np.allclose(probe.astype(np.float32), ref.astype(np.float32),
+                                                                   atol=2e-3):
+                table, seeded = seed, len(known)
+            else:
+                log.warning("%s v%s: its evaluate stage's golden probabilities differ from its checkpoint's on %d "
+                            "probed listings: not used", name, version, probed)
+    row_of = {k: i for i, k in enumerate(table.keys)} if table is not None else {}
     missing = [i for i, k in enumerate(keys) if k not in row_of]
-    fresh = None
-    if missing:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}"))
-            loaded = load_checkpoint(next(local.rglob("model.pt")))
-        except Exception as exc:  # any failure to fetch or load the version
-            raise RuntimeError(f"version {version} of {name} cannot be loaded: {exc}") from exc
-        if classes is not None and list(loaded.labels) != classes:
-            log.warning("%s v%s: golden probability cache of other classes ignored", name, version)
-            row_of, missing, cached = {}, list(range(len(keys))), None
-        classes = list(loaded.labels)
-        rows = golden.iloc[missing]
-        _, probs = predict_paths(loaded, rows, rows["image_path"].tolist())
-        fresh = probs.astype(np.float16)
+    fresh = predict(missing) if missing else None
+    if table is not None and loaded is not None and list(loaded.labels) != table.classes:
+        log.warning("%s v%s: golden probability cache of other classes ignored", name, version)
+        table, row_of, missing = None, {}, list(range(len(keys)))
+        fresh = predict(missing)
+    classes = list(loaded.labels) if loaded is not None else table.classes
     out = np.empty((len(keys), len(classes)), dtype=np.float16)
     if missing:
         out[missing] = fresh
     known = [i for i, k in enumerate(keys) if k in row_of]
     if known:
-        out[known] = cached[[row_of[keys[i]] for i in known]]
-    size = out.nbytes
-    log.info("%s v%s golden probabilities on %d listings: %d from its cache, %d predicted", name, version,
-             len(keys), len(known), len(missing))
-    if run_id and (missing or len(cached_keys) != len(keys)):
-        if size > PROBABILITY_CACHE_MAX_BYTES:
+        out[known] = table.probs[[row_of[keys[i]] for i in known]]
+    log.info("%s v%s golden probabilities on %d listings: %d from its cache (%d of them from its evaluate stage, "
+             "%d probed), %d predicted", name, version, len(keys), len(known), seeded, probed, len(missing))
+    if run_id and (missing or seeded or table is None or len(table.keys) != len(keys)):
+        if out.nbytes > PROBS_MAX_BYTES:
             log.info("%s v%s: golden probabilities (%d x %d, %d bytes as float16) not cached: over %d bytes, "
-                     "the whole golden set is predicted each time", name, version, *out.shape, size,
-                     PROBABILITY_CACHE_MAX_BYTES)
+                     "the whole golden set is predicted each time", name, version, *out.shape, out.nbytes,
+                     PROBS_MAX_BYTES)
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / Path(PROBABILITY_CACHE).name
-                np.savez(path, keys=np.array(keys, dtype=str), probs=out, classes=np.array(classes, dtype=str))
+                write_probabilities(path, ProbabilityTable(keys, out, classes))
                 client.log_artifact(run_id, str(path), str(Path(PROBABILITY_CACHE).parent))
     return out.astype(np.float32), classes
 

@@ -8,7 +8,9 @@ Outputs: ``metrics.json`` (``accuracy``, ``macro_f1``, ``business_weighted_score
 ``top5_accuracy``, ``level_<k>_accuracy`` per taxonomy level, ``n_golden``, and the same
 figures of the reference baseline as ``baseline_*``), ``reports/predictions.csv`` (listing_id,
 true_path, predicted_path, probability, auto), ``reports/per_class.csv`` (precision / recall / F1 /
-support per leaf category), ``reports/baseline.json`` and ``reports/confusion_matrix.png``.
+support per leaf category), ``reports/baseline.json``, ``reports/confusion_matrix.png`` and
+``reports/golden_probs.npz`` (every golden listing's calibrated class probabilities, float16, for
+the gate's golden label issues once this model is champion: :func:`write_golden_probs`).
 
 Confidence (``training.calibration``): ``ece_uncalibrated`` and ``ece`` (15-bin expected
 calibration error of the top-1 probability before and after the checkpoint's temperature),
@@ -39,6 +41,7 @@ import pandas as pd
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from common.catalog import split_path
+from common.label_issues import PROBS_MAX_BYTES, ProbabilityTable, write_probabilities
 from common.params import Params, ScoreParams, load_params
 from common.scoring import business_weighted_score, category_value
 from training.calibration import (
@@ -53,6 +56,8 @@ log = logging.getLogger(__name__)
 
 METRICS = Path("metrics.json")
 PREDICTIONS = Path("reports") / "predictions.csv"
+GOLDEN_PROBS = Path("reports") / "golden_probs.npz"
+"""Every golden listing's calibrated class probabilities (:func:`write_golden_probs`)."""
 CONFUSION = Path("reports") / "confusion_matrix.png"
 PER_CLASS = Path("reports") / "per_class.csv"
 BASELINE = Path("reports") / "baseline.json"
@@ -250,16 +255,23 @@ golden listings and 3,000 leaves a whole array would be 1.8 GB per copy."""
 
 
 def score_chunks(loaded, golden: pd.DataFrame, images: np.ndarray | None, batch_size: int,
-                 chunk: int = EVAL_CHUNK) -> dict[str, np.ndarray]:
+                 chunk: int = EVAL_CHUNK, keep_probs: bool = False) -> dict[str, np.ndarray]:
     """What the metrics need of every golden listing, ``chunk`` rows at a time.
+
+    Args:
+        keep_probs: also return every class's calibrated probability, as float16 (N x C x 2
+            bytes; the caller checks the size).
 
     Returns:
         ``{"top1": int64 (N,) class index, "confidence": float32 (N,) calibrated top-1
         probability, "raw_confidence": float32 (N,) uncalibrated top-1 probability,
-        "top5": bool (N,) true path among the 5 most probable}``.
+        "top5": bool (N,) true path among the 5 most probable}``, and with ``keep_probs``
+        ``"probs"``: float16 ``(N, C)`` calibrated probabilities over ``loaded.labels``.
     """
     true_paths = golden["category_path"].tolist()
     parts: dict[str, list] = {"top1": [], "confidence": [], "raw_confidence": [], "top5": []}
+    if keep_probs:
+        parts["probs"] = []
     for start in range(0, len(golden), chunk):
         rows = slice(start, start + chunk)
         raw = leaf_log_probs(loaded, golden.iloc[rows].reset_index(drop=True),
@@ -269,6 +281,8 @@ def score_chunks(loaded, golden: pd.DataFrame, images: np.ndarray | None, batch_
         parts["confidence"].append(np.exp(calibrated.max(axis=1)).astype(np.float32))
         parts["raw_confidence"].append(np.exp(raw.max(axis=1)).astype(np.float32))
         parts["top5"].append(top_k_hits(calibrated, loaded.labels, true_paths[rows], 5))
+        if keep_probs:
+            parts["probs"].append(np.exp(calibrated).astype(np.float16))
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
 
 
@@ -343,7 +357,8 @@ def evaluate(workspace: Path, params: Params, batch_size: int = 256) -> dict:
     images = split_images(loaded, prepared, "golden", golden)
     # one forward pass per chunk: the uncalibrated leaf log-probabilities, then the served
     # (calibrated) ones, reduced to what the metrics need (score_chunks)
-    scored = score_chunks(loaded, golden, images, batch_size)
+    keep_probs = len(golden) * len(loaded.labels) * 2 <= PROBS_MAX_BYTES
+    scored = score_chunks(loaded, golden, images, batch_size, keep_probs=keep_probs)
     predicted = [loaded.labels[i] for i in scored["top1"]]
     true_paths = golden["category_path"].tolist()
     correct = np.array([p == t for p, t in zip(predicted, true_paths, strict=True)])
@@ -387,7 +402,27 @@ def evaluate(workspace: Path, params: Params, batch_size: int = 256) -> dict:
         "auto": auto,
     }).to_csv(workspace / PREDICTIONS, index=False)
     plot_confusion(true_paths, predicted, score, workspace / CONFUSION)
+    write_golden_probs(workspace / GOLDEN_PROBS, golden, scored.get("probs"), loaded.labels)
     return metrics
+
+
+def write_golden_probs(path: Path, golden: pd.DataFrame, probs: np.ndarray | None, classes: Sequence[str]) -> None:
+    """Writes the golden listings' calibrated class probabilities (``reports/golden_probs.npz``,
+    :func:`common.label_issues.write_probabilities`, keyed by
+    :func:`training.serving.listing_keys`): registered with the run, they spare the gate
+    predicting this model on the whole golden set for golden label issues once it is champion.
+    ``probs`` None (the table would pass :data:`common.label_issues.PROBS_MAX_BYTES`) writes an
+    empty table, so the stage's output always exists."""
+    from training.serving import listing_keys
+
+    if probs is None:
+        log.info("golden probabilities not kept: %d x %d passes %d bytes as float16", len(golden),
+                    len(classes), PROBS_MAX_BYTES)
+        table = ProbabilityTable([], np.zeros((0, len(classes)), dtype=np.float16), list(classes))
+    else:
+        table = ProbabilityTable(listing_keys(golden), probs, list(classes))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_probabilities(path, table)
 
 
 def main(argv: list[str] | None = None) -> dict:

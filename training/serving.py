@@ -50,6 +50,25 @@ DEFAULT_BATCH_SIZE = 256
 """Rows per forward pass when a request gives no ``batch_size`` param (the signature's default)."""
 
 
+def listing_keys(listings: pd.DataFrame) -> list[str]:
+    """A key per listing that changes when anything the served model reads of it changes: a
+    64-bit hash (``pandas.util.hash_pandas_object``) of its id, its image's SHA-256 and its
+    other input fields (:data:`INPUT_COLUMNS`, as text), 16 hex digits each. The gate's
+    per-version caches of golden predictions are keyed by it (``promotion.registry``).
+
+    Args:
+        listings: N listings with ``listing_id`` and ``image_sha256`` (an input column it lacks
+            counts as missing).
+
+    Returns:
+        N keys, in row order.
+    """
+    fields = {"listing_id": listings["listing_id"], "image_sha256": listings["image_sha256"],
+              **{c: listings[c] if c in listings.columns else None for c in INPUT_COLUMNS if c != "image_path"}}
+    frame = pd.DataFrame(fields, index=listings.index).astype(str)
+    return [f"{h:016x}" for h in pd.util.hash_pandas_object(frame, index=False)]
+
+
 class InvalidListingError(mlflow.exceptions.MlflowException, ValueError):
     """A bad listing in a request to the served model: MLflow's ``INVALID_PARAMETER_VALUE``
     (the scoring server answers HTTP 400 with this message), and a ``ValueError`` for callers in

@@ -222,8 +222,9 @@ def test_golden_label_issue_probabilities_are_predicted_only_for_new_golden_list
         before, classes = golden_probabilities(client, NAME, version, golden)
         after, classes_after = golden_probabilities(client, NAME, version, changed)
     n = len(golden)
-    assert f"golden probabilities on {n} listings: {n} from its cache, 0 predicted" in caplog.text
-    assert f"golden probabilities on {n} listings: {n - 3} from its cache, 3 predicted" in caplog.text
+    cached = "(0 of them from its evaluate stage, 0 probed)"
+    assert f"golden probabilities on {n} listings: {n} from its cache {cached}, 0 predicted" in caplog.text
+    assert f"golden probabilities on {n} listings: {n - 3} from its cache {cached}, 3 predicted" in caplog.text
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version}"))
     loaded = load_checkpoint(next(local.rglob("model.pt")))
     assert classes == classes_after == list(loaded.labels)
@@ -258,6 +259,35 @@ def test_a_new_version_starts_its_scores_from_its_evaluate_stage(registry, caplo
     evaluated = pd.read_csv(state.workspace / "reports" / "predictions.csv", dtype={"listing_id": str})
     assert list(listings.predicted_paths) == evaluated["predicted_path"].tolist()
     assert summary["accuracy"] == pytest.approx(float((evaluated["predicted_path"] == evaluated["true_path"]).mean()))
+
+
+def test_a_new_versions_label_issue_probabilities_start_from_its_evaluate_stage(registry, caplog):
+    """A version registered from a run evaluated on this golden set has its golden class
+    probabilities from the evaluate stage (``evaluation/golden_probs.npz``): only the probe goes
+    through its checkpoint, and every row agrees with the checkpoint's own prediction."""
+    import logging
+
+    import numpy as np
+
+    from promotion.registry import PROBE_ROWS, golden_frame, golden_probabilities
+    from training.inference import load_checkpoint, predict_paths
+
+    state = registry["state"]
+    client = client_for(state)
+    version = register_tiny(registry, "evaluated-once-more", "run-4").version
+    assert "golden_probs.npz" in {Path(f.path).name for f in client.list_artifacts(
+        client.get_model_version(NAME, version).run_id, "evaluation")}
+    golden = golden_frame(state)
+    with caplog.at_level(logging.INFO, logger="promotion.registry"):
+        probs, classes = golden_probabilities(client, NAME, version, golden)
+    n, probed = len(golden), min(PROBE_ROWS, len(golden))
+    assert (f"golden probabilities on {n} listings: {n} from its cache ({n} of them from its evaluate stage, "
+            f"{probed} probed), 0 predicted") in caplog.text
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version}"))
+    loaded = load_checkpoint(next(local.rglob("model.pt")))
+    _, direct = predict_paths(loaded, golden, golden["image_path"].tolist())
+    assert classes == list(loaded.labels)
+    np.testing.assert_allclose(probs, direct, atol=2e-3)
 
 
 def test_an_unloadable_champion_fails_the_gate_and_moves_nothing(registry, tmp_path):
