@@ -3,11 +3,13 @@
 Reads the listings store, removes every golden listing (golden listings never enter training),
 splits the rest into train/val (stratified by leaf, deterministic), keeps, in a run from the
 champion, the new batches' listings and a replay sample of earlier ones (``training.replay``),
-and decodes those images once into a uint8 array ``(N, S, S, 3)`` so that training never decodes
-a JPEG again.
+and writes their images as a uint8 array ``(N, S, S, 3)`` so that training never decodes a JPEG
+again. The pixels come from the per-partition pixel cache (:mod:`training.pixels`,
+``data/pixels``): a store partition is decoded once per image size, so a week decodes its new
+partition, not the store.
 
 Outputs under ``data/prepared/``: ``{train,val,golden}.parquet`` (the rows, canonical columns) and
-``{train,val,golden}_images.npy`` (same row order).
+``{train,val,golden}_images.npy`` (same row order); ``data/pixels`` (persisted between runs).
 
 Label issues (``validate.label_issues``): the monitor task's flags, ``data/label_issues/<batch>.csv``
 (:func:`label_issue_exclusions`), are listed in ``data/prepared/excluded.json``; with
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -35,8 +38,11 @@ import pandas as pd
 from common.images import ImageReadError
 from common.params import Params, load_params
 from common.store import batch_ids, image_path, read_store
+from training.pixels import PIXELS, PixelCache
 from training.presets import load_image
 from training.replay import plan_replay, select_replay, write_plan
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "golden")
 LABEL_ISSUES_DIR = Path("data") / "label_issues"
@@ -231,12 +237,23 @@ def prepare(workspace: Path, params: Params, workers: int | None = None) -> dict
     write_plan(out_dir, plan)
     workers = workers or min(2, os.cpu_count() or 1)
     summary: dict = {}
+    pixels = PixelCache(workspace / PIXELS, cfg.image_size, store, workers)
+    (workspace / PIXELS).mkdir(parents=True, exist_ok=True)  # the stage output exists even when unused
+    pixels.drop_others()
+    decoded, reused, partitions = 0, 0, set(batch_ids(store))
     for name in SPLITS:
         frame = frames[name]
         frame.to_parquet(out_dir / f"{name}.parquet", index=False)
-        paths = [str(image_path(store, key)) for key in frame["image_key"]]
-        decode_images(paths, cfg.image_size, out_dir / f"{name}_images.npy", workers=workers)
+        if {"batch_id", "image_key", "image_sha256"} <= set(frame.columns) and frame["batch_id"].isin(partitions).all():
+            got = pixels.gather(frame, out_dir / f"{name}_images.npy")  # a partition decoded once
+            decoded, reused = decoded + got.decoded, reused + got.reused
+        else:  # rows of no store partition (a golden file of another origin): decoded here
+            paths = [str(image_path(store, key)) for key in frame["image_key"]]
+            decode_images(paths, cfg.image_size, out_dir / f"{name}_images.npy", workers=workers)
+            decoded += len(frame)
         summary[name] = len(frame)
+    log.info("prepare: %d images decoded now, %d rows from partitions decoded before (%s)", decoded, reused,
+             pixels.folder)
     summary.update(
         classes=int(frames["train"]["category_path"].nunique()),
         dropped_golden=int(in_golden.sum()),
@@ -245,6 +262,8 @@ def prepare(workspace: Path, params: Params, workers: int | None = None) -> dict
         replay=plan.mode,
         replay_counts=plan.counts,
         image_size=cfg.image_size,
+        images_decoded=decoded,
+        images_reused=reused,
         seconds=round(time.perf_counter() - t0, 2),
         out_dir=str(out_dir),
     )
