@@ -11,8 +11,9 @@ business-weighted score beats the champion's on the same golden test set by at l
 Tasks: `ingest` -> `plan_image_checks` -> `check_images` (mapped: one instance per shard of
 `validate.image_shard_size` rows of a staged batch, shared by the workers) -> `validate` (the
 reduce step: duplicates, GX, routing, the store) -> `monitor` (the champion on the fresh listings) ->
-`version_data` (DVC) -> `retrain_decision` (skips the rest when nothing new was accepted) ->
-`train_evaluate` (`dvc repro`) ->
+`version_data` (DVC) -> `retrain_decision` (skips the rest when nothing new was accepted) and
+`plan_embedding` -> `embed_images` (mapped: with a frozen encoder, one instance per shard of
+`train.embed_shard_size` new images, shared by the workers) -> `train_evaluate` (`dvc repro`) ->
 `register` -> `gate` -> `needs_approval` -> (`approval`) -> `promote` -> `review` ->
 `collect_garbage` (`dvc gc`: keeps the champion's, the previous champion's and recent commits' data).
 
@@ -165,6 +166,31 @@ def listing_classifier_retraining():
         candidate_groups(state, run, batches)  # held-back listings grouped for a taxonomy decision
         return result
 
+    @task
+    def plan_embedding(validated: dict, data: dict, params=None) -> list[dict]:
+        from common.params import run_params
+        from common.results import ValidateResult
+        from common.state import State
+        from training.embed_shards import plan_embed_shards
+
+        shards = plan_embed_shards(State.from_env(), run_params(params),
+                                   ValidateResult.from_xcom(validated).stored_batches)
+        return [shard.to_xcom() for shard in shards]
+
+    # mapped: one task instance per shard of the week's new images (frozen encoder), spread over
+    # the workers; the embed stage of train_evaluate is the reduce step (it finds them cached)
+    @task(map_index_template="{{ shard_label }}")
+    def embed_images(shard: dict, params=None) -> dict:
+        from airflow.sdk import get_current_context
+
+        from common.params import run_params
+        from common.state import State
+        from training.embed_shards import EmbedShard, embed_shard
+
+        piece = EmbedShard.from_xcom(shard)
+        get_current_context()["shard_label"] = f"{piece.batch_id} [{piece.start}:{piece.stop}]"
+        return embed_shard(State.from_env(), run_params(params), piece).to_xcom()
+
     @task.branch
     def retrain_decision(validated: dict, data: dict, params=None, ti=None) -> str | None:
         from common.params import run_params
@@ -177,7 +203,8 @@ def listing_classifier_retraining():
         ti.xcom_push(key="decision", value=decision.to_xcom())
         return "train_evaluate" if decision.retrain else None  # None: every training task skipped
 
-    @task(execution_timeout=timedelta(hours=3))
+    # none_failed: it runs when no image needed embedding (no shard was mapped)
+    @task(execution_timeout=timedelta(hours=3), trigger_rule="none_failed")
     def train_evaluate(data: dict) -> dict:
         from common.results import DataVersionResult
         from common.state import State
@@ -253,6 +280,8 @@ def listing_classifier_retraining():
     # a week with nothing new stops here: train_evaluate and everything after it is skipped
     trained = train_evaluate(data)
     retrain_decision(validated, data) >> trained
+    # frozen encoder: the week's new images embedded by mapped tasks before dvc repro
+    embed_images.expand(shard=plan_embedding(validated, data)) >> trained
     registered = register(data, trained, validated)
     registered.operator.operator_extra_links = REGISTER_LINKS
     decision = gate(registered, data)

@@ -102,6 +102,15 @@ class EmbeddingCache:
             return []
         return sorted(p for p in self.folder.iterdir() if _FILE.match(p.name))
 
+    def sha256s(self) -> set[str]:
+        """The image sha256s the cache holds, reading only each file's ``image_sha256`` array
+        (an ``.npz`` loads its members one by one: no embedding is read)."""
+        out: set[str] = set()
+        for path in self.files():
+            with np.load(path) as data:
+                out.update(str(s) for s in data["image_sha256"])
+        return out
+
     def _load(self) -> None:
         if self._rows is not None:
             return

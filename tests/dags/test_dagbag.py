@@ -44,13 +44,18 @@ def test_dagbag_has_no_import_errors_and_the_dag_is_configured(airflow_db, monke
     assert dag.doc_md and "champion" in dag.doc_md
     assert {"epochs", "backbone", "min_improvement", "max_batches"} <= set(dag.params.keys())
     assert [t.task_id for t in dag.topological_sort()] == [
-        "ingest", "plan_image_checks", "check_images", "validate", "monitor", "version_data", "retrain_decision", "train_evaluate", "register", "gate",
+        "ingest", "plan_image_checks", "check_images", "validate", "monitor", "version_data", "retrain_decision",
+        "plan_embedding", "embed_images", "train_evaluate", "register", "gate",
         "needs_approval", "approval",
         "promote", "review", "collect_garbage"]
     check = dag.get_task("check_images")  # mapped over the image shards, validate reduces them
     assert check.is_mapped and check.map_index_template == "{{ shard_label }}"
     assert dag.get_task("validate").trigger_rule == "none_failed"
     assert {"check_images", "ingest"} <= set(dag.get_task("validate").upstream_task_ids)
+    embed = dag.get_task("embed_images")  # mapped over the new images' shards, dvc repro reduces them
+    assert embed.is_mapped and embed.map_index_template == "{{ shard_label }}"
+    assert dag.get_task("train_evaluate").trigger_rule == "none_failed"
+    assert {"embed_images", "retrain_decision"} <= set(dag.get_task("train_evaluate").upstream_task_ids)
     assert set(dag.tags) == {"ml", "retraining", "listing-classifier"}
     assert dag.default_args["retries"] == DEFAULT_RETRIES
     for t in dag.tasks:

@@ -1,0 +1,60 @@
+"""The week's new images embedded in shards (``training.embed_shards``, the DAG's mapped
+``embed_images``) with the real EfficientNet-Lite0 weights on a store of real fashion listings:
+the shards' files are the embedding cache's, the embed stage embeds only what no shard did, a
+retried shard does nothing, and a re-plan leaves out what is cached."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.state import State
+from tests.integration.test_frozen_encoder import frozen_params
+from tests.integration.test_training_stages import build_workspace
+
+pytestmark = pytest.mark.integration
+
+SHARD = 60
+
+
+def test_shards_embed_a_batch_and_the_embed_stage_does_only_the_rest(fashion_dir, tmp_path):
+    from common.store import batch_file, image_path
+    from training.embed_shards import embed_shard, plan_embed_shards
+    from training.embeddings import EMBEDDINGS, EmbeddingCache, embed_images, embed_store
+    from training.encoders import load_encoder
+
+    state = State(tmp_path / "state").ensure()
+    build_workspace(fashion_dir, state.workspace)
+    params = frozen_params().with_overrides({"train": {"embed_shard_size": SHARD}})
+    batch = "2025-01-06"
+    rows = pd.read_parquet(batch_file(state.listings_store, batch)).drop_duplicates("image_sha256")
+
+    assert plan_embed_shards(state, frozen_params().with_overrides({"train": {"image_encoder": "scratch"}}),
+                             [batch]) == []
+    shards = plan_embed_shards(state, params, [batch, "no-such-batch"])
+    assert [(s.batch_id, s.start, s.stop) for s in shards] == [
+        (batch, i, min(i + SHARD, len(rows))) for i in range(0, len(rows), SHARD)]
+    assert len(shards) == 3
+
+    # two of three shards run (a worker each); one of them is retried
+    done = [embed_shard(state, params, shards[0]), embed_shard(state, params, shards[2])]
+    assert [r.embedded for r in done] == [SHARD, len(rows) - 2 * SHARD] and all(r.file for r in done)
+    retried = embed_shard(state, params, shards[0])
+    assert retried.embedded == 0 and retried.skipped == "already embedded (a retry)"
+
+    encoder = load_encoder(params.train.encoder)
+    cache = EmbeddingCache(state.workspace / EMBEDDINGS, encoder.id)
+    assert len(cache.files()) == 2 and len(cache.sha256s()) == len(rows) - SHARD
+    some = rows.iloc[:3]  # shard 0's first images: what the shard wrote is what the encoder gives
+    direct = embed_images(encoder, [image_path(state.listings_store, k) for k in some["image_key"]])
+    np.testing.assert_allclose(cache.lookup(some["image_sha256"].tolist()), direct, atol=1e-5)
+
+    # the embed stage (dvc repro's reduce step) embeds the missing shard and the other batch only
+    record = embed_store(state.workspace, params)
+    other = pd.read_parquet(batch_file(state.listings_store, "2025-01-13"))["image_sha256"]
+    missing_other = len(set(other) - set(rows["image_sha256"]))
+    assert record["embedded"] == SHARD + missing_other
+    assert record["reused"] == len(rows) - SHARD + (other.nunique() - missing_other)
+    # planned again, nothing is left to embed
+    assert plan_embed_shards(state, params, [batch, "2025-01-13"]) == []
