@@ -417,7 +417,7 @@ def write_golden_probs(path: Path, golden: pd.DataFrame, probs: np.ndarray | Non
 
     if probs is None:
         log.info("golden probabilities not kept: %d x %d passes %d bytes as float16", len(golden),
-                    len(classes), PROBS_MAX_BYTES)
+                 len(classes), PROBS_MAX_BYTES)
         table = ProbabilityTable([], np.zeros((0, len(classes)), dtype=np.float16), list(classes))
     else:
         table = ProbabilityTable(listing_keys(golden), probs, list(classes))
