@@ -75,6 +75,7 @@ from ingestion.workspace import (
     run_git,
     sync_snapshot,
     workspace_lock,
+    write_store_version,
 )
 
 LABEL_ISSUES = "data/label_issues"
@@ -396,6 +397,7 @@ def version_data(state: State, params: Params, note: str = "") -> DataVersionRes
             except BaseException:
                 restore_pointers(ws, uncommitted=True)
                 raise
+        write_store_version(ws)  # the pipeline's stages depend on it, not on the store's files
         rev = commit(ws, f"data: listings store {note}".strip())
         waiting = {b: {"data_rev": rev} for b, e in read_manifest(state.manifest).items()
                    if "data_rev" in e and e["data_rev"] is None}

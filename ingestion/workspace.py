@@ -64,12 +64,42 @@ LISTINGS = "data/listings"
 """The listings store, relative to the workspace: one DVC output (``data/listings.dvc``)."""
 GOLDEN = "data/golden"
 """The frozen golden test set, relative to the workspace: one DVC output (``data/golden.dvc``)."""
+STORE_VERSION = "data/store_version.json"
+"""The store's version as one small file (``{"listings_md5": <data/listings.dvc's directory
+hash>}``, :func:`write_store_version`), relative to the workspace: the pipeline's stages that read
+the store depend on it instead of on ``data/listings``, whose every file DVC would otherwise stat
+and look up in its state database each time it checks a stage (4 s a stage at 100,000 listings)."""
 DVCIGNORE = f"/{LISTINGS}/{BATCHES}/.*"
 """``.dvcignore`` pattern: partitions being written (hidden temporary folders) are never data."""
 DVC_RWLOCK = ".dvc/tmp/rwlock"
 """DVC's read/write lock of workspace paths (JSON, relative to the workspace)."""
 
 log = logging.getLogger(__name__)
+
+
+def write_store_version(ws: Path) -> str:
+    """Writes :data:`STORE_VERSION` from the store's pointer (``data/listings.dvc``), rewriting it
+    only when it changed (an unchanged file keeps DVC's stages unchanged).
+
+    Returns:
+        The store's directory hash.
+
+    Raises:
+        VersioningError: when the store has no pointer yet (it was never versioned).
+        ingestion.dvcfiles.DvcFileError: when the pointer is not complete.
+    """
+    from common.files import atomic_write
+    from ingestion.dvcfiles import out_md5
+
+    md5 = out_md5(ws / f"{LISTINGS}.dvc")
+    if md5 is None:
+        raise VersioningError(f"{ws / LISTINGS} is not versioned yet (no {LISTINGS}.dvc): run version_data first")
+    path = ws / STORE_VERSION
+    text = json.dumps({"listings_md5": md5}, indent=1) + "\n"
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return md5
 
 
 class VersioningError(RuntimeError):
