@@ -236,9 +236,10 @@ class TrainParams(_Frozen):
         description="The pretrained image encoder of image_encoder frozen or finetune (architecture, "
                     "weights, input size).")
     embed_shard_size: int = Field(
-        512, ge=1, description="frozen: new images one mapped embed_images task embeds before dvc repro "
-                               "(the DAG's fan-out over workers; training.embed_shards); what no shard "
-                               "embedded, the embed stage does.")
+        2000, ge=1, description="frozen: new images one mapped embed_images task embeds before dvc repro "
+                                "(the DAG's fan-out over workers; training.embed_shards); what no shard "
+                                "embedded, the embed stage does. Each task loads the encoder first: "
+                                "shards of a minute or more keep that overhead small.")
     encoder_lr_scale: float = Field(
         0.1, gt=0.0, le=1.0,
         description="finetune: the encoder's learning rate as a fraction of train.lr (the heads "

@@ -30,7 +30,7 @@ from datetime import timedelta
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
-from common.dag_defaults import dag_settings
+from common.dag_defaults import dag_settings, embed_concurrency
 
 try:  # operator extra links to MLflow, from the plugins folder (on sys.path in every component)
     from listing_classifier_links import PROMOTE_LINKS, REGISTER_LINKS
@@ -178,8 +178,9 @@ def listing_classifier_retraining():
         return [shard.to_xcom() for shard in shards]
 
     # mapped: one task instance per shard of the week's new images (frozen encoder), spread over
-    # the workers; the embed stage of train_evaluate is the reduce step (it finds them cached)
-    @task(map_index_template="{{ shard_label }}")
+    # the workers, at most LCP_EMBED_CONCURRENCY at once (each loads the encoder); the embed
+    # stage of train_evaluate is the reduce step (it finds them cached)
+    @task(map_index_template="{{ shard_label }}", max_active_tis_per_dagrun=embed_concurrency())
     def embed_images(shard: dict, params=None) -> dict:
         from airflow.sdk import get_current_context
 

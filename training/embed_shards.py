@@ -19,7 +19,7 @@ needed for correctness: a shard that failed or never ran leaves its images to th
 
 CLI (one shard by hand)::
 
-    python -m training.embed_shards --batch <batch_id> --start 0 --stop 512
+    python -m training.embed_shards --batch <batch_id> --start 0 --stop 2000
 """
 
 from __future__ import annotations

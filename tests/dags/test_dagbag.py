@@ -54,6 +54,7 @@ def test_dagbag_has_no_import_errors_and_the_dag_is_configured(airflow_db, monke
     assert {"check_images", "ingest"} <= set(dag.get_task("validate").upstream_task_ids)
     embed = dag.get_task("embed_images")  # mapped over the new images' shards, dvc repro reduces them
     assert embed.is_mapped and embed.map_index_template == "{{ shard_label }}"
+    assert embed.max_active_tis_per_dagrun == 1  # LCP_EMBED_CONCURRENCY unset: one encoder at a time
     assert dag.get_task("train_evaluate").trigger_rule == "none_failed"
     assert {"embed_images", "retrain_decision"} <= set(dag.get_task("train_evaluate").upstream_task_ids)
     assert set(dag.tags) == {"ml", "retraining", "listing-classifier"}
