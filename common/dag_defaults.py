@@ -25,9 +25,8 @@ for _name, _value in TASK_ENVIRONMENT.items():
 EMBED_CONCURRENCY_ENV = "LCP_EMBED_CONCURRENCY"
 """Environment variable (read where the DAG is parsed): how many mapped ``embed_images`` tasks
 of one run may run at once (default 1). Each loads the encoder and uses every core it is given:
-on one machine one at a time is fastest (ten at once on 2 cores embedded at 18 images/s against
-32 in one process, and held ten encoders in memory); on a cluster set it to the number of
-workers that take them (e.g. the GPU workers)."""
+on one machine one at a time is fastest (docs/measurements.md, session 21's ``make demo``); on a
+cluster set it to the number of workers that take them (e.g. the GPU workers)."""
 
 
 def embed_concurrency() -> int:

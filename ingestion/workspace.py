@@ -68,7 +68,7 @@ STORE_VERSION = "data/store_version.json"
 """The store's version as one small file (``{"listings_md5": <data/listings.dvc's directory
 hash>}``, :func:`write_store_version`), relative to the workspace: the pipeline's stages that read
 the store depend on it instead of on ``data/listings``, whose every file DVC would otherwise stat
-and look up in its state database each time it checks a stage (4 s a stage at 100,000 listings)."""
+and look up in its state database each time it checks a stage (docs/measurements.md, session 21)."""
 DVCIGNORE = f"/{LISTINGS}/{BATCHES}/.*"
 """``.dvcignore`` pattern: partitions being written (hidden temporary folders) are never data."""
 DVC_RWLOCK = ".dvc/tmp/rwlock"

@@ -169,7 +169,7 @@ def run_pipeline(state: State, note: str = "") -> ReproduceResult:
         rev = commit(ws, f"repro: prepare -> train -> evaluate {note}".strip())
         # the stages' outputs and the start model: the store and the golden set were pushed by
         # version_data (a failed push is retried there); a whole-workspace push checked every
-        # object of the store on the remote (10 s at 100,000 listings against 2 s)
+        # object of the store on the remote (docs/measurements.md, session 21)
         run_dvc(ws, "push", *pipeline_stages(ws), f"{INIT}.dvc")
     metrics = json.loads((ws / "metrics.json").read_text())
     return ReproduceResult(workspace_commit=rev, metrics=metrics, workspace=str(ws))
