@@ -232,7 +232,8 @@ class DataVersionResult(StepResult):
 
     Attributes:
         data_rev: the DVC workspace commit (40 hex digits) pinning store, golden set and code.
-        listings_md5: DVC's directory hash of ``data/listings`` (``<md5>.dir``).
+        listings_md5: the store's hash (:func:`ingestion.workspace.store_hash` of its partitions'
+            DVC directory hashes; before 2026-12, ``data/listings.dvc``'s ``<md5>.dir``).
         golden_rev: DVC's hash of ``data/golden``, the golden test set both gate sides are
             scored on (``<md5>.dir``).
         remote: the DVC remote's URL.

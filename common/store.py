@@ -9,11 +9,10 @@ Layout::
 ``image_key`` (a canonical column) is the image's path relative to ``data/listings``
 (``batches/<batch_id>/images/<sha256>.jpg``); :func:`image_path` resolves it.
 
-Why a folder per batch: DVC tracks ``data/listings`` as one directory (one ``.dvc`` pointer, one
-hash for the whole store), and :mod:`ingestion.versioning` updates that pointer *granularly*:
-``dvc add data/listings/batches/<batch_id>`` hashes, caches and pushes only that folder and
-rewrites the directory manifest (DVC's documented "modifying large datasets" workflow). A batch
-therefore costs the same whatever the size of the store. Images are content-addressed twice:
+Why a folder per batch: each partition folder is a DVC output of its own
+(``batches/<batch_id>.dvc`` beside it, :mod:`ingestion.versioning`), so ``dvc add`` of a week's
+folder hashes, caches and pushes only that folder and writes only its pointer. A batch therefore
+costs the same whatever the size of the store. Images are content-addressed twice:
 by name here (an image's name is its SHA-256, so the folder of a batch never holds two copies of
 one image) and by DVC's cache and remote, which store one object per distinct content, so an
 image sent again in a later batch (an update of the same listing) is uploaded once.

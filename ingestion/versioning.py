@@ -5,17 +5,21 @@ git + DVC repository the pipeline runs in, its remote, its lock and the git / DV
 :func:`version_data` adds what changed, commits (the commit's sha is the *data revision* passed
 on through XCom and tagged on every model version) and pushes to the DVC remote.
 
-Versioning a batch costs what the batch costs, not what the store costs. The store is one DVC
-output (``data/listings.dvc``, one directory hash pinning every partition), but after the first
-version it is updated granularly, DVC's documented way to modify a large tracked dataset
-(https://dvc.org/doc/user-guide/data-management/modifying-large-datasets): only the partition
-folders (``data/listings/batches/<batch_id>``, see :mod:`common.store`) that are new, rewritten
-or removed since the pointer was last written are passed to ``dvc add``, which hashes and caches
-just those files and rewrites the directory manifest; ``dvc push`` gets the same targets (it
-uploads their files and the new manifest, nothing else). Which partitions changed is read from
-the pointer's tracked tree (:class:`dvc.api.DVCFileSystem`), comparing each partition's
-``listings.parquet`` with the MD5 DVC recorded for it: a partition is written whole and its table
-lists its images, so the table identifies the folder. A push that failed is remembered in
+Versioning a batch costs what the batch costs, not what the store costs. Each partition folder
+of the store (``data/listings/batches/<batch_id>``, see :mod:`common.store`) is a DVC output of
+its own, with its pointer beside it (``<batch_id>.dvc``): a week's ``dvc add`` hashes and caches
+only the new folder and writes only its pointer, and ``dvc push`` uploads only its files, whatever
+the size of the store; no manifest of the whole store is read or rewritten (one DVC output for the
+whole store did that, docs/measurements.md, session 22). Which partitions changed is read from
+``data/store_version.json`` (:data:`ingestion.workspace.STORE_VERSION`, committed with the
+pointers): each partition's directory hash and the MD5 of its ``listings.parquet`` when it was
+added, compared with the pointers and with the table hashes the store's index keeps
+(:func:`common.store.partition_md5s`); a partition is written whole and its table lists its
+images, so the table identifies the folder. A partition no longer in the store loses its pointer
+(``dvc remove``: the data stays in the cache and on the remote, for older revisions). A workspace
+versioned before 2026-12 (``data/listings.dvc``, the store as one output) is converted by the
+next version: the whole pointer is removed and each partition added (files already in DVC's cache
+are not hashed again). A push that failed is remembered in
 ``<state>/dvc-push-pending.json`` and retried with the next version, so a retried task never
 leaves data only in the local cache.
 
@@ -64,12 +68,17 @@ from ingestion.dvcfiles import DvcFileError, is_complete, out_md5, parse_dvc_fil
 from ingestion.manifest import read_manifest, update_entries
 from ingestion.workspace import (
     GOLDEN,
+    LEGACY_LISTINGS_POINTER,
     LISTINGS,
+    PARTITIONS,
+    STORE_VERSION,
     VersioningError,
     clear_stale_locks,
     commit,
     configure_remote,
     init_workspace,
+    partition_pointers,
+    read_store_version,
     remote_url,
     run_dvc,
     run_git,
@@ -89,14 +98,25 @@ PENDING_PUSH = "dvc-push-pending.json"
 log = logging.getLogger(__name__)
 
 
+def _pointer_names(ws: Path) -> list[str]:
+    """Workspace-relative names (without ``.dvc``) of the outputs whose pointers versioning writes."""
+    parts = ws / PARTITIONS
+    names = [LEGACY_LISTINGS_POINTER[:-4], GOLDEN, LABEL_ISSUES]
+    if parts.is_dir():
+        names += [f"{PARTITIONS}/{e.name[:-4]}" for e in sorted(os.scandir(parts), key=lambda e: e.name)
+                  if e.name.endswith(".dvc") and not e.name.startswith(".")]
+    return names
+
+
 def restore_pointers(ws: Path, uncommitted: bool = False) -> list[str]:
-    """Puts the ``.dvc`` pointers of the store and the golden set back as the last commit has them.
+    """Puts the ``.dvc`` pointers of the store's partitions, the golden set and the label-issue
+    flags back as the last commit has them.
 
     DVC rewrites a pointer in place (no temporary file), so a kill or a full disk during the
     write can leave it truncated; and a ``dvc add`` that failed may have rewritten it anyway
-    (see :func:`ingestion.workspace.run_command`), to objects that are not in the cache. Such a pointer is restored as the
-    workspace's last commit has it, or removed when it was never committed. The next version
-    then sees the partitions it lacks as changed and adds them again.
+    (see :func:`ingestion.workspace.run_command`), to objects that are not in the cache. Such a
+    pointer is restored as the workspace's last commit has it, or removed when it was never
+    committed. The next version then sees the partitions it lacks as changed and adds them again.
 
     Args:
         ws: the workspace.
@@ -107,7 +127,7 @@ def restore_pointers(ws: Path, uncommitted: bool = False) -> list[str]:
         One line per pointer restored or removed (also logged as a warning).
     """
     done = []
-    for name in (LISTINGS, GOLDEN, LABEL_ISSUES):
+    for name in _pointer_names(ws):
         path = ws / f"{name}.dvc"
         if not path.exists() or (is_complete(path) and not uncommitted):
             continue
@@ -223,60 +243,53 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def store_changes(ws: Path) -> list[str] | None:
-    """The partition folders of the listings store that differ from what ``data/listings.dvc``
-    tracks.
+def store_changes(ws: Path) -> list[str]:
+    """The partition folders of the listings store that differ from what their pointers track.
 
-    Reads the tracked tree through :class:`dvc.api.DVCFileSystem` (the pointer's directory
-    manifest, from the local cache) and compares each partition's ``listings.parquet`` MD5 with
-    the one the store's index recorded (:func:`common.store.partition_md5s`: only tables written
-    since the index last saw them are read), so no file of the store is hashed again.
+    Compares, per partition, the folder on disk, its pointer (``<batch_id>.dvc``) and what
+    :data:`ingestion.workspace.STORE_VERSION` recorded when it was added: its directory hash and
+    the MD5 of its ``listings.parquet``, against the table's MD5 the store's index keeps
+    (:func:`common.store.partition_md5s`: only tables written since the index last saw them are
+    read). No file of the store is hashed and no DVC manifest is read: the cost follows the
+    number of partitions and the new ones' size, not the store's listings.
 
     Args:
         ws: the workspace.
 
     Returns:
         Workspace-relative paths (``data/listings/batches/<batch_id>``) of the partitions that
-        are new, rewritten or removed, sorted; ``[]`` when nothing changed; ``None`` when only a
-        whole ``dvc add data/listings`` can tell: no pointer yet, its manifest is not in the
-        local cache, or the store holds tracked or untracked files outside partition folders.
-    """
-    from dvc.api import DVCFileSystem
+        are new, rewritten or removed (a pointer without its folder), or whose pointer is not
+        the one recorded (e.g. restored after a failed add), sorted; ``[]`` when nothing changed.
+        Files of the store outside partition folders are never versioned: they are logged as a
+        warning.
 
+    Raises:
+        ingestion.dvcfiles.DvcFileError: when a pointer is not complete (:func:`restore_pointers`
+            first).
+    """
     store = ws / LISTINGS
-    if not (ws / f"{LISTINGS}.dvc").exists():
-        return None
-    local = {e.name for e in os.scandir(store) if not e.name.startswith(".")} if store.is_dir() else set()
-    if local - {BATCHES}:
-        return None
-    fs = DVCFileSystem(str(ws))
-    try:
-        try:
-            top = {Path(e["name"]).name for e in fs.ls(LISTINGS, detail=True) if e.get("dvc_info")}
-            tracked = ({Path(e["name"]).name: e for e in fs.ls(f"{LISTINGS}/{BATCHES}", detail=True)
-                        if e.get("dvc_info")} if BATCHES in top else {})
-        except FileNotFoundError:
-            return None  # the manifest is not in the local cache
-        if top - {BATCHES} or any(e["type"] != "directory" for e in tracked.values()):
-            return None
-        folder = store / BATCHES
-        on_disk = {e.name for e in os.scandir(folder)
-                   if not e.name.startswith(".") and e.is_dir()} if folder.is_dir() else set()
-        changed = set(tracked) ^ on_disk  # added or removed partitions
-        # each table's MD5 as the store's index recorded it when it read the table: no
-        # partition is hashed again, only those written since the index last saw them
-        present = partition_md5s(store)
-        for name in on_disk & set(tracked):
-            table = f"{LISTINGS}/{BATCHES}/{name}/{LISTINGS_FILE}"
-            try:
-                recorded = (fs.info(table).get("dvc_info") or {}).get("md5")
-            except FileNotFoundError:
-                recorded = None
-            if recorded is None or present.get(name) != recorded:
-                changed.add(name)
-    finally:
-        fs.close()
-    return sorted(f"{LISTINGS}/{BATCHES}/{name}" for name in changed)
+    pointers = partition_pointers(ws)
+    on_disk = set(batch_ids(store))
+    stray = []
+    if store.is_dir():
+        stray = [e.name for e in os.scandir(store) if not e.name.startswith(".") and e.name != BATCHES]
+    folder = store / BATCHES
+    if folder.is_dir():
+        stray += [f"{BATCHES}/{e.name}" for e in os.scandir(folder)
+                  if not e.name.startswith(".") and e.name not in on_disk
+                  and not (e.name.endswith(".dvc") and e.name[:-4] in pointers)]
+    if stray:
+        log.warning("not versioned: %s in %s hold no partition (a folder with its %s): %s",
+                    len(stray), store, LISTINGS_FILE, ", ".join(sorted(stray)[:10]))
+    recorded = read_store_version(ws).get("partitions") or {}
+    present = partition_md5s(store) if on_disk else {}
+    changed = set(pointers) ^ on_disk  # added, or removed from the store
+    for name in on_disk & set(pointers):
+        known = recorded.get(name) if isinstance(recorded.get(name), dict) else {}
+        if known.get("md5") != pointers[name] or known.get("table_md5") is None \
+                or known.get("table_md5") != present.get(name):
+            changed.add(name)
+    return sorted(f"{PARTITIONS}/{name}" for name in changed)
 
 
 def label_issues_changed(ws: Path) -> bool:
@@ -325,26 +338,36 @@ def _write_pending(state: State, targets: list[str]) -> None:
 
 
 def _push_targets(ws: Path, targets: list[str]) -> list[str]:
-    """What ``dvc push`` gets: partitions that still exist (a granular push uploads their files
-    and the store's new manifest); the whole pointer when a partition was removed or the store
-    was added whole (nothing else names the new manifest); the golden set's pointer."""
-    out: set[str] = set()
+    """What ``dvc push`` gets: the outputs among ``targets`` that are still tracked (a partition
+    removed since has nothing left to upload; a pending target of the layout before 2026-12,
+    ``data/listings``, is pushed by its partitions)."""
+    out = set()
     for target in targets:
-        if target.startswith(f"{LISTINGS}/") and (ws / target).is_dir():
-            out.add(target)
-        elif target.startswith(f"{LISTINGS}/") or target == LISTINGS:
-            out.add(f"{LISTINGS}.dvc")
-        else:
+        target = target[:-4] if target.endswith(".dvc") else target
+        if (ws / f"{target}.dvc").is_file():
             out.add(target)
     return sorted(out)
+
+
+def _convert_legacy_store(ws: Path) -> bool:
+    """Stops tracking the store as one output (``data/listings.dvc``, before 2026-12): ``dvc
+    remove`` drops the pointer and its ``.gitignore`` entry and keeps the files, which are then
+    added partition by partition. Returns whether there was such a pointer."""
+    if not (ws / LEGACY_LISTINGS_POINTER).exists():
+        return False
+    log.info("converting %s: the store tracked as one DVC output becomes one output per partition",
+             ws / LEGACY_LISTINGS_POINTER)
+    run_dvc(ws, "remove", LEGACY_LISTINGS_POINTER)
+    return True
 
 
 def version_data(state: State, params: Params, note: str = "") -> DataVersionResult:
     """Tracks the listings store and the golden set with DVC, commits, and pushes to the remote.
 
-    The first version adds ``data/listings`` whole; later versions add and push only the
-    partition folders that changed (:func:`store_changes`), so the cost grows with the new
-    batch, not with the store. The golden set is added once, when it is frozen. The label-issue
+    Adds and pushes only the partition folders that changed (:func:`store_changes`), each its
+    own DVC output, and removes the pointers of partitions no longer in the store, so the cost
+    grows with the new batch, not with the store. The golden set is added every time when it
+    grows, once when it is frozen. The label-issue
     flags (:data:`LABEL_ISSUES`) are added when they changed (a retry adds nothing twice).
 
     Args:
@@ -353,9 +376,10 @@ def version_data(state: State, params: Params, note: str = "") -> DataVersionRes
         note: appended to the commit message (e.g. the batch ids).
 
     Returns:
-        The data revision (the workspace commit), the DVC hashes of ``data/listings`` and
-        ``data/golden`` (``golden_rev``), the remote, and the DVC targets this call added and
-        pushed (workspace-relative paths).
+        The data revision (the workspace commit), the store's hash (``listings_md5``,
+        :func:`ingestion.workspace.store_hash` of its partitions' directory hashes), the golden
+        set's DVC directory hash (``golden_rev``), the remote, and the DVC targets this call added
+        (or removed) and pushed (workspace-relative paths).
 
     The manifest entries that wait for a revision (``data_rev`` null, set by the validate
     step) get this call's ``data_rev`` once it is committed.
@@ -377,8 +401,13 @@ def version_data(state: State, params: Params, note: str = "") -> DataVersionRes
         golden, _ = update_golden(state, params)
         if golden is None:
             raise VersioningError("the listings store is empty: nothing to version")
+        converted = _convert_legacy_store(ws)
+        # the tables' hashes as they are before `dvc add`: a partition rewritten while this runs
+        # then differs from what is recorded, and the next version adds it again
+        tables = partition_md5s(ws / LISTINGS)
         changes = store_changes(ws)
-        targets = [LISTINGS] if changes is None else changes
+        removed = [c for c in changes if not (ws / c).is_dir()]
+        targets = [c for c in changes if c not in removed]
         # a growing golden set is re-added every time (cheap: two small files), so that a run
         # killed between writing it and `dvc add` leaves nothing unversioned
         if params.prepare.golden_policy == "growing" or not (ws / f"{GOLDEN}.dvc").exists():
@@ -389,16 +418,20 @@ def version_data(state: State, params: Params, note: str = "") -> DataVersionRes
             targets.append(LABEL_ISSUES)
         # recorded before `dvc add`: once added, a partition no longer shows as changed, so a
         # run killed between add and push must still find it here
-        pending = sorted({*_read_pending(state), *_push_targets(ws, targets)})
+        pending = sorted({*_read_pending(state), *targets})
         _write_pending(state, pending)
+        if removed:  # the data stays in the cache and on the remote, for the revisions that pin it
+            run_dvc(ws, "remove", *(f"{r}.dvc" for r in removed))
         if targets:
             try:  # no -q: it hides the ERROR lines of failed cache transfers (see run_command)
                 run_dvc(ws, "add", *targets)
             except BaseException:
                 restore_pointers(ws, uncommitted=True)
                 raise
-        write_store_version(ws)  # the pipeline's stages depend on it, not on the store's files
-        rev = commit(ws, f"data: listings store {note}".strip())
+        # the pipeline's stages depend on it, not on the store's files; the next version reads it
+        listings_md5 = write_store_version(ws, tables)
+        message = f"data: listings store {note}".strip()
+        rev = commit(ws, f"{message} (one DVC output per partition)" if converted else message)
         waiting = {b: {"data_rev": rev} for b, e in read_manifest(state.manifest).items()
                    if "data_rev" in e and e["data_rev"] is None}
         if waiting:
@@ -409,11 +442,11 @@ def version_data(state: State, params: Params, note: str = "") -> DataVersionRes
         _write_pending(state, [])
     return DataVersionResult(
         data_rev=rev,
-        listings_md5=out_md5(ws / f"{LISTINGS}.dvc"),
+        listings_md5=listings_md5,
         golden_rev=out_md5(ws / f"{GOLDEN}.dvc"),
         remote=remote,
         workspace=str(ws),
-        added=targets,
+        added=[*targets, *removed],
         pushed=push,
     )
 
@@ -430,21 +463,32 @@ def data_version_at(state: State, data_rev: str) -> DataVersionResult:
         data_rev: a commit of the workspace (a sha, or any git revision such as ``HEAD``).
 
     Returns:
-        ``data_rev`` as a full sha, and the DVC hashes of the store and the golden set at that
-        commit.
+        ``data_rev`` as a full sha, the store's hash (from ``data/store_version.json``; in a
+        commit from before 2026-12 that has none, ``data/listings.dvc``'s directory hash) and the
+        golden set's DVC hash at that commit.
 
     Raises:
         VersioningError: when ``data_rev`` is not a commit of the workspace, or one that pins
             no listings store or golden set (e.g. the workspace's first commit).
     """
     ws = state.workspace
+
+    def show(name: str) -> str:
+        return run_git(ws, "show", f"{rev}:{name}")
+
     try:
         rev = run_git(ws, "rev-parse", "--verify", "--quiet", f"{data_rev}^{{commit}}").strip()
-        listings, golden = (parse_dvc_file(run_git(ws, "show", f"{rev}:{name}.dvc"), f"{rev}:{name}.dvc").md5
-                            for name in (LISTINGS, GOLDEN))
+        golden = parse_dvc_file(show(f"{GOLDEN}.dvc"), f"{rev}:{GOLDEN}.dvc").md5
+        try:
+            listings = json.loads(show(STORE_VERSION))["listings_md5"]
+        except (VersioningError, ValueError, KeyError, TypeError):
+            listings = parse_dvc_file(show(LEGACY_LISTINGS_POINTER), f"{rev}:{LEGACY_LISTINGS_POINTER}").md5
+        if not isinstance(listings, str) or not listings:
+            raise DvcFileError(f"{rev}:{STORE_VERSION} names no store hash")
     except (VersioningError, DvcFileError) as exc:
         raise VersioningError(f"{data_rev!r} is no data revision of the DVC workspace {ws}: not a "
-                              f"commit, or it pins no {LISTINGS}.dvc and {GOLDEN}.dvc") from exc
+                              f"commit, or it pins no listings store ({STORE_VERSION}) and "
+                              f"{GOLDEN}.dvc") from exc
     return DataVersionResult(data_rev=rev, listings_md5=listings, golden_rev=golden,
                              remote=remote_url(state), workspace=str(ws))
 

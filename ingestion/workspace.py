@@ -2,8 +2,8 @@
 
 The pipeline runs in a DVC workspace, ``<state>/workspace``: its own git repository holding
 ``dvc.yaml``, the effective ``params.yaml``, a snapshot of the packages the stages run
-(``common/``, ``training/``, :data:`SNAPSHOT_PACKAGES`), the ``.dvc`` pointers of
-``data/listings`` and ``data/golden`` and ``dvc.lock``. One commit of the workspace therefore
+(``common/``, ``training/``, :data:`SNAPSHOT_PACKAGES`), the ``.dvc`` pointers of the
+store's partitions and of ``data/golden``, and ``dvc.lock``. One commit of the workspace therefore
 pins data, code and params: :mod:`ingestion.versioning` commits the data (its sha is the *data
 revision* passed on through XCom and tagged on every model version) and
 :func:`training.pipeline.run_pipeline` runs ``dvc repro`` and commits ``dvc.lock``. Nothing is ever committed into the developer's checkout.
@@ -35,6 +35,7 @@ from) is :mod:`training.pipeline`.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,14 +63,29 @@ LOCK_TIMEOUT_ENV = "LCP_WORKSPACE_LOCK_TIMEOUT"
 """Environment variable: seconds :func:`workspace_lock` waits (default 3 hours, a training run)."""
 
 LISTINGS = "data/listings"
-"""The listings store, relative to the workspace: one DVC output (``data/listings.dvc``)."""
+"""The listings store, relative to the workspace: one DVC output per partition (:data:`PARTITIONS`)."""
+PARTITIONS = f"{LISTINGS}/{BATCHES}"
+"""The store's partition folders, relative to the workspace. Each partition is a DVC output of
+its own, with its pointer beside it (``data/listings/batches/<batch_id>.dvc``), so versioning a
+week hashes, caches, commits and pushes only that week's folder and no manifest of the whole store
+(docs/measurements.md, session 22). Workspaces versioned before 2026-12 tracked ``data/listings``
+as one output (:data:`LEGACY_LISTINGS_POINTER`); :func:`ingestion.versioning.version_data`
+converts them once."""
+LEGACY_LISTINGS_POINTER = f"{LISTINGS}.dvc"
+"""The pointer of the store tracked whole (one directory output), before 2026-12."""
 GOLDEN = "data/golden"
 """The frozen golden test set, relative to the workspace: one DVC output (``data/golden.dvc``)."""
 STORE_VERSION = "data/store_version.json"
-"""The store's version as one small file (``{"listings_md5": <data/listings.dvc's directory
-hash>}``, :func:`write_store_version`), relative to the workspace: the pipeline's stages that read
-the store depend on it instead of on ``data/listings``, whose every file DVC would otherwise stat
-and look up in its state database each time it checks a stage (docs/measurements.md, session 21)."""
+"""The store's version as one small file, relative to the workspace (:func:`write_store_version`)::
+
+    {"listings_md5": <the store's hash>,
+     "partitions": {<batch_id>: {"md5": <the partition's DVC directory hash>,
+                                 "table_md5": <MD5 of its listings.parquet>}}}
+
+committed with the pointers. The pipeline's stages that read the store depend on it instead of on
+``data/listings``, whose every file DVC would otherwise stat and look up in its state database
+each time it checks a stage (docs/measurements.md, session 21); versioning reads it to tell which
+partitions changed without reading any DVC manifest."""
 DVCIGNORE = f"/{LISTINGS}/{BATCHES}/.*"
 """``.dvcignore`` pattern: partitions being written (hidden temporary folders) are never data."""
 DVC_RWLOCK = ".dvc/tmp/rwlock"
@@ -77,29 +94,86 @@ DVC_RWLOCK = ".dvc/tmp/rwlock"
 log = logging.getLogger(__name__)
 
 
-def write_store_version(ws: Path) -> str:
-    """Writes :data:`STORE_VERSION` from the store's pointer (``data/listings.dvc``), rewriting it
-    only when it changed (an unchanged file keeps DVC's stages unchanged).
+def partition_pointer(batch_id: str) -> str:
+    """The workspace-relative path of a partition's ``.dvc`` pointer."""
+    return f"{PARTITIONS}/{batch_id}.dvc"
 
-    Returns:
-        The store's directory hash.
+
+def partition_pointers(ws: Path) -> dict[str, str]:
+    """``{batch_id: DVC directory hash}`` of every partition pointer in the workspace.
 
     Raises:
-        VersioningError: when the store has no pointer yet (it was never versioned).
-        ingestion.dvcfiles.DvcFileError: when the pointer is not complete.
+        ingestion.dvcfiles.DvcFileError: when a pointer is not complete (cut short).
+    """
+    from ingestion.dvcfiles import out_md5
+
+    folder = ws / PARTITIONS
+    if not folder.is_dir():
+        return {}
+    return {e.name[:-4]: out_md5(Path(e.path)) for e in sorted(os.scandir(folder), key=lambda e: e.name)
+            if e.name.endswith(".dvc") and not e.name.startswith(".") and e.is_file(follow_symlinks=False)}
+
+
+def store_hash(partitions: dict[str, str]) -> str:
+    """The store's hash: MD5 of the JSON object ``{batch_id: directory hash}``, keys sorted,
+    compact separators (our definition; equal stores give equal hashes)."""
+    text = json.dumps(dict(sorted(partitions.items())), separators=(",", ":"))
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def read_store_version(ws: Path) -> dict:
+    """:data:`STORE_VERSION` as written, or ``{}`` when missing or not a JSON object."""
+    try:
+        data = json.loads((ws / STORE_VERSION).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_store_version(ws: Path, table_md5s: dict[str, str] | None = None) -> str:
+    """Writes :data:`STORE_VERSION` from the partition pointers, rewriting it only when it changed
+    (an unchanged file keeps DVC's stages unchanged).
+
+    Args:
+        ws: the workspace.
+        table_md5s: ``{batch_id: MD5 of listings.parquet}`` as the pointers were written
+            (:func:`common.store.partition_md5s`); by default each partition keeps the table hash
+            the file recorded for the same directory hash (none for a partition it did not know).
+
+    Returns:
+        The store's hash (:func:`store_hash`); for a workspace still in the layout before 2026-12
+        (:data:`LEGACY_LISTINGS_POINTER`, no partition pointers), that pointer's directory hash.
+
+    Raises:
+        VersioningError: when the store was never versioned (no pointer).
+        ingestion.dvcfiles.DvcFileError: when a pointer is not complete.
     """
     from common.files import atomic_write
     from ingestion.dvcfiles import out_md5
 
-    md5 = out_md5(ws / f"{LISTINGS}.dvc")
-    if md5 is None:
-        raise VersioningError(f"{ws / LISTINGS} is not versioned yet (no {LISTINGS}.dvc): run version_data first")
+    pointers = partition_pointers(ws)
+    if pointers:
+        before = read_store_version(ws).get("partitions") or {}
+        parts = {}
+        for batch_id, md5 in pointers.items():
+            if table_md5s is not None and batch_id in table_md5s:
+                table = table_md5s[batch_id]
+            else:
+                known = before.get(batch_id) if isinstance(before.get(batch_id), dict) else {}
+                table = known.get("table_md5") if known.get("md5") == md5 else None
+            parts[batch_id] = {"md5": md5, "table_md5": table}
+        data = {"listings_md5": store_hash(pointers), "partitions": parts}
+    elif (legacy := out_md5(ws / LEGACY_LISTINGS_POINTER)) is not None:
+        data = {"listings_md5": legacy}
+    else:
+        raise VersioningError(f"{ws / LISTINGS} is not versioned yet (no partition pointers in "
+                              f"{ws / PARTITIONS}): run version_data first")
     path = ws / STORE_VERSION
-    text = json.dumps({"listings_md5": md5}, indent=1) + "\n"
+    text = json.dumps(data, indent=1) + "\n"
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    return md5
+    return data["listings_md5"]
 
 
 class VersioningError(RuntimeError):
@@ -127,7 +201,10 @@ def run_command(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
         VersioningError: when the command failed otherwise; the message holds the last 4000
             characters of its standard output and error.
     """
+    started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    log.debug("%s (exit %s, %.2f s)", " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd[:6])),
+              proc.returncode, time.perf_counter() - started)
     output = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     transfer_failed = re.search(r"^ERROR: failed to transfer", output, re.MULTILINE) is not None
     if proc.returncode == 0 and not transfer_failed:
@@ -162,7 +239,7 @@ def run_dvc(workspace: Path, *args: str, env: dict | None = None) -> str:
 
     Args:
         workspace: the DVC repository to run in.
-        *args: DVC's arguments, e.g. ``"pull", "data/listings.dvc"``.
+        *args: DVC's arguments, e.g. ``"pull", "data/golden.dvc"``.
         env: variables added to that environment.
 
     Returns:
@@ -185,7 +262,13 @@ def run_git(workspace: Path, *args: str) -> str:
 
 
 def commit(ws: Path, message: str) -> str:
-    """Commits everything that changed in the workspace (nothing when nothing did).
+    """Commits everything that changed in the workspace (nothing when nothing did), except the
+    files of the store's partition folders.
+
+    The partition folders are DVC's: each is git-ignored once ``dvc add`` tracks it, but one
+    written while a version runs (not added yet) is not, and must never be staged; it is
+    excluded by pathspec, not by a ``.gitignore`` (DVC does not resolve a git-ignored path as
+    an output). Where the whole store is git-ignored (the layout before 2026-12), all is staged.
 
     Returns:
         The sha of ``HEAD`` afterwards (40 hex digits).
@@ -193,8 +276,10 @@ def commit(ws: Path, message: str) -> str:
     Raises:
         OSError, VersioningError: as :func:`run_command`.
     """
-    run_git(ws, "add", "-A")
-    if run_git(ws, "status", "--porcelain").strip():
+    ignored = subprocess.run(["git", "check-ignore", "-q", PARTITIONS], cwd=ws).returncode == 0
+    # git refuses an exclude pathspec inside an ignored folder (the whole store, before 2026-12)
+    run_git(ws, "add", "-A", *(() if ignored else ("--", ".", f":(exclude,glob){PARTITIONS}/*/**")))
+    if run_git(ws, "diff", "--cached", "--name-only").strip():
         run_git(ws, "commit", "-q", "-m", message)
     return run_git(ws, "rev-parse", "HEAD").strip()
 

@@ -143,7 +143,7 @@ def _clip(value, chars: int) -> str:
 REVISIONS = {
     "data_rev": "data: the DVC workspace commit after versioning (listings store + golden set)",
     "workspace_commit": "data, code, params: the workspace commit after `dvc repro` (`make reproduce`)",
-    "listings_md5": "the listings store's DVC directory hash",
+    "listings_md5": "the listings store's hash (its partitions' DVC hashes)",
     "golden_rev": "the golden test set's DVC hash",
     "git_commit": "the platform's code (this repository)",
     "params_hash": "the effective params.yaml (SHA-256)",

@@ -1,7 +1,7 @@
 """Reproduce a registered model version: restore its data, code and params, re-run the pipeline.
 
 A version's tag ``workspace_commit`` names the DVC workspace commit that pinned its data (the
-``.dvc`` pointers of the listings store and the golden set), code snapshot, params and
+``.dvc`` pointers of the listings store's partitions and the golden set), code snapshot, params and
 ``dvc.lock``. This clones the workspace into ``<state>/reproduce/v<N>`` (the live workspace is
 never touched, so no lock is needed), checks that commit out, pulls the data from the DVC remote
 (``dvc pull``; S3 credentials from the environment), runs ``dvc repro --force``, and compares the
@@ -28,7 +28,13 @@ from pathlib import Path
 
 from common.params import PRECISION_ENV, Params, load_params
 from common.state import State
-from ingestion.workspace import VersioningError, run_dvc, run_git
+from ingestion.workspace import (
+    LEGACY_LISTINGS_POINTER,
+    PARTITIONS,
+    VersioningError,
+    run_dvc,
+    run_git,
+)
 from promotion.registry import mlflow_client
 
 COMPARED = ("accuracy", "business_weighted_score", "macro_f1", "top5_accuracy")
@@ -65,10 +71,13 @@ def reproduce_version(state: State, params: Params, version: str, workdir: Path 
     except VersioningError as exc:
         raise VersioningError(f"version {version}'s workspace commit {commit!r} is not in {state.workspace}") from exc
     # no -q: it would silence DVC's ERROR line (e.g. S3 refusing the credentials)
+    # the store's pointers: one per partition (a commit from before 2026-12: data/listings.dvc);
     # data/label_issues.dvc (the monitor's flags, a prepare dependency) exists in commits made
     # since label issues are versioned; older commits' dvc.yaml does not name it
-    pointers = [p for p in ("data/listings.dvc", "data/golden.dvc", "data/label_issues.dvc")
-                if (target / p).exists()]
+    partitions = target / PARTITIONS
+    pointers = sorted(p.relative_to(target).as_posix() for p in partitions.glob("*.dvc")) if partitions.is_dir() else []
+    pointers += [p for p in (LEGACY_LISTINGS_POINTER, "data/golden.dvc", "data/label_issues.dvc")
+                 if (target / p).exists()]
     run_dvc(target, "pull", *pointers)
     if (target / "models" / "init.dvc").exists():  # the model its training started from (train.init)
         run_dvc(target, "pull", "models/init.dvc")

@@ -187,22 +187,28 @@ def versioned(s3, fashion_dir, tmp_path_factory):
 
 
 def test_version_data_pushes_to_s3_in_dvc_layout(s3, versioned):
-    """Every file of the store and the golden set, and both directory manifests, are objects in
-    the bucket at ``<prefix>/files/md5/<2 hex>/<30 hex>`` (DVC 3's content-addressed layout)."""
+    """Every file of the store and the golden set, and every directory manifest (one a partition,
+    the golden set's), are objects in the bucket at ``<prefix>/files/md5/<2 hex>/<30 hex>``
+    (DVC 3's content-addressed layout)."""
+    from ingestion.workspace import partition_pointers
+
     result, state = versioned["result"], versioned["state"]
     assert result.remote == f"s3://{BUCKET}/{PREFIX}"
-    assert result.listings_md5.endswith(".dir") and result.golden_rev.endswith(".dir")
+    partitions = partition_pointers(state.workspace)
+    assert partitions and all(md5.endswith(".dir") for md5 in partitions.values())
+    assert result.golden_rev.endswith(".dir")
     pages = s3["admin"].get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{PREFIX}/")
     keys = {o["Key"] for page in pages for o in page.get("Contents", [])}
 
     def key(md5: str) -> str:
         return f"{PREFIX}/files/md5/{md5[:2]}/{md5[2:]}"
 
-    expected = {key(result.listings_md5), key(result.golden_rev)}
+    expected = {key(result.golden_rev), *(key(md5) for md5 in partitions.values())}
     for folder in (state.listings_store, state.golden_dir):
-        for path in (p for p in folder.rglob("*") if p.is_file()):
+        # the data, not git's files beside the partitions (their .dvc pointers, .gitignore)
+        for path in (p for p in folder.rglob("*") if p.is_file() and p.parent.name != "batches"):
             expected.add(key(hashlib.md5(path.read_bytes()).hexdigest()))
-    assert len(expected) > CLASSES * PER_CLASS  # the images, the parquet files, two manifests
+    assert len(expected) > CLASSES * PER_CLASS  # the images, the parquet files, the manifests
     assert expected <= keys, sorted(expected - keys)[:5]
     # the object bytes are the file bytes (content-addressed: md5 of the body is the key)
     image = next(state.listings_store.rglob("*.jpg"))
@@ -225,6 +231,12 @@ def test_no_credentials_in_the_workspace_config_or_history(s3, versioned):
         assert not (ws / ".dvc" / "config.local").exists() or secret not in (ws / ".dvc" / "config.local").read_text()
 
 
+def _pointers(ws: Path) -> list[str]:
+    """The ``.dvc`` pointers of the store's partitions and of the golden set."""
+    return [*sorted(p.relative_to(ws).as_posix() for p in (ws / "data/listings/batches").glob("*.dvc")),
+            "data/golden.dvc"]
+
+
 def test_data_comes_back_from_s3_after_the_cache_is_gone(s3, versioned, monkeypatch):
     """Local cache and data deleted: ``dvc pull`` (credentials from the environment) restores
     byte-identical files, in the workspace and in a fresh clone of its committed revision."""
@@ -232,10 +244,14 @@ def test_data_comes_back_from_s3_after_the_cache_is_gone(s3, versioned, monkeypa
     ws = state.workspace
     _s3_env(monkeypatch, tmp, s3["endpoint"], s3["key_id"], s3["secret"], PREFIX)
     shutil.rmtree(ws / ".dvc" / "cache")
-    shutil.rmtree(state.listings_store)
+    # the data, not the pointers beside the partition folders (git's)
+    partitions = [p for p in (state.listings_store / "batches").iterdir() if p.is_dir()]
+    assert partitions
+    for folder in partitions:
+        shutil.rmtree(folder)
     shutil.rmtree(state.golden_dir)
     # the two tracked folders (dvc.yaml's stages have not run here: no outputs to pull)
-    pulled = dvc(ws, "pull", "data/listings.dvc", "data/golden.dvc")
+    pulled = dvc(ws, "pull", *_pointers(ws))
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     assert tree_digest(state.listings_store) == versioned["listings"]
     assert tree_digest(state.golden_dir) == versioned["golden"]
@@ -244,7 +260,7 @@ def test_data_comes_back_from_s3_after_the_cache_is_gone(s3, versioned, monkeypa
     clone = tmp / "clone"
     subprocess.run(["git", "clone", "-q", str(ws), str(clone)], check=True)
     subprocess.run(["git", "checkout", "-q", versioned["result"].data_rev], cwd=clone, check=True)
-    pulled = dvc(clone, "pull", "data/listings.dvc", "data/golden.dvc")
+    pulled = dvc(clone, "pull", *_pointers(clone))
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     assert tree_digest(clone / "data" / "listings") == versioned["listings"]
     assert tree_digest(clone / "data" / "golden") == versioned["golden"]

@@ -280,7 +280,9 @@ def _worker(step: str, state: State, kill: tuple | None, folder: Path) -> tuple[
 
 def _hidden(store: Path) -> list[str]:
     folder = store / BATCHES
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) if folder.is_dir() else []
+    # partitions being written or their debris; not git's .gitignore (DVC's, of the partitions)
+    return (sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != ".gitignore")
+            if folder.is_dir() else [])
 
 
 def _statuses(state: State) -> dict[str, str]:
@@ -337,7 +339,8 @@ def _assert_versioned(state: State, result: dict) -> None:
     assert not list((ws / ".git").glob("*.lock"))
     rwlock = ws / RWLOCK
     assert not rwlock.exists() or not any(json.loads(rwlock.read_text()).values())
-    pointers = [str(ws / "data" / "listings.dvc"), str(ws / "data" / "golden.dvc")]
+    pointers = [*map(str, sorted((ws / "data" / "listings" / "batches").glob("*.dvc"))), str(ws / "data" / "golden.dvc")]
+    assert len(pointers) > 1 and not (ws / "data" / "listings.dvc").exists()
     with Repo(str(ws)) as repo:
         assert repo.status(targets=pointers) == {}, "the workspace differs from the pointer"
         assert repo.status(targets=pointers, cloud=True) == {}, "the remote lacks data"
@@ -437,17 +440,22 @@ def test_validate_on_a_full_disk_fails_clearly_and_the_retry_succeeds(snapshots,
 def test_version_killed_at_four_points_then_retried(snapshots, tmp_path):
     """Killed in the middle of ``dvc add`` (cache half written; its rwlock then names a pid that
     a new process has), as ``dvc add`` rewrote its rwlock (left empty), in ``git add`` (holding
-    ``.git/index.lock``) and in ``git commit``'s ref update (holding ``HEAD.lock``; the pointer
-    then cut short); the retry clears the stale locks, restores the pointer, re-adds, commits
-    and pushes once."""
+    ``.git/index.lock``) and in ``git commit``'s ref update (holding ``HEAD.lock``; a new
+    partition's pointer then cut short); the retry clears the stale locks, removes the cut
+    pointer (never committed), re-adds its partition, commits and pushes once."""
     from ingestion.versioning import PENDING_PUSH, store_changes
 
     state = _copy(snapshots["validated"], tmp_path / "state")
     ws, runs = state.workspace, tmp_path / "runs"
-    pointer, git = ws / "data" / "listings.dvc", ws / ".git"
-    head, committed = _git(ws, "rev-parse", "HEAD").strip(), pointer.read_text()
+    git = ws / ".git"
+    head = _git(ws, "rev-parse", "HEAD").strip()
     new = store_changes(ws)
     assert len(new) == 2
+    pointer, committed = ws / f"{new[0]}.dvc", {p.name: p.read_text() for p in (ws / new[0]).parent.glob("*.dvc")}
+
+    def pointers() -> dict[str, str]:
+        return {p.name: p.read_text() for p in (ws / new[0]).parent.glob("*.dvc")}
+
     cached = _cache_objects(ws)
 
     code, log, _ = _worker("version", state, ("dvc-cache", 10), runs)
@@ -455,7 +463,8 @@ def test_version_killed_at_four_points_then_retried(snapshots, tmp_path):
     held = json.loads((ws / RWLOCK).read_text())
     assert held["write"] and not any(_running(e["pid"]) for e in held["write"].values())
     assert len(_cache_objects(ws) - cached) >= 9, "killed in the middle of the cache writes"
-    assert _git(ws, "rev-parse", "HEAD").strip() == head and pointer.read_text() == committed
+    assert _git(ws, "rev-parse", "HEAD").strip() == head and not pointer.exists()
+    assert {k: v for k, v in pointers().items() if k in committed} == committed, "old pointers untouched"
     assert json.loads((state.root / PENDING_PUSH).read_text()) == new
 
     sleeper = subprocess.Popen(["sleep", "300"])  # the dead pid, reused in the next container
@@ -477,7 +486,7 @@ def test_version_killed_at_four_points_then_retried(snapshots, tmp_path):
     assert code == KILLED, log
     assert f"cleared a stale lock: {ws / RWLOCK} (held: empty file)" in log
     assert (git / "index.lock").exists()
-    assert pointer.read_text() != committed and store_changes(ws) == [], "dvc add had finished"
+    assert all((ws / f"{t}.dvc").is_file() for t in new) and store_changes(ws) == [], "dvc add had finished"
 
     code, log, _ = _worker("version", state, ("git-ref",), runs)
     _disarm(ws)
@@ -490,8 +499,8 @@ def test_version_killed_at_four_points_then_retried(snapshots, tmp_path):
     code, log, result = _worker("version", state, None, runs)
     assert code == 0, log
     assert f"cleared a stale lock: {git / 'HEAD.lock'}" in log
-    assert f"restored {pointer} from the last commit: it was half written" in log
-    assert result["added"] == new and result["pushed"] == new
+    assert f"removed {pointer}: half written and never committed" in log
+    assert result["added"] == new[:1] and result["pushed"] == new  # the cut pointer's partition re-added
     _assert_versioned(state, result)
     assert _git(ws, "rev-list", "--count", f"{head}..HEAD").strip() == "1", "one commit for the batches"
     week1, b2, b3 = sorted(read_manifest(state.manifest))
@@ -508,9 +517,9 @@ def test_version_on_a_full_disk_fails_clearly_and_the_retry_succeeds(snapshots, 
 
     state = _copy(snapshots["validated"], small_disk / "state")
     ws, params = state.workspace, _params()
-    pointer = ws / "data" / "listings.dvc"
-    head, committed = _git(ws, "rev-parse", "HEAD").strip(), pointer.read_text()
+    head = _git(ws, "rev-parse", "HEAD").strip()
     new = store_changes(ws)
+    committed = {p.name: p.read_text() for p in (ws / new[0]).parent.glob("*.dvc")}
     size = sum(p.stat().st_size for target in new for p in (ws / target).rglob("*") if p.is_file())
     filler = _fill(small_disk, leave=size // 2)
 
@@ -520,7 +529,8 @@ def test_version_on_a_full_disk_fails_clearly_and_the_retry_succeeds(snapshots, 
     assert f"version the listings store: the disk holding the state folder {state.root} is full" in message
     assert "dvc add" in message and "No space left on device" in message
     assert _git(ws, "rev-parse", "HEAD").strip() == head
-    assert pointer.read_text() == committed, "no pointer to data that is not in the cache"
+    assert {p.name: p.read_text() for p in (ws / new[0]).parent.glob("*.dvc")} == committed, \
+        "no pointer to data that is not in the cache"
     assert store_changes(ws) == new
 
     filler.unlink()

@@ -303,16 +303,22 @@ def test_versioning_adds_and_pushes_only_the_changed_batches(tmp_path, fashion_d
 
     from common.store import partition_dir, remove_partition
     from ingestion.versioning import version_data
+    from ingestion.workspace import partition_pointers, store_hash
 
     state, params = State(tmp_path / "state").ensure(), _versioning_params()
-    store = state.listings_store
+    store, ws = state.listings_store, state.workspace
     _partition(store, "b1", styles.iloc[:40], fashion_dir)
     _partition(store, "b2", styles.iloc[40:80], fashion_dir)
     first = version_data(state, params, "b1 b2")
-    # the first version: whole, and the (empty) label-issue folder the prepare stage depends on
-    assert first.added == ("data/listings", "data/golden", "data/label_issues")
-    assert first.listings_md5.endswith(".dir") and first.golden_rev.endswith(".dir")
-    assert _md5s(store) | _md5s(state.golden_dir) <= _remote_objects(state.dvc_remote)
+    # one DVC output per partition, and the (empty) label-issue folder the prepare stage depends on
+    assert first.added == ("data/listings/batches/b1", "data/listings/batches/b2", "data/golden",
+                           "data/label_issues")
+    assert not (ws / "data" / "listings.dvc").exists()
+    pointers = partition_pointers(ws)
+    assert set(pointers) == {"b1", "b2"} and all(md5.endswith(".dir") for md5 in pointers.values())
+    assert first.listings_md5 == store_hash(pointers) and first.golden_rev.endswith(".dir")
+    assert _md5s(store / "batches" / "b1") | _md5s(state.golden_dir) <= _remote_objects(state.dvc_remote)
+    texts = {b: (ws / "data" / "listings" / "batches" / f"{b}.dvc").read_text() for b in pointers}
 
     _partition(store, "b3", styles.iloc[80:120], fashion_dir)
     before = _remote_objects(state.dvc_remote)
@@ -321,18 +327,24 @@ def test_versioning_adds_and_pushes_only_the_changed_batches(tmp_path, fashion_d
     assert second.pushed == ("data/listings/batches/b3",)
     assert second.listings_md5 != first.listings_md5
     assert second.golden_rev == first.golden_rev  # frozen once, never re-added
-    # exactly the new batch's files and the store's new directory manifest were uploaded
-    assert (_remote_objects(state.dvc_remote) - before
-            == _md5s(partition_dir(store, "b3")) | {second.listings_md5})
+    # the other partitions' pointers are untouched: nothing of the store but b3 is rewritten
+    assert {b: (ws / "data" / "listings" / "batches" / f"{b}.dvc").read_text() for b in texts} == texts
+    # exactly the new batch's files and its directory manifest were uploaded
+    b3 = partition_pointers(ws)["b3"]
+    assert _remote_objects(state.dvc_remote) - before == _md5s(partition_dir(store, "b3")) | {b3}
+    # no file of a partition is in git: DVC's
+    assert not [f for f in subprocess.run(["git", "ls-files", "data/listings"], cwd=ws, check=True,
+                                          capture_output=True, text=True).stdout.split() if not f.endswith((".dvc", ".gitignore"))]
     snapshot = {p.relative_to(store).as_posix(): p.read_bytes() for p in store.rglob("*") if p.is_file()}
 
     again = version_data(state, params, "nothing new")
     assert (again.added, again.pushed, again.data_rev) == ((), (), second.data_rev)
 
-    # a batch re-validated into quarantine loses its partition: the pointer drops it
+    # a batch re-validated into quarantine loses its partition: its pointer goes
     remove_partition(store, "b2")
     third = version_data(state, params, "b2 quarantined")
-    assert third.added == ("data/listings/batches/b2",) and third.pushed == ("data/listings.dvc",)
+    assert third.added == ("data/listings/batches/b2",) and third.pushed == ()
+    assert set(partition_pointers(ws)) == {"b1", "b3"}
     assert third.listings_md5 not in (first.listings_md5, second.listings_md5)
 
     # a data revision pins the whole store: a clone at the second revision pulls b1 + b2 + b3
@@ -341,10 +353,59 @@ def test_versioning_adds_and_pushes_only_the_changed_batches(tmp_path, fashion_d
     subprocess.run(["git", "checkout", "-q", second.data_rev], cwd=clone, check=True)
     from ingestion.workspace import run_dvc
 
-    run_dvc(clone, "pull", "-q", "data/listings.dvc", "data/golden.dvc")
+    run_dvc(clone, "pull", "-q", *(f"data/listings/batches/{b}.dvc" for b in ("b1", "b2", "b3")), "data/golden.dvc")
     pulled = clone / "data" / "listings"
     assert {p.relative_to(pulled).as_posix(): p.read_bytes()
             for p in pulled.rglob("*") if p.is_file()} == snapshot
+
+
+def test_a_store_versioned_whole_is_converted_to_one_output_per_partition(tmp_path, fashion_dir, styles):
+    """A workspace from before 2026-12 (``data/listings.dvc``: the store as one output) is
+    converted by the next version: the whole pointer goes, each partition gets its own, the files
+    are unchanged, the remote holds everything, and the old revision still reads back."""
+    import subprocess
+
+    from ingestion.dvcfiles import out_md5
+    from ingestion.versioning import data_version_at, store_changes, update_golden, version_data
+    from ingestion.workspace import (
+        STORE_VERSION,
+        commit,
+        configure_remote,
+        init_workspace,
+        partition_pointers,
+        run_dvc,
+        sync_snapshot,
+    )
+
+    state, params = State(tmp_path / "state").ensure(), _versioning_params()
+    store = state.listings_store
+    _partition(store, "b1", styles.iloc[:40], fashion_dir)
+    _partition(store, "b2", styles.iloc[40:80], fashion_dir)
+    # the layout as the code before 2026-12 left it (its version file named the pointer's hash)
+    ws = init_workspace(state)
+    configure_remote(state)
+    sync_snapshot(state, params)
+    update_golden(state, params)
+    run_dvc(ws, "add", "data/listings", "data/golden")
+    legacy = out_md5(ws / "data" / "listings.dvc")
+    (ws / STORE_VERSION).write_text(json.dumps({"listings_md5": legacy}, indent=1) + "\n")
+    old_rev = commit(ws, "data: the store as one output")
+    run_dvc(ws, "push", "data/listings", "data/golden")
+    files = {p.relative_to(store).as_posix(): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+
+    result = version_data(state, params, "upgrade")
+    assert not (ws / "data" / "listings.dvc").exists()
+    assert set(partition_pointers(ws)) == {"b1", "b2"} and store_changes(ws) == []
+    assert {"data/listings/batches/b1", "data/listings/batches/b2"} <= set(result.added)
+    assert "(one DVC output per partition)" in subprocess.run(
+        ["git", "log", "-1", "--format=%s"], cwd=ws, check=True, capture_output=True, text=True).stdout
+    assert {p.relative_to(store).as_posix(): p.read_bytes() for p in store.rglob("*")
+            if p.is_file() and not p.name.endswith(".dvc") and p.name != ".gitignore"} == files
+    assert "in sync" in run_dvc(ws, "status", "--cloud", *(f"data/listings/batches/{b}.dvc" for b in ("b1", "b2")))
+    assert data_version_at(state, old_rev).listings_md5 == legacy  # an old revision reads back
+    assert data_version_at(state, result.data_rev).listings_md5 == result.listings_md5
+    again = version_data(state, params, "nothing new")
+    assert (again.added, again.data_rev) == ((), result.data_rev)
 
 
 def test_a_failed_push_is_pushed_by_the_next_version(tmp_path, fashion_dir, styles, monkeypatch):

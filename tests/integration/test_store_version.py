@@ -1,6 +1,6 @@
 """The pipeline's stages depend on the store's version file (``data/store_version.json``), not on
-the store's files: real DVC on a copy of the session's tiny trained state. The file is the
-pointer's directory hash and is committed with the data; a trained workspace is up to date; a new
+the store's files: real DVC on a copy of the session's tiny trained state. The file holds the
+store's hash and each partition's pointer hash and table hash, and is committed with the data; a trained workspace is up to date; a new
 partition, once versioned, changes the file and so the stages that read the store; ``dvc repro``
 is never asked to walk ``data/listings``; the run pushes its stages' outputs to the remote."""
 
@@ -18,9 +18,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_stages_follow_the_store_version_file(tiny_trained, fashion_dir, tmp_path):
-    from ingestion.dvcfiles import out_md5
+    from common.store import partition_md5s
     from ingestion.versioning import version_data
-    from ingestion.workspace import STORE_VERSION, run_dvc, run_git
+    from ingestion.workspace import STORE_VERSION, partition_pointers, run_dvc, run_git, store_hash
     from tests.integration.test_warm_start import add_new_leaf_batch
 
     stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
@@ -31,7 +31,13 @@ def test_stages_follow_the_store_version_file(tiny_trained, fashion_dir, tmp_pat
     state = copy_state(tiny_trained["state"], tmp_path / "state")
     ws = state.workspace
     version = json.loads((ws / STORE_VERSION).read_text())
-    assert version == {"listings_md5": out_md5(ws / "data" / "listings.dvc")}
+
+    def expected() -> dict:
+        pointers, tables = partition_pointers(ws), partition_md5s(state.listings_store)
+        return {"listings_md5": store_hash(pointers),
+                "partitions": {b: {"md5": md5, "table_md5": tables[b]} for b, md5 in pointers.items()}}
+
+    assert version == expected() and version["partitions"]
     assert json.loads(run_git(ws, "show", f"HEAD:{STORE_VERSION}")) == version  # committed with the data
     assert "up to date" in run_dvc(ws, "status", *readers)
 
@@ -39,7 +45,7 @@ def test_stages_follow_the_store_version_file(tiny_trained, fashion_dir, tmp_pat
     version_data(state, tiny_trained["params"], note="a new partition")
     after = json.loads((ws / STORE_VERSION).read_text())
     assert after["listings_md5"] != version["listings_md5"]
-    assert after == {"listings_md5": out_md5(ws / "data" / "listings.dvc")}
+    assert after == expected() and len(after["partitions"]) == len(version["partitions"]) + 1
     status = run_dvc(ws, "status", *readers)
     assert status.count("changed deps") == 2 and STORE_VERSION in status, status
 
