@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,9 @@ def plan_embed_shards(state: State, params: Params, batch_ids: list[str] | tuple
     if not uses_encoder(params.train) or not batch_ids:
         return []
     encoder_id = load_encoder(params.train.encoder).id
+    # before the cache is read: a shard then reads only the files written since (what another
+    # task cached meanwhile), not the whole cache again
+    planned_at = time.time()
     cached = EmbeddingCache(state.workspace / EMBEDDINGS, encoder_id).sha256s()
     size, shards, planned = params.train.embed_shard_size, [], set()
     for batch_id in sorted(set(batch_ids)):
@@ -130,7 +134,8 @@ def plan_embed_shards(state: State, params: Params, batch_ids: list[str] | tuple
         rows = rows[[s not in cached and s not in planned for s in rows["image_sha256"]]]
         planned.update(rows["image_sha256"])
         write_json(_plan_file(state, encoder_id, batch_id),
-                   {"image_sha256": rows["image_sha256"].tolist(), "image_key": rows["image_key"].tolist()})
+                   {"image_sha256": rows["image_sha256"].tolist(), "image_key": rows["image_key"].tolist(),
+                    "planned_at": planned_at})
         shards += [EmbedShard(batch_id=batch_id, encoder_id=encoder_id, start=i, stop=min(i + size, len(rows)))
                    for i in range(0, len(rows), size)]
     log.info("[embed_images] %d shard(s) of at most %d images over %d batch(es), %d images cached before",
@@ -167,7 +172,12 @@ def embed_shard(state: State, params: Params, shard: EmbedShard) -> EmbedShardRe
     encoder = load_encoder(params.train.encoder)
     if encoder.id != shard.encoder_id:
         raise ValueError(f"the run's encoder is {encoder.id}, the shard was planned for {shard.encoder_id}")
-    cached = EmbeddingCache(state.workspace / EMBEDDINGS, shard.encoder_id).sha256s()
+    # what was cached since the plan read the cache (one second of slack for coarse file
+    # times): O(the week's files), not O(the store) in every shard; a plan without the time
+    # (written by an earlier version) reads the whole cache
+    since = plan.get("planned_at")
+    cached = EmbeddingCache(state.workspace / EMBEDDINGS, shard.encoder_id).sha256s(
+        since=float(since) - 1.0 if isinstance(since, int | float) else None)
     todo = [(s, k) for s, k in zip(shas, keys, strict=True) if s not in cached]
     if not todo:
         return EmbedShardResult(**base, reused=len(shas), skipped="every image already cached")

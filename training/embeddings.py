@@ -102,11 +102,19 @@ class EmbeddingCache:
             return []
         return sorted(p for p in self.folder.iterdir() if _FILE.match(p.name))
 
-    def sha256s(self) -> set[str]:
+    def sha256s(self, since: float | None = None) -> set[str]:
         """The image sha256s the cache holds, reading only each file's ``image_sha256`` array
-        (an ``.npz`` loads its members one by one: no embedding is read)."""
+        (an ``.npz`` loads its members one by one: no embedding is read).
+
+        Args:
+            since: only the files written at or after this time (seconds since the epoch, as
+                ``time.time()``; a file's modification time): what was cached meanwhile, read
+                without reading the whole cache. None: every file.
+        """
         out: set[str] = set()
         for path in self.files():
+            if since is not None and path.stat().st_mtime < since:
+                continue
             with np.load(path) as data:
                 out.update(str(s) for s in data["image_sha256"])
         return out
