@@ -77,6 +77,7 @@ from ingestion.workspace import (
     commit,
     configure_remote,
     init_workspace,
+    other_store_pointers,
     partition_pointers,
     read_store_version,
     remote_url,
@@ -101,7 +102,7 @@ log = logging.getLogger(__name__)
 def _pointer_names(ws: Path) -> list[str]:
     """Workspace-relative names (without ``.dvc``) of the outputs whose pointers versioning writes."""
     parts = ws / PARTITIONS
-    names = [LEGACY_LISTINGS_POINTER[:-4], GOLDEN, LABEL_ISSUES]
+    names = [LEGACY_LISTINGS_POINTER[:-4], GOLDEN, LABEL_ISSUES, *(f"{LISTINGS}/{n}" for n in other_store_pointers(ws))]
     if parts.is_dir():
         names += [f"{PARTITIONS}/{e.name[:-4]}" for e in sorted(os.scandir(parts), key=lambda e: e.name)
                   if e.name.endswith(".dvc") and not e.name.startswith(".")]
@@ -260,8 +261,10 @@ def store_changes(ws: Path) -> list[str]:
         Workspace-relative paths (``data/listings/batches/<batch_id>``) of the partitions that
         are new, rewritten or removed (a pointer without its folder), or whose pointer is not
         the one recorded (e.g. restored after a failed add), sorted; ``[]`` when nothing changed.
-        Files of the store outside partition folders are never versioned: they are logged as a
-        warning.
+        Then the store's entries beside ``batches`` (each a DVC output of its own, listed every
+        time: see :func:`ingestion.workspace.other_store_pointers`), and the pointers of such
+        entries that are gone. Entries of ``batches`` that are no partition are logged as a
+        warning and not versioned.
 
     Raises:
         ingestion.dvcfiles.DvcFileError: when a pointer is not complete (:func:`restore_pointers`
@@ -270,17 +273,24 @@ def store_changes(ws: Path) -> list[str]:
     store = ws / LISTINGS
     pointers = partition_pointers(ws)
     on_disk = set(batch_ids(store))
-    stray = []
-    if store.is_dir():
-        stray = [e.name for e in os.scandir(store) if not e.name.startswith(".") and e.name != BATCHES]
+    # the store's other entries (e.g. data/listings/images of a store from before the partition
+    # layout): each its own DVC output, added every time (DVC's state database makes an unchanged
+    # file a stat); a pointer whose entry is gone is removed
+    others = set(other_store_pointers(ws))
+    beside = ({e.name for e in os.scandir(store) if not e.name.startswith(".") and e.name != BATCHES
+               and not e.name.endswith(".dvc")} if store.is_dir() else set())
     folder = store / BATCHES
+    stray = []
     if folder.is_dir():
-        stray += [f"{BATCHES}/{e.name}" for e in os.scandir(folder)
-                  if not e.name.startswith(".") and e.name not in on_disk
-                  and not (e.name.endswith(".dvc") and e.name[:-4] in pointers)]
+        stray = [e.name for e in os.scandir(folder)
+                 if not e.name.startswith(".") and e.name not in on_disk
+                 and not (e.name.endswith(".dvc") and e.name[:-4] in pointers)]
     if stray:
         log.warning("not versioned: %s in %s hold no partition (a folder with its %s): %s",
-                    len(stray), store, LISTINGS_FILE, ", ".join(sorted(stray)[:10]))
+                    len(stray), folder, LISTINGS_FILE, ", ".join(sorted(stray)[:10]))
+    if beside:
+        log.info("%s beside the partitions in %s: versioned as DVC outputs of their own",
+                 ", ".join(sorted(beside)[:10]), store)
     recorded = read_store_version(ws).get("partitions") or {}
     present = partition_md5s(store) if on_disk else {}
     changed = set(pointers) ^ on_disk  # added, or removed from the store
@@ -289,7 +299,8 @@ def store_changes(ws: Path) -> list[str]:
         if known.get("md5") != pointers[name] or known.get("table_md5") is None \
                 or known.get("table_md5") != present.get(name):
             changed.add(name)
-    return sorted(f"{PARTITIONS}/{name}" for name in changed)
+    return sorted([*(f"{PARTITIONS}/{name}" for name in changed),
+                   *(f"{LISTINGS}/{name}" for name in beside | (others - beside))])
 
 
 def label_issues_changed(ws: Path) -> bool:
@@ -406,7 +417,7 @@ def version_data(state: State, params: Params, note: str = "") -> DataVersionRes
         # then differs from what is recorded, and the next version adds it again
         tables = partition_md5s(ws / LISTINGS)
         changes = store_changes(ws)
-        removed = [c for c in changes if not (ws / c).is_dir()]
+        removed = [c for c in changes if not (ws / c).exists()]
         targets = [c for c in changes if c not in removed]
         # a growing golden set is re-added every time (cheap: two small files), so that a run
         # killed between writing it and `dvc add` leaves nothing unversioned

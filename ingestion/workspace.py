@@ -80,12 +80,21 @@ STORE_VERSION = "data/store_version.json"
 
     {"listings_md5": <the store's hash>,
      "partitions": {<batch_id>: {"md5": <the partition's DVC directory hash>,
-                                 "table_md5": <MD5 of its listings.parquet>}}}
+                                 "table_md5": <MD5 of its listings.parquet>}},
+     "other_outputs": {<name>: <DVC hash>}}     # only when there are (other_store_pointers)
 
 committed with the pointers. The pipeline's stages that read the store depend on it instead of on
 ``data/listings``, whose every file DVC would otherwise stat and look up in its state database
 each time it checks a stage (docs/measurements.md, session 21); versioning reads it to tell which
 partitions changed without reading any DVC manifest."""
+PIXELS = "data/pixels"
+"""The prepare stage's decoded-pixel cache (:data:`training.pixels.PIXELS`), relative to the
+workspace: a ``cache: false`` DVC output (derived, decoded again when missing) and so not
+git-ignored by DVC; never committed (:data:`NEVER_IN_GIT`)."""
+NEVER_IN_GIT = (f"{PARTITIONS}/*/**", f"{PIXELS}/**")
+"""Glob pathspecs :func:`commit` never stages: the store's partition folders (DVC's, each
+git-ignored once added; one written while a version runs is not yet) and the pixel cache. Both
+grow with the store: in git they would be hashed by every commit and kept by its history forever."""
 DVCIGNORE = f"/{LISTINGS}/{BATCHES}/.*"
 """``.dvcignore`` pattern: partitions being written (hidden temporary folders) are never data."""
 DVC_RWLOCK = ".dvc/tmp/rwlock"
@@ -108,6 +117,24 @@ def partition_pointers(ws: Path) -> dict[str, str]:
     from ingestion.dvcfiles import out_md5
 
     folder = ws / PARTITIONS
+    if not folder.is_dir():
+        return {}
+    return {e.name[:-4]: out_md5(Path(e.path)) for e in sorted(os.scandir(folder), key=lambda e: e.name)
+            if e.name.endswith(".dvc") and not e.name.startswith(".") and e.is_file(follow_symlinks=False)}
+
+
+def other_store_pointers(ws: Path) -> dict[str, str]:
+    """``{name: DVC hash}`` of the store's other outputs: entries of ``data/listings`` beside
+    ``batches`` (a store from before the partition layout kept its images in
+    ``data/listings/images``), each tracked as an output of its own
+    (``data/listings/<name>.dvc``) so that nothing of the store is left unversioned or lands in git.
+
+    Raises:
+        ingestion.dvcfiles.DvcFileError: when a pointer is not complete (cut short).
+    """
+    from ingestion.dvcfiles import out_md5
+
+    folder = ws / LISTINGS
     if not folder.is_dir():
         return {}
     return {e.name[:-4]: out_md5(Path(e.path)) for e in sorted(os.scandir(folder), key=lambda e: e.name)
@@ -162,7 +189,12 @@ def write_store_version(ws: Path, table_md5s: dict[str, str] | None = None) -> s
                 known = before.get(batch_id) if isinstance(before.get(batch_id), dict) else {}
                 table = known.get("table_md5") if known.get("md5") == md5 else None
             parts[batch_id] = {"md5": md5, "table_md5": table}
-        data = {"listings_md5": store_hash(pointers), "partitions": parts}
+        others = other_store_pointers(ws)
+        # "/" cannot start a batch id: the other outputs' keys never meet a partition's
+        data = {"listings_md5": store_hash({**pointers, **{f"/{k}": v for k, v in others.items()}}),
+                "partitions": parts}
+        if others:
+            data["other_outputs"] = others
     elif (legacy := out_md5(ws / LEGACY_LISTINGS_POINTER)) is not None:
         data = {"listings_md5": legacy}
     else:
@@ -262,13 +294,15 @@ def run_git(workspace: Path, *args: str) -> str:
 
 
 def commit(ws: Path, message: str) -> str:
-    """Commits everything that changed in the workspace (nothing when nothing did), except the
-    files of the store's partition folders.
+    """Commits everything that changed in the workspace (nothing when nothing did), except
+    :data:`NEVER_IN_GIT`, and stops tracking what git should not hold.
 
-    The partition folders are DVC's: each is git-ignored once ``dvc add`` tracks it, but one
-    written while a version runs (not added yet) is not, and must never be staged; it is
-    excluded by pathspec, not by a ``.gitignore`` (DVC does not resolve a git-ignored path as
-    an output). Where the whole store is git-ignored (the layout before 2026-12), all is staged.
+    :data:`NEVER_IN_GIT` is excluded by pathspec, not by a ``.gitignore`` (DVC does not resolve
+    a git-ignored path given as a target); where its top folder is git-ignored already (the whole
+    store, before 2026-12) git refuses the pathspec and none is needed. Files a commit of an
+    earlier version holds that are now git-ignored (an output DVC caches since) or fall under
+    :data:`NEVER_IN_GIT` (the pixel cache, committed before 2026-12) leave the index (``git rm
+    --cached``: the files stay on disk).
 
     Returns:
         The sha of ``HEAD`` afterwards (40 hex digits).
@@ -276,9 +310,16 @@ def commit(ws: Path, message: str) -> str:
     Raises:
         OSError, VersioningError: as :func:`run_command`.
     """
-    ignored = subprocess.run(["git", "check-ignore", "-q", PARTITIONS], cwd=ws).returncode == 0
-    # git refuses an exclude pathspec inside an ignored folder (the whole store, before 2026-12)
-    run_git(ws, "add", "-A", *(() if ignored else ("--", ".", f":(exclude,glob){PARTITIONS}/*/**")))
+    stale = {f for f in run_git(ws, "ls-files", "-z", "-ci", "--exclude-standard").split("\0") if f}
+    stale |= {f for f in run_git(ws, "ls-files", "-z", "--", *(f":(glob){p}" for p in NEVER_IN_GIT)).split("\0")
+              if f}
+    if stale:
+        log.info("no longer in the workspace's git (kept on disk): %d file(s), e.g. %s", len(stale),
+                 ", ".join(sorted(stale)[:5]))
+        run_git(ws, "rm", "-r", "-q", "--cached", "--", *sorted(stale))
+    excludes = [f":(exclude,glob){p}" for p in NEVER_IN_GIT
+                if subprocess.run(["git", "check-ignore", "-q", p.split("/*")[0]], cwd=ws).returncode != 0]
+    run_git(ws, "add", "-A", "--", ".", *excludes)
     if run_git(ws, "diff", "--cached", "--name-only").strip():
         run_git(ws, "commit", "-q", "-m", message)
     return run_git(ws, "rev-parse", "HEAD").strip()

@@ -347,6 +347,20 @@ def test_versioning_adds_and_pushes_only_the_changed_batches(tmp_path, fashion_d
     assert set(partition_pointers(ws)) == {"b1", "b3"}
     assert third.listings_md5 not in (first.listings_md5, second.listings_md5)
 
+    # an entry beside the partitions (a store from before them kept data/listings/images) is
+    # versioned as an output of its own, never left out nor put in git; gone, its pointer goes
+    (store / "images" / "ab").mkdir(parents=True)
+    (store / "images" / "ab" / "ab12.jpg").write_bytes(b"not really a jpeg")
+    fourth = version_data(state, params, "images beside")
+    assert "data/listings/images" in fourth.added and (ws / "data" / "listings" / "images.dvc").is_file()
+    assert fourth.listings_md5 != third.listings_md5
+    assert "data/listings/images/ab/ab12.jpg" not in subprocess.run(
+        ["git", "ls-files"], cwd=ws, check=True, capture_output=True, text=True).stdout
+    shutil.rmtree(store / "images")
+    fifth = version_data(state, params, "images gone")
+    assert "data/listings/images" in fifth.added and not (ws / "data" / "listings" / "images.dvc").exists()
+    assert fifth.listings_md5 == third.listings_md5
+
     # a data revision pins the whole store: a clone at the second revision pulls b1 + b2 + b3
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(state.workspace), str(clone)], check=True)

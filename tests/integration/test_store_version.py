@@ -20,7 +20,14 @@ pytestmark = pytest.mark.integration
 def test_stages_follow_the_store_version_file(tiny_trained, fashion_dir, tmp_path):
     from common.store import partition_md5s
     from ingestion.versioning import version_data
-    from ingestion.workspace import STORE_VERSION, partition_pointers, run_dvc, run_git, store_hash
+    from ingestion.workspace import (
+        STORE_VERSION,
+        other_store_pointers,
+        partition_pointers,
+        run_dvc,
+        run_git,
+        store_hash,
+    )
     from tests.integration.test_warm_start import add_new_leaf_batch
 
     stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
@@ -34,8 +41,12 @@ def test_stages_follow_the_store_version_file(tiny_trained, fashion_dir, tmp_pat
 
     def expected() -> dict:
         pointers, tables = partition_pointers(ws), partition_md5s(state.listings_store)
-        return {"listings_md5": store_hash(pointers),
-                "partitions": {b: {"md5": md5, "table_md5": tables[b]} for b, md5 in pointers.items()}}
+        # this store keeps its images beside the partitions (data/listings/images): an output of its own
+        others = other_store_pointers(ws)
+        assert set(others) == {"images"}
+        return {"listings_md5": store_hash({**pointers, "/images": others["images"]}),
+                "partitions": {b: {"md5": md5, "table_md5": tables[b]} for b, md5 in pointers.items()},
+                "other_outputs": others}
 
     assert version == expected() and version["partitions"]
     assert json.loads(run_git(ws, "show", f"HEAD:{STORE_VERSION}")) == version  # committed with the data
