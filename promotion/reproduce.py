@@ -30,6 +30,7 @@ from common.params import PRECISION_ENV, Params, load_params
 from common.state import State
 from ingestion.workspace import (
     LEGACY_LISTINGS_POINTER,
+    LISTINGS,
     PARTITIONS,
     VersioningError,
     run_dvc,
@@ -71,11 +72,12 @@ def reproduce_version(state: State, params: Params, version: str, workdir: Path 
     except VersioningError as exc:
         raise VersioningError(f"version {version}'s workspace commit {commit!r} is not in {state.workspace}") from exc
     # no -q: it would silence DVC's ERROR line (e.g. S3 refusing the credentials)
-    # the store's pointers: one per partition (a commit from before 2026-12: data/listings.dvc);
+    # the store's pointers: one per partition and one per other output beside them
+    # (ingestion.workspace.other_store_pointers); a commit from before 2026-12: data/listings.dvc.
     # data/label_issues.dvc (the monitor's flags, a prepare dependency) exists in commits made
     # since label issues are versioned; older commits' dvc.yaml does not name it
-    partitions = target / PARTITIONS
-    pointers = sorted(p.relative_to(target).as_posix() for p in partitions.glob("*.dvc")) if partitions.is_dir() else []
+    pointers = sorted(p.relative_to(target).as_posix() for folder in (target / PARTITIONS, target / LISTINGS)
+                      if folder.is_dir() for p in folder.glob("*.dvc"))
     pointers += [p for p in (LEGACY_LISTINGS_POINTER, "data/golden.dvc", "data/label_issues.dvc")
                  if (target / p).exists()]
     run_dvc(target, "pull", *pointers)
