@@ -108,19 +108,24 @@ def partition_pointer(batch_id: str) -> str:
     return f"{PARTITIONS}/{batch_id}.dvc"
 
 
+def _pointers_in(folder: Path) -> dict[str, str]:
+    """``{output name: DVC hash}`` of the ``.dvc`` pointers directly in ``folder`` (regular files,
+    not hidden), by name."""
+    from ingestion.dvcfiles import out_md5
+
+    if not folder.is_dir():
+        return {}
+    return {e.name[:-4]: out_md5(Path(e.path)) for e in sorted(os.scandir(folder), key=lambda e: e.name)
+            if e.name.endswith(".dvc") and not e.name.startswith(".") and e.is_file(follow_symlinks=False)}
+
+
 def partition_pointers(ws: Path) -> dict[str, str]:
     """``{batch_id: DVC directory hash}`` of every partition pointer in the workspace.
 
     Raises:
         ingestion.dvcfiles.DvcFileError: when a pointer is not complete (cut short).
     """
-    from ingestion.dvcfiles import out_md5
-
-    folder = ws / PARTITIONS
-    if not folder.is_dir():
-        return {}
-    return {e.name[:-4]: out_md5(Path(e.path)) for e in sorted(os.scandir(folder), key=lambda e: e.name)
-            if e.name.endswith(".dvc") and not e.name.startswith(".") and e.is_file(follow_symlinks=False)}
+    return _pointers_in(ws / PARTITIONS)
 
 
 def other_store_pointers(ws: Path) -> dict[str, str]:
@@ -132,13 +137,7 @@ def other_store_pointers(ws: Path) -> dict[str, str]:
     Raises:
         ingestion.dvcfiles.DvcFileError: when a pointer is not complete (cut short).
     """
-    from ingestion.dvcfiles import out_md5
-
-    folder = ws / LISTINGS
-    if not folder.is_dir():
-        return {}
-    return {e.name[:-4]: out_md5(Path(e.path)) for e in sorted(os.scandir(folder), key=lambda e: e.name)
-            if e.name.endswith(".dvc") and not e.name.startswith(".") and e.is_file(follow_symlinks=False)}
+    return _pointers_in(ws / LISTINGS)
 
 
 def store_hash(partitions: dict[str, str]) -> str:
