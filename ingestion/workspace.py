@@ -103,11 +103,6 @@ DVC_RWLOCK = ".dvc/tmp/rwlock"
 log = logging.getLogger(__name__)
 
 
-def partition_pointer(batch_id: str) -> str:
-    """The workspace-relative path of a partition's ``.dvc`` pointer."""
-    return f"{PARTITIONS}/{batch_id}.dvc"
-
-
 def _pointers_in(folder: Path) -> dict[str, str]:
     """``{output name: DVC hash}`` of the ``.dvc`` pointers directly in ``folder`` (regular files,
     not hidden), by name."""
