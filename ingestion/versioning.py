@@ -77,8 +77,8 @@ from ingestion.workspace import (
     commit,
     configure_remote,
     init_workspace,
-    other_store_pointers,
     partition_pointers,
+    pointer_names,
     read_store_version,
     remote_url,
     run_dvc,
@@ -101,12 +101,10 @@ log = logging.getLogger(__name__)
 
 def _pointer_names(ws: Path) -> list[str]:
     """Workspace-relative names (without ``.dvc``) of the outputs whose pointers versioning writes."""
-    parts = ws / PARTITIONS
-    names = [LEGACY_LISTINGS_POINTER[:-4], GOLDEN, LABEL_ISSUES, *(f"{LISTINGS}/{n}" for n in other_store_pointers(ws))]
-    if parts.is_dir():
-        names += [f"{PARTITIONS}/{e.name[:-4]}" for e in sorted(os.scandir(parts), key=lambda e: e.name)
-                  if e.name.endswith(".dvc") and not e.name.startswith(".")]
-    return names
+    # listed, not read: a pointer cut short must be found here to be restored
+    return [LEGACY_LISTINGS_POINTER[:-4], GOLDEN, LABEL_ISSUES,
+            *(f"{LISTINGS}/{n}" for n in pointer_names(ws / LISTINGS)),
+            *(f"{PARTITIONS}/{n}" for n in pointer_names(ws / PARTITIONS))]
 
 
 def restore_pointers(ws: Path, uncommitted: bool = False) -> list[str]:
@@ -244,7 +242,7 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def store_changes(ws: Path) -> list[str]:
+def store_changes(ws: Path, tables: dict[str, str] | None = None) -> list[str]:
     """The partition folders of the listings store that differ from what their pointers track.
 
     Compares, per partition, the folder on disk, its pointer (``<batch_id>.dvc``) and what
@@ -256,6 +254,8 @@ def store_changes(ws: Path) -> list[str]:
 
     Args:
         ws: the workspace.
+        tables: the tables' MD5s when the caller has read them already
+            (:func:`common.store.partition_md5s`); read here otherwise.
 
     Returns:
         Workspace-relative paths (``data/listings/batches/<batch_id>``) of the partitions that
@@ -276,7 +276,7 @@ def store_changes(ws: Path) -> list[str]:
     # the store's other entries (e.g. data/listings/images of a store from before the partition
     # layout): each its own DVC output, added every time (DVC's state database makes an unchanged
     # file a stat); a pointer whose entry is gone is removed
-    others = set(other_store_pointers(ws))
+    others = set(pointer_names(store))
     beside = ({e.name for e in os.scandir(store) if not e.name.startswith(".") and e.name != BATCHES
                and not e.name.endswith(".dvc")} if store.is_dir() else set())
     folder = store / BATCHES
@@ -292,7 +292,7 @@ def store_changes(ws: Path) -> list[str]:
         log.info("%s beside the partitions in %s: versioned as DVC outputs of their own",
                  ", ".join(sorted(beside)[:10]), store)
     recorded = read_store_version(ws).get("partitions") or {}
-    present = partition_md5s(store) if on_disk else {}
+    present = tables if tables is not None else (partition_md5s(store) if on_disk else {})
     changed = set(pointers) ^ on_disk  # added, or removed from the store
     for name in on_disk & set(pointers):
         known = recorded.get(name) if isinstance(recorded.get(name), dict) else {}
@@ -416,7 +416,7 @@ def version_data(state: State, params: Params, note: str = "") -> DataVersionRes
         # the tables' hashes as they are before `dvc add`: a partition rewritten while this runs
         # then differs from what is recorded, and the next version adds it again
         tables = partition_md5s(ws / LISTINGS)
-        changes = store_changes(ws)
+        changes = store_changes(ws, tables)
         removed = [c for c in changes if not (ws / c).exists()]
         targets = [c for c in changes if c not in removed]
         # a growing golden set is re-added every time (cheap: two small files), so that a run

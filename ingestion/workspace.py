@@ -103,15 +103,20 @@ DVC_RWLOCK = ".dvc/tmp/rwlock"
 log = logging.getLogger(__name__)
 
 
+def pointer_names(folder: Path) -> list[str]:
+    """Output names (without ``.dvc``) of the ``.dvc`` pointers directly in ``folder`` (regular
+    files, not hidden), sorted; none read, so a cut pointer is listed too."""
+    if not folder.is_dir():
+        return []
+    return sorted(e.name[:-4] for e in os.scandir(folder)
+                  if e.name.endswith(".dvc") and not e.name.startswith(".") and e.is_file(follow_symlinks=False))
+
+
 def _pointers_in(folder: Path) -> dict[str, str]:
-    """``{output name: DVC hash}`` of the ``.dvc`` pointers directly in ``folder`` (regular files,
-    not hidden), by name."""
+    """``{output name: DVC hash}`` of :func:`pointer_names` in ``folder``."""
     from ingestion.dvcfiles import out_md5
 
-    if not folder.is_dir():
-        return {}
-    return {e.name[:-4]: out_md5(Path(e.path)) for e in sorted(os.scandir(folder), key=lambda e: e.name)
-            if e.name.endswith(".dvc") and not e.name.startswith(".") and e.is_file(follow_symlinks=False)}
+    return {name: out_md5(folder / f"{name}.dvc") for name in pointer_names(folder)}
 
 
 def partition_pointers(ws: Path) -> dict[str, str]:

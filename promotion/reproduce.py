@@ -33,6 +33,7 @@ from ingestion.workspace import (
     LISTINGS,
     PARTITIONS,
     VersioningError,
+    pointer_names,
     run_dvc,
     run_git,
 )
@@ -76,8 +77,7 @@ def reproduce_version(state: State, params: Params, version: str, workdir: Path 
     # (ingestion.workspace.other_store_pointers); a commit from before 2026-12: data/listings.dvc.
     # data/label_issues.dvc (the monitor's flags, a prepare dependency) exists in commits made
     # since label issues are versioned; older commits' dvc.yaml does not name it
-    pointers = sorted(p.relative_to(target).as_posix() for folder in (target / PARTITIONS, target / LISTINGS)
-                      if folder.is_dir() for p in folder.glob("*.dvc"))
+    pointers = [f"{folder}/{name}.dvc" for folder in (LISTINGS, PARTITIONS) for name in pointer_names(target / folder)]
     pointers += [p for p in (LEGACY_LISTINGS_POINTER, "data/golden.dvc", "data/label_issues.dvc")
                  if (target / p).exists()]
     run_dvc(target, "pull", *pointers)
