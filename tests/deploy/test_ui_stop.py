@@ -10,6 +10,7 @@ whose DAG folder holds one small DAG: its task starts a child that sleeps for te
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -129,4 +130,9 @@ def test_term_to_make_ui_stops_every_process_and_fails_the_running_task(tmp_path
         runs = db.execute("select run_id, state from dag_run").fetchall()
     assert tis == [("long_step", "failed")], tis
     assert [state for _, state in runs] == ["failed"], runs
-    assert "marked 1 task instance(s) and 1 DAG run(s) failed" in log.read_text()
+    # the stop ran to its end and said what it marked: the task and the run, or fewer where
+    # Airflow marked them first (the task's TERM handler reports "failed" through the api-server
+    # when that still answers, and the scheduler may fail the run before it exits; CI met both)
+    said = re.search(r"marked (\d+) task instance\(s\) and (\d+) DAG run\(s\) failed", log.read_text())
+    assert said, log.read_text()[-3000:]
+    assert int(said[1]) <= 1 and int(said[2]) <= 1, said[0]

@@ -66,3 +66,46 @@ def test_signals_during_the_stop_are_held_until_it_is_done(airflow_db, tmp_path)
     assert "after the stop" in out and "not reached" not in out, out
     assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, out)
     assert not _alive(tree)
+
+
+def test_the_task_instances_and_runs_a_stop_leaves_unfinished_are_marked_failed(airflow_db):
+    """What ``make ui``'s stop leaves in the metadata DB when no Airflow component marked it: a DAG
+    run still "running" and its task "running" (the stack test in tests/deploy/test_ui_stop.py
+    cannot count on it: there the killed task often reports its own failure first). A real run of
+    the rollback DAG (its task marked success by ``dag.test``, not executed), set back to that
+    state through Airflow's ORM."""
+    import importlib.util
+
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select, update
+
+    spec = importlib.util.spec_from_file_location("stop_airflow", PROJECT_ROOT / "scripts" / "stop_airflow.py")
+    stop_airflow = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stop_airflow)
+
+    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).get_dag("listing_classifier_rollback")
+    run_id = dag.test(run_conf={"to": "previous-champion", "reason": "test"}, mark_success_pattern=".*").run_id
+    with create_session() as session:
+        # whatever else this session's DB holds unfinished is marked too: counted first
+        before_ti = session.scalar(select(func.count()).select_from(TaskInstance)
+                                   .where(TaskInstance.state.in_(stop_airflow.UNFINISHED_TI)))
+        before_runs = session.scalar(select(func.count()).select_from(DagRun)
+                                     .where(DagRun.state.in_(("running", "queued"))))
+        session.execute(update(TaskInstance).where(TaskInstance.run_id == run_id)
+                        .values(state="running", end_date=None))
+        session.execute(update(DagRun).where(DagRun.run_id == run_id).values(state="running", end_date=None))
+
+    assert stop_airflow.fail_unfinished_runs() == (before_ti + 1, before_runs + 1)
+
+    with create_session() as session:
+        tis = session.execute(select(TaskInstance.task_id, TaskInstance.state, TaskInstance.end_date)
+                              .where(TaskInstance.run_id == run_id)).all()
+        run = session.execute(select(DagRun.state, DagRun.end_date).where(DagRun.run_id == run_id)).one()
+    assert [(t, s) for t, s, _ in tis] == [("rollback", "failed")]
+    assert tis[0].end_date is not None and run.end_date is not None
+    assert run.state == "failed"
+    # nothing unfinished is left for a second stop
+    assert stop_airflow.fail_unfinished_runs() == (0, 0)
