@@ -27,7 +27,10 @@ from tests.integration.test_dag_end_to_end import small_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.stack]
 
-RUN_TIMEOUT_S = 420
+RUN_TIMEOUT_S = 1200
+"""Seconds a weekly run may take before the test fails: a bound on a hang, not a speed goal (speed
+is measured by the benchmarks). 420 s, the bound before 2026-12-07, was passed by the third week
+(its gate still running) on a machine that ran the whole suite in 67 min instead of 37."""
 SHARD = 25
 """``validate.image_shard_size`` of the stack's runs."""
 WEEKS = 3
