@@ -99,8 +99,12 @@ PENDING_PUSH = "dvc-push-pending.json"
 log = logging.getLogger(__name__)
 
 
-def _pointer_names(ws: Path) -> list[str]:
-    """Workspace-relative names (without ``.dvc``) of the outputs whose pointers versioning writes."""
+def data_pointer_names(ws: Path) -> list[str]:
+    """Workspace-relative names (without ``.dvc``) of the outputs whose pointers versioning writes:
+    the store (one per partition, one per entry beside the partitions, or the whole store's from
+    before 2026-12), the golden set and the label-issue flags; those of the fixed names whether
+    or not their pointer exists. Restored by :func:`restore_pointers`, pulled by ``make reproduce``
+    (:mod:`promotion.reproduce`)."""
     # listed, not read: a pointer cut short must be found here to be restored
     return [LEGACY_LISTINGS_POINTER[:-4], GOLDEN, LABEL_ISSUES,
             *(f"{LISTINGS}/{n}" for n in pointer_names(ws / LISTINGS)),
@@ -126,7 +130,7 @@ def restore_pointers(ws: Path, uncommitted: bool = False) -> list[str]:
         One line per pointer restored or removed (also logged as a warning).
     """
     done = []
-    for name in _pointer_names(ws):
+    for name in data_pointer_names(ws):
         path = ws / f"{name}.dvc"
         if not path.exists() or (is_complete(path) and not uncommitted):
             continue
@@ -300,7 +304,7 @@ def store_changes(ws: Path, tables: dict[str, str] | None = None) -> list[str]:
                 or known.get("table_md5") != present.get(name):
             changed.add(name)
     return sorted([*(f"{PARTITIONS}/{name}" for name in changed),
-                   *(f"{LISTINGS}/{name}" for name in beside | (others - beside))])
+                   *(f"{LISTINGS}/{name}" for name in beside | others)])
 
 
 def label_issues_changed(ws: Path) -> bool:

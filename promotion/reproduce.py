@@ -28,15 +28,8 @@ from pathlib import Path
 
 from common.params import PRECISION_ENV, Params, load_params
 from common.state import State
-from ingestion.workspace import (
-    LEGACY_LISTINGS_POINTER,
-    LISTINGS,
-    PARTITIONS,
-    VersioningError,
-    pointer_names,
-    run_dvc,
-    run_git,
-)
+from ingestion.versioning import data_pointer_names
+from ingestion.workspace import VersioningError, run_dvc, run_git
 from promotion.registry import mlflow_client
 
 COMPARED = ("accuracy", "business_weighted_score", "macro_f1", "top5_accuracy")
@@ -73,13 +66,9 @@ def reproduce_version(state: State, params: Params, version: str, workdir: Path 
     except VersioningError as exc:
         raise VersioningError(f"version {version}'s workspace commit {commit!r} is not in {state.workspace}") from exc
     # no -q: it would silence DVC's ERROR line (e.g. S3 refusing the credentials)
-    # the store's pointers: one per partition and one per other output beside them
-    # (ingestion.workspace.other_store_pointers); a commit from before 2026-12: data/listings.dvc.
-    # data/label_issues.dvc (the monitor's flags, a prepare dependency) exists in commits made
-    # since label issues are versioned; older commits' dvc.yaml does not name it
-    pointers = [f"{folder}/{name}.dvc" for folder in (LISTINGS, PARTITIONS) for name in pointer_names(target / folder)]
-    pointers += [p for p in (LEGACY_LISTINGS_POINTER, "data/golden.dvc", "data/label_issues.dvc")
-                 if (target / p).exists()]
+    # the pointers versioning writes that this commit holds (a commit from before 2026-12 has
+    # data/listings.dvc instead of the partitions', and older ones no data/label_issues.dvc)
+    pointers = [f"{name}.dvc" for name in data_pointer_names(target) if (target / f"{name}.dvc").exists()]
     run_dvc(target, "pull", *pointers)
     if (target / "models" / "init.dvc").exists():  # the model its training started from (train.init)
         run_dvc(target, "pull", "models/init.dvc")
